@@ -1,0 +1,423 @@
+"""Cyclical focal loss, asymmetric single-label focal loss and symmetric focal loss.
+
+Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978
+Focal loss: T.-Y. Lin et al., "Focal Loss for Dense Object Detection", https://arxiv.org/abs/1708.02002
+
+This module is self-contained (it imports torch only) so it can be copied into ``timm/loss/`` of an
+existing timm checkout and work there unchanged.
+
+Notation: z logits (N, K), logp = log_softmax(z), p = exp(logp), t the target class, eps the label
+smoothing, eta in [0, 1] the cyclical schedule (see :func:`cyclical_eta`). Per sample::
+
+    w_t = (1 - eta) * (1 - p_t)^gamma_pos + eta * (1 + p_t)^gamma_hc     target class
+    w_j = (1 - eta) * p_j^gamma_neg       + eta                           every other class j
+    y_j = (1 - eps) * [j == t] + eps / K
+    loss = - sum_j y_j * w_j * logp_j
+
+Gradients flow through the weights (nothing is detached). The gradient is derived analytically and
+computed in the same pass as the loss: with c_j = y_j * (w_j + p_j * logp_j * dw_j/dp_j),
+d loss / d z_k = p_k * sum_j c_j - c_k. It is exact (checked with ``torch.autograd.gradcheck``) and
+finite for any finite logits, including p_t -> 0 and p_t -> 1.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    'FOCAL_LOSS_TYPES', 'SOFT_TARGET_MODES', 'REDUCTIONS', 'cyclical_eta',
+    'FocalLoss', 'AsymmetricFocalLoss', 'CyclicalFocalLoss', 'create_loss',
+]
+
+FOCAL_LOSS_TYPES = ('sym', 'asym', 'asym-cyclical')
+SOFT_TARGET_MODES = ('distribution', 'argmax')
+REDUCTIONS = ('none', 'mean', 'sum')
+
+
+def cyclical_eta(epoch: float, epochs: int, factor: float) -> float:
+    """The cyclical schedule eta shared by the loss and the cyclical weight decay / temperature / clipping.
+
+    Paper form with n = epochs - 1, the index of the last epoch::
+
+        eta(e) = 1 - f * e / n               if f * e <= n
+               = (f * e / n - 1) / (f - 1)   otherwise
+
+    clamped to [0, 1]. eta is 1 at the start ("easy"), 0 at e = n / f ("hard") and back to 1 at e = n.
+    f = 1 falls linearly from 1 to 0 over the run and stays at 0. With a single scheduled epoch
+    (epochs = 1) eta stays 1. At integer epochs with ``epochs = --epochs + --cooldown-epochs`` and one
+    cooldown epoch this equals the published code's values exactly.
+
+    Args:
+        epoch: 0-based epoch, fractional values allowed (epoch + i / updates_per_epoch per update).
+        epochs: Number of epochs the schedule spans (timm's num_epochs, cooldown included), >= 1.
+        factor: Cyclical factor f >= 1: where the minimum lies (at a fraction 1 / f of the run).
+
+    Returns:
+        eta in [0, 1].
+    """
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
+    if not math.isfinite(factor) or factor < 1:
+        raise ValueError(f'cyclical factor must be a finite number >= 1, got {factor!r}.')
+    if not math.isfinite(epoch) or epoch < 0:
+        raise ValueError(f'epoch must be a finite number >= 0, got {epoch!r}.')
+    last = epochs - 1
+    if last == 0:
+        return 1.0
+    progress = factor * epoch / last
+    if progress <= 1:
+        eta = 1.0 - progress
+    elif factor > 1:
+        eta = (progress - 1.0) / (factor - 1.0)
+    else:
+        eta = 0.0
+    return min(1.0, max(0.0, eta))
+
+
+def _check_gamma(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
+    return float(value)
+
+
+def _check_eps(eps: float) -> float:
+    if not math.isfinite(eps) or not 0 <= eps < 1:
+        raise ValueError(f'eps (label smoothing) must lie in [0, 1), got {eps!r}.')
+    return float(eps)
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} '{value}', expected one of {choices}.")
+    return value
+
+
+def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
+    """Per-class loss term A = w_neg * logp and gradient term B = w_neg + p * logp * dw_neg/dp (negatives)."""
+    if gamma_neg == 0:
+        weight = torch.ones_like(logp)
+        return logp, weight  # w = 1, dw/dp = 0
+    p_pow = torch.exp(logp * gamma_neg)
+    weight = p_pow.mul(1 - eta).add_(eta)
+    loss_term = weight * logp
+    grad_term = p_pow.mul_((1 - eta) * gamma_neg).mul_(logp).add_(weight)
+    return loss_term, grad_term
+
+
+def _positive_terms(logp: torch.Tensor, eta: float, gamma_pos: float, gamma_hc: float):
+    """Per-class loss term A = w_pos * logp and gradient term B = w_pos + p * logp * dw_pos/dp (targets)."""
+    p = logp.exp()
+    one_minus_p = torch.expm1(logp).neg_()  # accurate as p -> 1
+    focal = one_minus_p.pow(gamma_pos)
+    weight = (1 - eta) * focal
+    # p * logp * d/dp of each weight term; (1 - p)^(gamma_pos - 1) * p * logp -> -(1 - p)^gamma_pos, 0 at p = 1
+    grad_term = weight
+    if gamma_pos != 0:
+        ratio = torch.where(one_minus_p > 0, p * logp / one_minus_p.clamp_min(torch.finfo(logp.dtype).tiny), -1.0)
+        grad_term = grad_term - (1 - eta) * gamma_pos * focal * ratio
+    if eta != 0:
+        one_plus_p = 1 + p
+        hard = one_plus_p.pow(gamma_hc)
+        weight = weight + eta * hard
+        grad_term = grad_term + eta * hard
+        if gamma_hc != 0:
+            grad_term = grad_term + eta * gamma_hc * hard / one_plus_p * p * logp
+    return weight * logp, grad_term
+
+
+class _FocalLossFunction(torch.autograd.Function):
+    """Per-row focal-family loss on (M, K) float logits with its analytic gradient, computed together."""
+
+    @staticmethod
+    def forward(ctx, logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps):
+        num_classes = logits.shape[1]
+        need_grad = ctx.needs_input_grad[0]
+        logp = F.log_softmax(logits, dim=1)
+        smooth = eps / num_classes
+        if target_dist is None and (eps == 0 or not symmetric):
+            # Hard targets: the target column takes the positive weight, the rest the negative one.
+            index = target_index.unsqueeze(1)
+            logp_t = logp.gather(1, index).squeeze(1)
+            pos_loss, pos_grad = _positive_terms(logp_t, eta, gamma_pos, gamma_hc)
+            target_mass = 1 - eps + smooth
+            loss = pos_loss * target_mass
+            grad = None
+            if eps == 0:
+                if need_grad:
+                    grad = logp.exp_()
+                    grad.mul_(pos_grad.unsqueeze(1)).scatter_add_(1, index, -pos_grad.unsqueeze(1))
+            else:
+                neg_loss, neg_grad = _negative_terms(logp, eta, gamma_neg)
+                neg_loss_t = neg_loss.gather(1, index).squeeze(1)
+                loss = loss + smooth * (neg_loss.sum(1) - neg_loss_t)
+                if need_grad:
+                    neg_grad_t = neg_grad.gather(1, index).squeeze(1)
+                    row_sum = smooth * (neg_grad.sum(1) - neg_grad_t) + target_mass * pos_grad
+                    grad = torch.addcmul(neg_grad.mul_(-smooth), logp.exp(), row_sum.unsqueeze(1))
+                    grad.scatter_(1, index, (logp_t.exp() * row_sum - target_mass * pos_grad).unsqueeze(1))
+        else:
+            # General case: soft targets and/or the symmetric loss with smoothing (every class weighted).
+            if target_dist is None:
+                target_dist = torch.zeros_like(logp).scatter_(1, target_index.unsqueeze(1), 1.0)
+            y = target_dist * (1 - eps) + smooth
+            pos_loss, pos_grad = _positive_terms(logp, eta, gamma_pos, gamma_hc)
+            if symmetric:
+                mixed_loss, mixed_grad = pos_loss, pos_grad
+            else:
+                neg_loss, neg_grad = _negative_terms(logp, eta, gamma_neg)
+                mixed_loss = torch.lerp(neg_loss, pos_loss, target_dist)
+                mixed_grad = torch.lerp(neg_grad, pos_grad, target_dist)
+            loss = (y * mixed_loss).sum(1)
+            grad = None
+            if need_grad:
+                c = y * mixed_grad
+                grad = torch.addcmul(-c, logp.exp(), c.sum(1, keepdim=True))
+        ctx.save_for_backward(grad)
+        return -loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.unsqueeze(1), None, None, None, None, None, None, None, None
+
+
+class _FocalLossBase(nn.Module):
+    """Shared input handling: shapes, dtypes, targets, validation and reduction."""
+
+    def __init__(self, eps: float, reduction: str, soft_target_mode: str, check_finite: bool) -> None:
+        super().__init__()
+        self.eps = _check_eps(eps)
+        self.reduction = _check_choice('reduction', reduction, REDUCTIONS)
+        self.soft_target_mode = _check_choice('soft_target_mode', soft_target_mode, SOFT_TARGET_MODES)
+        self.check_finite = check_finite
+
+    def _loss_params(self):
+        """(eta, gamma_hc, gamma_pos, gamma_neg, symmetric) for the current state."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Compute the loss.
+
+        Args:
+            logits: (N, K) or dense (N, K, d1, ...) logits, classes over dim 1. Half precision inputs are
+                computed in float32.
+            target: Class indices (N,) / (N, d1, ...) in [0, K), or soft targets (Mixup / CutMix) with the
+                same shape as ``logits``, non-negative and summing to 1 over dim 1.
+
+        Returns:
+            The loss reduced by ``self.reduction`` ('none' keeps shape (N, d1, ...)).
+        """
+        if logits.dim() < 2:
+            raise ValueError(f'logits must have shape (N, K) or (N, K, ...), got {tuple(logits.shape)}.')
+        num_classes = logits.shape[1]
+        out_shape = logits.shape[:1] + logits.shape[2:]
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+        flat_logits = logits.movedim(1, -1).reshape(-1, num_classes) if logits.dim() > 2 else logits
+        target_index, target_dist = None, None
+        if target.shape == logits.shape and target.is_floating_point():
+            flat_target = target.movedim(1, -1).reshape(-1, num_classes) if target.dim() > 2 else target
+            if self.soft_target_mode == 'argmax':
+                target_index = flat_target.argmax(1)
+            else:
+                target_dist = flat_target.to(flat_logits.dtype)
+        elif target.shape == out_shape and not target.is_floating_point():
+            target_index = target.reshape(-1).long()
+        else:
+            raise ValueError(
+                f'target must hold class indices of shape {tuple(out_shape)} or soft targets of shape '
+                f'{tuple(logits.shape)}, got {tuple(target.shape)} ({target.dtype}).')
+        if target_index is not None:
+            _check_targets(target_index, num_classes)
+        loss = _FocalLossFunction.apply(flat_logits, target_index, target_dist, *self._loss_params(), self.eps)
+        if self.check_finite:
+            _check_finite(loss)
+        if self.reduction == 'mean':
+            return loss.mean()
+        if self.reduction == 'sum':
+            return loss.sum()
+        return loss.reshape(out_shape)
+
+
+def _check_targets(target_index: torch.Tensor, num_classes: int) -> None:
+    if target_index.numel() == 0:
+        return
+    if target_index.is_cuda:
+        torch._assert_async(((target_index >= 0) & (target_index < num_classes)).all(),
+                            f'target class indices must lie in [0, {num_classes}).')
+        return
+    low, high = int(target_index.min()), int(target_index.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f'target class indices must lie in [0, {num_classes}), got values in [{low}, {high}].')
+
+
+def _check_finite(loss: torch.Tensor) -> None:
+    # Finite logits always give a finite loss, so checking the (N,) loss detects NaN/inf logits cheaply.
+    message = 'logits contain NaN or inf values (the loss is not finite); check the model, lr and AMP settings.'
+    if loss.is_cuda:
+        torch._assert_async(torch.isfinite(loss).all(), message)
+    elif not bool(torch.isfinite(loss).all()):
+        raise ValueError(message)
+
+
+class FocalLoss(_FocalLossBase):
+    """Symmetric (standard softmax) focal loss, ``--focal_loss sym``.
+
+    ``loss = - sum_j y_j * (1 - p_j)^gamma * logp_j`` with ``y_j = (1 - eps) * [j == t] + eps / K``; for
+    eps = 0 and hard targets this is the focal loss of Lin et al., ``-(1 - p_t)^gamma * log p_t``, and
+    gamma = 0 gives (label-smoothed) cross-entropy.
+
+    Args:
+        gamma: Focusing parameter >= 0.
+        eps: Label smoothing in [0, 1).
+        reduction: 'none', 'mean' (over samples / positions) or 'sum'.
+        soft_target_mode: 'distribution' uses soft targets as they are; 'argmax' collapses them to hard labels.
+        check_finite: Raise a clear error when the logits hold NaN or inf.
+    """
+
+    def __init__(
+            self,
+            gamma: float = 2.0,
+            eps: float = 0.0,
+            reduction: str = 'mean',
+            soft_target_mode: str = 'distribution',
+            check_finite: bool = True,
+    ) -> None:
+        super().__init__(eps, reduction, soft_target_mode, check_finite)
+        self.gamma = _check_gamma('gamma', gamma)
+
+    def _loss_params(self):
+        return 0.0, 0.0, self.gamma, 0.0, True
+
+    def extra_repr(self) -> str:
+        return f'gamma={self.gamma}, eps={self.eps}, reduction={self.reduction!r}'
+
+
+class CyclicalFocalLoss(_FocalLossBase):
+    """Cyclical focal loss, ``--focal_loss asym-cyclical`` (Smith, arXiv 2202.08978).
+
+    With eta = :func:`cyclical_eta` (epoch, epochs, cyclical_factor)::
+
+        w_t = (1 - eta) * (1 - p_t)^gamma_pos + eta * (1 + p_t)^gamma_hc     target class
+        w_j = (1 - eta) * p_j^gamma_neg       + eta                           other classes
+        y_j = (1 - eps) * [j == t] + eps / K
+        loss = - sum_j y_j * w_j * logp_j
+
+    eta = 0 is timm's ``AsymmetricLossSingleLabel(gamma_pos, gamma_neg, eps)``; gamma_neg only weights the
+    smoothing mass eps / K of the other classes. Soft targets q (Mixup / CutMix) replace the one-hot target:
+    y_j = (1 - eps) * q_j + eps / K and each class is weighted by its target mass,
+    w_j = q_j * w_pos(p_j) + (1 - q_j) * w_neg(p_j); ``soft_target_mode='argmax'`` instead collapses soft
+    targets to hard labels as the published code did.
+
+    The position in training is explicit state: call :meth:`set_epoch` with the (fractional) epoch before
+    the forward passes of that epoch / update. The epoch is saved in ``state_dict()`` so resuming restores it.
+
+    Args:
+        gamma_hc: Exponent of the high-confidence term (1 + p_t)^gamma_hc, >= 0.
+        gamma_pos: Focal exponent of the target class, >= 0.
+        gamma_neg: Exponent of the other classes' weight p_j^gamma_neg, >= 0.
+        cyclical_factor: Cyclical factor f >= 1 of :func:`cyclical_eta`.
+        epochs: Number of scheduled epochs (cooldown included), >= 1.
+        eps: Label smoothing in [0, 1), 0.1 as published.
+        reduction: 'none', 'mean' (over samples / positions) or 'sum'.
+        soft_target_mode: 'distribution' (default) or 'argmax' (published behaviour).
+        check_finite: Raise a clear error when the logits hold NaN or inf.
+    """
+
+    def __init__(
+            self,
+            gamma_hc: float = 0.0,
+            gamma_pos: float = 0.0,
+            gamma_neg: float = 4.0,
+            cyclical_factor: float = 2.0,
+            epochs: int = 1,
+            eps: float = 0.1,
+            reduction: str = 'mean',
+            soft_target_mode: str = 'distribution',
+            check_finite: bool = True,
+    ) -> None:
+        super().__init__(eps, reduction, soft_target_mode, check_finite)
+        self.gamma_hc = _check_gamma('gamma_hc', gamma_hc)
+        self.gamma_pos = _check_gamma('gamma_pos', gamma_pos)
+        self.gamma_neg = _check_gamma('gamma_neg', gamma_neg)
+        cyclical_eta(0, epochs, cyclical_factor)  # validates epochs and factor eagerly
+        self.cyclical_factor = float(cyclical_factor)
+        self.epochs = int(epochs)
+        self.epoch = 0.0
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set the 0-based (fractional) training epoch that the following forward passes belong to."""
+        cyclical_eta(epoch, self.epochs, self.cyclical_factor)  # validates epoch
+        self.epoch = float(epoch)
+
+    @property
+    def eta(self) -> float:
+        """The current value of the cyclical schedule."""
+        return cyclical_eta(self.epoch, self.epochs, self.cyclical_factor)
+
+    def get_extra_state(self) -> dict:
+        return {'epoch': self.epoch}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.set_epoch(state['epoch'])
+
+    def _loss_params(self):
+        return self.eta, self.gamma_hc, self.gamma_pos, self.gamma_neg, False
+
+    def extra_repr(self) -> str:
+        return (f'gamma_hc={self.gamma_hc}, gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, '
+                f'cyclical_factor={self.cyclical_factor}, epochs={self.epochs}, eps={self.eps}, '
+                f'epoch={self.epoch}, reduction={self.reduction!r}')
+
+
+class AsymmetricFocalLoss(CyclicalFocalLoss):
+    """Asymmetric single-label focal loss, ``--focal_loss asym``: the cyclical loss with eta fixed at 0.
+
+    ``loss = - sum_j y_j * w_j * logp_j`` with ``w_t = (1 - p_t)^gamma_pos``, ``w_j = p_j^gamma_neg``,
+    ``y_j = (1 - eps) * [j == t] + eps / K``; numerically equal to timm's ``AsymmetricLossSingleLabel``.
+
+    Args:
+        gamma_pos: Focal exponent of the target class, >= 0.
+        gamma_neg: Exponent of the other classes' weight, >= 0.
+        eps: Label smoothing in [0, 1), 0.1 as published.
+        reduction: 'none', 'mean' (over samples / positions) or 'sum'.
+        soft_target_mode: 'distribution' (default) or 'argmax' (published behaviour).
+        check_finite: Raise a clear error when the logits hold NaN or inf.
+    """
+
+    def __init__(
+            self,
+            gamma_pos: float = 0.0,
+            gamma_neg: float = 4.0,
+            eps: float = 0.1,
+            reduction: str = 'mean',
+            soft_target_mode: str = 'distribution',
+            check_finite: bool = True,
+    ) -> None:
+        super().__init__(
+            gamma_hc=0.0, gamma_pos=gamma_pos, gamma_neg=gamma_neg, cyclical_factor=1.0, epochs=1, eps=eps,
+            reduction=reduction, soft_target_mode=soft_target_mode, check_finite=check_finite)
+
+    @property
+    def eta(self) -> float:
+        return 0.0
+
+    def extra_repr(self) -> str:
+        return f'gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, eps={self.eps}, reduction={self.reduction!r}'
+
+
+_LOSS_CLASSES = {'sym': FocalLoss, 'asym': AsymmetricFocalLoss, 'asym-cyclical': CyclicalFocalLoss}
+
+
+def create_loss(name: str, **kwargs) -> nn.Module:
+    """Create a loss by its ``--focal_loss`` name.
+
+    Args:
+        name: One of FOCAL_LOSS_TYPES: 'sym' (:class:`FocalLoss`), 'asym' (:class:`AsymmetricFocalLoss`),
+            'asym-cyclical' (:class:`CyclicalFocalLoss`).
+        **kwargs: Keyword arguments of that class.
+    """
+    _check_choice('focal loss', name, FOCAL_LOSS_TYPES)
+    return _LOSS_CLASSES[name](**kwargs)
+
