@@ -93,12 +93,29 @@ def _check_choice(name: str, value: str, choices: tuple) -> str:
     return value
 
 
+def _power(p: torch.Tensor, logp: torch.Tensor, gamma: float) -> torch.Tensor:
+    """A new tensor p ** gamma for p = exp(logp): in-place multiplications for integer gamma (the common 1 to 4,
+    several times faster than pow or exp on CPU), exp(gamma * logp) otherwise."""
+    if gamma == int(gamma) and 1 <= gamma <= 16:
+        exponent, base, result = int(gamma), p, None
+        while exponent:
+            if exponent & 1:
+                if result is None:
+                    result = base.clone() if base is p else base  # never alias the caller's p
+                else:
+                    result.mul_(base)
+            exponent >>= 1
+            if exponent:
+                base = base * base
+        return result
+    return torch.mul(logp, gamma).exp_()
+
+
 def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
     """Per-class loss term A = w_neg * logp and gradient term B = w_neg + p * logp * dw_neg/dp (negatives)."""
     if gamma_neg == 0:
-        weight = torch.ones_like(logp)
-        return logp, weight  # w = 1, dw/dp = 0
-    p_pow = torch.exp(logp * gamma_neg)
+        return logp, torch.ones_like(logp)  # w = 1, dw/dp = 0
+    p_pow = _power(logp.exp(), logp, gamma_neg)
     weight = p_pow.mul(1 - eta).add_(eta)
     loss_term = weight * logp
     grad_term = p_pow.mul_((1 - eta) * gamma_neg).mul_(logp).add_(weight)
@@ -106,80 +123,145 @@ def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
 
 
 def _positive_terms(logp: torch.Tensor, eta: float, gamma_pos: float, gamma_hc: float):
-    """Per-class loss term A = w_pos * logp and gradient term B = w_pos + p * logp * dw_pos/dp (targets)."""
+    """Per-class loss term A = w_pos * logp and gradient term B = w_pos + p * logp * dw_pos/dp (targets).
+
+    Written with fused multiply-adds: on the (M,) target column the cost is the number of kernel launches.
+    """
     p = logp.exp()
     one_minus_p = torch.expm1(logp).neg_()  # accurate as p -> 1
     focal = one_minus_p.pow(gamma_pos)
-    weight = (1 - eta) * focal
-    # p * logp * d/dp of each weight term; (1 - p)^(gamma_pos - 1) * p * logp -> -(1 - p)^gamma_pos, 0 at p = 1
-    grad_term = weight
+    weight = focal.mul(1 - eta) if eta != 0 else focal.clone()
+    grad_term = weight.clone()
     if gamma_pos != 0:
-        ratio = torch.where(one_minus_p > 0, p * logp / one_minus_p.clamp_min(torch.finfo(logp.dtype).tiny), -1.0)
-        grad_term = grad_term - (1 - eta) * gamma_pos * focal * ratio
+        # (1 - p)^(gamma_pos - 1) * p * logp = (1 - p)^gamma_pos * ratio, ratio = p * logp / (1 - p) -> -1 at p = 1
+        # (the discarded branch of where may divide by zero: this runs without autograd, so that is harmless).
+        ratio = torch.where(one_minus_p > 0, p.mul(logp).div_(one_minus_p), -1.0)
+        grad_term.addcmul_(focal, ratio, value=-(1 - eta) * gamma_pos)
     if eta != 0:
-        one_plus_p = 1 + p
+        one_plus_p = p.add(1.0)
         hard = one_plus_p.pow(gamma_hc)
-        weight = weight + eta * hard
-        grad_term = grad_term + eta * hard
+        weight.add_(hard, alpha=eta)
+        grad_term.add_(hard, alpha=eta)
         if gamma_hc != 0:
-            grad_term = grad_term + eta * gamma_hc * hard / one_plus_p * p * logp
-    return weight * logp, grad_term
+            grad_term.addcmul_(hard, p.mul_(logp).div_(one_plus_p), value=eta * gamma_hc)
+    return weight.mul_(logp), grad_term
+
+
+def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamma_neg, eps, scale, need_grad):
+    """Loss rows and (scaled) gradient for class-index targets.
+
+    The target column takes the positive weight and the smoothing mass eps / K of the other classes the
+    negative weight. Sums over classes come from row reductions (sum logp, sum p^g, sum p^g * logp), and the
+    gradient is built in place, so the whole loss costs about as many passes over (M, K) as cross-entropy.
+    """
+    num_classes = logp.shape[1]
+    smooth = eps / num_classes
+    target_mass = 1 - eps + smooth
+    index = target_index.unsqueeze(1)
+    logp_t = logp.gather(1, index).squeeze(1)
+    pos_loss, pos_grad = _positive_terms(logp_t, eta, gamma_pos, gamma_hc)
+    if eps == 0:
+        if not need_grad:
+            return pos_loss, None
+        row_sum = pos_grad.mul_(scale)
+        grad = torch.softmax(logits, dim=1).mul_(row_sum.unsqueeze(1))
+        return pos_loss, grad.scatter_add_(1, index, row_sum.neg_().unsqueeze(1))
+
+    # Negative weight w_j = (1 - eta) * p_j^g + eta summed against logp_j over every class, then the target's
+    # own negative term taken out (it carries the positive weight instead).
+    p = torch.softmax(logits, dim=1) if need_grad or gamma_neg != 0 else None
+    sum_logp = logp.sum(1)
+    if gamma_neg == 0:
+        p_pow = None
+        neg_weight_t = torch.ones_like(logp_t)
+        sum_pow, sum_pow_logp = float(num_classes), sum_logp
+    else:
+        p_pow = _power(p, logp, gamma_neg)
+        p_pow_t = p_pow.gather(1, index).squeeze(1)
+        neg_weight_t = p_pow_t.mul(1 - eta).add_(eta)
+        # Row reductions without (M, K) temporaries: on CPU each new large tensor costs page faults.
+        sum_pow, sum_pow_logp = p_pow.sum(1), torch.linalg.vecdot(p_pow, logp)
+    loss = torch.mul(sum_pow_logp, smooth * (1 - eta))
+    loss.add_(sum_logp, alpha=smooth * eta).addcmul_(neg_weight_t, logp_t, value=-smooth)
+    loss.add_(pos_loss, alpha=target_mass)
+    if not need_grad:
+        return loss, None
+
+    # c_j = smooth * B_j with B_j = w_j + p_j * logp_j * dw_j/dp_j = (1 - eta) * (p_j^g + g * p_j^g * logp_j) + eta
+    # for j != t, c_t = target_mass * B_pos; grad = p * sum_j c_j - c (all scaled by the reduction).
+    p_t = p.gather(1, index).squeeze(1)
+    if p_pow is None:
+        neg_grad_t = neg_weight_t
+        row_sum = torch.full_like(logp_t, scale * smooth * num_classes)
+    else:
+        neg_grad_t = torch.addcmul(neg_weight_t, p_pow_t, logp_t, value=(1 - eta) * gamma_neg)
+        row_sum = torch.add(sum_pow, sum_pow_logp, alpha=gamma_neg)
+        row_sum.mul_(scale * smooth * (1 - eta)).add_(scale * smooth * num_classes * eta)
+    row_sum.add_(neg_grad_t, alpha=-scale * smooth).add_(pos_grad, alpha=scale * target_mass)
+    target_grad = torch.mul(p_t, row_sum).add_(pos_grad, alpha=-scale * target_mass)
+    grad = p.mul_(row_sum.unsqueeze(1))
+    if p_pow is None:
+        grad.sub_(smooth * scale)
+    else:
+        grad.add_(p_pow.addcmul_(p_pow, logp, value=gamma_neg), alpha=-smooth * scale * (1 - eta))
+        if eta != 0:
+            grad.sub_(smooth * scale * eta)
+    return loss, grad.scatter_(1, index, target_grad.unsqueeze(1))
+
+
+def _general_loss(logp, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, eps, symmetric, scale, need_grad):
+    """Loss rows and (scaled) gradient for soft targets, or for the symmetric loss with smoothing.
+
+    Each class j is weighted by its target mass q_j: w_j = q_j * w_pos(p_j) + (1 - q_j) * w_neg(p_j)
+    (w_pos for every class in the symmetric loss), y_j = (1 - eps) * q_j + eps / K.
+    """
+    y = target_dist * (1 - eps) + eps / logp.shape[1]
+    pos_loss, pos_grad = _positive_terms(logp, eta, gamma_pos, gamma_hc)
+    if symmetric:
+        mixed_loss, mixed_grad = pos_loss, pos_grad
+    else:
+        neg_loss, neg_grad = _negative_terms(logp, eta, gamma_neg)
+        mixed_loss = torch.lerp(neg_loss, pos_loss, target_dist)
+        mixed_grad = torch.lerp(neg_grad, pos_grad, target_dist)
+    loss = torch.linalg.vecdot(y, mixed_loss)
+    if not need_grad:
+        return loss, None
+    c = y.mul_(mixed_grad).mul_(scale)
+    return loss, logp.exp_().mul_(c.sum(1, keepdim=True)).sub_(c)
 
 
 class _FocalLossFunction(torch.autograd.Function):
-    """Per-row focal-family loss on (M, K) float logits with its analytic gradient, computed together."""
+    """Focal-family loss of (M, K) float logits with its analytic gradient, computed in the forward pass.
+
+    Returns the per-row losses (scale None) or scale * their sum (scale 1 for 'sum', 1 / M for 'mean');
+    the gradient is stored pre-scaled so that the usual ``loss.backward()`` costs no extra pass.
+    """
 
     @staticmethod
-    def forward(ctx, logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps):
-        num_classes = logits.shape[1]
+    def forward(ctx, logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale):
         need_grad = ctx.needs_input_grad[0]
         logp = F.log_softmax(logits, dim=1)
-        smooth = eps / num_classes
+        row_scale = 1.0 if scale is None else scale
         if target_dist is None and (eps == 0 or not symmetric):
-            # Hard targets: the target column takes the positive weight, the rest the negative one.
-            index = target_index.unsqueeze(1)
-            logp_t = logp.gather(1, index).squeeze(1)
-            pos_loss, pos_grad = _positive_terms(logp_t, eta, gamma_pos, gamma_hc)
-            target_mass = 1 - eps + smooth
-            loss = pos_loss * target_mass
-            grad = None
-            if eps == 0:
-                if need_grad:
-                    grad = logp.exp_()
-                    grad.mul_(pos_grad.unsqueeze(1)).scatter_add_(1, index, -pos_grad.unsqueeze(1))
-            else:
-                neg_loss, neg_grad = _negative_terms(logp, eta, gamma_neg)
-                neg_loss_t = neg_loss.gather(1, index).squeeze(1)
-                loss = loss + smooth * (neg_loss.sum(1) - neg_loss_t)
-                if need_grad:
-                    neg_grad_t = neg_grad.gather(1, index).squeeze(1)
-                    row_sum = smooth * (neg_grad.sum(1) - neg_grad_t) + target_mass * pos_grad
-                    grad = torch.addcmul(neg_grad.mul_(-smooth), logp.exp(), row_sum.unsqueeze(1))
-                    grad.scatter_(1, index, (logp_t.exp() * row_sum - target_mass * pos_grad).unsqueeze(1))
+            loss, grad = _hard_target_loss(
+                logits, logp, target_index, eta, gamma_hc, gamma_pos, gamma_neg, eps, row_scale, need_grad)
         else:
-            # General case: soft targets and/or the symmetric loss with smoothing (every class weighted).
             if target_dist is None:
                 target_dist = torch.zeros_like(logp).scatter_(1, target_index.unsqueeze(1), 1.0)
-            y = target_dist * (1 - eps) + smooth
-            pos_loss, pos_grad = _positive_terms(logp, eta, gamma_pos, gamma_hc)
-            if symmetric:
-                mixed_loss, mixed_grad = pos_loss, pos_grad
-            else:
-                neg_loss, neg_grad = _negative_terms(logp, eta, gamma_neg)
-                mixed_loss = torch.lerp(neg_loss, pos_loss, target_dist)
-                mixed_grad = torch.lerp(neg_grad, pos_grad, target_dist)
-            loss = (y * mixed_loss).sum(1)
-            grad = None
-            if need_grad:
-                c = y * mixed_grad
-                grad = torch.addcmul(-c, logp.exp(), c.sum(1, keepdim=True))
+            loss, grad = _general_loss(
+                logp, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, eps, symmetric, row_scale, need_grad)
         ctx.save_for_backward(grad)
-        return -loss
+        ctx.per_row = scale is None
+        return -loss if scale is None else -scale * loss.sum()
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output.unsqueeze(1), None, None, None, None, None, None, None, None
+        if ctx.per_row:
+            grad = grad * grad_output.unsqueeze(1)
+        elif grad_output.is_cuda or float(grad_output) != 1.0:
+            grad = grad * grad_output
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 class _FocalLossBase(nn.Module):
@@ -228,16 +310,20 @@ class _FocalLossBase(nn.Module):
             raise ValueError(
                 f'target must hold class indices of shape {tuple(out_shape)} or soft targets of shape '
                 f'{tuple(logits.shape)}, got {tuple(target.shape)} ({target.dtype}).')
-        if target_index is not None:
-            _check_targets(target_index, num_classes)
-        loss = _FocalLossFunction.apply(flat_logits, target_index, target_dist, *self._loss_params(), self.eps)
+        if target_index is not None and target_index.is_cuda:
+            _check_targets(target_index, num_classes)  # an out-of-range gather on the GPU is a device-side assert
+        scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / max(flat_logits.shape[0], 1)}[self.reduction]
+        try:
+            loss = _FocalLossFunction.apply(
+                flat_logits, target_index, target_dist, *self._loss_params(), self.eps, scale)
+        except RuntimeError:
+            # On the CPU gather/scatter reject out-of-range indices; turn that into a clear error.
+            if target_index is not None:
+                _check_targets(target_index, num_classes)
+            raise
         if self.check_finite:
             _check_finite(loss)
-        if self.reduction == 'mean':
-            return loss.mean()
-        if self.reduction == 'sum':
-            return loss.sum()
-        return loss.reshape(out_shape)
+        return loss.reshape(out_shape) if scale is None else loss
 
 
 def _check_targets(target_index: torch.Tensor, num_classes: int) -> None:
@@ -247,7 +333,7 @@ def _check_targets(target_index: torch.Tensor, num_classes: int) -> None:
         torch._assert_async(((target_index >= 0) & (target_index < num_classes)).all(),
                             f'target class indices must lie in [0, {num_classes}).')
         return
-    low, high = int(target_index.min()), int(target_index.max())
+    low, high = (int(v) for v in torch.aminmax(target_index))
     if low < 0 or high >= num_classes:
         raise ValueError(f'target class indices must lie in [0, {num_classes}), got values in [{low}, {high}].')
 
@@ -257,7 +343,7 @@ def _check_finite(loss: torch.Tensor) -> None:
     message = 'logits contain NaN or inf values (the loss is not finite); check the model, lr and AMP settings.'
     if loss.is_cuda:
         torch._assert_async(torch.isfinite(loss).all(), message)
-    elif not bool(torch.isfinite(loss).all()):
+    elif not (math.isfinite(loss.item()) if loss.dim() == 0 else bool(torch.isfinite(loss).all())):
         raise ValueError(message)
 
 

@@ -1,0 +1,136 @@
+"""Forward + backward time and peak memory of the focal-family losses against label-smoothed cross-entropy.
+
+Every loss is measured in the same run as the baseline, ``F.cross_entropy(label_smoothing=0.1)``, at the
+same (N, K) on the same device, in interleaved rounds; the table reports the median time per call and the
+ratio to the baseline's median. ``autograd-ref`` is the loss written as the formula with plain autograd
+(the structure of the published implementation), for comparison.
+
+Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss  # noqa: E402
+
+DEFAULT_SIZES = ('256x10', '256x1000', '128x21843')
+
+
+def autograd_reference(logits: torch.Tensor, target: torch.Tensor, eta: float = 0.5, gamma_hc: float = 3.0,
+                       gamma_pos: float = 2.0, gamma_neg: float = 2.0, eps: float = 0.1) -> torch.Tensor:
+    """The cyclical focal loss written as its formula with autograd, one-hot masks over (N, K)."""
+    num_classes = logits.shape[1]
+    logp = torch.log_softmax(logits.float(), dim=1)
+    p = logp.exp()
+    one_hot = torch.zeros_like(logp).scatter_(1, target.unsqueeze(1), 1.0)
+    p_pos, p_neg = p * one_hot, (1 - p) * (1 - one_hot)
+    focal = torch.pow(1 - p_pos - p_neg, gamma_pos * one_hot + gamma_neg * (1 - one_hot))
+    hard = torch.pow(1 + p_pos + (1 - p_neg) * (1 - one_hot), gamma_hc * one_hot)
+    hard = hard * one_hot + (1 - one_hot)
+    weight = (1 - eta) * focal + eta * hard
+    y = one_hot * (1 - eps) + eps / num_classes
+    return -(y * weight * logp).sum(1).mean()
+
+
+def make_losses(num_epochs: int = 10):
+    cyclical = CyclicalFocalLoss(gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0, epochs=num_epochs)
+    cyclical.set_epoch(1.0)  # eta strictly between 0 and 1: every term of the loss is active
+    return {
+        'ce-ls0.1 (baseline)': lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1),
+        'sym (gamma 2)': FocalLoss(gamma=2.0),
+        'asym (2, 2, eps 0.1)': AsymmetricFocalLoss(gamma_pos=2.0, gamma_neg=2.0),
+        'asym-cyclical (3, 2, 2, f 4)': cyclical,
+        'autograd-ref (published structure)': lambda z, t: autograd_reference(z, t, eta=cyclical.eta),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn, logits: torch.Tensor, target: torch.Tensor) -> float:
+    logits.grad = None
+    _sync(logits.device)
+    start = time.perf_counter()
+    fn(logits, target).backward()
+    _sync(logits.device)
+    return time.perf_counter() - start
+
+
+def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Peak bytes allocated during one forward + backward (CUDA allocator stats, or the CPU profiler)."""
+    logits.grad = None
+    if logits.device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(logits.device)
+        base = torch.cuda.memory_allocated(logits.device)
+        fn(logits, target).backward()
+        return torch.cuda.max_memory_allocated(logits.device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(logits, target).backward()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, 'trace.json')
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f)['traceEvents']
+    totals = [e['args']['Total Allocated'] for e in events if e.get('name') == '[memory]']
+    return max(totals, default=0)
+
+
+def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(num_rows, num_classes, generator=generator) * 3).to(device).requires_grad_()
+    target = torch.randint(0, num_classes, (num_rows,), generator=generator).to(device)
+    losses = make_losses()
+    for fn in losses.values():  # warm-up
+        for _ in range(3):
+            time_once(fn, logits, target)
+    times = {name: [] for name in losses}
+    for _ in range(repeats):  # interleaved rounds: drift in machine load hits every loss alike
+        for name, fn in losses.items():
+            times[name].append(time_once(fn, logits, target))
+    baseline = statistics.median(next(iter(times.values())))
+    baseline_mem = None
+    rows = []
+    for name, fn in losses.items():
+        median = statistics.median(times[name])
+        memory = peak_memory(fn, logits, target)
+        baseline_mem = baseline_mem or memory
+        rows.append(dict(size=f'{num_rows}x{num_classes}', loss=name, median_ms=median * 1e3,
+                         ratio=median / baseline, peak_mib=memory / 2**20, mem_ratio=memory / baseline_mem))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--repeats', type=int, default=30, help='timed rounds per size (median reported)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES), help='NxK sizes')
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
+        f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
+    print(f'# loss forward+backward, float32, {device.type} ({where}), torch {torch.__version__}, '
+          f'median of {args.repeats} interleaved rounds')
+    print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE |')
+    print('|---|---|---:|---:|---:|---:|')
+    for size in args.sizes:
+        num_rows, num_classes = (int(v) for v in size.lower().split('x'))
+        for row in bench_size(num_rows, num_classes, device, args.repeats):
+            print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
+                  f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
