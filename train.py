@@ -629,7 +629,8 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else None)
     if distributed:
-        task.prepare_distributed(device_ids=ddp_device_ids(device), broadcast_buffers=not args.no_ddp_bb)
+        ddp_kwargs = {'broadcast_buffers': False} if args.no_ddp_bb else {}
+        task.prepare_distributed(device_ids=ddp_device_ids(device), **ddp_kwargs)
     loss_scaler = NativeScaler(device=device.type) if use_scaler else None
 
     # Output directory, run files and resume.
@@ -668,6 +669,7 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
     autocast = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else \
         contextlib.nullcontext
     eval_metrics: dict[str, float] = {}
+    train_speed: list[float] = []
     for epoch in range(start_epoch, num_epochs):
         # Every random stream restarts from (seed, epoch, rank): an interrupted run resumes bit for bit.
         random_seed(args.seed + epoch * 1000, rank)
@@ -681,6 +683,7 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         train_metrics = train_one_epoch(
             epoch, task, loader_train, optimizer, lr_scheduler, schedules, criterion, mixup_fn, args, device,
             autocast, loss_scaler, updates_per_epoch, is_primary)
+        train_speed.append(train_metrics.pop('images_per_second'))
         if distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(model, world_size, args.dist_bn == 'reduce')
             if task.has_ema():
@@ -701,7 +704,8 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
                          f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}')
     if is_primary and saver is not None and saver.best_metric is not None:
         _logger.info(f'*** Best metric: {saver.best_metric} (epoch {saver.best_epoch})')
-    return {'output_dir': str(output_dir), 'eval_metrics': eval_metrics, 'num_epochs': num_epochs}
+    return {'output_dir': str(output_dir), 'eval_metrics': eval_metrics, 'num_epochs': num_epochs,
+            'train_images_per_second': train_speed}
 
 
 def set_cyclical_epoch(criterion: nn.Module, schedules, task, epoch: float, num_updates: Optional[int] = None) -> None:
@@ -722,7 +726,7 @@ def epoch_values(criterion: nn.Module, schedules) -> dict[str, Optional[float]]:
 
 def train_one_epoch(epoch, task, loader, optimizer, lr_scheduler, schedules, criterion, mixup_fn, args, device,
                     autocast, loss_scaler, updates_per_epoch, is_primary) -> dict[str, float]:
-    """One pass over the training loader; returns the sample-weighted mean loss over all ranks."""
+    """One pass over the training loader: the sample-weighted mean loss over all ranks and this rank's images/s."""
     task.train()
     accum_steps = args.grad_accum_steps
     num_batches = len(loader)
@@ -772,10 +776,11 @@ def train_one_epoch(epoch, task, loader, optimizer, lr_scheduler, schedules, cri
             elapsed = time.perf_counter() - start
             _logger.info(f'Train: {epoch} [{batch_idx + 1}/{num_batches}] loss {loss.item():.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.3e} {(batch_idx + 1) / max(elapsed, 1e-9):.2f} it/s')
+    images_per_second = sample_count.item() / max(time.perf_counter() - start, 1e-9)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)
         dist.all_reduce(sample_count)
-    return {'loss': (loss_sum / sample_count.clamp_min(1)).item()}
+    return {'loss': (loss_sum / sample_count.clamp_min(1)).item(), 'images_per_second': images_per_second}
 
 
 @torch.no_grad()
