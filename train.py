@@ -57,6 +57,7 @@ from cfl_timm.data import (
     dataset_targets,
     is_digits_dataset,
     log_class_counts,
+    patch_timm_posterize,
     select_train_subset,
 )
 from cfl_timm.loss_factory import DEFAULT_EPS, focal_loss_kwargs
@@ -595,6 +596,7 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=smoothing, num_classes=num_classes)
+    patch_timm_posterize()  # RandAugment 'inc1' ops on Pillow >= 11 (see cfl_timm.data.compat)
     if args.aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)
     use_prefetcher = not args.no_prefetcher

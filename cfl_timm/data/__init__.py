@@ -1,4 +1,5 @@
 """Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed) and an offline digits set."""
+from .compat import patch_timm_posterize, posterize
 from .digits import DIGITS_DATASET_NAME, DigitsDataset, is_digits_dataset
 from .subsets import (
     SUBSET_MODES,
