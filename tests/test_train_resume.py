@@ -1,0 +1,100 @@
+"""A training process killed with SIGKILL mid-run and resumed ends exactly where an uninterrupted run ends."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCHS, COOLDOWN = 7, 1
+
+# Everything stateful is on: cyclical loss and all three schedules, EMA, momentum, Mixup (numpy RNG), random
+# crops/flips (torch and python RNG), random erasing, drop path, a cosine LR with warmup.
+ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-b', '32', '-j', '0',
+        '--train_size', '192', '--train-size-mode', 'stratified', '--epochs', str(EPOCHS), '--cooldown-epochs',
+        str(COOLDOWN), '--lr', '0.05', '--warmup-epochs', '1', '--sched', 'cosine', '--focal_loss', 'asym-cyclical',
+        '--gamma_hc', '3', '--gamma_pos', '2', '--cyclical_factor', '2', '--wd_min', '1e-4', '--T_min', '0.5',
+        '--clip_min', '1', '--clip_max', '10', '--model-ema', '--model-ema-decay', '0.9', '--mixup', '0.2',
+        '--reprob', '0.25', '--drop-path', '0.05', '--scale', '0.6', '1.0', '--log-interval', '1000']
+
+
+def _command(output: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / 'train.py'), *ARGS, '--output', str(output), '--experiment', 'run',
+            *extra]
+
+
+def _env() -> dict:
+    # One thread in every run: CPU kernels then reduce in one fixed order.
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path}
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / 'summary.csv'
+    if not path.exists():
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_rows_close(rows_a, rows_b):
+    assert len(rows_a) == len(rows_b) == EPOCHS + COOLDOWN
+    for a, b in zip(rows_a, rows_b):
+        assert a.keys() == b.keys()
+        for key in a:
+            if a[key] == '' or b[key] == '':
+                assert a[key] == b[key], key
+            else:
+                assert abs(float(a[key]) - float(b[key])) <= 1e-6, (a['epoch'], key, a[key], b[key])
+
+
+def _assert_state_close(state_a: dict, state_b: dict):
+    assert state_a.keys() == state_b.keys()
+    for key, value in state_a.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            torch.testing.assert_close(value, state_b[key], rtol=0, atol=1e-6, msg=key)
+        elif torch.is_tensor(value):
+            assert torch.equal(value, state_b[key]), key
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    full_out, killed_out = tmp_path / 'full', tmp_path / 'killed'
+    full = subprocess.Popen(_command(full_out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    victim = subprocess.Popen(_command(killed_out), env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    # Kill as soon as two epochs are on disk: mid-way through epoch 2, between its updates.
+    while len(_rows(killed_out / 'run')) < 2 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
+    rows_at_kill = len(_rows(killed_out / 'run'))
+    assert 2 <= rows_at_kill < EPOCHS + COOLDOWN
+
+    resumed = subprocess.run(_command(killed_out, '--resume', str(killed_out / 'run' / 'last.pth.tar')),
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, full_err = full.communicate(timeout=300)
+    assert full.returncode == 0, full_err.decode()[-3000:]
+
+    _assert_rows_close(_rows(full_out / 'run'), _rows(killed_out / 'run'))
+    a = torch.load(full_out / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    b = torch.load(killed_out / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    assert a['epoch'] == b['epoch'] == EPOCHS + COOLDOWN - 1
+    _assert_state_close(a['state_dict'], b['state_dict'])
+    _assert_state_close(a['state_dict_ema'], b['state_dict_ema'])
+    assert a['task_state']['criterion'].keys() == b['task_state']['criterion'].keys()
+    for group_a, group_b in zip(a['optimizer']['param_groups'], b['optimizer']['param_groups']):
+        assert abs(group_a['lr'] - group_b['lr']) <= 1e-12
+        assert abs(group_a['weight_decay'] - group_b['weight_decay']) <= 1e-12
+    for key, state in a['optimizer']['state'].items():
+        torch.testing.assert_close(state['momentum_buffer'], b['optimizer']['state'][key]['momentum_buffer'],
+                                   rtol=0, atol=1e-6)
+    # The checkpoint history continued across the kill (checkpoint-hist default 10 keeps every epoch here).
+    assert sorted(p.name for p in (killed_out / 'run').glob('checkpoint-*.pth.tar')) == \
+        sorted(p.name for p in (full_out / 'run').glob('checkpoint-*.pth.tar'))
