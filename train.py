@@ -679,7 +679,8 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
             loader_train.sampler.set_epoch(epoch)
         if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             mixup_fn.mixup_enabled = False
-        set_cyclical_epoch(criterion, schedules, task, epoch)
+        start_updates = epoch * updates_per_epoch if args.cyclical_step_per_update else None
+        set_cyclical_epoch(criterion, schedules, task, epoch, start_updates)
         used = epoch_values(criterion, schedules)
 
         train_metrics = train_one_epoch(

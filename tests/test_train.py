@@ -135,11 +135,13 @@ def test_schedules_off_leave_their_columns_empty(tmp_path):
 def test_per_update_stepping_moves_within_the_epoch(tmp_path):
     argv = ['--dataset', 'sklearn/digits', '--model', 'test_efficientnet', '--img-size', '32', '-b', '32',
             '--train_size', '128', '--epochs', '2', '--warmup-epochs', '0', '--focal_loss', 'asym-cyclical',
-            '--T_min', '0.5', '--cyclical-step-per-update']
+            '--cyclical_factor', '4', '--T_min', '0.5', '--cyclical-step-per-update']
     _, run_dir = _run(tmp_path, *argv)
     rows = _summary(run_dir)
     # Logged: the values at the first update of each epoch (4 updates per epoch, 2 scheduled epochs, n = 1).
-    assert [float(r['eta']) for r in rows] == [1.0, pytest.approx(cyclical_eta(1.0, 2, 2.0))]
+    assert [float(r['eta']) for r in rows] == [1.0, pytest.approx(cyclical_eta(1.0, 2, 4.0))]
+    assert [float(r['temperature']) for r in rows] == [0.5, pytest.approx((1 - cyclical_eta(1.0, 2, 4.0)) * 2 +
+                                                                          cyclical_eta(1.0, 2, 4.0) * 0.5)]
     checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
     criterion_state = checkpoint['task_state']['criterion']
     assert criterion_state  # the fractional epoch of the last update, 1 + 3/4, is in the checkpoint
