@@ -233,3 +233,56 @@ def test_configs_load_and_name_no_machine_path():
         text = config.read_text()
         assert '/work/' not in text and '/tmp/' not in text
         train.load_config(str(config), train.get_args_parser())
+
+
+def test_quickstart_config_trains(tmp_path):
+    config = Path(train.__file__).resolve().parent / 'configs' / 'quickstart.yaml'
+    args = train.parse_args(['-c', str(config), '--epochs', '1', '--cooldown-epochs', '0', '--output', str(tmp_path),
+                             '--train_size', '128'])
+    assert (args.dataset, args.focal_loss, args.wd_min, args.T_min, args.clip_min) == (
+        'sklearn/digits', 'asym-cyclical', 1e-4, 0.5, 1.0)
+    result = train.main(args)
+    row = _summary(Path(result['output_dir']))[0]
+    assert row['weight_decay'] and row['temperature'] and row['clip_grad'] and row['eta'] == '1.0'
+
+
+def test_long_tailed_and_sampler_subsets_train_with_per_class_counts_logged(tmp_path, caplog):
+    caplog.set_level('INFO')
+    _run(tmp_path / 'lt', *DIGITS, '--imbalance_ratio', '10', '--imbalance-max', '40', '-b', '32')
+    expected = [int(40 * 10 ** (-c / 9) + 1e-9) for c in range(10)]  # n_c = n_max * rho^(-c/(K-1))
+    assert f'Training subset: {sum(expected)} images, 10 classes, per class min 4 max 40: {expected}' in caplog.text
+    sampler = tmp_path / 'sampler.csv'
+    sampler.write_text('\n'.join(str(i) for i in range(1000, 1442)))  # above int8, 0-based, the last image included
+    _run(tmp_path / 'rs', *DIGITS, '--read-sampler', str(sampler), '-b', '32')
+    assert 'Training subset: 442 images' in caplog.text
+
+
+def test_resume_auto_continues_in_the_run_directory(tmp_path):
+    argv = [*DIGITS, '--train_size', '96', '-b', '32', '--warmup-epochs', '0']
+    _run(tmp_path, *argv)
+    first = _summary(tmp_path / 'run')
+    _run(tmp_path, *argv[:-6], '--epochs', '2', '--train_size', '96', '-b', '32', '--warmup-epochs', '0',
+         '--resume', 'auto')
+    rows = _summary(tmp_path / 'run')
+    assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0] == first[0]
+    assert sorted(p.name for p in (tmp_path / 'run').glob('checkpoint-*')) == ['checkpoint-0.pth.tar',
+                                                                               'checkpoint-1.pth.tar']
+
+
+def test_summary_write_is_atomic(tmp_path, monkeypatch):
+    from cfl_timm.training import SummaryWriter, io
+
+    writer = SummaryWriter(tmp_path / 'summary.csv')
+    writer.append({'epoch': 0, 'train_loss': 1.5, 'temperature': None})
+    before = (tmp_path / 'summary.csv').read_text()
+
+    def crash(_fd):
+        raise OSError('disk full')
+    monkeypatch.setattr(io.os, 'fsync', crash)
+    with pytest.raises(OSError, match='disk full'):
+        writer.append({'epoch': 1, 'train_loss': 1.2})
+    assert (tmp_path / 'summary.csv').read_text() == before  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ['summary.csv']  # no temp file left behind
+    assert before.splitlines()[1].startswith('0,1.5,') and before.splitlines()[1].endswith(',,,,,,,,,')
+    with pytest.raises(ValueError, match='Unknown summary columns'):
+        writer.append({'epochs': 2})
