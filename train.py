@@ -541,13 +541,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _train(args, effective_args, device, rank, world_size, distributed, is_primary) -> dict[str, Any]:
-    if distributed:
-        _logger.info(f'Process {rank} of {world_size}, device {device} (backend {dist.get_backend()}).')
-    amp_dtype, use_scaler = resolve_amp(args, device)
-    random_seed(args.seed, rank)
-
-    # Data first: the class count and subsets come from the training set.
+def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any, int]:
+    """Training set (restricted to the selected subset) and validation set, plus the number of classes."""
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)
     if len(dataset_train) == 0 or len(dataset_eval) == 0:
@@ -562,7 +557,12 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
     if is_primary:
         log_class_counts(class_counts(dataset_targets(dataset_train), num_classes),
                          'Training set' if subset is None else 'Training subset')
+    return dataset_train, dataset_eval, num_classes
 
+
+def build_model(args: argparse.Namespace, num_classes: int, device: torch.device, distributed: bool,
+                is_primary: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """The timm model (split / sync BN as asked) on ``device``, and its resolved data config."""
     model = create_model(
         args.model, pretrained=args.pretrained, in_chans=args.in_chans or 3, num_classes=num_classes,
         drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
@@ -576,39 +576,47 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         model.to(memory_format=torch.channels_last)
     if distributed and args.sync_bn:
         model = convert_sync_batchnorm(model)
+    return model, data_config
 
-    lr = args.lr
-    if lr is None:
-        global_batch = args.batch_size * world_size * args.grad_accum_steps
-        scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
-        ratio = global_batch / args.lr_base_size
-        lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
-        _logger.info(f'Learning rate ({lr}) from base learning rate ({args.lr_base}) and global batch {global_batch}.')
-    opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=opt_cfg))
 
-    # Loaders.
-    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+def resolve_lr(args: argparse.Namespace, world_size: int) -> float:
+    """``--lr``, or ``--lr-base`` scaled by the global batch size (linear, or sqrt for adaptive optimizers)."""
+    if args.lr is not None:
+        return args.lr
+    global_batch = args.batch_size * world_size * args.grad_accum_steps
+    scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
+    ratio = global_batch / args.lr_base_size
+    lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+    _logger.info(f'Learning rate ({lr}) from base learning rate ({args.lr_base}) and global batch {global_batch}.')
+    return lr
+
+
+def build_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
+    """timm's batch Mixup/CutMix, smoothing with the loss's own default (0.1, or the focal loss's eps)."""
+    if not (args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None):
+        return None
     smoothing = args.smoothing if args.smoothing is not None else (
         DEFAULT_EPS[args.focal_loss] if args.focal_loss else 0.1)
-    mixup_fn = None
-    if mixup_active:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=smoothing, num_classes=num_classes)
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                 label_smoothing=smoothing, num_classes=num_classes)
+
+
+def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_config: dict[str, Any],
+                  device: torch.device, distributed: bool):
+    """timm's training and validation loaders (the distributed samplers shard the subset, not the full set)."""
     patch_timm_posterize()  # RandAugment 'inc1' ops on Pillow >= 11 (see cfl_timm.data.compat)
     if args.aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)
     use_prefetcher = not args.no_prefetcher
-    train_interpolation = args.train_interpolation or data_config['interpolation']
     loader_train = create_loader(
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
         scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
         auto_augment=args.aa, num_aug_repeats=int(args.aug_repeats), num_aug_splits=args.aug_splits,
-        interpolation=train_interpolation, mean=data_config['mean'], std=data_config['std'],
-        num_workers=args.workers, distributed=distributed, pin_memory=args.pin_mem, device=device,
-        use_prefetcher=use_prefetcher,
+        interpolation=args.train_interpolation or data_config['interpolation'], mean=data_config['mean'],
+        std=data_config['std'], num_workers=args.workers, distributed=distributed, pin_memory=args.pin_mem,
+        device=device, use_prefetcher=use_prefetcher,
         # Workers restart each epoch so their RNG is a function of the epoch seed: resume is exact.
         persistent_workers=False)
     loader_eval = create_loader(
@@ -616,13 +624,30 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
         std=data_config['std'], num_workers=args.workers, distributed=distributed, crop_pct=data_config['crop_pct'],
         pin_memory=args.pin_mem, device=device, use_prefetcher=use_prefetcher, persistent_workers=False)
+    return loader_train, loader_eval
+
+
+def _train(args, effective_args, device, rank, world_size, distributed, is_primary) -> dict[str, Any]:
+    if distributed:
+        _logger.info(f'Process {rank} of {world_size}, device {device} (backend {dist.get_backend()}).')
+    amp_dtype, use_scaler = resolve_amp(args, device)
+    random_seed(args.seed, rank)
+
+    # Data first: the class count and subsets come from the training set.
+    dataset_train, dataset_eval, num_classes = load_datasets(args, is_primary)
+    model, data_config = build_model(args, num_classes, device, distributed, is_primary)
+    lr = resolve_lr(args, world_size)
+    opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=opt_cfg))
+    mixup_fn = build_mixup(args, num_classes)
+    loader_train, loader_eval = build_loaders(args, dataset_train, dataset_eval, data_config, device, distributed)
     updates_per_epoch = max(1, (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps)
 
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
                                       decreasing_metric='loss' in args.eval_metric),
         updates_per_epoch=updates_per_epoch)
-    criterion = build_train_criterion(args, num_epochs, mixup_active)
+    criterion = build_train_criterion(args, num_epochs, mixup_fn is not None)
     schedules = create_cyclical_schedules(
         optimizer, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, **cyclical_schedule_kwargs(args))
 
@@ -666,7 +691,7 @@ def _train(args, effective_args, device, rank, world_size, distributed, is_prima
         _logger.info(f'Output in {output_dir}; scheduled epochs {num_epochs}, {updates_per_epoch} updates per epoch.')
 
     if args.log_shard_indices:
-        _log_shard_indices(loader_train, dataset_train, output_dir, start_epoch, is_primary)
+        _log_shard_indices(loader_train, output_dir, start_epoch, is_primary)
 
     autocast = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else \
         contextlib.nullcontext
@@ -837,12 +862,13 @@ def resume_training(path: str, task, optimizer, loss_scaler, resume_opt: bool, i
     return int(checkpoint['epoch']) + 1
 
 
-def _log_shard_indices(loader, dataset, output_dir: Path, epoch: int, is_primary: bool) -> None:
+def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -> None:
     """Write the training-set indices each rank draws in ``epoch`` (rank order) to shards.json."""
     sampler = loader.sampler
     if hasattr(sampler, 'set_epoch'):
         sampler.set_epoch(epoch)
     positions = [int(i) for i in sampler]
+    dataset = loader.dataset
     base = dataset.dataset if isinstance(dataset, AugMixDataset) else dataset
     indices = base.indices[positions].tolist() if isinstance(base, SubsetDataset) else positions
     shards = gather_objects(indices)
