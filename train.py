@@ -74,6 +74,9 @@ from cfl_timm.training import (
 _logger = logging.getLogger('train')
 
 SOFT_TARGET_MODES = ('distribution', 'argmax')
+# Split folder names timm's folder datasets accept for the default splits.
+TRAIN_SPLIT_NAMES = ('train', 'training')
+EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
 TIMM_LOSS_TYPES = ('ce', 'bce', 'asl', 'poly', 'jsd', 'twoway', 'zlpr', 'db')
 
 
@@ -482,19 +485,27 @@ def check_args(args: argparse.Namespace) -> None:
                          '--dataset sklearn/digits.')
     if not os.path.isdir(data_dir):
         raise ValueError(f'Dataset path does not exist: {data_dir}')
-    train_dir = os.path.join(data_dir, args.train_split)
-    if not os.path.isdir(train_dir) or not any(os.scandir(train_dir)):
-        raise ValueError(f'Dataset path {data_dir} has no non-empty {args.train_split!r} folder of class folders.')
+    for split, synonyms in ((args.train_split, TRAIN_SPLIT_NAMES), (args.val_split, EVAL_SPLIT_NAMES)):
+        names = [split] + (list(synonyms) if split in synonyms else [])
+        folders = [os.path.join(data_dir, n) for n in names if os.path.isdir(os.path.join(data_dir, n))]
+        if not folders or not any(os.scandir(folders[0])):
+            raise ValueError(f'Dataset path {data_dir} has no non-empty {split!r} folder of class folders '
+                             f'(looked for {names}).')
 
 
 def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
     """The named timm dataset, or the offline ``sklearn/digits`` set."""
     if is_digits_dataset(args.dataset):
         return DigitsDataset(split)
-    return create_dataset(
-        args.dataset, root=args.data_dir or args.data, split=split, is_training=is_training,
-        class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
-        seed=args.seed, input_img_mode=args.input_img_mode or 'RGB')
+    root = args.data_dir or args.data
+    try:
+        return create_dataset(
+            args.dataset, root=root, split=split, is_training=is_training, class_map=args.class_map,
+            download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
+            input_img_mode=args.input_img_mode or 'RGB')
+    except (OSError, RuntimeError) as e:  # e.g. no network for --dataset-download, a corrupt torchvision set
+        raise ValueError(f"Could not load the {split!r} split of dataset {args.dataset or 'folder'!r} from "
+                         f"{root!r}: {e}") from e
 
 
 def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_active: bool) -> nn.Module:

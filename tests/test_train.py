@@ -211,9 +211,12 @@ def test_bad_sampler_file_gives_a_clear_error_before_training(tmp_path, sampler_
     assert not (tmp_path / 'run').exists()
 
 
-def test_empty_train_folder_is_a_clear_error(tmp_path):
+def test_empty_or_missing_split_folder_is_a_clear_error(tmp_path):
     (tmp_path / 'data' / 'train').mkdir(parents=True)
     with pytest.raises(ValueError, match="no non-empty 'train' folder"):
+        _run(tmp_path, '--model', 'test_resnet', '--data-dir', str(tmp_path / 'data'))
+    (tmp_path / 'data' / 'train' / 'cat').mkdir()
+    with pytest.raises(ValueError, match=r"no non-empty 'validation' folder .*'val'"):
         _run(tmp_path, '--model', 'test_resnet', '--data-dir', str(tmp_path / 'data'))
 
 
