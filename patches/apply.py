@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""Add cyclical focal loss and cyclical training to an existing timm checkout, or take them out again.
+
+Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 and
+"General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835
+
+Usage::
+
+    python patches/apply.py PATH_TO_TIMM_CHECKOUT [--dry-run] [--revert] [--library-only] [--write-diffs PREFIX]
+
+The checkout is timm's repository layout: ``train.py`` at its root and the ``timm/`` package beside it
+(``--library-only`` patches the ``timm/`` package alone, e.g. an installed wheel laid out as a checkout).
+
+What it does (see patches/README.md):
+
+- copies three self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` (this project's
+  loss module, verbatim), ``timm/loss/focal_loss_factory.py`` (this project's factory, verbatim) and
+  ``timm/scheduler/cyclical.py`` (the train.py hooks, from ``patches/files/``);
+- inserts lines into ``timm/loss/__init__.py`` (exports), ``timm/loss/_loss_factory.py`` where the checkout
+  has one (the focal loss types join ``create_classification_loss``) and ``train.py`` (flags, loss choice,
+  per epoch / per update state, temperature, weight decay, clip threshold, summary columns).
+
+Insertion points are found from the code's structure with :mod:`ast` (a named statement or function), never
+from line numbers. Every inserted line carries the marker ``# cfl-timm`` and no upstream line is changed, so
+``--revert`` (dropping the marked lines and deleting the copied files) restores each file byte for byte, and a
+second run changes nothing. Every anchor is resolved before anything is written: if one is missing, nothing
+is written and each missing anchor is named.
+"""
+import argparse
+import ast
+import difflib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MARKER = '# cfl-timm'
+
+# Destination in the checkout -> source in this repository. Copied byte for byte.
+COPIED_FILES = {
+    'timm/loss/cyclical_focal_loss.py': 'cfl_timm/cyclical_focal_loss.py',
+    'timm/loss/focal_loss_factory.py': 'cfl_timm/loss_factory.py',
+    'timm/scheduler/cyclical.py': 'patches/files/timm/scheduler/cyclical.py',
+}
+# What a copied module may import: it has to work inside any timm checkout.
+ALLOWED_IMPORTS = {'argparse', 'copy', 'math', 'typing', 'torch', 'timm'}
+LOSS_INIT = 'timm/loss/__init__.py'
+LOSS_FACTORY = 'timm/loss/_loss_factory.py'
+TRAIN = 'train.py'
+
+
+class PatchError(Exception):
+    """The checkout cannot be patched (or reverted); the message names every reason."""
+
+
+@dataclass
+class Insert:
+    """Lines inserted before line ``index`` (0-based) of the original file, each at ``indent``."""
+    index: int
+    indent: str
+    lines: list[str]
+
+
+@dataclass
+class FilePlan:
+    """The edits of one inserted-into file, or the anchors that could not be found."""
+    inserts: list[Insert] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Source helpers
+
+
+def read_text(path: Path) -> str:
+    with open(path, newline='') as f:  # line endings kept as they are, so a revert is byte for byte
+        return f.read()
+
+
+def split_lines(text: str) -> list[str]:
+    return text.splitlines(keepends=True)
+
+
+def newline_of(text: str) -> str:
+    return '\r\n' if '\r\n' in text.split('\n', 1)[0] + '\n' else '\n'
+
+
+def strip_marked(text: str) -> str:
+    """The file without the lines this tool inserted (exactly the upstream file)."""
+    return ''.join(line for line in split_lines(text) if MARKER not in line)
+
+
+def render(original: str, inserts: list[Insert]) -> str:
+    lines = split_lines(original)
+    newline = newline_of(original)
+    if lines and not lines[-1].endswith(('\n', '\r')):
+        lines[-1] += newline  # only reached when a line is appended after an unterminated last line
+    by_index: dict[int, list[str]] = {}
+    for insert in inserts:
+        by_index.setdefault(insert.index, []).extend(
+            f'{insert.indent}{line}{"" if MARKER in line else "  " + MARKER}{newline}' for line in insert.lines)
+    out = []
+    for index in range(len(lines) + 1):
+        out.extend(by_index.get(index, []))
+        if index < len(lines):
+            out.append(lines[index])
+    return ''.join(out)
+
+
+def indent_of(lines: list[str], node: ast.AST) -> str:
+    line = lines[node.lineno - 1]
+    return line[:len(line) - len(line.lstrip())]
+
+
+def call_name(node: Optional[ast.AST]) -> Optional[str]:
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Name):
+            return func.id
+        if isinstance(func, ast.Attribute):
+            return func.attr
+    return None
+
+
+def assigned_names(node: ast.AST) -> set[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, 'target', None)]
+    names = set()
+    for target in targets:
+        for sub in ast.walk(target) if target is not None else ():
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+    return names
+
+
+def module_function(tree: ast.Module, name: str) -> Optional[ast.FunctionDef]:
+    return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
+def statements(func: ast.AST) -> Iterator[ast.stmt]:
+    """Every statement inside ``func`` (nested blocks included), in source order."""
+    found = [n for n in ast.walk(func) if isinstance(n, ast.stmt) and n is not func]
+    return iter(sorted(found, key=lambda n: (n.lineno, n.col_offset)))
+
+
+def find_statement(func: ast.AST, predicate: Callable[[ast.stmt], bool]) -> Optional[ast.stmt]:
+    return next((n for n in statements(func) if predicate(n)), None)
+
+
+def body_start(func: ast.FunctionDef) -> ast.stmt:
+    """The first statement of ``func`` after its docstring."""
+    body = func.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], 'value', None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        return body[1]
+    return body[0]
+
+
+def last_parameter_line(lines: list[str], func: ast.FunctionDef) -> Optional[int]:
+    """0-based index of the line ending the last parameter, when the signature is one parameter a line with a
+    trailing comma (timm's style), so a keyword parameter can be added as a line of its own."""
+    args = func.args
+    if args.vararg or args.kwarg:
+        return None
+    params = args.posonlyargs + args.args + args.kwonlyargs
+    defaults = [d for d in args.defaults + args.kw_defaults if d is not None]
+    nodes = params + defaults
+    if not nodes:
+        return None
+    end = max(n.end_lineno for n in nodes)
+    if not lines[end - 1].split('#', 1)[0].rstrip().endswith(','):
+        return None
+    return end
+
+
+def uses_name(func: ast.AST, name: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.arg) and n.arg == name
+               for n in ast.walk(func))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Anchors: each file's insertion points, from its structure
+
+
+def plan_loss_init(source: str) -> FilePlan:
+    plan = FilePlan()
+    tree = ast.parse(source)
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    if not imports:
+        plan.missing.append(f'{LOSS_INIT}: a module-level relative import (from .x import ...)')
+        return plan
+    plan.inserts.append(Insert(imports[-1].end_lineno, '', [
+        'from .cyclical_focal_loss import FOCAL_LOSS_TYPES, AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, '
+        'cyclical_eta',
+        'from .focal_loss_factory import create_focal_loss',
+    ]))
+    return plan
+
+
+def plan_loss_factory(source: str) -> FilePlan:
+    plan = FilePlan()
+    tree = ast.parse(source)
+    lines = split_lines(source)
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    if imports:
+        plan.inserts.append(Insert(imports[-1].end_lineno, '', [
+            'from .focal_loss_factory import FOCAL_LOSS_TYPES, create_focal_loss']))
+    else:
+        plan.missing.append(f'{LOSS_FACTORY}: a module-level relative import (from .x import ...)')
+    loss_types = next((n for n in tree.body if isinstance(n, ast.Assign) and assigned_names(n) == {'LOSS_TYPES'}),
+                      None)
+    if loss_types is not None:
+        plan.inserts.append(Insert(loss_types.end_lineno, '', ['LOSS_TYPES = LOSS_TYPES + FOCAL_LOSS_TYPES']))
+    else:
+        plan.missing.append(f'{LOSS_FACTORY}: the module-level assignment LOSS_TYPES = (...)')
+    func = module_function(tree, 'create_classification_loss')
+    if func is None:
+        plan.missing.append(f'{LOSS_FACTORY}: def create_classification_loss(...)')
+        return plan
+    params = {a.arg for a in func.args.args + func.args.kwonlyargs}
+    needed = ('loss_type', 'multi_label', 'smoothing', 'soft_targets')
+    if not set(needed) <= params:
+        plan.missing.append(f'{LOSS_FACTORY}: create_classification_loss parameters {needed}')
+    end = last_parameter_line(lines, func)
+    if end is None:
+        plan.missing.append(f'{LOSS_FACTORY}: create_classification_loss signature with one parameter a line, '
+                            'a trailing comma and no **kwargs')
+    if plan.missing:
+        return plan
+    param_indent = indent_of(lines, func.args.args[-1])
+    plan.inserts.append(Insert(end, param_indent, ['**focal_kwargs,']))
+    first = body_start(func)
+    body_indent = indent_of(lines, first)
+    plan.inserts.append(Insert(first.lineno - 1, body_indent, [
+        'if loss_type in FOCAL_LOSS_TYPES:',
+        '    if multi_label:',
+        '        raise ValueError(f"Loss type \'{loss_type}\' does not support multi-label targets.")',
+        '    return create_focal_loss(loss_type, smoothing=smoothing, soft_targets=soft_targets, **focal_kwargs)',
+        'if focal_kwargs:',
+        '    raise TypeError(f"Arguments {sorted(focal_kwargs)} only apply to the loss types {FOCAL_LOSS_TYPES}.")',
+    ]))
+    return plan
+
+
+def plan_train(source: str) -> FilePlan:
+    plan = FilePlan()
+    tree = ast.parse(source)
+    lines = split_lines(source)
+
+    def need(node: Optional[ast.AST], what: str) -> bool:
+        if node is None:
+            plan.missing.append(f'{TRAIN}: {what}')
+        return node is not None
+
+    timm_loss_import = next(
+        (n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == 'timm.loss' and n.level == 0), None)
+    if need(timm_loss_import, 'the module-level import "from timm.loss import ..."'):
+        plan.inserts.append(Insert(timm_loss_import.end_lineno, '', [
+            'from timm.scheduler.cyclical import (',
+            '    CyclicalTraining, add_cyclical_args, check_cyclical_args, create_cyclical_train_loss)']))
+
+    parser_assign = next((n for n in tree.body if isinstance(n, ast.Assign) and 'parser' in assigned_names(n)
+                          and call_name(n.value) == 'ArgumentParser'), None)
+    parse_args_def = module_function(tree, '_parse_args')
+    if need(parser_assign, 'the module-level "parser = argparse.ArgumentParser(...)"') and \
+            need(parse_args_def, 'def _parse_args()'):
+        before = [n for n in tree.body if n.end_lineno < parse_args_def.lineno]
+        if before and before[-1].lineno >= parser_assign.lineno:
+            # after the last module-level statement that adds flags, before def _parse_args
+            plan.inserts.append(Insert(before[-1].end_lineno, '', ['add_cyclical_args(parser)']))
+        else:
+            plan.missing.append(f'{TRAIN}: module-level flag definitions between "parser = ..." and _parse_args')
+
+    main = module_function(tree, 'main')
+    if need(main, 'def main()'):
+        if uses_name(main, 'cyclical'):
+            plan.missing.append(f'{TRAIN}: main() must not use the name "cyclical" already')
+        parsed = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value) == '_parse_args')
+        if need(parsed, 'main(): "args, args_text = _parse_args()"'):
+            plan.inserts.append(Insert(parsed.end_lineno, indent_of(lines, parsed), ['check_cyclical_args(args)']))
+        mixup = find_statement(main, lambda n: isinstance(n, ast.Assign) and 'mixup_active' in assigned_names(n))
+        to_device = find_statement(main, lambda n: isinstance(n, ast.Assign)
+                                   and assigned_names(n) == {'train_loss_fn'} and call_name(n.value) == 'to'
+                                   and isinstance(n.value.func.value, ast.Name)
+                                   and n.value.func.value.id == 'train_loss_fn')
+        if need(mixup, 'main(): "mixup_active = ..."') and \
+                need(to_device, 'main(): "train_loss_fn = train_loss_fn.to(...)"'):
+            plan.inserts.append(Insert(to_device.lineno - 1, indent_of(lines, to_device), [
+                'train_loss_fn = create_cyclical_train_loss(train_loss_fn, args, mixup_active=mixup_active)']))
+        scheduler = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value)
+                                   == 'create_scheduler_v2' and 'num_epochs' in assigned_names(n))
+        updates = find_statement(main, lambda n: isinstance(n, ast.Assign)
+                                 and 'updates_per_epoch' in assigned_names(n))
+        if need(scheduler, 'main(): "lr_scheduler, num_epochs = create_scheduler_v2(...)"') and \
+                need(updates, 'main(): "updates_per_epoch = ..."'):
+            plan.inserts.append(Insert(scheduler.end_lineno, indent_of(lines, scheduler), [
+                'cyclical = CyclicalTraining.from_args(',
+                '    args, optimizer, train_loss_fn, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)']))
+        call = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value) == 'train_one_epoch'
+                              and 'train_metrics' in assigned_names(n))
+        if need(call, 'main(): "train_metrics = train_one_epoch(...)"'):
+            keywords = call.value.keywords
+            last = keywords[-1] if keywords else None
+            if last is None or last.arg is None or \
+                    not lines[last.end_lineno - 1].split('#', 1)[0].rstrip().endswith(','):
+                plan.missing.append(f'{TRAIN}: main(): train_one_epoch(...) call with one keyword argument a line '
+                                    'and a trailing comma')
+            else:
+                plan.inserts.append(Insert(last.end_lineno, ' ' * last.col_offset, ['cyclical=cyclical,']))
+                plan.inserts.append(Insert(call.end_lineno, indent_of(lines, call), [
+                    'train_metrics.update(cyclical.epoch_summary())']))
+
+    epoch_fn = module_function(tree, 'train_one_epoch')
+    if need(epoch_fn, 'def train_one_epoch(...)'):
+        if uses_name(epoch_fn, 'cyclical'):
+            plan.missing.append(f'{TRAIN}: train_one_epoch() must not use the name "cyclical" already')
+        params = [a.arg for a in epoch_fn.args.args + epoch_fn.args.kwonlyargs]
+        end = last_parameter_line(lines, epoch_fn)
+        if not {'epoch', 'args'} <= set(params) or end is None:
+            plan.missing.append(f'{TRAIN}: train_one_epoch(epoch, ..., args, ...) signature with one parameter a '
+                                'line, a trailing comma and no **kwargs')
+        else:
+            last_param = (epoch_fn.args.args + epoch_fn.args.kwonlyargs)[-1]
+            plan.inserts.append(Insert(end, indent_of(lines, last_param), ['cyclical=None,']))
+            first = body_start(epoch_fn)
+            plan.inserts.append(Insert(first.lineno - 1, indent_of(lines, first), [
+                'if cyclical is not None:',
+                f'    args = cyclical.begin_epoch(epoch, args)  {MARKER}: a copy if the clip threshold is scheduled']))
+        counter = find_statement(epoch_fn, lambda n: isinstance(n, ast.AugAssign) and isinstance(n.op, ast.Add)
+                                 and isinstance(n.target, ast.Name) and n.target.id == 'num_updates')
+        if need(counter, 'train_one_epoch(): "num_updates += 1"'):
+            plan.inserts.append(Insert(counter.end_lineno, indent_of(lines, counter), [
+                'if cyclical is not None:',
+                '    args = cyclical.step_update(num_updates, args)']))
+    return plan
+
+
+PLANNERS = {LOSS_INIT: plan_loss_init, LOSS_FACTORY: plan_loss_factory, TRAIN: plan_train}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole-checkout plan
+
+
+def check_self_contained(relpath: str, text: str) -> list[str]:
+    """Imports of a copied module that a timm checkout may not have."""
+    problems = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = str(Path(relpath).parent / f'{node.module}.py')
+                if target not in COPIED_FILES and not target.startswith('timm/'):
+                    problems.append(f'{relpath}: relative import of {node.module}')
+                continue
+            names = [node.module]
+        else:
+            continue
+        problems += [f'{relpath}: imports {name}' for name in names if name.split('.')[0] not in ALLOWED_IMPORTS]
+    return problems
+
+
+def copied_sources() -> dict[str, str]:
+    sources = {}
+    for dest, src in COPIED_FILES.items():
+        path = REPO_ROOT / src
+        if not path.is_file():
+            raise PatchError(f'source file {src} is missing from this repository')
+        sources[dest] = read_text(path)
+    return sources
+
+
+def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """{relative path: (current text or None, new text or None)} for every file that changes."""
+    if not (checkout / LOSS_INIT).is_file():
+        raise PatchError(f'{checkout} is not a timm checkout: {LOSS_INIT} is missing')
+    targets = [LOSS_INIT] + ([LOSS_FACTORY] if (checkout / LOSS_FACTORY).is_file() else [])
+    if not library_only:
+        if not (checkout / TRAIN).is_file():
+            raise PatchError(f'{checkout} has no {TRAIN} at its root; pass --library-only to patch timm/ alone')
+        targets.append(TRAIN)
+
+    problems: list[str] = []
+    changes: dict[str, tuple[Optional[str], Optional[str]]] = {}
+    was_patched = False
+    for rel in targets:
+        current = read_text(checkout / rel)
+        original = strip_marked(current)
+        was_patched |= original != current
+        if revert:
+            new = original
+        else:
+            try:
+                plan = PLANNERS[rel](original)
+            except SyntaxError as e:
+                problems.append(f'{rel}: cannot be parsed ({e})')
+                continue
+            problems += plan.missing
+            new = render(original, plan.inserts)
+        if new != current:
+            changes[rel] = (current, new)
+
+    sources = copied_sources()
+    for dest, text in sources.items():
+        problems += check_self_contained(dest, text)
+        path = checkout / dest
+        current = read_text(path) if path.is_file() else None
+        ours = was_patched or current is None or current == text
+        if current is not None and not ours:
+            problems.append(f'{dest} already exists and was not written by this tool; move it away first')
+        elif revert and current is not None:
+            changes[dest] = (current, None)
+        elif not revert and current != text:
+            changes[dest] = (current, text)
+    if problems:
+        action = 'revert' if revert else 'patch'
+        listing = '\n'.join(f'  - {p}' for p in problems)
+        raise PatchError(f'cannot {action} {checkout}; nothing was changed:\n{listing}')
+    return changes
+
+
+def write_changes(checkout: Path, changes: dict[str, tuple[Optional[str], Optional[str]]]) -> None:
+    """Write every change atomically per file; on any failure restore the files already written."""
+    done: list[tuple[Path, Optional[str]]] = []
+    try:
+        for rel, (old, new) in changes.items():
+            path = checkout / rel
+            if new is None:
+                path.unlink()
+            else:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+                with os.fdopen(fd, 'w', newline='') as f:
+                    f.write(new)
+                if path.exists():
+                    os.chmod(tmp, path.stat().st_mode & 0o7777)
+                else:
+                    os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            done.append((path, old))
+    except BaseException:
+        for path, old in reversed(done):
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(old, newline='')
+        raise
+
+
+def unified_diff(rel: str, old: Optional[str], new: Optional[str]) -> str:
+    """A git-style unified diff of one file (new / deleted files included), for ``git apply``."""
+    header = f'diff --git a/{rel} b/{rel}\n'
+    if old is None:
+        header += 'new file mode 100644\n'
+    elif new is None:
+        header += 'deleted file mode 100644\n'
+    body = difflib.unified_diff(
+        split_lines(old or ''), split_lines(new or ''),
+        '/dev/null' if old is None else f'a/{rel}', '/dev/null' if new is None else f'b/{rel}')
+    return header + ''.join(body)
+
+
+def diffs(changes: dict[str, tuple[Optional[str], Optional[str]]]) -> dict[str, str]:
+    """{'library': diff of timm/..., 'train': diff of train.py}, each empty when nothing changes there."""
+    out = {'library': '', 'train': ''}
+    for rel in sorted(changes, key=lambda r: (r == TRAIN, r)):
+        out['train' if rel == TRAIN else 'library'] += unified_diff(rel, *changes[rel])
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description='Add cyclical focal loss and cyclical training to a timm checkout.')
+    parser.add_argument('checkout', type=Path, help='timm checkout (train.py and timm/ at its root)')
+    parser.add_argument('--dry-run', action='store_true', help='print the diff, change nothing')
+    parser.add_argument('--revert', action='store_true', help='remove the change again (byte for byte)')
+    parser.add_argument('--library-only', action='store_true', help='patch timm/ only (no train.py)')
+    parser.add_argument('--write-diffs', metavar='PREFIX', default=None,
+                        help='write PREFIX-library.diff and PREFIX-train.diff (vs the unpatched files) and change '
+                             'nothing in the checkout')
+    args = parser.parse_args(argv)
+    if args.revert and args.write_diffs:
+        parser.error('--write-diffs cannot be combined with --revert')
+    checkout = args.checkout.resolve()
+    try:
+        if args.write_diffs:
+            if build_plan(checkout, revert=True, library_only=args.library_only):
+                raise PatchError(f'{checkout} is patched already; diffs are made from an unpatched checkout '
+                                 '(run --revert first)')
+            changes = build_plan(checkout, revert=False, library_only=args.library_only)
+            for kind, text in diffs(changes).items():
+                if text:
+                    Path(f'{args.write_diffs}-{kind}.diff').write_text(text)
+                    print(f'wrote {args.write_diffs}-{kind}.diff')
+            return 0
+        changes = build_plan(checkout, revert=args.revert, library_only=args.library_only)
+    except PatchError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    if not changes:
+        print(f'{checkout}: already {"unpatched" if args.revert else "patched"}, nothing to do')
+        return 0
+    if args.dry_run:
+        sys.stdout.write(''.join(diffs(changes).values()))
+        print(f'dry run: {len(changes)} file(s) would change', file=sys.stderr)
+        return 0
+    write_changes(checkout, changes)
+    verb = 'reverted' if args.revert else 'patched'
+    for rel, (old, new) in changes.items():
+        print(f'{verb}: {rel}' + (' (removed)' if new is None else ' (created)' if old is None else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
