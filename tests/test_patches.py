@@ -1,0 +1,276 @@
+"""Tests of patches/apply.py on the installed timm's library files and on patches/structural_sample/train.py.
+
+CI has no upstream timm checkout: the tool runs on a copy of the installed timm package laid out as a checkout
+(``timm/`` at its root, plus the structural sample as ``train.py``). The committed diffs of timm's library files
+for the installed timm must equal what the tool produces now; the committed v1.0.28 diffs must carry exactly
+the copied files and the lines the tool inserts today (their upstream context was checked against the real
+v1.0.28 tag with ``git apply --check``, see patches/README.md).
+"""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+
+from cfl_timm import cyclical_eta
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PATCHES = REPO_ROOT / 'patches'
+sys.path.insert(0, str(PATCHES))
+import apply  # noqa: E402  (patches/apply.py is a script, not a package module)
+
+INSTALLED_TIMM = Path(timm.__file__).resolve().parent
+INSTALLED_LIBRARY_DIFF = PATCHES / 'timm-1.0.31-library.diff'  # the pinned, installed timm 1.0.31 (wheel)
+V1028_LIBRARY_DIFF = PATCHES / 'timm-v1.0.28-library.diff'  # upstream tag v1.0.28
+V1028_TRAIN_DIFF = PATCHES / 'timm-v1.0.28-train.diff'
+CYCLICAL_FLAGS = [
+    '--focal_loss', 'asym-cyclical', '--gamma_hc', '3', '--gamma_pos', '2', '--gamma_neg', '2',
+    '--cyclical_factor', '4', '--wd_min', '1e-5', '--wd_max', '8e-5', '--T_min', '0.5', '--T_max', '2',
+    '--clip_min', '0.5', '--clip_max', '2',
+]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """The installed timm package plus the structural sample train.py, laid out as a timm checkout."""
+    root = tmp_path / 'checkout'
+    shutil.copytree(INSTALLED_TIMM, root / 'timm', ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(PATCHES / 'structural_sample' / 'train.py', root / 'train.py')
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob('*')) if p.is_file() and '__pycache__' not in p.parts}
+
+
+def run_tool(*argv: str, capsys) -> tuple[int, str, str]:
+    code = apply.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def diff_sections(text: str) -> dict[str, str]:
+    """{path: that file's part of a git-style diff}."""
+    sections = {}
+    for part in text.split('diff --git a/')[1:]:
+        sections[part.split(' ', 1)[0]] = 'diff --git a/' + part
+    return sections
+
+
+def added_lines(section: str) -> list[str]:
+    return [line[1:].strip() for line in section.splitlines()
+            if line.startswith('+') and not line.startswith('+++')]
+
+
+def test_library_diff_equals_tool_output_on_installed_timm(checkout, tmp_path, capsys):
+    assert timm.__version__ == '1.0.31', 'the pinned timm changed: regenerate patches/timm-<version>-library.diff'
+    code, _, err = run_tool(checkout, '--library-only', '--write-diffs', tmp_path / 'now', capsys=capsys)
+    assert code == 0, err
+    produced = (tmp_path / 'now-library.diff').read_text()
+    assert produced == INSTALLED_LIBRARY_DIFF.read_text(), \
+        'patches/timm-1.0.31-library.diff is stale: python patches/apply.py <timm layout> --library-only --write-diffs'
+    assert set(diff_sections(produced)) == {
+        'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', *apply.COPIED_FILES}
+    for dest, src in apply.COPIED_FILES.items():  # the copied modules are this repository's files, verbatim
+        assert added_lines(diff_sections(produced)[dest]) == [line.strip() for line in
+                                                              (REPO_ROOT / src).read_text().splitlines()]
+
+
+def test_v1028_diffs_carry_what_the_tool_inserts_today(checkout, tmp_path, capsys):
+    code, _, err = run_tool(checkout, '--write-diffs', tmp_path / 'now', capsys=capsys)
+    assert code == 0, err
+    library_now = diff_sections((tmp_path / 'now-library.diff').read_text())
+    library_v1028 = diff_sections(V1028_LIBRARY_DIFF.read_text())
+    # v1.0.28 has no loss factory; the copied files are identical, byte for byte, to today's.
+    assert set(library_v1028) == {'timm/loss/__init__.py', *apply.COPIED_FILES}
+    for dest in apply.COPIED_FILES:
+        assert library_v1028[dest] == library_now[dest]
+    assert added_lines(library_v1028['timm/loss/__init__.py']) == added_lines(library_now['timm/loss/__init__.py'])
+    # train.py: the same anchors in the same order give the same inserted lines (indentation aside).
+    train_now = (tmp_path / 'now-train.diff').read_text()
+    train_v1028 = V1028_TRAIN_DIFF.read_text()
+    assert added_lines(train_v1028) == added_lines(train_now)
+    assert all(apply.MARKER in line for line in added_lines(train_v1028))
+
+
+def test_apply_is_idempotent_and_revert_is_byte_exact(checkout, capsys):
+    before = tree_digest(checkout)
+    code, out, err = run_tool(checkout, capsys=capsys)
+    assert code == 0, err
+    patched = tree_digest(checkout)
+    changed = {rel for rel in patched if before.get(rel) != patched[rel]}
+    assert changed == {'train.py', 'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', *apply.COPIED_FILES}
+
+    code, out, _ = run_tool(checkout, capsys=capsys)  # second run: nothing to do
+    assert code == 0 and 'already patched' in out
+    code, out, _ = run_tool(checkout, '--dry-run', capsys=capsys)
+    assert code == 0 and 'already patched' in out
+    assert tree_digest(checkout) == patched
+
+    code, out, err = run_tool(checkout, '--revert', '--dry-run', capsys=capsys)
+    assert code == 0 and 'deleted file mode' in out
+    assert tree_digest(checkout) == patched  # a dry run changes nothing
+    code, _, err = run_tool(checkout, '--revert', capsys=capsys)
+    assert code == 0, err
+    assert tree_digest(checkout) == before
+    code, out, _ = run_tool(checkout, '--revert', capsys=capsys)
+    assert code == 0 and 'already unpatched' in out
+
+
+def test_revert_keeps_crlf_files_byte_exact(checkout, capsys):
+    init = checkout / 'timm' / 'loss' / '__init__.py'
+    crlf = init.read_bytes().replace(b'\n', b'\r\n')
+    init.write_bytes(crlf)
+    assert run_tool(checkout, '--library-only', capsys=capsys)[0] == 0
+    patched = init.read_bytes()
+    assert b'cfl-timm\r\n' in patched and b'cfl-timm\n' not in patched.replace(b'\r\n', b'')
+    assert run_tool(checkout, '--library-only', '--revert', capsys=capsys)[0] == 0
+    assert init.read_bytes() == crlf
+
+
+def test_missing_anchors_change_nothing_and_are_all_named(checkout, capsys):
+    factory = checkout / 'timm' / 'loss' / '_loss_factory.py'
+    factory.write_text(factory.read_text().replace('LOSS_TYPES = (', 'KNOWN_LOSSES = ('))
+    train = checkout / 'train.py'
+    train.write_text(train.read_text().replace('        num_updates += 1\n', '        num_updates = num_updates + 1\n'))
+    before = tree_digest(checkout)
+    code, out, err = run_tool(checkout, capsys=capsys)
+    assert code == 1
+    assert 'nothing was changed' in err
+    assert 'timm/loss/_loss_factory.py: the module-level assignment LOSS_TYPES = (...)' in err
+    assert 'train.py: train_one_epoch(): "num_updates += 1"' in err
+    assert tree_digest(checkout) == before  # the anchors that were found were not applied either
+
+
+def test_foreign_file_at_a_copy_destination_is_refused(checkout, capsys):
+    foreign = checkout / 'timm' / 'scheduler' / 'cyclical.py'
+    foreign.write_text('# a user file\n')
+    before = tree_digest(checkout)
+    code, _, err = run_tool(checkout, capsys=capsys)
+    assert code == 1 and 'timm/scheduler/cyclical.py already exists and was not written by this tool' in err
+    assert tree_digest(checkout) == before
+
+
+def test_not_a_checkout_and_missing_train_py_are_clear_errors(tmp_path, checkout, capsys):
+    code, _, err = run_tool(tmp_path / 'nowhere', capsys=capsys)
+    assert code == 1 and 'timm/loss/__init__.py is missing' in err
+    (checkout / 'train.py').unlink()
+    code, _, err = run_tool(checkout, capsys=capsys)
+    assert code == 1 and '--library-only' in err
+
+
+PATCHED_LIBRARY_CHECK = r'''
+import argparse, math, torch, torch.nn as nn
+from timm.loss import CyclicalFocalLoss, AsymmetricLossSingleLabel, create_classification_loss, LOSS_TYPES
+from timm.scheduler.cyclical import CyclicalTraining, TemperatureScaledLoss, cyclical_value
+
+# The factory accepts the focal types; existing types and errors behave as before.
+loss = create_classification_loss('asym-cyclical', smoothing=0.1, gamma_hc=3., gamma_pos=2., gamma_neg=2.,
+                                  cyclical_factor=4., epochs=5)
+assert type(loss) is CyclicalFocalLoss and (loss.gamma_hc, loss.epochs, loss.eps) == (3., 5, 0.1), loss
+assert type(create_classification_loss('ce')) is nn.CrossEntropyLoss
+assert type(create_classification_loss('asl')) is AsymmetricLossSingleLabel
+assert LOSS_TYPES[-3:] == ('sym', 'asym', 'asym-cyclical')
+for call, error in ((lambda: create_classification_loss('nope'), "expected one of ('ce', 'bce'"),
+                    (lambda: create_classification_loss('sym', multi_label=True), 'multi-label'),
+                    (lambda: create_classification_loss('ce', gamma_pos=2.), 'only apply to the loss types')):
+    try:
+        call()
+        raise AssertionError('no error')
+    except (ValueError, TypeError) as e:
+        assert error in str(e), e
+try:
+    create_classification_loss('twoway')
+    raise AssertionError('no error')
+except ValueError as e:
+    assert 'requires multi-label targets' in str(e), e
+
+# Weight decay reaches the decayed groups only (chosen by configured value, not index, no lr_scale),
+# per-update stepping uses fractional epochs, the clip threshold arrives in a copy of args.
+weights = [nn.Parameter(torch.zeros(2)) for _ in range(3)]
+optimizer = torch.optim.SGD([{'params': [weights[0]], 'weight_decay': 1e-4, 'lr_scale': 0.5},
+                             {'params': [weights[1]], 'weight_decay': 0.},
+                             {'params': [weights[2]], 'weight_decay': 3e-4}], lr=0.1)
+criterion = TemperatureScaledLoss(create_classification_loss(
+    'asym-cyclical', gamma_hc=3., cyclical_factor=4., epochs=5))
+cyclical = CyclicalTraining(optimizer, criterion, num_epochs=5, cyclical_factor=4., weight_decay=(1e-5, 8e-5),
+                            temperature=(0.5, 2.), clip_grad=(0.5, 2.), step_per_update=True, updates_per_epoch=4)
+args = argparse.Namespace(clip_grad=None, clip_mode='norm')
+epoch_args = cyclical.begin_epoch(1, args)
+update_args = cyclical.step_update(6, epoch_args)
+expect = {name: cyclical_value(1.5, min_value=lo, max_value=hi, num_epochs=5, cyclical_factor=4.)
+          for name, (lo, hi) in {'wd': (1e-5, 8e-5), 'T': (0.5, 2.), 'clip': (0.5, 2.)}.items()}
+assert args.clip_grad is None
+assert math.isclose(epoch_args.clip_grad, cyclical_value(1, min_value=0.5, max_value=2., num_epochs=5,
+                                                         cyclical_factor=4.))
+assert math.isclose(update_args.clip_grad, expect['clip'])
+assert [g['weight_decay'] for g in optimizer.param_groups] == [expect['wd'], 0., expect['wd']]
+assert math.isclose(criterion.temperature, expect['T'])
+assert criterion.criterion.epoch == 1.5
+assert cyclical.epoch_summary()['weight_decay'] == cyclical_value(1, min_value=1e-5, max_value=8e-5, num_epochs=5,
+                                                                   cyclical_factor=4.)
+try:
+    CyclicalTraining(torch.optim.SGD([weights[1]], lr=0.1, weight_decay=0.), criterion, num_epochs=5,
+                     cyclical_factor=4., weight_decay=(1e-5, 8e-5))
+    raise AssertionError('no error')
+except ValueError as e:
+    assert 'weight decay > 0' in str(e), e
+print('ok')
+'''
+
+
+def test_patched_library_factory_and_hooks(checkout, capsys):
+    assert run_tool(checkout, capsys=capsys)[0] == 0
+    env = {**os.environ, 'PYTHONPATH': str(checkout)}
+    result = subprocess.run([sys.executable, '-c', PATCHED_LIBRARY_CHECK], cwd=checkout, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
+
+
+def cyclical_expected(epoch: float, low: float, high: float, num_epochs: int = 3, factor: float = 4.0) -> float:
+    eta = cyclical_eta(epoch, num_epochs, factor)
+    return (1 - eta) * high + eta * low
+
+
+def test_patched_train_py_trains_with_the_cyclical_flags(checkout, cifar10_dir, tmp_path, capsys):
+    assert run_tool(checkout, capsys=capsys)[0] == 0
+    output = tmp_path / 'out'
+    env = {**os.environ, 'PYTHONPATH': str(checkout)}
+    result = subprocess.run(
+        [sys.executable, 'train.py', str(cifar10_dir), '--output', str(output), '--epochs', '3', '--max-images', '48',
+         '--weight-decay', '2e-5', *CYCLICAL_FLAGS],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2]
+    for row in rows:
+        epoch = int(row['epoch'])
+        assert float(row['train_eta']) == pytest.approx(cyclical_eta(epoch, 3, 4.0), abs=1e-12)
+        assert float(row['train_weight_decay']) == pytest.approx(cyclical_expected(epoch, 1e-5, 8e-5), rel=1e-12)
+        assert float(row['train_temperature']) == pytest.approx(cyclical_expected(epoch, 0.5, 2.0), rel=1e-12)
+        assert float(row['train_clip_grad']) == pytest.approx(cyclical_expected(epoch, 0.5, 2.0), rel=1e-12)
+        assert float(row['train_loss']) > 0
+    assert float(rows[1]['train_eta']) == pytest.approx(1 / 3)  # a real mid-run value, not the start value
+    updates = json.loads((output / 'updates.json').read_text())
+    assert len(updates) == 9  # 48 images, batch 16, 3 epochs
+    for update in updates:
+        epoch = update['epoch']
+        for configured, used in update['groups']:  # no-decay groups stay 0, decayed follow the schedule
+            assert used == (0.0 if configured == 0 else pytest.approx(cyclical_expected(epoch, 1e-5, 8e-5)))
+        assert update['clip_grad'] == pytest.approx(cyclical_expected(epoch, 0.5, 2.0))
+        assert update['temperature'] == pytest.approx(cyclical_expected(epoch, 0.5, 2.0))
+
+    bad = subprocess.run([sys.executable, 'train.py', str(cifar10_dir), '--focal_loss', 'asym', '--loss', 'bce'],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and 'cannot be combined with --loss bce' in bad.stderr
+    bad = subprocess.run([sys.executable, 'train.py', str(cifar10_dir), '--focal_loss', 'cyclic'],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "choose from 'sym', 'asym', 'asym-cyclical'" in bad.stderr
