@@ -104,7 +104,7 @@ class CyclicalTraining:
         if temperature is not None and self.temperature_loss is None:
             raise ValueError('The temperature schedule needs the training criterion wrapped in TemperatureScaledLoss.')
         self.loss = criterion.criterion if self.temperature_loss is not None else criterion
-        if hasattr(self.loss, 'set_epoch') and getattr(self.loss, 'epochs', num_epochs) != num_epochs:
+        if type(self.loss) is CyclicalFocalLoss and self.loss.epochs != num_epochs:
             # The LR schedule decides the run length (cycles, warmup prefix): the loss eta spans all of it.
             self.loss.epochs = self.num_epochs
         self.decayed_groups = []
