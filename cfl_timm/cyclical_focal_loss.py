@@ -111,6 +111,12 @@ def _power(p: torch.Tensor, logp: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.mul(logp, gamma).exp_()
 
 
+def _probabilities(logits: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) as a new tensor: the fused softmax kernel for large inputs, exp(logp) for small ones
+    (below torch's parallel grain size the softmax kernel's thread start-up dominates)."""
+    return logp.exp() if logits.numel() < 32768 else torch.softmax(logits, dim=1)
+
+
 def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
     """Per-class loss term A = w_neg * logp and gradient term B = w_neg + p * logp * dw_neg/dp (negatives)."""
     if gamma_neg == 0:
@@ -125,25 +131,27 @@ def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
 def _positive_terms(logp: torch.Tensor, eta: float, gamma_pos: float, gamma_hc: float):
     """Per-class loss term A = w_pos * logp and gradient term B = w_pos + p * logp * dw_pos/dp (targets).
 
-    Written with fused multiply-adds: on the (M,) target column the cost is the number of kernel launches.
+    Written with few fused kernels: on the (M,) target column the cost is the number of launches.
     """
     p = logp.exp()
     one_minus_p = torch.expm1(logp).neg_()  # accurate as p -> 1
+    p_logp = p * logp
     focal = one_minus_p.pow(gamma_pos)
-    weight = focal.mul(1 - eta) if eta != 0 else focal.clone()
-    grad_term = weight.clone()
+    weight = focal.mul(1 - eta)
     if gamma_pos != 0:
-        # (1 - p)^(gamma_pos - 1) * p * logp = (1 - p)^gamma_pos * ratio, ratio = p * logp / (1 - p) -> -1 at p = 1
-        # (the discarded branch of where may divide by zero: this runs without autograd, so that is harmless).
-        ratio = torch.where(one_minus_p > 0, p.mul(logp).div_(one_minus_p), -1.0)
-        grad_term.addcmul_(focal, ratio, value=-(1 - eta) * gamma_pos)
+        # (1 - p)^(gamma_pos - 1) * p * logp = (1 - p)^gamma_pos * p * logp / (1 - p); at p = 1 the focal factor
+        # is 0 and the clamped ratio finite, giving the limit 0.
+        ratio = p_logp.div(one_minus_p.clamp_min_(torch.finfo(logp.dtype).tiny))
+        grad_term = torch.addcmul(weight, focal, ratio, value=-(1 - eta) * gamma_pos)
+    else:
+        grad_term = weight.clone()
     if eta != 0:
-        one_plus_p = p.add(1.0)
+        one_plus_p = p.add_(1.0)
         hard = one_plus_p.pow(gamma_hc)
         weight.add_(hard, alpha=eta)
         grad_term.add_(hard, alpha=eta)
         if gamma_hc != 0:
-            grad_term.addcmul_(hard, p.mul_(logp).div_(one_plus_p), value=eta * gamma_hc)
+            grad_term.addcmul_(hard, p_logp.div_(one_plus_p), value=eta * gamma_hc)
     return weight.mul_(logp), grad_term
 
 
@@ -164,12 +172,12 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
         if not need_grad:
             return pos_loss, None
         row_sum = pos_grad.mul_(scale)
-        grad = torch.softmax(logits, dim=1).mul_(row_sum.unsqueeze(1))
+        grad = _probabilities(logits, logp).mul_(row_sum.unsqueeze(1))
         return pos_loss, grad.scatter_add_(1, index, row_sum.neg_().unsqueeze(1))
 
     # Negative weight w_j = (1 - eta) * p_j^g + eta summed against logp_j over every class, then the target's
     # own negative term taken out (it carries the positive weight instead).
-    p = torch.softmax(logits, dim=1) if need_grad or gamma_neg != 0 else None
+    p = _probabilities(logits, logp) if need_grad or gamma_neg != 0 else None
     sum_logp = logp.sum(1)
     if gamma_neg == 0:
         p_pow = None
@@ -179,8 +187,14 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
         p_pow = _power(p, logp, gamma_neg)
         p_pow_t = p_pow.gather(1, index).squeeze(1)
         neg_weight_t = p_pow_t.mul(1 - eta).add_(eta)
-        # Row reductions without (M, K) temporaries: on CPU each new large tensor costs page faults.
-        sum_pow, sum_pow_logp = p_pow.sum(1), torch.linalg.vecdot(p_pow, logp)
+        sum_pow = p_pow.sum(1)
+        if need_grad:
+            # Gradient term p^g + g * p^g * logp in place; its row sum also yields sum p^g * logp, so no (M, K)
+            # temporary is allocated (on CPU each new large tensor costs page faults).
+            grad_pow = p_pow.addcmul_(p_pow, logp, value=gamma_neg)
+            sum_pow_logp = (grad_pow.sum(1) - sum_pow) / gamma_neg
+        else:
+            sum_pow_logp = torch.linalg.vecdot(p_pow, logp)
     loss = torch.mul(sum_pow_logp, smooth * (1 - eta))
     loss.add_(sum_logp, alpha=smooth * eta).addcmul_(neg_weight_t, logp_t, value=-smooth)
     loss.add_(pos_loss, alpha=target_mass)
@@ -203,7 +217,7 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
     if p_pow is None:
         grad.sub_(smooth * scale)
     else:
-        grad.add_(p_pow.addcmul_(p_pow, logp, value=gamma_neg), alpha=-smooth * scale * (1 - eta))
+        grad.add_(grad_pow, alpha=-smooth * scale * (1 - eta))
         if eta != 0:
             grad.sub_(smooth * scale * eta)
     return loss, grad.scatter_(1, index, target_grad.unsqueeze(1))
