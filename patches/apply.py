@@ -7,6 +7,7 @@ Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 and
 Usage::
 
     python patches/apply.py PATH_TO_TIMM_CHECKOUT [--dry-run] [--revert] [--library-only] [--write-diffs PREFIX]
+    python patches/apply.py --refresh-diffs
 
 The checkout is timm's repository layout: ``train.py`` at its root and the ``timm/`` package beside it
 (``--library-only`` patches the ``timm/`` package alone, e.g. an installed wheel laid out as a checkout).
@@ -471,16 +472,47 @@ def diffs(changes: dict[str, tuple[Optional[str], Optional[str]]]) -> dict[str, 
     return out
 
 
+def split_diff(text: str) -> list[tuple[str, str]]:
+    """[(path, that file's section)] of a git-style diff, in order."""
+    parts = text.split('diff --git a/')
+    if parts[0]:
+        raise PatchError('a diff must start with "diff --git a/"')
+    return [(part.split(' ', 1)[0], 'diff --git a/' + part) for part in parts[1:]]
+
+
+def refresh_diffs(directory: Path) -> list[Path]:
+    """Rewrite the copied files' sections of every ``timm-*-library.diff`` in ``directory`` from the current
+    sources (no timm checkout needed: a copied file's diff is its whole text). Returns the files rewritten."""
+    sources = copied_sources()
+    rewritten = []
+    for path in sorted(directory.glob('timm-*-library.diff')):
+        text = path.read_text()
+        new = ''.join(unified_diff(rel, None, sources[rel]) if rel in COPIED_FILES else section
+                      for rel, section in split_diff(text))
+        if new != text:
+            path.write_text(new)
+            rewritten.append(path)
+    return rewritten
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description='Add cyclical focal loss and cyclical training to a timm checkout.')
-    parser.add_argument('checkout', type=Path, help='timm checkout (train.py and timm/ at its root)')
+    parser.add_argument('checkout', type=Path, nargs='?', help='timm checkout (train.py and timm/ at its root)')
     parser.add_argument('--dry-run', action='store_true', help='print the diff, change nothing')
     parser.add_argument('--revert', action='store_true', help='remove the change again (byte for byte)')
     parser.add_argument('--library-only', action='store_true', help='patch timm/ only (no train.py)')
     parser.add_argument('--write-diffs', metavar='PREFIX', default=None,
                         help='write PREFIX-library.diff and PREFIX-train.diff (vs the unpatched files) and change '
                              'nothing in the checkout')
+    parser.add_argument('--refresh-diffs', action='store_true',
+                        help='after a change to a copied module: rewrite its part of the committed patches/*.diff')
     args = parser.parse_args(argv)
+    if args.refresh_diffs:
+        for path in refresh_diffs(Path(__file__).resolve().parent):
+            print(f'rewrote {path.name}')
+        return 0
+    if args.checkout is None:
+        parser.error('the timm checkout path is required')
     if args.revert and args.write_diffs:
         parser.error('--write-diffs cannot be combined with --revert')
     checkout = args.checkout.resolve()

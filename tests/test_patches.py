@@ -274,3 +274,16 @@ def test_patched_train_py_trains_with_the_cyclical_flags(checkout, cifar10_dir, 
     bad = subprocess.run([sys.executable, 'train.py', str(cifar10_dir), '--focal_loss', 'cyclic'],
                          cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "choose from 'sym', 'asym', 'asym-cyclical'" in bad.stderr
+
+
+def test_refresh_diffs_rewrites_only_the_copied_files(tmp_path, monkeypatch):
+    for diff in (INSTALLED_LIBRARY_DIFF, V1028_LIBRARY_DIFF):
+        text = diff.read_text()
+        stale = text.replace('FOCAL_LOSS_TYPES = (', 'FOCAL_LOSS_TYPES  =  (', 1)
+        assert stale != text
+        (tmp_path / diff.name).write_text(stale)
+    assert apply.refresh_diffs(tmp_path) == [tmp_path / INSTALLED_LIBRARY_DIFF.name,
+                                             tmp_path / V1028_LIBRARY_DIFF.name]
+    for diff in (INSTALLED_LIBRARY_DIFF, V1028_LIBRARY_DIFF):
+        assert (tmp_path / diff.name).read_text() == diff.read_text()
+    assert apply.refresh_diffs(tmp_path) == []
