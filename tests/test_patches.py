@@ -276,7 +276,7 @@ def test_patched_train_py_trains_with_the_cyclical_flags(checkout, cifar10_dir, 
     assert bad.returncode != 0 and "choose from 'sym', 'asym', 'asym-cyclical'" in bad.stderr
 
 
-def test_refresh_diffs_rewrites_only_the_copied_files(tmp_path, monkeypatch):
+def test_refresh_diffs_rewrites_only_the_copied_files(tmp_path):
     for diff in (INSTALLED_LIBRARY_DIFF, V1028_LIBRARY_DIFF):
         text = diff.read_text()
         stale = text.replace('FOCAL_LOSS_TYPES = (', 'FOCAL_LOSS_TYPES  =  (', 1)
