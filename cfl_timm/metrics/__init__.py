@@ -1,0 +1,1 @@
+from .calibration import CalibrationMeter, bin_indices
