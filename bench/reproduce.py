@@ -1,0 +1,484 @@
+"""Reproduction study: cyclical focal loss vs cross-entropy on balanced and long-tailed CIFAR-10.
+
+Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978. The claim checked here is that
+the cyclical focal loss beats cross-entropy and focal loss on balanced and long-tailed data.
+
+The study is a grid of (loss x data setting x seed). Every cell is one run of this project's ``train.py`` in a
+subprocess, in its own directory ``WORK/<protocol>/runs/<cell>/``, followed by a per-class evaluation of the
+final checkpoint on the balanced validation set. The grid runner (:mod:`bench.reproduce_runner`) makes the
+grid resumable and safe to share between workers and hosts: ``done.json`` marks a finished cell (skipped next
+time), ``lock`` (created with ``O_CREAT | O_EXCL``, holding host, pid and a heartbeat) keeps two workers off the
+same cell, stale locks are taken over, and a crashed cell leaves ``error.json`` and is retried next invocation.
+
+Usage::
+
+    python bench/reproduce.py prepare-data --archive cifar10-jpeg.tar.gz --out bench/_work/cifar10
+    python bench/reproduce.py run --protocol cpu --data-dir bench/_work/cifar10 --work-dir bench/_work --jobs 2
+    python bench/reproduce.py status --protocol cpu --work-dir bench/_work
+    python bench/reproduce.py aggregate --protocol cpu --work-dir bench/_work --results-dir bench/results
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Each loss is a set of train.py flags. timm's CE default smoothing is 0.1 in train.py, so plain CE sets 0.
+LOSSES: dict[str, list[str]] = {
+    'ce': ['--smoothing', '0'],
+    'ce_ls0.1': ['--smoothing', '0.1'],
+    'focal_g2': ['--focal_loss', 'sym', '--gamma', '2'],
+    # The eta = 0 member of the authors' family: same gamma_pos / gamma_neg as 'cfl_authors', eps 0.1.
+    'asym': ['--focal_loss', 'asym', '--gamma_pos', '2', '--gamma_neg', '2'],
+    'cfl_authors': ['--focal_loss', 'asym-cyclical', '--gamma_hc', '3', '--gamma_pos', '2', '--gamma_neg', '2',
+                    '--cyclical_factor', '4'],
+    'cfl_oltr': ['--focal_loss', 'asym-cyclical', '--gamma_hc', '2', '--gamma_pos', '0', '--gamma_neg', '4',
+                 '--cyclical_factor', '4'],
+}
+
+# name -> imbalance ratio (None: the full, balanced training set).
+DATA_SETTINGS: dict[str, Optional[float]] = {'c10': None, 'c10lt10': 10.0, 'c10lt100': 100.0}
+
+# Shot groups for CIFAR-10-LT. The OLTR thresholds (many > 100, few < 20 images) leave CIFAR-10-LT without a
+# "few" group at n_max = 5000, so the groups are by frequency rank of the exponential profile, as usual for
+# CIFAR-10-LT: the 3 largest classes (0-2) are many-shot, the middle 4 (3-6) medium, the 3 smallest (7-9) few.
+SHOT_GROUPS: dict[str, tuple[int, ...]] = {'many': (0, 1, 2), 'medium': (3, 4, 5, 6), 'few': (7, 8, 9)}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One scale of the study: train.py flags shared by every cell plus the per-setting epochs and caps.
+
+    Attributes:
+        name: protocol name (results go to ``bench/results/<name>.*``).
+        description: one line for the results table.
+        common: train.py flags of every cell.
+        epochs: training epochs per data setting.
+        per_class_cap: training images per class of the full set, and n_max of the long-tailed subsets
+            (None: all 5,000 / the full profile).
+        seeds: seeds of the grid.
+        threads: torch threads per training process (None: torch's default).
+    """
+    name: str
+    description: str
+    common: list[str]
+    epochs: dict[str, int]
+    per_class_cap: Optional[int]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threads: Optional[int] = None
+    losses: tuple[str, ...] = tuple(LOSSES)
+    data_settings: tuple[str, ...] = tuple(DATA_SETTINGS)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def data_flags(self, setting: str, num_classes: int = 10) -> list[str]:
+        ratio = DATA_SETTINGS[setting]
+        if ratio is None:
+            if self.per_class_cap is None:
+                return []
+            return ['--train_size', str(self.per_class_cap * num_classes), '--train_size_mode', 'stratified']
+        flags = ['--imbalance_ratio', f'{ratio:g}']
+        if self.per_class_cap is not None:
+            flags += ['--imbalance_max', str(self.per_class_cap)]
+        return flags
+
+    def cells(self) -> list[Cell]:
+        # Seed-major order: if a run is cut short, the finished seeds are complete grids.
+        return [Cell(loss=loss, data=data, seed=seed)
+                for seed in self.seeds for data in self.data_settings for loss in self.losses]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # Sized to finish all 54 cells in about an hour on 2 shared CPU cores (2 workers, 1 thread each).
+    # Every run sees about the same number of training images (~14k), so the smaller LT sets get more epochs;
+    # with so few epochs the LR and eta are stepped per update (a smooth cosine / cyclical shape).
+    'cpu': Protocol(
+        name='cpu',
+        description='test_resnet at 32 px, SGD lr 0.1 cosine per update, no warmup, batch 64, eta per update, '
+                    'train cap 500 img/class (n_max 500 for LT), val: first 200 img/class of the CIFAR-10 test set',
+        common=['--model', 'test_resnet', '--img-size', '32', '-b', '64', '--opt', 'sgd', '--lr', '0.1',
+                '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--sched-on-updates',
+                '--warmup-epochs', '0', '--cooldown-epochs', '0', '--cyclical_step_per_update',
+                '--scale', '0.5', '1.0', '--color-jitter', '0', '--hflip', '0.5', '-j', '0', '--checkpoint-hist', '1',
+                '--log-interval', '1000'],
+        epochs={'c10': 3, 'c10lt10': 7, 'c10lt100': 11},
+        per_class_cap=500,
+        threads=1,
+    ),
+    # The paper's CIFAR recipe (cfl.md section 6): tresnet_m at 224 px, 200 epochs, full data and test set.
+    'gpu': Protocol(
+        name='gpu',
+        description="tresnet_m at 224 px, the published CIFAR recipe (200+1 epochs, b 384, lr 0.15, "
+                    "RandAugment, AugMix splits 3, reprob 0.6, AMP), full data, full test set",
+        common=['--model', 'tresnet_m', '-b', '384', '--sched', 'cosine', '--lr', '0.15', '--warmup-lr', '0.01',
+                '--warmup-epochs', '3', '--cooldown-epochs', '1', '--weight-decay', '5e-4', '--amp',
+                '--remode', 'pixel', '--reprob', '0.6', '--aug-splits', '3', '--aa', 'rand-m9-mstd0.5-inc1',
+                '--resplit', '--split-bn', '--dist-bn', 'reduce', '--checkpoint-hist', '1', '-j', '8',
+                '--pin-mem'],
+        epochs={'c10': 200, 'c10lt10': 200, 'c10lt100': 200},
+        per_class_cap=None,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def prepare_data(archive: Path, out: Path, val_per_class: Optional[int] = None) -> Path:
+    """Extract the CIFAR-10 JPEG archive into ``out`` (train/, val/); optionally a capped balanced val copy.
+
+    Returns the data directory to pass to ``run --data-dir``: ``out`` itself, or with ``val_per_class``
+    ``out_val<N>`` whose ``train`` links to ``out/train`` and whose ``val`` holds links to the first N images
+    (sorted by name) of each class.
+    """
+    out = Path(out)
+    if not (out / 'train').is_dir() or not (out / 'val').is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(out, filter='data')
+    if not val_per_class:
+        return out
+    capped = out.parent / f'{out.name}_val{val_per_class}'
+    (capped / 'val').mkdir(parents=True, exist_ok=True)
+    if not (capped / 'train').exists():
+        os.symlink(os.path.relpath(out / 'train', capped), capped / 'train')
+    for class_dir in sorted(p for p in (out / 'val').iterdir() if p.is_dir()):
+        target_dir = capped / 'val' / class_dir.name
+        target_dir.mkdir(exist_ok=True)
+        for image in sorted(class_dir.iterdir())[:val_per_class]:
+            link = target_dir / image.name
+            if not link.exists():
+                os.symlink(os.path.relpath(image, target_dir), link)
+    return capped
+
+
+# ------------------------------------------------------------------------------------------ one cell
+
+
+def train_command(protocol: Protocol, cell: Cell, data_dir: Path, run_dir: Path) -> list[str]:
+    """The train.py command line of one cell (resumes from its own last checkpoint after a crash)."""
+    return [sys.executable, str(REPO_ROOT / 'train.py'), '--data-dir', str(data_dir), *protocol.common,
+            '--epochs', str(protocol.epochs[cell.data]), *protocol.data_flags(cell.data), *LOSSES[cell.loss],
+            '--seed', str(cell.seed), '--output', str(run_dir), '--experiment', 'train', '--resume', 'auto']
+
+
+def evaluate_checkpoint(train_dir: Path, data_dir: Path, batch_size: int = 256) -> dict[str, Any]:
+    """Per-class top-1 (percent), NLL and 15-bin ECE of ``train_dir/last.pth.tar`` on the validation split.
+
+    The model, data config and transforms are rebuilt with timm from the run's ``args.yaml``, as train.py
+    builds them, so the overall top-1 equals the last ``eval_top1`` of ``summary.csv`` (checked by the caller).
+    """
+    import argparse as _argparse
+
+    import torch
+    import yaml
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.layers import convert_splitbn_model
+    from timm.models import clean_state_dict, create_model
+
+    args = yaml.safe_load((train_dir / 'args.yaml').read_text())
+    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=args.get('val_split', 'validation'),
+                             is_training=False)
+    num_classes = args.get('num_classes') or len(dataset.reader.class_to_idx)
+    model = create_model(args['model'], num_classes=num_classes, in_chans=args.get('in_chans') or 3,
+                         global_pool=args.get('gp'), **(args.get('model_kwargs') or {}))
+    data_config = resolve_data_config(args, model=model)
+    if args.get('split_bn'):
+        model = convert_splitbn_model(model, max(args.get('aug_splits') or 0, 2))
+    with torch.serialization.safe_globals([_argparse.Namespace]):
+        checkpoint = torch.load(train_dir / 'last.pth.tar', map_location='cpu', weights_only=True)
+    model.load_state_dict(clean_state_dict(checkpoint['state_dict']))
+    model.eval()
+    loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=batch_size, is_training=False,
+                           interpolation=data_config['interpolation'], mean=data_config['mean'],
+                           std=data_config['std'], crop_pct=data_config['crop_pct'], num_workers=0,
+                           use_prefetcher=False)
+    logits, targets = [], []
+    with torch.inference_mode():
+        for images, target in loader:
+            logits.append(model(images).float())
+            targets.append(target)
+    logits, targets = torch.cat(logits), torch.cat(targets)
+    correct = (logits.argmax(1) == targets).double()
+    per_class = [100.0 * correct[targets == c].mean().item() for c in range(num_classes)]
+    result = {'top1': 100.0 * correct.mean().item(), 'per_class_top1': per_class,
+              'num_val_images': int(targets.numel()), 'epoch': int(checkpoint['epoch'])}
+    result.update(calibration(logits, targets, num_classes))
+    return result
+
+
+def calibration(logits, targets, num_classes: int) -> dict[str, float]:
+    """NLL and 15-bin ECE, through the project's CalibrationMeter when it is available."""
+    try:
+        from cfl_timm.metrics import CalibrationMeter
+    except ImportError:
+        return {}
+    meter = CalibrationMeter(num_classes, num_bins=15)
+    meter.update(logits, targets)
+    values = meter.compute()
+    return {'nll': float(values['nll']), 'ece': float(values['ece'])}
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    import csv
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def make_train_cell(protocol: Protocol, data_dir: Path):
+    """The default cell function: train.py in a subprocess, then the per-class evaluation of its checkpoint."""
+    data_dir = Path(data_dir).resolve()
+
+    def run_cell(cell: Cell, run_dir: Path, should_stop=lambda: False) -> dict[str, Any]:
+        env = dict(os.environ)
+        if protocol.threads:
+            env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
+        command = train_command(protocol, cell, data_dir, run_dir)
+        log_path = run_dir / 'train.log'
+        start = time.time()
+        with open(log_path, 'ab') as log:
+            log.write(('\n$ ' + ' '.join(command) + '\n').encode())
+            log.flush()
+            process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, env=env)
+            while process.poll() is None:
+                if should_stop():
+                    process.terminate()
+                    process.wait()
+                    raise CellFailed(-1, 'lock lost to another worker; training stopped')
+                time.sleep(0.5)
+        train_seconds = time.time() - start
+        if process.returncode != 0:
+            raise CellFailed(process.returncode, tail(log_path))
+        train_dir = run_dir / 'train'
+        rows = read_summary(train_dir / 'summary.csv')
+        last = rows[-1]
+        if protocol.threads:
+            import torch
+            torch.set_num_threads(protocol.threads)
+        evaluation = evaluate_checkpoint(train_dir, data_dir)
+        summary_top1 = float(last['eval_top1'])
+        if abs(evaluation['top1'] - summary_top1) > 0.05:
+            raise CellFailed(0, f'checkpoint top-1 {evaluation["top1"]:.3f} != summary eval_top1 {summary_top1:.3f}')
+        return {
+            'train_seconds': train_seconds, 'epochs': len(rows), 'top1': summary_top1,
+            'top5': float(last['eval_top5']), 'eval_nll': float(last['eval_nll']),
+            'eval_ece': float(last['eval_ece']), 'train_loss': float(last['train_loss']),
+            'per_class_top1': evaluation['per_class_top1'], 'num_val_images': evaluation['num_val_images'],
+            'checkpoint_nll': evaluation.get('nll'), 'checkpoint_ece': evaluation.get('ece'),
+        }
+
+    return run_cell
+
+
+def tail(path: Path, num_chars: int = 4000) -> str:
+    data = Path(path).read_bytes()[-num_chars:]
+    return data.decode(errors='replace')
+
+
+# ------------------------------------------------------------------------------------------- aggregate
+
+
+def run_records(runs_dir: Path) -> list[dict[str, Any]]:
+    """One flat record per finished cell (``done.json``), with the shot-group accuracies."""
+    records = []
+    for done in sorted(Path(runs_dir).glob('*/done.json')):
+        payload = json.loads(done.read_text())
+        cell, result = payload['cell'], payload['result']
+        record = {'loss': cell['loss'], 'data': cell['data'], 'seed': cell['seed'], 'top1': result['top1'],
+                  'ece': result['eval_ece'], 'nll': result['eval_nll'], 'wall_s': payload['wall_seconds'],
+                  'epochs': result['epochs']}
+        per_class = result['per_class_top1']
+        for group, classes in SHOT_GROUPS.items():
+            record[group] = sum(per_class[c] for c in classes) / len(classes)
+        for c, value in enumerate(per_class):
+            record[f'class{c}'] = value
+        records.append(record)
+    return records
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float('nan')
+    return mean, sd
+
+
+METRICS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'wall_s')
+
+
+def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: str = '') -> dict[str, Path]:
+    """Write ``<protocol>_runs.csv`` (per run), ``<protocol>.csv`` (mean/sd), ``<protocol>.md`` and ``.png``."""
+    import csv
+
+    records = run_records(runs_dir)
+    if not records:
+        raise ValueError(f'No finished runs under {runs_dir}.')
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: results_dir / f'{protocol.name}{suffix}' for k, suffix in
+             (('runs', '_runs.csv'), ('csv', '.csv'), ('md', '.md'), ('png', '.png'))}
+
+    fields = list(records[0])
+    write_csv(paths['runs'], fields, records)
+
+    rows = []
+    for data in protocol.data_settings:
+        for loss in protocol.losses:
+            group = [r for r in records if r['loss'] == loss and r['data'] == data]
+            if not group:
+                continue
+            row = {'data': data, 'loss': loss, 'n_seeds': len(group)}
+            for metric in METRICS:
+                row[f'{metric}_mean'], row[f'{metric}_sd'] = mean_sd([r[metric] for r in group])
+            rows.append(row)
+    write_csv(paths['csv'], list(rows[0]), rows)
+    paths['md'].write_text(markdown_table(protocol, rows, machine))
+    plot(protocol, rows, paths['png'])
+    del csv
+    return paths
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    import csv
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f'{v:.4f}' if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str = '') -> str:
+    def cell(row, metric, digits):
+        mean, sd = row[f'{metric}_mean'], row[f'{metric}_sd']
+        return f'{mean:.{digits}f} ± {sd:.{digits}f}' if sd == sd else f'{mean:.{digits}f}'
+
+    lines = [f'Protocol `{protocol.name}`: {protocol.description}; epochs '
+             + ', '.join(f'{d} {e}' for d, e in protocol.epochs.items())
+             + (f'. Machine: {machine}.' if machine else '.'), '',
+             'Mean ± sd over seeds; top-1, many/medium/few (class groups 0-2 / 3-6 / 7-9) in %, ECE (15 bins) '
+             'and NLL on the balanced validation set, wall = seconds of train.py per run.', '',
+             '| data | loss | seeds | top-1 | many | medium | few | ECE | NLL | wall s |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        long_tailed = DATA_SETTINGS[row['data']] is not None
+        shots = [cell(row, m, 1) if long_tailed else '' for m in ('many', 'medium', 'few')]
+        lines.append(f"| {row['data']} | {row['loss']} | {row['n_seeds']} | {cell(row, 'top1', 2)} | "
+                     + ' | '.join(shots) + f" | {cell(row, 'ece', 3)} | {cell(row, 'nll', 3)} | "
+                     f"{cell(row, 'wall_s', 0)} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    settings = [d for d in protocol.data_settings if any(r['data'] == d for r in rows)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+    for ax, data in zip(axes[0], settings):
+        group = [r for r in rows if r['data'] == data]
+        x = range(len(group))
+        ax.bar(x, [r['top1_mean'] for r in group], yerr=[r['top1_sd'] for r in group], capsize=3,
+               color=['#888888' if r['loss'].startswith('ce') else '#4477aa' if 'cfl' not in r['loss']
+                      else '#cc6677' for r in group])
+        lows = [r['top1_mean'] - 2 * (r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0) for r in group]
+        highs = [r['top1_mean'] + 2 * (r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0) for r in group]
+        ax.set_ylim(max(0.0, min(lows) - 2), max(highs) + 2)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([r['loss'] for r in group], rotation=45, ha='right', fontsize=8)
+        ax.set_title(data)
+        ax.set_ylabel('top-1 (%)')
+    fig.suptitle(f'protocol {protocol.name}: mean ± sd over seeds', fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + '.tmp.png')
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+
+    prep = commands.add_parser('prepare-data', help='extract the CIFAR-10 JPEG archive (and a capped val copy)')
+    prep.add_argument('--archive', type=Path, required=True)
+    prep.add_argument('--out', type=Path, required=True)
+    prep.add_argument('--val-per-class', type=int, default=None)
+
+    for name in ('run', 'status', 'aggregate'):
+        sub = commands.add_parser(name)
+        sub.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
+        sub.add_argument('--work-dir', type=Path, required=True, help='runs go to WORK_DIR/<protocol>/runs/')
+        if name == 'run':
+            sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
+            sub.add_argument('--jobs', type=int, default=1, help='worker processes on this host')
+            sub.add_argument('--stale-after', type=float, default=300.0,
+                             help='seconds without heartbeat after which another host may take a lock over')
+            sub.add_argument('--heartbeat', type=float, default=10.0, help='heartbeat interval in seconds')
+            sub.add_argument('--cell-fn', default=None,
+                             help='FILE.py:function or module:function replacing the train.py cell (for tests)')
+            sub.add_argument('--only', default=None, help='comma-separated cell names to run (default: all)')
+            sub.add_argument('--seeds', type=int, nargs='+', default=None, help='subset of the seeds')
+        if name == 'aggregate':
+            sub.add_argument('--results-dir', type=Path, default=REPO_ROOT / 'bench' / 'results')
+            sub.add_argument('--machine', default='', help='machine description for the table')
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.command == 'prepare-data':
+        print(prepare_data(args.archive, args.out, args.val_per_class))
+        return 0
+    protocol = PROTOCOLS[args.protocol]
+    runs_dir = args.work_dir / protocol.name / 'runs'
+    cells = protocol.cells()
+    if getattr(args, 'seeds', None):
+        cells = [c for c in cells if c.seed in args.seeds]
+    if getattr(args, 'only', None):
+        wanted = set(args.only.split(','))
+        unknown = wanted - {c.name for c in cells}
+        if unknown:
+            raise ValueError(f'--only: unknown cells {sorted(unknown)}; valid: {[c.name for c in cells]}')
+        cells = [c for c in cells if c.name in wanted]
+    if args.command == 'status':
+        GridRunner(cells, runs_dir, cell_fn=None).print_status()
+        return 0
+    if args.command == 'aggregate':
+        paths = aggregate(protocol, runs_dir, args.results_dir, args.machine)
+        print('\n'.join(str(p) for p in paths.values()))
+        return 0
+
+    if not (args.data_dir / 'train').is_dir() or not (args.data_dir / 'val').is_dir():
+        raise ValueError(f'--data-dir {args.data_dir} must hold train/ and val/ class folders '
+                         '(see the prepare-data command).')
+    if args.jobs > 1:
+        # Independent worker processes sharing the directory: the locks keep them apart.
+        argv = [a for a in sys.argv[1:]]
+        if '--jobs' in argv:
+            i = argv.index('--jobs')
+            argv[i + 1] = '1'
+        workers = [subprocess.Popen([sys.executable, __file__, *argv]) for _ in range(args.jobs)]
+        return max(w.wait() for w in workers)
+    cell_fn = load_cell_fn(args.cell_fn) if args.cell_fn else make_train_cell(protocol, args.data_dir)
+    runner = GridRunner(cells, runs_dir, cell_fn=cell_fn, stale_after=args.stale_after,
+                        heartbeat_interval=args.heartbeat)
+    summary = runner.run()
+    return 1 if summary['failed'] else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(get_args_parser().parse_args()))
