@@ -66,13 +66,21 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs on this host; a zombie (exited, not yet reaped) counts as gone."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces or parentheses, so split at the last ')'.
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ('Z', 'X')
 
 
 class CellLock:

@@ -127,6 +127,23 @@ def test_live_lock_is_respected_and_dead_owner_taken_over(tmp_path):
     assert not lock_path.exists()
 
 
+def test_zombie_owner_counts_as_gone(tmp_path):
+    # A killed worker is a zombie until its parent reaps it; its pid still answers kill(pid, 0).
+    child = subprocess.Popen([sys.executable, '-c', 'pass'])
+    stat = Path(f'/proc/{child.pid}/stat')
+    deadline = time.time() + 30
+    while stat.read_text().rsplit(')', 1)[1].split()[0] != 'Z' and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        lock_path = tmp_path / 'lock'
+        lock_path.write_text(json.dumps({'host': 'this-host', 'pid': child.pid, 'token': 'zombie'}))
+        lock = CellLock(lock_path, stale_after=1000, host='this-host')
+        assert lock.try_acquire() and 'gone' in lock.took_over['reason']
+        lock.release()
+    finally:
+        child.wait()
+
+
 def test_other_host_lock_taken_over_only_after_heartbeat_timeout(tmp_path):
     lock_path = tmp_path / 'lock'
     # pid 1 is alive here, but the lock belongs to another host: only its heartbeat age counts.
