@@ -294,8 +294,8 @@ def run_records(runs_dir: Path) -> list[dict[str, Any]]:
         payload = json.loads(done.read_text())
         cell, result = payload['cell'], payload['result']
         record = {'loss': cell['loss'], 'data': cell['data'], 'seed': cell['seed'], 'top1': result['top1'],
-                  'ece': result['eval_ece'], 'nll': result['eval_nll'], 'wall_s': payload['wall_seconds'],
-                  'epochs': result['epochs']}
+                  'ece': result['eval_ece'], 'nll': result['eval_nll'],
+                  'wall_s': result.get('train_seconds', payload['wall_seconds']), 'epochs': result['epochs']}
         per_class = result['per_class_top1']
         for group, classes in SHOT_GROUPS.items():
             record[group] = sum(per_class[c] for c in classes) / len(classes)
@@ -340,11 +340,26 @@ def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: st
             for metric in METRICS:
                 row[f'{metric}_mean'], row[f'{metric}_sd'] = mean_sd([r[metric] for r in group])
             rows.append(row)
+    for row in rows:
+        for baseline in BASELINES:
+            row[f'd_top1_vs_{baseline}_mean'], row[f'd_top1_vs_{baseline}_sd'] = paired_difference(
+                records, row['data'], row['loss'], baseline)
     write_csv(paths['csv'], list(rows[0]), rows)
     paths['md'].write_text(markdown_table(protocol, rows, machine))
     plot(protocol, rows, paths['png'])
     del csv
     return paths
+
+
+BASELINES = ('ce', 'ce_ls0.1')
+
+
+def paired_difference(records: list[dict[str, Any]], data: str, loss: str, baseline: str) -> tuple[float, float]:
+    """Mean and sd over seeds of top-1(loss) - top-1(baseline), paired by seed (same init and data order)."""
+    by_seed = {r['seed']: r['top1'] for r in records if r['data'] == data and r['loss'] == baseline}
+    diffs = [r['top1'] - by_seed[r['seed']] for r in records
+             if r['data'] == data and r['loss'] == loss and r['seed'] in by_seed]
+    return mean_sd(diffs) if diffs else (float('nan'), float('nan'))
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
@@ -361,20 +376,24 @@ def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None
 def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str = '') -> str:
     def cell(row, metric, digits):
         mean, sd = row[f'{metric}_mean'], row[f'{metric}_sd']
-        return f'{mean:.{digits}f} ± {sd:.{digits}f}' if sd == sd else f'{mean:.{digits}f}'
+        sign = '+' if metric.startswith('d_') and mean > 0 else ''
+        return f'{sign}{mean:.{digits}f} ± {sd:.{digits}f}' if sd == sd else f'{sign}{mean:.{digits}f}'
 
     lines = [f'Protocol `{protocol.name}`: {protocol.description}; epochs '
              + ', '.join(f'{d} {e}' for d, e in protocol.epochs.items())
              + (f'. Machine: {machine}.' if machine else '.'), '',
              'Mean ± sd over seeds; top-1, many/medium/few (class groups 0-2 / 3-6 / 7-9) in %, ECE (15 bins) '
-             'and NLL on the balanced validation set, wall = seconds of train.py per run.', '',
-             '| data | loss | seeds | top-1 | many | medium | few | ECE | NLL | wall s |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             'and NLL on the balanced validation set; Δ = top-1 minus the baseline\'s top-1, paired by seed '
+             '(same initialisation and data order); wall = seconds of train.py per run.', '',
+             '| data | loss | seeds | top-1 | Δ vs ce | Δ vs ce_ls0.1 | many | medium | few | ECE | NLL | wall s |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         long_tailed = DATA_SETTINGS[row['data']] is not None
         shots = [cell(row, m, 1) if long_tailed else '' for m in ('many', 'medium', 'few')]
+        deltas = [cell(row, f'd_top1_vs_{b}', 2) if row['loss'] != b and row[f'd_top1_vs_{b}_mean'] == row[
+            f'd_top1_vs_{b}_mean'] else '' for b in BASELINES]
         lines.append(f"| {row['data']} | {row['loss']} | {row['n_seeds']} | {cell(row, 'top1', 2)} | "
-                     + ' | '.join(shots) + f" | {cell(row, 'ece', 3)} | {cell(row, 'nll', 3)} | "
+                     + ' | '.join(deltas + shots) + f" | {cell(row, 'ece', 3)} | {cell(row, 'nll', 3)} | "
                      f"{cell(row, 'wall_s', 0)} |")
     return '\n'.join(lines) + '\n'
 

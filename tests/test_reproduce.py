@@ -241,7 +241,8 @@ def test_aggregate_writes_csv_table_and_plot(tmp_path):
     for cell in protocol.cells():
         if cell.loss not in ('ce', 'cfl_authors') or cell.data == 'c10lt10':
             continue
-        per_class = [50.0 + c + cell.seed for c in range(10)]
+        per_class = [50.0 + c + cell.seed + (0.5 if cell.loss == 'cfl_authors' and cell.seed == 2 else 0)
+                     for c in range(10)]
         (runs_dir / cell.name).mkdir(parents=True)
         (runs_dir / cell.name / 'done.json').write_text(json.dumps({
             'cell': {'loss': cell.loss, 'data': cell.data, 'seed': cell.seed}, 'wall_seconds': 10.0 + cell.seed,
@@ -253,10 +254,13 @@ def test_aggregate_writes_csv_table_and_plot(tmp_path):
         ('c10', 'ce', '3'), ('c10', 'cfl_authors', '3'), ('c10lt100', 'ce', '3'), ('c10lt100', 'cfl_authors', '3')]
     # seeds 0, 1, 2 shift every class by the seed: mean top-1 55.5, sd 1; many = classes 0-2 -> 52.
     assert float(rows[0]['top1_mean']) == pytest.approx(55.5) and float(rows[0]['top1_sd']) == pytest.approx(1.0)
+    assert float(rows[1]['d_top1_vs_ce_mean']) == pytest.approx(0.5 / 3, abs=1e-4)
     assert float(rows[2]['many_mean']) == pytest.approx(52.0) and float(rows[2]['few_mean']) == pytest.approx(59.0)
     table = paths['md'].read_text()
-    assert '| c10lt100 | ce | 3 | 55.50 ± 1.00 | 52.0 ± 1.0 | 55.5 ± 1.0 | 59.0 ± 1.0 |' in table
-    assert '| c10 | ce | 3 | 55.50 ± 1.00 |  |  |  |' in table and 'test machine' in table
+    assert '| c10lt100 | ce | 3 | 55.50 ± 1.00 |  |  | 52.0 ± 1.0 | 55.5 ± 1.0 | 59.0 ± 1.0 |' in table
+    assert '| c10 | ce | 3 | 55.50 ± 1.00 |  |  |  |  |  |' in table and 'test machine' in table
+    # cfl_authors gets +0.5 on every class of seed 2 only: paired differences 0, 0, 0.5.
+    assert '| c10 | cfl_authors | 3 | 55.67 ± 1.26 | +0.17 ± 0.29 |  |' in table
     assert paths['png'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert len(list(csv.DictReader(open(paths['runs'])))) == 12
 
