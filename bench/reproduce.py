@@ -99,7 +99,7 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     # Sized to finish all 54 cells in about an hour on 2 shared CPU cores (2 workers, 1 thread each).
-    # Every run sees 12k to 15k training images, so the smaller LT sets get more epochs;
+    # Runs see 8k to 15k training images (the smaller LT sets get more epochs);
     # with so few epochs the LR and eta are stepped per update (a smooth cosine / cyclical shape).
     'cpu': Protocol(
         name='cpu',
@@ -110,7 +110,7 @@ PROTOCOLS: dict[str, Protocol] = {
                 '--warmup-epochs', '0', '--cooldown-epochs', '0', '--cyclical_step_per_update',
                 '--scale', '0.5', '1.0', '--color-jitter', '0', '--hflip', '0.5', '-j', '0', '--checkpoint-hist', '1',
                 '--log-interval', '1000'],
-        epochs={'c10': 3, 'c10lt10': 6, 'c10lt100': 10},
+        epochs={'c10': 3, 'c10lt10': 4, 'c10lt100': 7},
         per_class_cap=500,
         threads=1,
     ),
