@@ -284,3 +284,23 @@ def test_real_train_cell_on_cifar10_jpegs(cifar10_dir, tmp_path):
     # The checkpoint evaluation reproduces train.py's own last-epoch top-1 (checked inside the cell too).
     assert sum(result['per_class_top1']) / 10 == pytest.approx(result['top1'], abs=0.05)
     assert 0 <= result['eval_ece'] <= 1 and result['eval_nll'] > 0 and result['epochs'] == 1
+
+
+def test_checkpoint_evaluation_of_a_split_bn_model(cifar10_dir, tmp_path):
+    """The GPU protocol trains with --aug-splits 3 --split-bn: its checkpoints hold the auxiliary BN layers."""
+    import torch
+    import yaml
+    from reproduce import evaluate_checkpoint
+    from timm.layers import convert_splitbn_model
+    from timm.models import create_model
+
+    torch.manual_seed(0)
+    model = convert_splitbn_model(create_model('test_resnet', num_classes=10), 3)
+    assert any('aux_bn' in key for key in model.state_dict())
+    torch.save({'epoch': 4, 'state_dict': model.state_dict()}, tmp_path / 'last.pth.tar')
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump({
+        'model': 'test_resnet', 'img_size': 32, 'split_bn': True, 'aug_splits': 3, 'dataset': '',
+        'val_split': 'validation', 'num_classes': None, 'in_chans': None, 'gp': None, 'model_kwargs': {}}))
+    result = evaluate_checkpoint(tmp_path, cifar10_dir)
+    assert result['epoch'] == 4 and result['num_val_images'] == 200 and len(result['per_class_top1']) == 10
+    assert 0.0 <= result['top1'] <= 100.0 and result['nll'] > 0
