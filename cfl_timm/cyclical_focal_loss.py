@@ -522,4 +522,3 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     """
     _check_choice('focal loss', name, FOCAL_LOSS_TYPES)
     return _LOSS_CLASSES[name](**kwargs)
-
