@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Launch train.py on NUM_PROC processes of this machine with torchrun (gloo on CPU, nccl on CUDA).
 # Usage: ./distributed_train.sh NUM_PROC [train.py args...]
+# Relative paths in the arguments are taken from the current directory. PYTHON overrides the interpreter
+# (default: the repository's .venv when present, else python3).
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 NUM_PROC [train.py args...]  (NUM_PROC: number of processes, >= 1)" >&2
@@ -8,6 +10,8 @@ if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
 fi
 NUM_PROC=$1
 shift
-cd "$(dirname "${BASH_SOURCE[0]}")"
-PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_PROC" train.py "$@"
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
+fi
+exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_PROC" "$REPO_DIR/train.py" "$@"
