@@ -99,19 +99,19 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     # Sized to finish all 54 cells in about an hour on 2 shared CPU cores (2 workers, 1 thread each).
-    # Runs see 8k to 15k training images (the smaller LT sets get more epochs);
+    # Runs see 5k to 9k training images (the smaller LT sets get more epochs);
     # with so few epochs the LR and eta are stepped per update (a smooth cosine / cyclical shape).
     'cpu': Protocol(
         name='cpu',
         description='test_resnet at 32 px, SGD lr 0.1 cosine per update, no warmup, batch 64, eta per update, '
-                    'train cap 500 img/class (n_max 500 for LT), val: first 200 img/class of the CIFAR-10 test set',
+                    'train cap 300 img/class (n_max 300 for LT), val: first 100 img/class of the CIFAR-10 test set',
         common=['--model', 'test_resnet', '--img-size', '32', '-b', '64', '--opt', 'sgd', '--lr', '0.1',
                 '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--sched-on-updates',
                 '--warmup-epochs', '0', '--cooldown-epochs', '0', '--cyclical_step_per_update',
                 '--scale', '0.5', '1.0', '--color-jitter', '0', '--hflip', '0.5', '-j', '0', '--checkpoint-hist', '1',
                 '--log-interval', '1000'],
         epochs={'c10': 3, 'c10lt10': 4, 'c10lt100': 7},
-        per_class_cap=500,
+        per_class_cap=300,
         threads=1,
     ),
     # The paper's CIFAR recipe (cfl.md section 6): tresnet_m at 224 px, 200 epochs, full data and test set.
@@ -133,32 +133,39 @@ PROTOCOLS: dict[str, Protocol] = {
 # ----------------------------------------------------------------------------------------------- data
 
 
-def prepare_data(archive: Path, out: Path, val_per_class: Optional[int] = None) -> Path:
-    """Extract the CIFAR-10 JPEG archive into ``out`` (train/, val/); optionally a capped balanced val copy.
+def prepare_data(archive: Path, out: Path, train_per_class: Optional[int] = None,
+                 val_per_class: Optional[int] = None) -> Path:
+    """Extract the CIFAR-10 JPEG archive into ``out`` (train/, val/); optionally a capped, balanced copy.
 
-    Returns the data directory to pass to ``run --data-dir``: ``out`` itself, or with ``val_per_class``
-    ``out_val<N>`` whose ``train`` links to ``out/train`` and whose ``val`` holds links to the first N images
-    (sorted by name) of each class.
+    Returns the data directory to pass to ``run --data-dir``: ``out`` itself, or with a cap
+    ``out_train<N>_val<M>`` holding links to the first N training and M validation images (sorted by name, the
+    order of timm's folder reader) of each class. train.py's subsets take each class's first images, so a
+    training cap >= the protocol's per-class cap selects the same images and only saves the folder scan.
     """
     out = Path(out)
     if not (out / 'train').is_dir() or not (out / 'val').is_dir():
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
             tar.extractall(out, filter='data')
-    if not val_per_class:
+    if not train_per_class and not val_per_class:
         return out
-    capped = out.parent / f'{out.name}_val{val_per_class}'
-    (capped / 'val').mkdir(parents=True, exist_ok=True)
-    if not (capped / 'train').exists():
-        os.symlink(os.path.relpath(out / 'train', capped), capped / 'train')
-    for class_dir in sorted(p for p in (out / 'val').iterdir() if p.is_dir()):
-        target_dir = capped / 'val' / class_dir.name
-        target_dir.mkdir(exist_ok=True)
-        for image in sorted(class_dir.iterdir())[:val_per_class]:
-            link = target_dir / image.name
-            if not link.exists():
-                os.symlink(os.path.relpath(image, target_dir), link)
+    capped = out.parent / f'{out.name}_train{train_per_class or "all"}_val{val_per_class or "all"}'
+    for split, cap in (('train', train_per_class), ('val', val_per_class)):
+        for class_dir in sorted(p for p in (out / split).iterdir() if p.is_dir()):
+            target_dir = capped / split / class_dir.name
+            target_dir.mkdir(parents=True, exist_ok=True)
+            images = sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name))
+            for image in images[:cap] if cap else images:
+                link = target_dir / image.name
+                if not link.exists():
+                    os.symlink(os.path.relpath(image, target_dir), link)
     return capped
+
+
+def natural_key(name: str) -> list:
+    """Sort key of timm's folder reader (digit runs compared as numbers)."""
+    import re
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', name)]
 
 
 # ------------------------------------------------------------------------------------------ one cell
@@ -436,6 +443,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser('prepare-data', help='extract the CIFAR-10 JPEG archive (and a capped val copy)')
     prep.add_argument('--archive', type=Path, required=True)
     prep.add_argument('--out', type=Path, required=True)
+    prep.add_argument('--train-per-class', type=int, default=None)
     prep.add_argument('--val-per-class', type=int, default=None)
 
     for name in ('run', 'status', 'aggregate'):
@@ -460,7 +468,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
-        print(prepare_data(args.archive, args.out, args.val_per_class))
+        print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class))
         return 0
     protocol = PROTOCOLS[args.protocol]
     runs_dir = args.work_dir / protocol.name / 'runs'
