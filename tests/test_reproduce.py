@@ -304,3 +304,22 @@ def test_checkpoint_evaluation_of_a_split_bn_model(cifar10_dir, tmp_path):
     result = evaluate_checkpoint(tmp_path, cifar10_dir)
     assert result['epoch'] == 4 and result['num_val_images'] == 200 and len(result['per_class_top1']) == 10
     assert 0.0 <= result['top1'] <= 100.0 and result['nll'] > 0
+
+
+def test_prepare_data_extracts_and_caps_per_class(cifar10_dir, tmp_path):
+    import tarfile
+
+    from reproduce import prepare_data
+
+    archive = tmp_path / 'cifar10.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        for split in ('train', 'val'):
+            tar.add(cifar10_dir / split, arcname=split)
+    full = prepare_data(archive, tmp_path / 'cifar10')
+    assert len(list((full / 'train' / 'cat').iterdir())) == 120 and len(list((full / 'val').iterdir())) == 10
+    capped = prepare_data(archive, tmp_path / 'cifar10', train_per_class=7, val_per_class=3)
+    for split, cap in (('train', 7), ('val', 3)):
+        for class_dir in (capped / split).iterdir():
+            names = sorted(p.name for p in class_dir.iterdir())
+            assert names == sorted(p.name for p in (full / split / class_dir.name).iterdir())[:cap]
+            assert all((class_dir / n).resolve().is_file() for n in names)
