@@ -106,3 +106,74 @@ def test_open_set_f_measure_at_threshold():
     precision, recall = 2 / 4, 2 / 3
     assert open_set_f_measure(preds, labels) == pytest.approx(2 * precision * recall / (precision + recall))
     assert open_set_f_measure(preds, labels) == pytest.approx(4 / 7)
+
+
+# ---------------------------------------------------------------- configs
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'oltr' / 'configs'
+
+
+def test_configs_carry_recipe_and_authors_cfl_settings():
+    from oltr.config import load_config, run_name
+    for dataset, feature_lr, backbone, num_classes in (('ImageNet_LT', 0.1, 'resnet10', 1000),
+                                                       ('Places_LT', 0.001, 'resnet152', 365)):
+        for name in ('stage_1', 'stage_1_cfl'):
+            config = load_config(CONFIG_DIR / dataset / f'{name}.yaml')
+            assert (config['dataset'], config['backbone'], config['num_classes']) == (dataset, backbone, num_classes)
+            assert (config['epochs'], config['batch_size'], config['lr_step'], config['lr_gamma']) == (30, 128, 10, 0.1)
+            assert (config['feature_lr'], config['classifier_lr']) == (feature_lr, 0.1)
+            assert (config['momentum'], config['weight_decay']) == (0.9, 5e-4)
+    imagenet = load_config(CONFIG_DIR / 'ImageNet_LT' / 'stage_1_cfl.yaml')
+    places = load_config(CONFIG_DIR / 'Places_LT' / 'stage_1_cfl.yaml')
+    assert [imagenet[k] for k in ('loss', 'gamma_pos', 'gamma_neg', 'gamma_hc', 'cyclical_factor')] == [
+        'asym-cyclical', 0, 4, 2, 4]
+    assert [places[k] for k in ('loss', 'gamma_pos', 'gamma_neg', 'gamma_hc', 'cyclical_factor')] == [
+        'asym-cyclical', 1, 4, 2, 2]
+    assert load_config(CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml')['loss'] == 'ce'
+    assert run_name(imagenet) == 'stage1_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
+    assert run_name(places) != run_name({**places, 'cyclical_factor': 3.0})
+
+
+def test_config_override_rules(tmp_path):
+    from oltr.config import apply_overrides, load_config
+    from oltr.train import get_args_parser, resolve_config
+    path = CONFIG_DIR / 'Places_LT' / 'stage_1_cfl.yaml'
+    config = load_config(path)
+    # Not given on the command line: the config's values stay (the published port overwrote them with defaults).
+    args = get_args_parser().parse_args(['--config', str(path), '--data-root', str(tmp_path)])
+    assert resolve_config(args) == config
+    # Given: they win; --set reads YAML scalars.
+    args = get_args_parser().parse_args([
+        '--config', str(path), '--data-root', str(tmp_path), '--gamma_pos', '0.5', '--epochs', '3',
+        '--set', 'batch_size=16', '--set', 'smoothing=null', '--set', 'feature_lr=0.01'])
+    resolved = resolve_config(args)
+    assert (resolved['gamma_pos'], resolved['epochs'], resolved['batch_size']) == (0.5, 3, 16)
+    assert resolved['feature_lr'] == 0.01 and resolved['smoothing'] is None
+    assert (resolved['gamma_neg'], resolved['gamma_hc'], resolved['cyclical_factor']) == (4, 2, 2)
+    assert apply_overrides(config, {'gamma_neg': None})['gamma_neg'] == 4
+    with pytest.raises(ValueError, match='unknown config key'):
+        apply_overrides(config, sets=['gama_neg=3'])
+    with pytest.raises(ValueError, match='key=value'):
+        apply_overrides(config, sets=['gamma_neg'])
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        apply_overrides(config, sets=['loss=focal'])
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('epochs: 30\nlearning_rate: 0.1\n')
+    with pytest.raises(ValueError, match='unknown config key'):
+        load_config(bad)
+
+
+@pytest.mark.parametrize('dataset', ['ImageNet_LT', 'Places_LT'])
+def test_eta_per_epoch_matches_paper_form(dataset):
+    from cfl_timm import create_focal_loss
+    from oltr.config import load_config, loss_kwargs
+    config = load_config(CONFIG_DIR / dataset / 'stage_1_cfl.yaml')
+    criterion = create_focal_loss(**loss_kwargs(config))
+    f, n = config['cyclical_factor'], config['epochs'] - 1
+    etas = []
+    for epoch in range(30):  # 0-based, as the runner steps it
+        criterion.set_epoch(epoch)
+        expected = 1 - f * epoch / n if f * epoch <= n else (f * epoch / n - 1) / (f - 1)  # cfl.md section 2
+        assert criterion.eta == pytest.approx(expected, abs=1e-12)
+        etas.append(criterion.eta)
+    assert etas[0] == 1.0 and etas[-1] == pytest.approx(1.0) and min(etas) >= 0.0 and max(etas) <= 1.0

@@ -1,0 +1,137 @@
+"""OLTR stage-1 configuration: a YAML file, then command-line values, applied only when actually given.
+
+The CFL authors' OLTR port let argparse defaults silently overwrite the gammas and factor of its configs; here a
+command-line value replaces a config value only when the user passed it.
+"""
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from cfl_timm import FOCAL_LOSS_TYPES
+
+__all__ = ['DEFAULTS', 'LOSSES', 'BACKBONES', 'load_config', 'apply_overrides', 'parse_set', 'loss_kwargs',
+           'run_name']
+
+LOSSES = ('ce',) + tuple(FOCAL_LOSS_TYPES)
+BACKBONES = ('resnet10', 'resnet152')
+
+# Every key a config may hold, with the value used when the config leaves it out.
+DEFAULTS: dict[str, Any] = {
+    'dataset': 'ImageNet_LT',
+    'num_classes': 1000,
+    'backbone': 'resnet10',
+    'feature_dim': 512,
+    'epochs': 30,
+    'batch_size': 128,
+    'image_size': 224,
+    'resize_size': 256,
+    'feature_lr': 0.1,
+    'classifier_lr': 0.1,
+    'momentum': 0.9,
+    'weight_decay': 5e-4,
+    'lr_step': 10,
+    'lr_gamma': 0.1,
+    'loss': 'ce',
+    'gamma': 2.0,
+    'gamma_hc': 0.0,
+    'gamma_pos': 0.0,
+    'gamma_neg': 4.0,
+    'cyclical_factor': 2.0,
+    'smoothing': None,
+    'workers': 4,
+    'seed': 0,
+    'open_threshold': 0.1,
+    'shot_rule': 'code',
+}
+
+
+def _check(config: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f'{source}: unknown config key(s) {unknown}, expected some of {sorted(DEFAULTS)}.')
+    if config['loss'] not in LOSSES:
+        raise ValueError(f"{source}: unknown loss '{config['loss']}', expected one of {LOSSES}.")
+    if config['backbone'] not in BACKBONES:
+        raise ValueError(f"{source}: unknown backbone '{config['backbone']}', expected one of {BACKBONES}.")
+    for key in ('num_classes', 'epochs', 'batch_size', 'image_size', 'lr_step'):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f'{source}: {key} must be an integer >= 1, got {config[key]!r}.')
+
+
+def load_config(path: Union[str, Path]) -> dict[str, Any]:
+    """Read a YAML config; missing keys take :data:`DEFAULTS`, unknown keys raise ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'config file not found: {path}')
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f'{path}: expected a mapping of config keys, got {type(loaded).__name__}.')
+    config = {**DEFAULTS, **loaded}
+    _check(config, str(path))
+    return config
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (``3`` -> int, ``0.1`` -> float, ``null`` -> None)."""
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+        raise ValueError(f"--set expects key=value, got {item!r}.")
+    return key.strip(), yaml.safe_load(text)
+
+
+def apply_overrides(config: dict[str, Any], given: Optional[dict[str, Any]] = None,
+                    sets: Optional[list[str]] = None) -> dict[str, Any]:
+    """A new config: ``config``, then the named command-line values that were given (not None), then ``--set``.
+
+    Args:
+        config: The loaded config.
+        given: Command-line values by config key; None means "not given" and keeps the config value.
+        sets: ``key=value`` strings from ``--set``.
+    """
+    result = dict(config)
+    for key, value in (given or {}).items():
+        if key not in DEFAULTS:
+            raise ValueError(f'unknown config key {key!r}, expected one of {sorted(DEFAULTS)}.')
+        if value is not None:
+            result[key] = value
+    for item in sets or []:
+        key, value = parse_set(item)
+        if key not in DEFAULTS:
+            raise ValueError(f'--set {item}: unknown config key {key!r}, expected one of {sorted(DEFAULTS)}.')
+        result[key] = value
+    _check(result, 'command line')
+    return result
+
+
+def loss_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`cfl_timm.create_focal_loss` for a focal-family loss of the config."""
+    if config['loss'] == 'ce':
+        raise ValueError("loss 'ce' is plain cross-entropy, not a focal loss.")
+    kwargs = {'focal_loss': config['loss'], 'epochs': config['epochs'], 'smoothing': config['smoothing']}
+    if config['loss'] == 'sym':
+        kwargs['gamma'] = config['gamma']
+    else:
+        kwargs.update(gamma_pos=config['gamma_pos'], gamma_neg=config['gamma_neg'])
+    if config['loss'] == 'asym-cyclical':
+        kwargs.update(gamma_hc=config['gamma_hc'], cyclical_factor=config['cyclical_factor'])
+    return kwargs
+
+
+def _num(value: float) -> str:
+    return f'{value:g}'
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """Run directory name from the loss settings, the cyclical factor included (the authors' port left it out)."""
+    loss = config['loss']
+    name = f"stage1_{config['backbone']}_{loss}"
+    if loss == 'sym':
+        name += f"_g{_num(config['gamma'])}"
+    elif loss in ('asym', 'asym-cyclical'):
+        name += f"_pos{_num(config['gamma_pos'])}_neg{_num(config['gamma_neg'])}"
+        if loss == 'asym-cyclical':
+            name += f"_hc{_num(config['gamma_hc'])}_f{_num(config['cyclical_factor'])}"
+    if loss != 'ce' and config['smoothing'] is not None:
+        name += f"_ls{_num(config['smoothing'])}"
+    return name
