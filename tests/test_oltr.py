@@ -1,4 +1,5 @@
 """Tests of the OLTR stage-1 adapter (oltr/): list files, metrics, configs, and short real-image runs."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,107 @@ def test_eta_per_epoch_matches_paper_form(dataset):
         assert criterion.eta == pytest.approx(expected, abs=1e-12)
         etas.append(criterion.eta)
     assert etas[0] == 1.0 and etas[-1] == pytest.approx(1.0) and min(etas) >= 0.0 and max(etas) <= 1.0
+
+
+# ---------------------------------------------------------------- stage-1 runs on real images
+
+# Per-class training counts straddling OLTR's thresholds: code rule many {110, 105}, medium {60, 40, 21},
+# few {20, 10, 5, 3}; paper rule moves 20 to medium. The tenth CIFAR-10 class is the open set.
+LT_COUNTS = [110, 105, 60, 40, 21, 20, 10, 5, 3]
+VAL_PER_CLASS, TEST_PER_CLASS, OPEN_IMAGES = 4, 8, 12
+
+
+@pytest.fixture(scope='module')
+def oltr_lists(cifar10_dir, tmp_path_factory):
+    """OLTR-format lists over the CIFAR-10 JPEGs: <DS>_{train,val,test,open}.txt relative to cifar10_dir."""
+    list_dir = tmp_path_factory.mktemp('oltr_lists')
+    classes = sorted(p.name for p in (cifar10_dir / 'train').iterdir())
+    assert len(classes) == 10
+    lines = {'train': [], 'val': [], 'test': [], 'open': []}
+    for label, (cls, count) in enumerate(zip(classes[:9], LT_COUNTS)):
+        train_files = sorted((cifar10_dir / 'train' / cls).iterdir())[:count]
+        lines['train'] += [f'train/{cls}/{f.name} {label}' for f in train_files]
+        val_files = sorted((cifar10_dir / 'val' / cls).iterdir())
+        lines['val'] += [f'val/{cls}/{f.name} {label}' for f in val_files[:VAL_PER_CLASS]]
+        lines['test'] += [f'val/{cls}/{f.name} {label}'
+                          for f in val_files[VAL_PER_CLASS:VAL_PER_CLASS + TEST_PER_CLASS]]
+    open_files = sorted((cifar10_dir / 'val' / classes[9]).iterdir())[:OPEN_IMAGES]
+    lines['open'] = [f'val/{classes[9]}/{f.name} -1' for f in open_files]
+    for split, split_lines in lines.items():
+        (list_dir / f'Mini_LT_{split}.txt').write_text('\n'.join(split_lines) + '\n')
+    return list_dir
+
+
+def _run_args(config, cifar10_dir, list_dir, output, *extra):
+    from oltr.train import get_args_parser
+    return get_args_parser().parse_args([
+        '--config', str(config), '--data-root', str(cifar10_dir), '--list-dir', str(list_dir),
+        '--output', str(output), '--device', 'cpu',
+        '--set', 'dataset=Mini_LT', '--set', 'num_classes=9', '--set', 'image_size=32', '--set', 'resize_size=32',
+        '--set', 'batch_size=16', '--set', 'workers=0', *extra])
+
+
+def _check_results(results, run_dir, with_open):
+    saved = json.loads((run_dir / 'results.json').read_text())
+    expected_keys = {'overall', 'many', 'medium', 'few', 'macro_f1', 'best_epoch'} | ({'f_measure'} if with_open
+                                                                                      else set())
+    assert set(saved) == expected_keys
+    assert saved == pytest.approx(results)
+    for key in expected_keys - {'best_epoch'}:
+        assert 0.0 <= saved[key] <= 1.0
+    assert (run_dir / 'best.pth').is_file()
+    assert not [p for p in run_dir.iterdir() if p.name.endswith('.tmp')]
+    return saved
+
+
+def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path):
+    from oltr.lists import class_counts, read_list
+    from oltr.metrics import shot_groups
+    from oltr.train import main
+    counts = class_counts(read_list(oltr_lists / 'Mini_LT_train.txt'), 9)
+    assert counts == LT_COUNTS
+    assert np.bincount(shot_groups(counts), minlength=3).tolist() == [2, 3, 4]
+    assert np.bincount(shot_groups(counts, rule='paper'), minlength=3).tolist() == [2, 4, 3]
+    args = _run_args(CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml', cifar10_dir, oltr_lists, tmp_path, '--epochs', '1')
+    results = main(args)
+    run_dir = tmp_path / 'Mini_LT' / 'stage1_resnet10_ce'
+    saved = _check_results(results, run_dir, with_open=False)
+    assert saved['best_epoch'] == 0
+    assert json.loads((run_dir / 'config.json').read_text())['loss'] == 'ce'
+
+
+def test_stage1_cfl_run_and_open_set_test(cifar10_dir, oltr_lists, tmp_path):
+    from oltr.train import main
+    config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1_cfl.yaml'
+    results = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path, '--epochs', '2',
+                             '--open-root', str(cifar10_dir)))
+    run_dir = tmp_path / 'Mini_LT' / 'stage1_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
+    saved = _check_results(results, run_dir, with_open=True)
+    assert json.loads((run_dir / 'config.json').read_text())['cyclical_factor'] == 4
+    # --test_open re-evaluates the saved best checkpoint without training: the same numbers.
+    retest = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path, '--epochs', '2', '--test_open',
+                            '--open-root', str(cifar10_dir)))
+    assert retest == pytest.approx(saved)
+
+
+def test_stage1_errors_before_training(cifar10_dir, oltr_lists, tmp_path):
+    from oltr.train import main
+    config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml'
+    broken = tmp_path / 'lists'
+    broken.mkdir()
+    for split in ('train', 'val', 'test', 'open'):
+        text = (oltr_lists / f'Mini_LT_{split}.txt').read_text()
+        if split == 'val':
+            text += 'val/nowhere/missing_a.jpg 0\nval/nowhere/missing_b.jpg 1\n'
+        (broken / f'Mini_LT_{split}.txt').write_text(text)
+    with pytest.raises(FileNotFoundError, match=r'2 of \d+ images listed in .*Mini_LT_val.txt.*missing_a.jpg'):
+        main(_run_args(config, cifar10_dir, broken, tmp_path / 'out'))
+    with pytest.raises(ValueError, match=r'Mini_LT_train.txt:\d+: label 5 outside \[0, 5\)'):
+        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'out', '--set', 'num_classes=5'))
+    places = CONFIG_DIR / 'Places_LT' / 'stage_1.yaml'
+    with pytest.raises(FileNotFoundError, match='pretrained weights file not found'):
+        main(_run_args(places, cifar10_dir, oltr_lists, tmp_path / 'out', '--pretrained-file',
+                       str(tmp_path / 'resnet152.pth')))
+    with pytest.raises(ValueError, match='--pretrained-file'):
+        main(_run_args(places, cifar10_dir, oltr_lists, tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()
