@@ -1,1 +1,2 @@
-from .calibration import CalibrationMeter, bin_indices
+from .calibration import METRIC_KEYS, CalibrationMeter, bin_indices
+from .smooth_ece import smooth_ece, smooth_ece_at_bandwidth
