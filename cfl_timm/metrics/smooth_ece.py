@@ -5,6 +5,7 @@ https://arxiv.org/abs/2309.12236 (reference package ``relplot``).
 """
 import math
 
+import numpy as np
 import torch
 
 __all__ = ['smooth_ece', 'smooth_ece_at_bandwidth']
@@ -13,7 +14,7 @@ _MIN_GRID_POINTS = 2001
 _KERNEL_WIDTHS = 5.0  # Gaussian truncated at 5 sigma (relative mass lost < 6e-7)
 
 
-def _reflected_smooth(position: torch.Tensor, weights: torch.Tensor, bandwidth: float) -> torch.Tensor:
+def _reflected_smooth(position: np.ndarray, weights: np.ndarray, bandwidth: float) -> np.ndarray:
     """Sum of w_i * K(t, f_i) on a grid t_j = j / (M - 1) of [0, 1], rows of `weights` smoothed independently.
 
     K is the Gaussian kernel reflected at 0 and 1 (so that each kernel integrates to one over [0, 1]). Each point is
@@ -22,22 +23,21 @@ def _reflected_smooth(position: torch.Tensor, weights: torch.Tensor, bandwidth: 
     num_points = max(_MIN_GRID_POINTS, 2 * math.ceil(10.0 / bandwidth) + 1)
     step = 1.0 / (num_points - 1)
     scaled = position * (num_points - 1)
-    left = scaled.floor().long().clamp_(0, num_points - 2)
+    left = np.clip(np.floor(scaled).astype(np.int64), 0, num_points - 2)
     frac = scaled - left
-    grid = torch.zeros(weights.shape[0], num_points, dtype=torch.float64)
-    grid.index_add_(1, left, weights * (1 - frac))
-    grid.index_add_(1, left + 1, weights * frac)
+    grid = np.stack([np.bincount(left, row * (1 - frac), num_points) + np.bincount(left + 1, row * frac, num_points)
+                     for row in weights])
     half = math.ceil(_KERNEL_WIDTHS * bandwidth / step)
-    offsets = torch.arange(-half, half + 1, dtype=torch.float64) * step
-    kernel = torch.exp(-0.5 * (offsets / bandwidth) ** 2) / (math.sqrt(2 * math.pi) * bandwidth)
+    offsets = np.arange(-half, half + 1) * step
+    kernel = np.exp(-0.5 * (offsets / bandwidth) ** 2) / (math.sqrt(2 * math.pi) * bandwidth)
     # The reflected signal is periodic with period 2 (M - 1): index j maps to |j| folded back into [0, M - 1].
     period = 2 * (num_points - 1)
-    index = torch.arange(-half, num_points + half) % period
-    index = torch.where(index > num_points - 1, period - index, index)
+    index = np.arange(-half, num_points + half) % period
+    index = np.where(index > num_points - 1, period - index, index)
     extended = grid[:, index]
-    # 'valid' convolution through the FFT: the kernel is long (up to 10 sigma of the grid) when sigma is large.
-    length = extended.shape[1] + kernel.numel() - 1
-    full = torch.fft.irfft(torch.fft.rfft(extended, length) * torch.fft.rfft(kernel, length), length)
+    # 'valid' convolution through the FFT (the kernel spans up to 10 sigma of the grid), at a power-of-two length.
+    length = 1 << (extended.shape[1] + kernel.size - 2).bit_length()
+    full = np.fft.irfft(np.fft.rfft(extended, length) * np.fft.rfft(kernel, length), length)
     return full[:, 2 * half:2 * half + num_points]
 
 
@@ -47,10 +47,10 @@ def smooth_ece_at_bandwidth(confidence: torch.Tensor, correct: torch.Tensor, ban
     The integral is a trapezoid sum on the grid, normalised by the same sum of the kernel density (which integrates
     to N), so the discretisation error of the two cancels to first order.
     """
-    confidence = confidence.detach().double().cpu().clamp(0.0, 1.0)
-    residual = confidence - correct.detach().double().cpu()
-    smoothed = _reflected_smooth(confidence, torch.stack([residual, torch.ones_like(residual)]), bandwidth)
-    return float(torch.trapezoid(smoothed[0].abs()) / torch.trapezoid(smoothed[1]))
+    confidence = confidence.detach().cpu().double().clamp(0.0, 1.0).numpy()
+    residual = confidence - correct.detach().cpu().double().numpy()
+    smoothed = _reflected_smooth(confidence, np.stack([residual, np.ones_like(residual)]), bandwidth)
+    return float(np.trapezoid(np.abs(smoothed[0])) / np.trapezoid(smoothed[1]))
 
 
 def smooth_ece(confidence: torch.Tensor, correct: torch.Tensor, min_bandwidth: float = 1e-3,
