@@ -10,6 +10,8 @@ import yaml
 
 from cfl_timm import FOCAL_LOSS_TYPES
 
+from .metrics import SHOT_RULES
+
 __all__ = ['DEFAULTS', 'LOSSES', 'BACKBONES', 'load_config', 'apply_overrides', 'parse_set', 'loss_kwargs',
            'run_name']
 
@@ -57,6 +59,15 @@ def _check(config: dict[str, Any], source: str) -> None:
     for key in ('num_classes', 'epochs', 'batch_size', 'image_size', 'lr_step'):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f'{source}: {key} must be an integer >= 1, got {config[key]!r}.')
+    if config['shot_rule'] not in SHOT_RULES:
+        raise ValueError(f"{source}: unknown shot_rule '{config['shot_rule']}', expected one of {SHOT_RULES} "
+                         "('code': many >= 100, few <= 20 as in OLTR's code; 'paper': > 100, < 20).")
+    threshold = config['open_threshold']
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f'{source}: open_threshold must be a probability in (0, 1), got {threshold!r}.')
+    for key in ('feature_lr', 'classifier_lr', 'momentum', 'weight_decay', 'lr_gamma'):
+        if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
+            raise ValueError(f'{source}: {key} must be a number >= 0, got {config[key]!r}.')
 
 
 def load_config(path: Union[str, Path]) -> dict[str, Any]:

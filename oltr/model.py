@@ -39,20 +39,26 @@ def load_backbone_weights(backbone: nn.Module, path: Union[str, Path]) -> None:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     state = {k.removeprefix('module.'): v for k, v in state.items() if not k.removeprefix('module.').startswith('fc.')}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f'{path} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}')
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(f'{path} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}, '
+                         f'wrong shape {mismatched[:5]} (first five of each)')
+    backbone.load_state_dict(state)
 
 
-def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: Optional[Union[str, Path]] = None
-                    ) -> nn.Module:
+def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: Optional[Union[str, Path]] = None,
+                    require_pretrained: bool = True) -> nn.Module:
     """The feature extractor of OLTR stage 1.
 
     Args:
         backbone: 'resnet10' (timm resnet18 with layers (1, 1, 1, 1), 512-d, from scratch) or 'resnet152'
             (ImageNet weights from ``pretrained_file``, then Linear(2048, feature_dim) + ReLU).
         feature_dim: Width of the feature vector (512 in OLTR).
-        pretrained_file: Local ImageNet weights; required for 'resnet152'.
+        pretrained_file: Local ImageNet weights; required for 'resnet152' unless ``require_pretrained`` is False.
+        require_pretrained: False when the weights come from a stage-1 checkpoint afterwards (``--test``).
     """
     if backbone == 'resnet10':
         net = timm.create_model('resnet18', layers=(1, 1, 1, 1), num_classes=0, zero_init_last=False)
@@ -62,19 +68,20 @@ def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: O
             return net
         return nn.Sequential(net, nn.Linear(net.num_features, feature_dim), nn.ReLU(inplace=True))
     if backbone == 'resnet152':
-        if pretrained_file is None:
+        if pretrained_file is None and require_pretrained:
             raise ValueError('backbone resnet152 (Places_LT) starts from ImageNet weights: '
                              'pass --pretrained-file PATH.')
-        if not Path(pretrained_file).is_file():
-            raise FileNotFoundError(f'pretrained weights file not found: {pretrained_file}')
         net = timm.create_model('resnet152', num_classes=0, zero_init_last=False)
-        load_backbone_weights(net, pretrained_file)
+        if pretrained_file is not None:
+            load_backbone_weights(net, pretrained_file)
         return nn.Sequential(net, nn.Linear(net.num_features, feature_dim), nn.ReLU(inplace=True))
     raise ValueError(f"Unknown backbone '{backbone}', expected one of ('resnet10', 'resnet152').")
 
 
 def create_stage1_model(backbone: str, num_classes: int, *, feature_dim: int = 512,
-                        pretrained_file: Optional[Union[str, Path]] = None) -> Stage1Model:
-    """Features plus a linear classifier Linear(feature_dim, num_classes)."""
-    features = create_features(backbone, feature_dim=feature_dim, pretrained_file=pretrained_file)
+                        pretrained_file: Optional[Union[str, Path]] = None,
+                        require_pretrained: bool = True) -> Stage1Model:
+    """Features (see :func:`create_features`) plus a linear classifier Linear(feature_dim, num_classes)."""
+    features = create_features(backbone, feature_dim=feature_dim, pretrained_file=pretrained_file,
+                               require_pretrained=require_pretrained)
     return Stage1Model(features, nn.Linear(feature_dim, num_classes))

@@ -6,6 +6,8 @@ Loss: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978
 Config values come from the YAML file; named command-line options and ``--set key=value`` replace them only
 when given. The cyclical loss is stepped with the 0-based epoch (eta stays in [0, 1]); the epoch with the best
 val top-1 is saved atomically; the test split (and the open set, when given) is evaluated with that checkpoint.
+Every epoch also writes ``last.pth`` (model, optimizer, StepLR, loss epoch, RNG state), so ``--resume`` continues
+an interrupted run exactly where it stopped.
 """
 import argparse
 import json
@@ -26,14 +28,16 @@ from cfl_timm import create_focal_loss
 from .config import apply_overrides, load_config, loss_kwargs, run_name
 from .data import ListDataset, eval_transform, train_transform
 from .lists import check_images_exist, class_counts, list_path, read_list
-from .metrics import macro_f1, open_set_f_measure, open_set_predictions, shot_accuracies
+from .metrics import SHOT_RULES, macro_f1, open_set_f_measure, open_set_predictions, shot_accuracies
 from .model import create_stage1_model
 
 __all__ = ['get_args_parser', 'resolve_config', 'main']
 
 # Named command-line options that map onto config keys (default None = "not given").
 _CLI_KEYS = ('epochs', 'batch_size', 'num_classes', 'image_size', 'loss', 'gamma', 'gamma_hc', 'gamma_pos',
-             'gamma_neg', 'cyclical_factor', 'smoothing', 'workers', 'seed')
+             'gamma_neg', 'cyclical_factor', 'smoothing', 'workers', 'seed', 'shot_rule', 'open_threshold')
+# Keys that may change between an interrupted run and its resumption (they do not change what is trained).
+_RESUME_FREE_KEYS = ('workers', 'shot_rule', 'open_threshold')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any config key')
     parser.add_argument('--test', action='store_true', help='only evaluate the run\'s best checkpoint on test')
     parser.add_argument('--test_open', action='store_true', help='--test including the open set (needs --open-root)')
+    parser.add_argument('--resume', action='store_true', help="continue the run from its last.pth")
     parser.add_argument('--device', default=None, help='default: cuda when available, else cpu')
     parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--batch-size', dest='batch_size', type=int, default=None)
@@ -58,6 +63,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         parser.add_argument(f'--{name}', type=float, default=None)
     parser.add_argument('--workers', type=int, default=None)
     parser.add_argument('--seed', type=int, default=None)
+    parser.add_argument('--shot-rule', dest='shot_rule', choices=SHOT_RULES, default=None,
+                        help="many/few thresholds: 'code' (>= 100 / <= 20, OLTR's code, the config default) or "
+                             "'paper' (> 100 / < 20)")
+    parser.add_argument('--open-threshold', dest='open_threshold', type=float, default=None,
+                        help='max softmax probability below which a prediction is "unknown" (OLTR: 0.1)')
     return parser
 
 
@@ -115,6 +125,22 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
+def _restore(path: Path, config: dict[str, Any], model: nn.Module, optimizer, scheduler,
+             criterion: nn.Module) -> tuple[int, float]:
+    """Load ``last.pth`` into the training state; returns (next epoch, best val top-1 so far)."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    changed = sorted(k for k in config if k not in _RESUME_FREE_KEYS and state['config'].get(k) != config[k])
+    if changed:
+        raise ValueError(f'--resume: the config differs from the interrupted run in {changed} '
+                         f"(saved: {[state['config'].get(k) for k in changed]}, now: {[config[k] for k in changed]}).")
+    model.load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    criterion.load_state_dict(state['criterion'])
+    torch.set_rng_state(state['rng'])
+    return state['epoch'] + 1, state['best_val_top1']
+
+
 def train_one_epoch(model, loader, criterion, optimizer, device) -> float:
     model.train()
     total, count = 0.0, 0
@@ -166,6 +192,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         raise ValueError('backbone resnet152 (Places_LT) starts from ImageNet weights: pass --pretrained-file PATH.')
     if args.pretrained_file is not None and not Path(args.pretrained_file).is_file():
         raise FileNotFoundError(f'pretrained weights file not found: {args.pretrained_file}')
+    if args.resume and test_only:
+        raise ValueError('--resume continues training; it cannot be combined with --test / --test_open.')
+    criterion = None if test_only else create_criterion(config)  # invalid loss settings fail here, before any work
 
     # Read and check every list and image before any work.
     num_classes = config['num_classes']
@@ -182,7 +211,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     run_dir = Path(args.output) / dataset / run_name(config)
-    best_path = run_dir / 'best.pth'
+    best_path, last_path = run_dir / 'best.pth', run_dir / 'last.pth'
+    if args.resume and not last_path.is_file():
+        raise FileNotFoundError(f'--resume: no {last_path} to continue from.')
     torch.manual_seed(config['seed'])
     np.random.seed(config['seed'])
 
@@ -195,17 +226,22 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                           pin_memory=device.type == 'cuda')
 
     model = create_stage1_model(config['backbone'], num_classes, feature_dim=config['feature_dim'],
-                                pretrained_file=None if test_only else args.pretrained_file).to(device)
+                                pretrained_file=None if test_only else args.pretrained_file,
+                                require_pretrained=not test_only).to(device)
     if not test_only:
         if len(splits['train']) < config['batch_size']:
             raise ValueError(f"{len(splits['train'])} training images are fewer than one batch of "
                              f"{config['batch_size']} (last partial batches are dropped).")
-        _atomic_write_json(run_dir / 'config.json', config)
-        criterion = create_criterion(config).to(device)
+        criterion = criterion.to(device)
         optimizer, scheduler = create_optimizer(model, config)
         train_loader, val_loader = loader('train', train=True), loader('val')
-        best_acc = -1.0
-        for epoch in range(config['epochs']):
+        best_acc, start_epoch = -1.0, 0
+        if args.resume:
+            start_epoch, best_acc = _restore(last_path, config, model, optimizer, scheduler, criterion)
+            print(f'resuming at epoch {start_epoch} (best val top-1 so far {100 * best_acc:.2f})', flush=True)
+        else:
+            _atomic_write_json(run_dir / 'config.json', config)
+        for epoch in range(start_epoch, config['epochs']):
             if hasattr(criterion, 'set_epoch'):
                 criterion.set_epoch(epoch)  # 0-based: eta stays in [0, 1]
             start = time.time()
@@ -220,6 +256,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                 best_acc = val_acc
                 state = {'model': model.state_dict(), 'epoch': epoch, 'val_top1': val_acc, 'config': config}
                 _atomic_write_bytes(best_path, lambda f, s=state: torch.save(s, f))
+            last = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                    'scheduler': scheduler.state_dict(), 'criterion': criterion.state_dict(), 'epoch': epoch,
+                    'best_val_top1': best_acc, 'rng': torch.get_rng_state(), 'config': config}
+            _atomic_write_bytes(last_path, lambda f, s=last: torch.save(s, f))
         print(f'best val top-1 {100 * best_acc:.2f}', flush=True)
 
     if not best_path.is_file():

@@ -282,3 +282,53 @@ def test_stage1_errors_before_training(cifar10_dir, oltr_lists, tmp_path):
     with pytest.raises(ValueError, match='--pretrained-file'):
         main(_run_args(places, cifar10_dir, oltr_lists, tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------- model and optimizer
+
+def test_features_from_local_weights_file(tmp_path):
+    import timm
+    import torch
+
+    from oltr.model import create_features, create_stage1_model, load_backbone_weights
+    torch.manual_seed(0)
+    source = timm.create_model('resnet18', layers=(1, 1, 1, 1), num_classes=5, zero_init_last=False)
+    assert [len(getattr(source, f'layer{i}')) for i in range(1, 5)] == [1, 1, 1, 1]  # ResNet-10
+    weights = tmp_path / 'resnet10.pth'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in source.state_dict().items()}}, weights)
+    features = create_features('resnet10', pretrained_file=weights)
+    assert features.num_features == 512
+    loaded = features.state_dict()
+    for name, value in source.state_dict().items():
+        if not name.startswith('fc.'):
+            assert torch.equal(loaded[name], value), name
+    # Weights of another network are refused with the offending names (ResNet-18 has two blocks per stage).
+    with pytest.raises(ValueError, match=r'does not match the backbone: missing \[.layer1\.1\.'):
+        load_backbone_weights(timm.create_model('resnet18', num_classes=0), weights)
+    model = create_stage1_model('resnet10', 9, feature_dim=256)  # a projection when the width differs
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 9)
+    with pytest.raises(ValueError, match='--pretrained-file'):
+        create_features('resnet152')
+    with pytest.raises(FileNotFoundError, match='never downloaded'):
+        create_features('resnet10', pretrained_file=tmp_path / 'absent.pth')
+
+
+def test_two_param_groups_and_step_lr():
+    from oltr.config import load_config
+    from oltr.model import create_stage1_model
+    from oltr.train import create_optimizer
+    config = load_config(CONFIG_DIR / 'Places_LT' / 'stage_1.yaml')
+    model = create_stage1_model('resnet10', 7)
+    optimizer, scheduler = create_optimizer(model, config)
+    groups = {g['name']: g for g in optimizer.param_groups}
+    assert groups['features']['lr'] == 0.001 and groups['classifier']['lr'] == 0.1
+    assert {id(p) for p in groups['classifier']['params']} == {id(p) for p in model.classifier.parameters()}
+    assert all(g['momentum'] == 0.9 and g['weight_decay'] == 5e-4 for g in optimizer.param_groups)
+    lrs = []
+    for _ in range(30):
+        lrs.append(groups['classifier']['lr'])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:10] == [0.1] * 10
+    assert lrs[10:20] == pytest.approx([0.01] * 10) and lrs[20:] == pytest.approx([0.001] * 10)
