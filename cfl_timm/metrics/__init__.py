@@ -1,2 +1,3 @@
 from .calibration import METRIC_KEYS, CalibrationMeter, bin_indices
 from .smooth_ece import smooth_ece, smooth_ece_at_bandwidth
+from .temperature import FIT_METHODS, check_calibration_split, fit_temperature, is_test_split
