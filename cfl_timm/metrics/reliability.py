@@ -48,7 +48,7 @@ def _draw(axis, reliability: Mapping[str, Sequence[float]], metrics: Mapping[str
     axis.set_ylabel('accuracy')
     axis.set_title(f"{title}\nECE {metrics['ece']:.4f}  MCE {metrics['mce']:.4f}  NLL {metrics['nll']:.4f}",
                    fontsize=9)
-    axis.legend(loc='upper left', fontsize=7, bbox_to_anchor=(0.0, 0.93))
+    axis.legend(loc='lower right', fontsize=7, framealpha=0.9)
 
 
 def plot_reliability_diagrams(panels: Sequence[tuple[str, Mapping, Mapping]], path: os.PathLike) -> Path:
