@@ -158,6 +158,15 @@ def test_config_override_rules(tmp_path):
         apply_overrides(config, sets=['gamma_neg'])
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         apply_overrides(config, sets=['loss=focal'])
+    assert config['shot_rule'] == 'code'
+    args = get_args_parser().parse_args(['--config', str(path), '--data-root', str(tmp_path), '--shot-rule', 'paper'])
+    assert resolve_config(args)['shot_rule'] == 'paper'
+    with pytest.raises(ValueError, match=r"unknown shot_rule 'median', expected one of \('code', 'paper'\)"):
+        apply_overrides(config, sets=['shot_rule=median'])
+    with pytest.raises(ValueError, match='open_threshold must be a probability'):
+        apply_overrides(config, {'open_threshold': 1.5})
+    with pytest.raises(ValueError, match='epochs must be an integer >= 1'):
+        apply_overrides(config, sets=['epochs=0'])
     bad = tmp_path / 'bad.yaml'
     bad.write_text('epochs: 30\nlearning_rate: 0.1\n')
     with pytest.raises(ValueError, match='unknown config key'):
@@ -209,6 +218,17 @@ def oltr_lists(cifar10_dir, tmp_path_factory):
     return list_dir
 
 
+@pytest.fixture
+def one_thread():
+    """Run the tiny trainings on one intra-op thread: on the shared 2-core CI machine, thread contention makes
+    the default two threads several times slower for 32 px batches of 16."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _run_args(config, cifar10_dir, list_dir, output, *extra):
     from oltr.train import get_args_parser
     return get_args_parser().parse_args([
@@ -231,7 +251,7 @@ def _check_results(results, run_dir, with_open):
     return saved
 
 
-def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path):
+def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path, one_thread):
     from oltr.lists import class_counts, read_list
     from oltr.metrics import shot_groups
     from oltr.train import main
@@ -247,18 +267,49 @@ def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path):
     assert json.loads((run_dir / 'config.json').read_text())['loss'] == 'ce'
 
 
-def test_stage1_cfl_run_and_open_set_test(cifar10_dir, oltr_lists, tmp_path):
+def test_stage1_cfl_run_open_set_test_and_exact_resume(cifar10_dir, oltr_lists, tmp_path, monkeypatch, one_thread):
+    import torch
+
+    import oltr.train
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1_cfl.yaml'
-    results = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path, '--epochs', '2',
+    results = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'a', '--epochs', '2',
                              '--open-root', str(cifar10_dir)))
-    run_dir = tmp_path / 'Mini_LT' / 'stage1_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
+    run_dir = tmp_path / 'a' / 'Mini_LT' / 'stage1_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
     saved = _check_results(results, run_dir, with_open=True)
     assert json.loads((run_dir / 'config.json').read_text())['cyclical_factor'] == 4
     # --test_open re-evaluates the saved best checkpoint without training: the same numbers.
-    retest = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path, '--epochs', '2', '--test_open',
+    retest = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'a', '--epochs', '2', '--test_open',
                             '--open-root', str(cifar10_dir)))
     assert retest == pytest.approx(saved)
+
+    # The same run interrupted during its second epoch, then resumed: bit-identical to the uninterrupted one.
+    calls = []
+    train_one_epoch = oltr.train.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2'))
+    monkeypatch.undo()
+    resumed_dir = tmp_path / 'b' / 'Mini_LT' / run_dir.name
+    assert torch.load(resumed_dir / 'last.pth', weights_only=True)['epoch'] == 0
+    with pytest.raises(ValueError, match=r"differs from the interrupted run in \['feature_lr'\]"):
+        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume',
+                       '--set', 'feature_lr=0.05'))
+    main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume'))
+    reference = torch.load(run_dir / 'last.pth', weights_only=True)
+    resumed = torch.load(resumed_dir / 'last.pth', weights_only=True)
+    assert resumed['epoch'] == reference['epoch'] == 1
+    for name, value in reference['model'].items():
+        assert torch.equal(resumed['model'][name], value), name
+    assert resumed['best_val_top1'] == reference['best_val_top1']
+    assert resumed['scheduler']['last_epoch'] == 2 and resumed['criterion'] == reference['criterion']
 
 
 def test_stage1_errors_before_training(cifar10_dir, oltr_lists, tmp_path):
