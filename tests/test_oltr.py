@@ -23,10 +23,23 @@ def test_places_lt_train_list_counts_and_shot_groups():
         assert np.bincount(groups, minlength=3).tolist() == expected
 
 
-def test_places_lt_val_and_imagenet_lt_test_lists():
-    assert class_counts(read_list(OLTR_LISTS / 'Places_LT' / 'Places_LT_val.txt', num_classes=365), 365) == [20] * 365
-    counts = class_counts(read_list(OLTR_LISTS / 'ImageNet_LT' / 'ImageNet_LT_test.txt', num_classes=1000), 1000)
-    assert counts == [50] * 1000
+def test_places_lt_val_test_and_imagenet_lt_val_test_lists():
+    for dataset, split, num_classes, per_class in (('Places_LT', 'val', 365, 20), ('Places_LT', 'test', 365, 100),
+                                                   ('ImageNet_LT', 'val', 1000, 20), ('ImageNet_LT', 'test', 1000, 50)):
+        samples = read_list(OLTR_LISTS / dataset / f'{dataset}_{split}.txt', num_classes=num_classes)
+        assert class_counts(samples, num_classes) == [per_class] * num_classes, (dataset, split)
+
+
+def test_module_entry_point():
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, '-m', 'oltr.train', '--help'], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    for option in ('--config', '--data-root', '--list-dir', '--open-root', '--output', '--set', '--test',
+                   '--test_open', '--pretrained-file', '--resume', '--shot-rule'):
+        assert option in done.stdout
 
 
 def test_list_errors_name_the_line(tmp_path):
