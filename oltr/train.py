@@ -214,6 +214,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     best_path, last_path = run_dir / 'best.pth', run_dir / 'last.pth'
     if args.resume and not last_path.is_file():
         raise FileNotFoundError(f'--resume: no {last_path} to continue from.')
+    if not args.resume and not test_only and (last_path.exists() or best_path.exists()):
+        # Never overwrite a finished or interrupted run's checkpoints.
+        raise FileExistsError(f'{run_dir} already holds a run: continue it with --resume, evaluate it with --test, '
+                              'or choose another --output.')
     torch.manual_seed(config['seed'])
     np.random.seed(config['seed'])
 

@@ -278,6 +278,11 @@ def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path, one_thread):
     saved = _check_results(results, run_dir, with_open=False)
     assert saved['best_epoch'] == 0
     assert json.loads((run_dir / 'config.json').read_text())['loss'] == 'ce'
+    # A second run into the same directory is refused before any work: the first run's files stay intact.
+    before = (run_dir / 'best.pth').read_bytes()
+    with pytest.raises(FileExistsError, match='already holds a run'):
+        main(args)
+    assert (run_dir / 'best.pth').read_bytes() == before
 
 
 def test_stage1_cfl_run_open_set_test_and_exact_resume(cifar10_dir, oltr_lists, tmp_path, monkeypatch, one_thread):
