@@ -101,6 +101,8 @@ def test_macro_f1_hand_computed():
     # F1 per class = 2TP / (#pred + #label): 2/5, 4/6, 2/4, 4/4, 0/1
     expected = (2 / 5 + 4 / 6 + 2 / 4 + 1 + 0) / 5
     assert macro_f1(PREDS, LABELS, 5) == pytest.approx(expected)
+    from sklearn.metrics import f1_score
+    assert macro_f1(PREDS, LABELS, 5) == pytest.approx(f1_score(LABELS, PREDS, average='macro'))
 
 
 def test_open_set_f_measure_at_threshold():
