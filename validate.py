@@ -186,6 +186,7 @@ def compute_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix='.json', dir=path.parent)
+    os.chmod(temporary, 0o644)  # mkstemp creates 0600; the JSON is an ordinary shared output
     try:
         with os.fdopen(handle, 'w') as stream:
             json.dump(payload, stream, indent=2)

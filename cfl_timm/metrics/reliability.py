@@ -74,6 +74,7 @@ def plot_reliability_diagrams(panels: Sequence[tuple[str, Mapping, Mapping]], pa
     figure.tight_layout()
     handle, temporary = tempfile.mkstemp(suffix='.png', dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o644)  # mkstemp creates 0600; the PNG is an ordinary shared output
     try:
         figure.savefig(temporary, dpi=110, format='png')
         os.replace(temporary, path)
