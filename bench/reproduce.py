@@ -12,8 +12,10 @@ same cell, stale locks are taken over, and a crashed cell leaves ``error.json`` 
 
 Usage::
 
-    python bench/reproduce.py prepare-data --archive cifar10-jpeg.tar.gz --out bench/_work/cifar10
-    python bench/reproduce.py run --protocol cpu --data-dir bench/_work/cifar10 --work-dir bench/_work --jobs 2
+    python bench/reproduce.py prepare-data --archive cifar10-jpeg.tar.gz --out bench/_work/cifar10 \
+        --train-per-class 300 --val-per-class 100      # prints bench/_work/cifar10_train300_val100
+    python bench/reproduce.py run --protocol cpu --data-dir bench/_work/cifar10_train300_val100 \
+        --work-dir bench/_work --jobs 3
     python bench/reproduce.py status --protocol cpu --work-dir bench/_work
     python bench/reproduce.py aggregate --protocol cpu --work-dir bench/_work --results-dir bench/results
 """
@@ -324,8 +326,6 @@ METRICS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'wall_s')
 
 def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: str = '') -> dict[str, Path]:
     """Write ``<protocol>_runs.csv`` (per run), ``<protocol>.csv`` (mean/sd), ``<protocol>.md`` and ``.png``."""
-    import csv
-
     records = run_records(runs_dir)
     if not records:
         raise ValueError(f'No finished runs under {runs_dir}.')
@@ -354,7 +354,6 @@ def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: st
     write_csv(paths['csv'], list(rows[0]), rows)
     paths['md'].write_text(markdown_table(protocol, rows, machine))
     plot(protocol, rows, paths['png'])
-    del csv
     return paths
 
 
