@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='number of classes (default: the checkpoint run, else the dataset)')
     group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N', help='input C H W')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'), help='input size')
     group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='input center crop percent')
     group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
     group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
