@@ -237,6 +237,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.calibration_split == args.split:
             _logger.warning(f'The temperature is fitted on the evaluated split {args.split!r} itself: the '
                             '"after" metrics are optimistic.')
+        elif args.calibration_split == run.get('train_split', 'train'):
+            _logger.warning(f'The temperature is fitted on the training split {args.calibration_split!r}, which '
+                            'is not held out: the network is over-confident there, so T will be too small.')
         fit_logits, fit_target = collect_logits(model, build_dataset(args, args.calibration_split), args,
                                                 data_config, device)
         temperature = fit_temperature(fit_logits, fit_target, method=args.temperature_method,
