@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from cfl_timm.metrics import CalibrationMeter, bin_indices
+from cfl_timm.metrics import METRIC_KEYS, CalibrationMeter, bin_indices
 
 
 def logits_with_confidence(confidence: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -95,3 +95,13 @@ def test_bad_input():
         meter.update(torch.randn(2, 3), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match='before any update'):
         meter.compute()
+
+
+def test_half_precision_logits_are_computed_in_float64():
+    logits = (torch.randn(300, 7, generator=torch.Generator().manual_seed(2)) * 3).bfloat16()
+    target = torch.arange(300) % 7
+    low, exact = CalibrationMeter(7), CalibrationMeter(7)
+    low.update(logits, target)
+    exact.update(logits.double(), target)  # the same values, upcast first
+    assert low.compute() == exact.compute()
+    assert set(low.compute()) == set(METRIC_KEYS)
