@@ -84,12 +84,8 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
         prof.export_chrome_trace(trace)
         with open(trace) as f:
             events = json.load(f)['traceEvents']
-    memory = [e['args'] for e in events if e.get('name') == '[memory]']
-    if not memory:
-        return 0
-    # 'Total Allocated' is process-wide: subtract what was allocated before the first recorded event.
-    baseline = memory[0]['Total Allocated'] - memory[0]['Bytes']
-    return max(m['Total Allocated'] for m in memory) - baseline
+    totals = [e['args']['Total Allocated'] for e in events if e.get('name') == '[memory]']
+    return max(totals, default=0)
 
 
 def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int) -> list[dict]:
