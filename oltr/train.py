@@ -12,8 +12,6 @@ an interrupted run exactly where it stopped.
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from cfl_timm import create_focal_loss
+from cfl_timm.training import atomic_write_bytes
 
 from .config import apply_overrides, load_config, loss_kwargs, run_name
 from .data import ListDataset, eval_transform, train_transform
@@ -76,23 +75,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return apply_overrides(load_config(args.config), {k: getattr(args, k) for k in _CLI_KEYS}, args.set)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
 
 
 def create_criterion(config: dict[str, Any]) -> nn.Module:
@@ -259,11 +243,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             if val_acc > best_acc:
                 best_acc = val_acc
                 state = {'model': model.state_dict(), 'epoch': epoch, 'val_top1': val_acc, 'config': config}
-                _atomic_write_bytes(best_path, lambda f, s=state: torch.save(s, f))
+                atomic_write_bytes(best_path, lambda f, s=state: torch.save(s, f))
             last = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                     'scheduler': scheduler.state_dict(), 'criterion': criterion.state_dict(), 'epoch': epoch,
                     'best_val_top1': best_acc, 'rng': torch.get_rng_state(), 'config': config}
-            _atomic_write_bytes(last_path, lambda f, s=last: torch.save(s, f))
+            atomic_write_bytes(last_path, lambda f, s=last: torch.save(s, f))
         print(f'best val top-1 {100 * best_acc:.2f}', flush=True)
 
     if not best_path.is_file():

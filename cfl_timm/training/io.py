@@ -8,26 +8,29 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 import yaml
 
-__all__ = ['SUMMARY_COLUMNS', 'SummaryWriter', 'atomic_write_text', 'read_summary', 'save_args_yaml']
+__all__ = ['SUMMARY_COLUMNS', 'SummaryWriter', 'atomic_write_bytes', 'atomic_write_text', 'read_summary',
+           'save_args_yaml']
 
 # timm's columns first, then the calibration metrics and the cyclical values in force during the epoch.
 SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'eval_nll', 'eval_ece',
                    'eta', 'weight_decay', 'temperature', 'clip_grad')
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same directory, fsync, os.replace)."""
+def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temp file in the same directory, which is fsynced and then
+    moved over ``path`` with os.replace, so a crash leaves either the old file or the new one, never a torn one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            f.write(text)
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -35,6 +38,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def save_args_yaml(path: str | Path, args: Mapping[str, Any]) -> None:
