@@ -100,7 +100,7 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    # Sized to finish all 54 cells in about an hour on 2 shared CPU cores (2 workers, 1 thread each).
+    # Sized for 2 heavily shared CPU cores: all 54 cells took 19 minutes here with 3 workers of 1 thread each.
     # Runs see 5k to 9k training images (the smaller LT sets get more epochs);
     # with so few epochs the LR and eta are stepped per update (a smooth cosine / cyclical shape).
     'cpu': Protocol(
