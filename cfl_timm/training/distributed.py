@@ -1,10 +1,42 @@
 """Distributed helpers that also work on CPU (gloo) processes launched by torchrun."""
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from timm.utils.distributed import init_distributed_device_so
 
-__all__ = ['ddp_device_ids', 'gather_objects', 'barrier']
+__all__ = ['ProcessInfo', 'barrier', 'ddp_device_ids', 'gather_objects', 'init_process']
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process runs: its device and its place among the torchrun processes.
+
+    Attributes:
+        device: The device this process trains on.
+        rank: Global rank (0 when not distributed).
+        world_size: Number of processes (1 when not distributed).
+        distributed: Whether a process group is initialised.
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    distributed: bool = False
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the process that logs and writes the run files."""
+        return self.rank == 0
+
+
+def init_process(device: str) -> ProcessInfo:
+    """Initialise the process group from torchrun's environment (timm's ``init_distributed_device_so``;
+    gloo on CPU, nccl on CUDA), or describe the single process on ``device`` when not launched by torchrun."""
+    info = init_distributed_device_so(device=device)
+    return ProcessInfo(device=torch.device(info['device']), rank=info['global_rank'],
+                       world_size=info['world_size'], distributed=info['distributed'])
 
 
 def ddp_device_ids(device: torch.device) -> Any:

@@ -1,0 +1,544 @@
+"""train.py's command line: timm's training flags plus the cyclical focal loss / cyclical training flags.
+
+Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and "General Cyclical Training
+of Neural Networks", https://arxiv.org/abs/2202.08835.
+
+Structure (add a flag to the group function of its area, and its check to the matching ``check_*`` function):
+
+* One ``add_<group>_args(parser)`` function per argument group, in help order: :func:`add_dataset_args`,
+  :func:`add_model_args`, :func:`add_device_args`, :func:`add_optimizer_args`, :func:`add_scheduler_args`,
+  :func:`add_augmentation_args`, :func:`add_batchnorm_args`, :func:`add_ema_args`, :func:`add_misc_args`,
+  :func:`add_loss_args`, :func:`add_cyclical_args`, :func:`add_subset_args`. :data:`ARG_GROUPS` lists them and
+  :func:`add_train_args` adds them all. Names, meanings and defaults follow timm's train.py; the published
+  cyclical flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``).
+* :func:`load_config` reads a YAML ``-c/--config`` file whose values become parser defaults.
+* Checks run before any data, model or process is touched. Each ``check_<group>_args(args)`` raises a
+  ``ValueError`` naming the flag and its valid range or choices; :data:`ARG_CHECKS` lists them in order and
+  :func:`check_args` runs them all. Given the parser, :func:`check_args` turns the first error into a usage
+  error (``parser.error``: one line ``train.py: error: ...``, exit status 2); without it the ``ValueError``
+  propagates (in-process callers of ``train.main``).
+
+This module only describes and checks the command line; it builds nothing (train.py does).
+"""
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any, Optional
+
+import torch
+import yaml
+from timm.loss import LOSS_TYPES as TIMM_LOSS_TYPES
+from timm.models import is_model
+from timm.utils import ParseKwargs
+
+from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, cyclical_eta
+from ..data import SUBSET_MODES, is_digits_dataset
+from ..scheduler import CyclicalValueScheduler
+
+__all__ = [
+    'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
+    'add_augmentation_args', 'add_batchnorm_args', 'add_cyclical_args', 'add_dataset_args', 'add_device_args',
+    'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
+    'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
+]
+
+SOFT_TARGET_MODES = ('distribution', 'argmax')
+# Split folder names timm's folder datasets accept for the default splits.
+TRAIN_SPLIT_NAMES = ('train', 'training')
+EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
+
+
+def both_spellings(name: str) -> list[str]:
+    """A flag in its underscore (published) and dash (timm) spelling: '--T_min' -> ['--T_min', '--T-min']."""
+    dashed = name[:2] + name[2:].replace('_', '-')
+    underscored = name[:2] + name[2:].replace('-', '_')
+    return list(dict.fromkeys([name, underscored, dashed]))
+
+
+class KeyValueArgs(ParseKwargs):
+    """timm's ``ParseKwargs`` (``key=value`` pairs, values read as Python literals, else strings), with an item
+    lacking ``=`` reported as a usage error instead of a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values:
+            if item and '=' not in item:
+                parser.error(f'{option_string}: expected key=value, got {item!r}')
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """Dataset location, type and splits (timm)."""
+    group = parser.add_argument_group('Dataset parameters')
+    group.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (positional is *deprecated*)')
+    group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
+    group.add_argument('--dataset', '-d', metavar='NAME', default='',
+                       help="dataset type: '' (folder with train/val), torch/cifar10, torch/cifar100, "
+                            "sklearn/digits (offline), ... (default: folder)")
+    group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
+    group.add_argument('--val-split', metavar='NAME', default='validation',
+                       help='dataset validation split (default: validation)')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='allow download of dataset for torch/ and tfds/ datasets that support it')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='path to class to idx mapping file (default: "")')
+    group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
+
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Model, checkpoints, input size and batch size (timm)."""
+    group = parser.add_argument_group('Model parameters')
+    group.add_argument('--model', default='resnet50', type=str, metavar='MODEL',
+                       help='name of model to train (default: "resnet50")')
+    group.add_argument('--pretrained', action='store_true', default=False,
+                       help='start with pretrained version of specified network (if avail)')
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='load this checkpoint into model after initialization (default: none)')
+    group.add_argument('--resume', default='', type=str, metavar='PATH',
+                       help="resume full model and optimizer state from checkpoint; 'auto' uses last.pth.tar "
+                            'of the output directory when present (default: none)')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='prevent resume of optimizer state when resuming model')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of label classes (default: from the training set)')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL',
+                       help='global pool type, one of (fast, avg, max, avgmax, avgmaxc); model default if None')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='image size (default: None => model default)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='image input channels (default: None => 3)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+                       help='input all image dimensions (d h w, e.g. --input-size 3 224 224), model default if None')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='input image center crop percent (for validation only)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='override mean pixel value of dataset')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='override std deviation of dataset')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='image resize interpolation type (overrides model)')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
+                       help='input batch size for training (default: 128)')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='validation batch size override (default: None)')
+    group.add_argument('--channels-last', action='store_true', default=False,
+                       help='use channels_last memory layout')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='the number of steps to accumulate gradients (default: 1)')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs,
+                       help='extra model keyword arguments as key=value')
+
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """Device, mixed precision and DDP options (timm)."""
+    group = parser.add_argument_group('Device parameters')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str,
+                       help='device to use for training (default: cuda when available, else cpu)')
+    group.add_argument('--amp', action='store_true', default=False,
+                       help='use mixed precision (float16 with a grad scaler on CUDA, bfloat16 autocast on CPU)')
+    group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
+                       help='lower precision AMP dtype on CUDA (default: float16; CPU always uses bfloat16)')
+    group.add_argument('--no-ddp-bb', action='store_true', default=False,
+                       help='force broadcast buffers for native DDP to off')
+    group.add_argument('--local_rank', '--local-rank', default=0, type=int, help=argparse.SUPPRESS)
+
+
+
+def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """Optimizer and gradient clipping (timm)."""
+    group = parser.add_argument_group('Optimizer parameters')
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
+                       help='optimizer (default: "sgd")')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='optimizer epsilon (default: None, use opt default)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='optimizer betas (default: None, use opt default)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M',
+                       help='optimizer momentum (default: 0.9)')
+    group.add_argument('--weight-decay', type=float, default=2e-5,
+                       help='weight decay (default: 2e-5); constant unless --wd_min enables the cyclical schedule')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='clip gradient norm (default: None, no clipping); --clip_min overrides it with a '
+                            'cyclical threshold')
+    group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
+                       help='gradient clipping mode (default: "norm")')
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=KeyValueArgs,
+                       help='extra optimizer keyword arguments as key=value')
+
+
+
+def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
+    """Learning-rate schedule and epochs (timm's scheduler factory arguments)."""
+    group = parser.add_argument_group('Learning rate schedule parameters')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
+                       help='LR scheduler (default: "cosine")')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='apply the LR scheduler step on update instead of epoch end')
+    group.add_argument('--lr', type=float, default=None, metavar='LR',
+                       help='learning rate, overrides lr-base if set (default: None)')
+    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
+                       help='base learning rate: lr = lr_base * global_batch_size / base_size')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
+                       help='base learning rate batch size (divisor, default: 256)')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+                       help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='learning rate noise on/off epoch percentages')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
+                       help='learning rate noise limit percent (default: 0.67)')
+    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
+                       help='learning rate noise std-dev (default: 1.0)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
+                       help='learning rate cycle len multiplier (default: 1.0)')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
+                       help='amount to decay each learning rate cycle (default: 0.5)')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
+                       help='learning rate cycle limit, cycles enabled if > 1')
+    group.add_argument('--lr-k-decay', type=float, default=1.0,
+                       help='learning rate k-decay for cosine/poly (default: 1.0)')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR',
+                       help='warmup learning rate (default: 1e-5)')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR',
+                       help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
+    group.add_argument('--epochs', type=int, default=300, metavar='N',
+                       help='number of epochs to train (default: 300)')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='manual epoch number (useful on restarts)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='list of decay epoch indices for multistep lr. must be increasing')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+                       help='epoch interval to decay LR')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
+                       help='epochs to warmup LR, if scheduler supports')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='exclude warmup period from decay schedule.')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='patience epochs for Plateau LR scheduler (default: 10)')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='LR decay rate (default: 0.1)')
+
+
+
+def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
+    """Data augmentation, Mixup/CutMix and regularization (timm)."""
+    group = parser.add_argument_group('Augmentation and regularization parameters')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='disable all training augmentation, override other train aug args')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='random resize scale (default: 0.08 1.0)')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='random resize aspect ratio (default: 0.75 1.33)')
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip training aug probability')
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip training aug probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
+                       help='color jitter factor (default: 0.4)')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME',
+                       help='use AutoAugment policy. "v0" or "original". (default: None)')
+    group.add_argument('--aug-repeats', type=float, default=0,
+                       help='number of augmentation repetitions (distributed training only) (default: 0)')
+    group.add_argument('--aug-splits', type=int, default=0,
+                       help='number of augmentation splits (default: 0, valid: 0 or >=2)')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT',
+                       help='random erase prob (default: 0.)')
+    group.add_argument('--remode', type=str, default='pixel', help='random erase mode (default: "pixel")')
+    group.add_argument('--recount', type=int, default=1, help='random erase count (default: 1)')
+    group.add_argument('--resplit', action='store_true', default=False,
+                       help='do not random erase first (clean) augmentation split')
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha, mixup enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix', type=float, default=0.0,
+                       help='cutmix alpha, cutmix enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='probability of performing mixup or cutmix when either/both is enabled')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='probability of switching to cutmix when both mixup and cutmix enabled')
+    group.add_argument('--mixup-mode', type=str, default='batch',
+                       help='how to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='turn off mixup after this epoch, disabled if 0 (default: 0)')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='training interpolation (random, bilinear, bicubic default: "random")')
+    group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                       help='drop path rate (default: None)')
+    group.add_argument('--drop-block', type=float, default=None, metavar='PCT',
+                       help='drop block rate (default: None)')
+
+
+
+def add_batchnorm_args(parser: argparse.ArgumentParser) -> None:
+    """BatchNorm overrides and distributed BatchNorm (timm)."""
+    group = parser.add_argument_group('Batch norm parameters', 'Only works with gen_efficientnet based models '
+                                                                'currently.')
+    group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
+    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
+    group.add_argument('--sync-bn', action='store_true', help='enable synchronized BatchNorm.')
+    group.add_argument('--dist-bn', type=str, default='reduce', choices=('broadcast', 'reduce', ''),
+                       help='distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", '
+                            'or "")')
+    group.add_argument('--split-bn', action='store_true',
+                       help='enable separate BN layers per augmentation split.')
+
+
+
+def add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """Model weight EMA (timm)."""
+    group = parser.add_argument_group('Model exponential moving average parameters')
+    group.add_argument('--model-ema', action='store_true', default=False,
+                       help='enable tracking moving average of model weights.')
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
+                       help='force ema to be tracked on CPU, rank=0 node only. Disables EMA validation.')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998,
+                       help='decay factor for model weights moving average (default: 0.9998)')
+    group.add_argument('--model-ema-warmup', action='store_true',
+                       help='enable warmup for model EMA decay.')
+
+
+
+def add_misc_args(parser: argparse.ArgumentParser) -> None:
+    """Seed, logging, workers, output folder and the checkpoint metric (timm)."""
+    group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+                       help='how many batches to wait before logging training status')
+    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
+                       help='number of checkpoints to keep (default: 10)')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='how many training processes to use (default: 4)')
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+    group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
+    group.add_argument('--output', default='', type=str, metavar='PATH',
+                       help='path to output folder (default: none, current dir)')
+    group.add_argument('--experiment', default='', type=str, metavar='NAME',
+                       help='name of train experiment, name of sub-folder for output')
+    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
+                       help='best metric (default: "top1")')
+
+
+
+def add_loss_args(parser: argparse.ArgumentParser) -> None:
+    """timm's loss selection and label smoothing, and the cyclical focal loss (arXiv 2202.08978)."""
+    group = parser.add_argument_group('Loss parameters')
+    group.add_argument('--jsd-loss', action='store_true', default=False,
+                       help='enable Jensen-Shannon Divergence + CE loss. Use with `--aug-splits`.')
+    group.add_argument('--bce-loss', action='store_true', default=False,
+                       help='enable BCE loss w/ Mixup/CutMix use.')
+    group.add_argument('--bce-sum', action='store_true', default=False,
+                       help='sum over classes when using BCE loss.')
+    group.add_argument('--bce-target-thresh', type=float, default=None,
+                       help='threshold for binarizing softened BCE targets (default: None, disabled).')
+    group.add_argument('--loss', type=str, default=None, choices=TIMM_LOSS_TYPES,
+                       help='timm loss type (default: ce; --focal_loss selects a focal-family loss instead)')
+    group.add_argument('--smoothing', type=float, default=None,
+                       help='label smoothing (default: 0.1 for timm losses; the published eps for focal losses: '
+                            '0.1 for asym/asym-cyclical, 0 for sym)')
+    group = parser.add_argument_group('Cyclical focal loss (arXiv 2202.08978)')
+    group.add_argument(*both_spellings('--focal_loss'), dest='focal_loss', default=None, choices=FOCAL_LOSS_TYPES,
+                       help='focal-family training loss instead of timm\'s (default: None = timm\'s loss)')
+    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=float, default=2.0,
+                       help="focusing parameter of the 'sym' focal loss (default: 2.0)")
+    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=float, default=0.0,
+                       help='high-confidence exponent of asym-cyclical (default: 0.0)')
+    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=float, default=0.0,
+                       help='focal exponent of the target class, asym / asym-cyclical (default: 0.0)')
+    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=float, default=4.0,
+                       help='exponent of the other classes\' weight, asym / asym-cyclical (default: 4.0)')
+    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=float, default=2.0,
+                       help='cyclical factor f >= 1 of eta, shared by the loss and all schedules (default: 2.0)')
+    group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default='distribution',
+                       choices=SOFT_TARGET_MODES,
+                       help='focal losses with Mixup/CutMix: use the soft distribution, or collapse it with '
+                            'argmax as published (default: distribution)')
+
+
+
+def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
+    """Cyclical weight decay, softmax temperature and gradient clipping (arXiv 2202.08835)."""
+    group = parser.add_argument_group('Cyclical training (arXiv 2202.08835); a schedule is off when its min is 0')
+    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=float, default=0.0,
+                       help='cyclical weight decay at the start and end (default: 0 = off)')
+    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=float, default=1e-3,
+                       help='cyclical weight decay at the minimum of eta (default: 1e-3)')
+    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=float, default=0.0,
+                       help='softmax temperature (training logits only) at the start and end (default: 0 = off)')
+    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=float, default=2.0,
+                       help='softmax temperature at the minimum of eta (default: 2.0)')
+    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=float, default=0.0,
+                       help='gradient-clip threshold at the start and end (default: 0 = off)')
+    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=float, default=100.0,
+                       help='gradient-clip threshold at the minimum of eta (default: 100.0)')
+    group.add_argument(*both_spellings('--cyclical_step_per_update'), dest='cyclical_step_per_update',
+                       action='store_true', default=False,
+                       help='step the loss eta and the schedules after every optimizer update (fractional '
+                            'epochs) instead of once per epoch as published')
+
+
+
+def add_subset_args(parser: argparse.ArgumentParser) -> None:
+    """Training subsets for limited and imbalanced data."""
+    group = parser.add_argument_group('Training subsets (limited and imbalanced data)')
+    group.add_argument(*both_spellings('--train_size'), dest='train_size', type=int, default=None,
+                       help='train on N images of the training set (default: all)')
+    group.add_argument(*both_spellings('--train_size_mode'), dest='train_size_mode', default='first',
+                       choices=SUBSET_MODES,
+                       help="how --train_size picks: 'first' N images as published, or 'stratified' (equal "
+                            'per class, first images of each class) (default: first)')
+    group.add_argument(*both_spellings('--read_sampler'), dest='read_sampler', type=str, default=None, metavar='CSV',
+                       help='train on the 0-based training-set indices listed in this CSV (default: none)')
+    group.add_argument(*both_spellings('--imbalance_ratio'), dest='imbalance_ratio', type=float, default=None,
+                       metavar='RHO', help='long-tailed subset n_c = n_max * rho^(-c/(K-1)) (default: none)')
+    group.add_argument(*both_spellings('--imbalance_max'), dest='imbalance_max', type=int, default=None, metavar='N',
+                       help='head-class count n_max of the long-tailed subset (default: smallest class size)')
+    group.add_argument(*both_spellings('--log_shard_indices'), dest='log_shard_indices',
+                       action='store_true', default=False,
+                       help='write the training-set indices each rank draws in the first epoch to shards.json')
+
+
+ARG_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
+    add_dataset_args, add_model_args, add_device_args, add_optimizer_args, add_scheduler_args,
+    add_augmentation_args, add_batchnorm_args, add_ema_args, add_misc_args, add_loss_args, add_cyclical_args,
+    add_subset_args,
+)
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every group of :data:`ARG_GROUPS` to ``parser`` (in help order) and return it."""
+    for add_group in ARG_GROUPS:
+        add_group(parser)
+    return parser
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
+    if not os.path.isfile(path):
+        raise ValueError(f'Config file not found: {path}')
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f'Config file {path} must hold a mapping of argument names to values.')
+    dests = {a.dest for a in parser._actions}
+    resolved, unknown = {}, []
+    for key, value in cfg.items():
+        dest = str(key).lstrip('-')
+        dest = dest if dest in dests else dest.replace('-', '_')
+        if dest not in dests:
+            unknown.append(key)
+        resolved[dest] = value
+    if unknown:
+        raise ValueError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
+                         'batch_size, focal_loss, T_min.')
+    return resolved
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """The model name, epoch count, batch size and gradient accumulation."""
+    if not is_model(args.model):
+        raise ValueError(f"Unknown model '{args.model}'; list the valid names with timm.list_models().")
+    if args.epochs < 1:
+        raise ValueError(f'--epochs must be >= 1, got {args.epochs}.')
+    if args.batch_size < 1 or args.grad_accum_steps < 1:
+        raise ValueError('--batch-size and --grad-accum-steps must be >= 1.')
+
+
+def check_augmentation_args(args: argparse.Namespace) -> None:
+    """Augmentation splits and what depends on them."""
+    if args.aug_splits == 1 or args.aug_splits < 0:
+        raise ValueError(f'--aug-splits must be 0 or >= 2, got {args.aug_splits}.')
+    if args.split_bn and args.aug_splits < 2:
+        raise ValueError('--split-bn needs --aug-splits >= 2.')
+
+
+def check_loss_args(args: argparse.Namespace) -> None:
+    """timm's loss selection, label smoothing and the focal-loss parameters."""
+    if args.jsd_loss and args.aug_splits < 2:
+        raise ValueError('--jsd-loss needs --aug-splits >= 2.')
+    if args.smoothing is not None and not 0 <= args.smoothing < 1:
+        raise ValueError(f'--smoothing must be in [0, 1), got {args.smoothing}.')
+    if args.focal_loss is not None:
+        others = [flag for flag, on in (('--jsd-loss', args.jsd_loss), ('--bce-loss', args.bce_loss),
+                                        (f'--loss {args.loss}', args.loss not in (None, 'ce'))) if on]
+        if others:
+            raise ValueError(f'--focal_loss {args.focal_loss} replaces timm\'s loss; it cannot be combined with '
+                             f'{", ".join(others)}.')
+        if min(args.gamma, args.gamma_hc, args.gamma_pos, args.gamma_neg) < 0:
+            raise ValueError('--gamma, --gamma_hc, --gamma_pos and --gamma_neg must be >= 0.')
+
+
+def check_cyclical_args(args: argparse.Namespace) -> None:
+    """The cyclical ranges and timing, checked by the schedulers themselves on a dry construction."""
+    num_epochs = args.epochs + args.cooldown_epochs
+    cyclical_eta(0, num_epochs, args.cyclical_factor)
+    for name, low, high in (('weight decay (--wd_min, --wd_max)', args.wd_min, args.wd_max),
+                            ('softmax temperature (--T_min, --T_max)', args.T_min, args.T_max),
+                            ('gradient clipping (--clip_min, --clip_max)', args.clip_min, args.clip_max)):
+        if low != 0:
+            CyclicalValueScheduler(low, high, num_epochs=num_epochs, cyclical_factor=args.cyclical_factor,
+                                   name=name)
+
+
+def check_subset_args(args: argparse.Namespace) -> None:
+    """At most one training subset, with a sane size or an existing sampler file."""
+    if args.train_size is not None and args.train_size < 1:
+        raise ValueError(f'--train_size must be >= 1, got {args.train_size}.')
+    subsets = [f for f, v in (('--train_size', args.train_size), ('--read_sampler', args.read_sampler),
+                              ('--imbalance_ratio', args.imbalance_ratio)) if v]
+    if len(subsets) > 1:
+        raise ValueError(f'Choose one training subset, got {" and ".join(subsets)}.')
+    if args.read_sampler and not os.path.isfile(args.read_sampler):
+        raise ValueError(f'--read_sampler: file not found: {args.read_sampler}')
+
+
+def check_dataset_args(args: argparse.Namespace) -> None:
+    """A dataset that can be found: the offline digits, a remote dataset, a torchvision root or a folder."""
+    data_dir = args.data_dir or args.data
+    dataset_name = args.dataset or ''
+    if is_digits_dataset(dataset_name) or dataset_name.startswith(('hfds/', 'hfids/', 'tfds/', 'wds/')):
+        return
+    if dataset_name.startswith('torch/'):
+        if not args.dataset_download and not (data_dir and os.path.isdir(data_dir)):
+            raise ValueError(f'Dataset root {data_dir!r} does not exist; pass --data-dir (or --dataset-download '
+                             'to fetch it).')
+        return
+    if not data_dir:
+        raise ValueError('No dataset path: pass --data-dir DIR (a folder with train/ and val/ class folders) or '
+                         '--dataset sklearn/digits.')
+    if not os.path.isdir(data_dir):
+        raise ValueError(f'Dataset path does not exist: {data_dir}')
+    for split, synonyms in ((args.train_split, TRAIN_SPLIT_NAMES), (args.val_split, EVAL_SPLIT_NAMES)):
+        names = [split] + (list(synonyms) if split in synonyms else [])
+        folders = [os.path.join(data_dir, n) for n in names if os.path.isdir(os.path.join(data_dir, n))]
+        if not folders or not any(os.scandir(folders[0])):
+            raise ValueError(f'Dataset path {data_dir} has no non-empty {split!r} folder of class folders '
+                             f'(looked for {names}).')
+
+
+ARG_CHECKS: tuple[Callable[[argparse.Namespace], None], ...] = (
+    check_model_args, check_augmentation_args, check_loss_args, check_cyclical_args, check_subset_args,
+    check_dataset_args,
+)
+
+
+def check_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    """Run every check of :data:`ARG_CHECKS`, before any data, model or process is touched.
+
+    Args:
+        args: The parsed arguments.
+        parser: When given, the first failing check ends the program as a usage error through
+            ``parser.error`` (one line ``<prog>: error: <message>``, exit status 2).
+
+    Raises:
+        ValueError: Naming the flag and its valid range or choices (only without ``parser``).
+    """
+    try:
+        for check in ARG_CHECKS:
+            check(args)
+    except ValueError as e:
+        if parser is None:
+            raise
+        parser.error(str(e))

@@ -1,0 +1,68 @@
+"""train.py's command line (cfl_timm.training.args): the argument groups, timm's key=value parsing, and bad
+command lines ending as one-line usage errors (exit status 2) before any work."""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+from cfl_timm.training import args as train_args
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_cli(*argv: str) -> subprocess.CompletedProcess:
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path}
+    return subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), *argv], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_every_group_function_adds_its_own_flags():
+    # Each group adds at least one flag, no flag is added twice, and train.py's parser is exactly the groups.
+    seen: set[str] = set()
+    for add_group in train_args.ARG_GROUPS:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_group(parser)
+        flags = {s for action in parser._actions for s in action.option_strings}
+        assert flags or add_group is train_args.add_dataset_args, add_group.__name__
+        assert not flags & seen, (add_group.__name__, flags & seen)
+        seen |= flags
+    parser_flags = {s for a in train.get_args_parser()._actions for s in a.option_strings}
+    assert parser_flags == seen | {'-h', '--help', '-c', '--config'}
+
+
+def test_key_value_flags_use_timm_literal_parsing():
+    args = train.parse_args(['--model-kwargs', 'drop_rate=0.25', 'act_layer=gelu', 'flag=True',
+                             '--opt-kwargs', 'foreach=False'])
+    assert args.model_kwargs == {'drop_rate': 0.25, 'act_layer': 'gelu', 'flag': True}
+    assert args.opt_kwargs == {'foreach': False}
+
+
+def test_key_value_without_equals_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(['--model-kwargs', 'drop_rate'])
+    assert exc.value.code == 2
+    assert "--model-kwargs: expected key=value, got 'drop_rate'" in capsys.readouterr().err
+
+
+def test_check_args_raises_in_process_and_exits_2_with_a_parser(capsys):
+    args = train.parse_args(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--epochs', '0'])
+    with pytest.raises(ValueError, match='--epochs must be >= 1, got 0'):
+        train_args.check_args(args)
+    with pytest.raises(SystemExit) as exc:
+        train_args.check_args(args, train.get_args_parser())
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == 'train.py: error: --epochs must be >= 1, got 0.'
+
+
+def test_bad_command_line_is_a_one_line_usage_error_before_any_work(tmp_path):
+    result = _train_cli('--dataset', 'sklearn/digits', '--model', 'test_resnet', '--aug-splits', '1',
+                        '--output', str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == 'train.py: error: --aug-splits must be 0 or >= 2, got 1.'
+    assert 'Traceback' not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
