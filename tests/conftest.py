@@ -1,7 +1,22 @@
-"""Test configuration: the repository root on sys.path, and a real-image CIFAR-10 subset fixture."""
+"""Test configuration: the repository root on sys.path and the real-image data fixtures.
+
+Two sources of real images:
+
+- ``digits_dir``: scikit-learn's bundled handwritten digits written out as a timm folder dataset
+  (``train/<class>/*.png``, ``val/<class>/*.png``). It ships with a dependency, so it exists on every machine.
+- ``cifar10_dir`` / ``oltr_lists_dir``: the CIFAR-10 JPEG archive and the OLTR list files, found through the
+  environment variable ``CFL_TIMM_DATA`` (a folder holding ``cifar10-jpeg.tar.gz`` and ``oltr_lists/``;
+  ``.ci/run`` sets it to ``../shared/data``). When it is unset or the file is missing, the tests that need
+  them are skipped with that reason.
+
+``image_folder`` runs a test once on each folder dataset (digits always, CIFAR-10 when available), so every
+behaviour checked on CIFAR-10 is also checked on images every machine has.
+"""
+import os
 import sys
 import tarfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -9,23 +24,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-SHARED_DIR = REPO_ROOT.parent / "shared"
-CIFAR10_ARCHIVE = SHARED_DIR / "data" / "cifar10-jpeg.tar.gz"
+DATA_ENV = 'CFL_TIMM_DATA'
+CIFAR10_ARCHIVE_NAME = 'cifar10-jpeg.tar.gz'
+OLTR_LISTS_NAME = 'oltr_lists'
 CIFAR10_TRAIN_PER_CLASS = 120
 CIFAR10_VAL_PER_CLASS = 20
 
 
-def extract_cifar10_subset(dest: Path, train_per_class: int, val_per_class: int) -> Path:
-    """Extract the first images of each class and split of the shared CIFAR-10 JPEG archive into `dest`.
+def data_path(name: str) -> Path:
+    """``$CFL_TIMM_DATA/name``, or a pytest skip naming the variable and what is missing."""
+    root = os.environ.get(DATA_ENV, '')
+    if not root:
+        pytest.skip(f'{DATA_ENV} is not set (a folder holding {CIFAR10_ARCHIVE_NAME} and {OLTR_LISTS_NAME}/)')
+    path = Path(root).expanduser() / name
+    if not path.exists():
+        pytest.skip(f'{name} not found in {DATA_ENV}={root}')
+    return path
+
+
+def extract_cifar10_subset(archive: Path, dest: Path, train_per_class: int, val_per_class: int) -> Path:
+    """Extract the first images of each class and split of the CIFAR-10 JPEG archive into `dest`.
 
     Returns `dest`, laid out as timm's folder dataset expects: `dest/{train,val}/<class>/NNNN.jpg`.
     """
-    if not CIFAR10_ARCHIVE.is_file():
-        raise FileNotFoundError(f"CIFAR-10 JPEG archive not found at {CIFAR10_ARCHIVE} (shared/ beside the repo)")
-    limits = {"train": train_per_class, "val": val_per_class}
+    limits = {'train': train_per_class, 'val': val_per_class}
     taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(CIFAR10_ARCHIVE, "r:gz") as archive:
-        for member in archive:
+    with tarfile.open(archive, 'r:gz') as tar:
+        for member in tar:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) < 3 or parts[-3] not in limits:
                 continue
@@ -34,12 +59,58 @@ def extract_cifar10_subset(dest: Path, train_per_class: int, val_per_class: int)
                 continue
             target = dest / split / cls / parts[-1]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.extractfile(member).read())
+            target.write_bytes(tar.extractfile(member).read())
             taken[(split, cls)] = taken.get((split, cls), 0) + 1
     return dest
 
 
-@pytest.fixture(scope="session")
-def cifar10_dir(tmp_path_factory) -> Path:
+def write_digits_folder(dest: Path, image_size: int = 32, per_class: Optional[int] = None) -> Path:
+    """scikit-learn's digits as PNGs in a timm folder dataset: `dest/{train,val}/<digit>/NNNN.png`.
+
+    The split is :class:`cfl_timm.data.DigitsDataset`'s (1,442 train / 355 val images); ``per_class`` keeps
+    only the first images of each class and split.
+    """
+    from cfl_timm.data import DigitsDataset
+    for split in ('train', 'val'):
+        dataset = DigitsDataset(split, image_size=image_size)
+        taken: dict[int, int] = {}
+        for index in range(len(dataset)):
+            image, label = dataset[index]
+            if per_class is not None and taken.get(label, 0) >= per_class:
+                continue
+            taken[label] = taken.get(label, 0) + 1
+            folder = dest / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f'{index:04d}.png')
+    return dest
+
+
+@pytest.fixture(scope='session')
+def cifar10_archive() -> Path:
+    """The CIFAR-10 JPEG archive in ``$CFL_TIMM_DATA`` (skips when absent)."""
+    return data_path(CIFAR10_ARCHIVE_NAME)
+
+
+@pytest.fixture(scope='session')
+def oltr_lists_dir() -> Path:
+    """The published OLTR list files in ``$CFL_TIMM_DATA/oltr_lists`` (skips when absent)."""
+    return data_path(OLTR_LISTS_NAME)
+
+
+@pytest.fixture(scope='session')
+def cifar10_dir(cifar10_archive, tmp_path_factory) -> Path:
     """A real-image CIFAR-10 subset: 120 train and 20 val JPEGs per class (1,400 files), extracted once per run."""
-    return extract_cifar10_subset(tmp_path_factory.mktemp("cifar10"), CIFAR10_TRAIN_PER_CLASS, CIFAR10_VAL_PER_CLASS)
+    return extract_cifar10_subset(cifar10_archive, tmp_path_factory.mktemp('cifar10'), CIFAR10_TRAIN_PER_CLASS,
+                                  CIFAR10_VAL_PER_CLASS)
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory) -> Path:
+    """scikit-learn's digits as a timm folder dataset of 32 px RGB PNGs (1,442 train / 355 val), written once."""
+    return write_digits_folder(tmp_path_factory.mktemp('digits'))
+
+
+@pytest.fixture(params=['digits', 'cifar10'])
+def image_folder(request) -> Path:
+    """A real-image timm folder dataset: scikit-learn's digits, then the CIFAR-10 subset (skipped when absent)."""
+    return request.getfixturevalue(f'{request.param}_dir')

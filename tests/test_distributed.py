@@ -25,7 +25,7 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
         '--output', str(tmp_path), '--experiment', 'ddp', '--log-interval', '1000']
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     assert 'Process 1 of 2, device cpu (backend gloo)' in result.stderr
 

@@ -8,13 +8,10 @@ import pytest
 from oltr.lists import check_images_exist, class_counts, read_list
 from oltr.metrics import macro_f1, open_set_f_measure, open_set_predictions, shot_accuracies, shot_groups
 
-OLTR_LISTS = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'oltr_lists'
-
-
 # ---------------------------------------------------------------- list files
 
-def test_places_lt_train_list_counts_and_shot_groups():
-    samples = read_list(OLTR_LISTS / 'Places_LT' / 'Places_LT_train.txt', num_classes=365)
+def test_places_lt_train_list_counts_and_shot_groups(oltr_lists_dir):
+    samples = read_list(oltr_lists_dir / 'Places_LT' / 'Places_LT_train.txt', num_classes=365)
     assert len(samples) == 62500
     counts = class_counts(samples, 365)
     assert min(counts) == 5 and max(counts) == 4980
@@ -23,10 +20,10 @@ def test_places_lt_train_list_counts_and_shot_groups():
         assert np.bincount(groups, minlength=3).tolist() == expected
 
 
-def test_places_lt_val_test_and_imagenet_lt_val_test_lists():
+def test_places_lt_val_test_and_imagenet_lt_val_test_lists(oltr_lists_dir):
     for dataset, split, num_classes, per_class in (('Places_LT', 'val', 365, 20), ('Places_LT', 'test', 365, 100),
                                                    ('ImageNet_LT', 'val', 1000, 20), ('ImageNet_LT', 'test', 1000, 50)):
-        samples = read_list(OLTR_LISTS / dataset / f'{dataset}_{split}.txt', num_classes=num_classes)
+        samples = read_list(oltr_lists_dir / dataset / f'{dataset}_{split}.txt', num_classes=num_classes)
         assert class_counts(samples, num_classes) == [per_class] * num_classes, (dataset, split)
 
 
@@ -35,7 +32,7 @@ def test_module_entry_point():
     import sys
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, '-m', 'oltr.train', '--help'], cwd=repo, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     for option in ('--config', '--data-root', '--list-dir', '--open-root', '--output', '--set', '--test',
                    '--test_open', '--pretrained-file', '--resume', '--shot-rule'):
@@ -212,21 +209,24 @@ LT_COUNTS = [110, 105, 60, 40, 21, 20, 10, 5, 3]
 VAL_PER_CLASS, TEST_PER_CLASS, OPEN_IMAGES = 4, 8, 12
 
 
-@pytest.fixture(scope='module')
-def oltr_lists(cifar10_dir, tmp_path_factory):
-    """OLTR-format lists over the CIFAR-10 JPEGs: <DS>_{train,val,test,open}.txt relative to cifar10_dir."""
-    list_dir = tmp_path_factory.mktemp('oltr_lists')
-    classes = sorted(p.name for p in (cifar10_dir / 'train').iterdir())
+@pytest.fixture
+def oltr_lists(image_folder, tmp_path):
+    """OLTR-format lists over a real-image folder dataset (digits PNGs, CIFAR-10 JPEGs):
+    <DS>_{train,val,test,open}.txt relative to the dataset root."""
+    list_dir = tmp_path / 'oltr_lists'
+    list_dir.mkdir()
+    root = image_folder
+    classes = sorted(p.name for p in (root / 'train').iterdir())
     assert len(classes) == 10
     lines = {'train': [], 'val': [], 'test': [], 'open': []}
     for label, (cls, count) in enumerate(zip(classes[:9], LT_COUNTS)):
-        train_files = sorted((cifar10_dir / 'train' / cls).iterdir())[:count]
+        train_files = sorted((root / 'train' / cls).iterdir())[:count]
         lines['train'] += [f'train/{cls}/{f.name} {label}' for f in train_files]
-        val_files = sorted((cifar10_dir / 'val' / cls).iterdir())
+        val_files = sorted((root / 'val' / cls).iterdir())
         lines['val'] += [f'val/{cls}/{f.name} {label}' for f in val_files[:VAL_PER_CLASS]]
         lines['test'] += [f'val/{cls}/{f.name} {label}'
                           for f in val_files[VAL_PER_CLASS:VAL_PER_CLASS + TEST_PER_CLASS]]
-    open_files = sorted((cifar10_dir / 'val' / classes[9]).iterdir())[:OPEN_IMAGES]
+    open_files = sorted((root / 'val' / classes[9]).iterdir())[:OPEN_IMAGES]
     lines['open'] = [f'val/{classes[9]}/{f.name} -1' for f in open_files]
     for split, split_lines in lines.items():
         (list_dir / f'Mini_LT_{split}.txt').write_text('\n'.join(split_lines) + '\n')
@@ -244,10 +244,10 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _run_args(config, cifar10_dir, list_dir, output, *extra):
+def _run_args(config, data_root, list_dir, output, *extra):
     from oltr.train import get_args_parser
     return get_args_parser().parse_args([
-        '--config', str(config), '--data-root', str(cifar10_dir), '--list-dir', str(list_dir),
+        '--config', str(config), '--data-root', str(data_root), '--list-dir', str(list_dir),
         '--output', str(output), '--device', 'cpu',
         '--set', 'dataset=Mini_LT', '--set', 'num_classes=9', '--set', 'image_size=32', '--set', 'resize_size=32',
         '--set', 'batch_size=16', '--set', 'workers=0', *extra])
@@ -266,7 +266,7 @@ def _check_results(results, run_dir, with_open):
     return saved
 
 
-def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path, one_thread):
+def test_stage1_ce_run_completes(image_folder, oltr_lists, tmp_path, one_thread):
     from oltr.lists import class_counts, read_list
     from oltr.metrics import shot_groups
     from oltr.train import main
@@ -274,7 +274,7 @@ def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path, one_thread):
     assert counts == LT_COUNTS
     assert np.bincount(shot_groups(counts), minlength=3).tolist() == [2, 3, 4]
     assert np.bincount(shot_groups(counts, rule='paper'), minlength=3).tolist() == [2, 4, 3]
-    args = _run_args(CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml', cifar10_dir, oltr_lists, tmp_path, '--epochs', '1')
+    args = _run_args(CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml', image_folder, oltr_lists, tmp_path, '--epochs', '1')
     results = main(args)
     run_dir = tmp_path / 'Mini_LT' / 'stage1_resnet10_ce'
     saved = _check_results(results, run_dir, with_open=False)
@@ -287,20 +287,20 @@ def test_stage1_ce_run_completes(cifar10_dir, oltr_lists, tmp_path, one_thread):
     assert (run_dir / 'best.pth').read_bytes() == before
 
 
-def test_stage1_cfl_run_open_set_test_and_exact_resume(cifar10_dir, oltr_lists, tmp_path, monkeypatch, one_thread):
+def test_stage1_cfl_run_open_set_test_and_exact_resume(image_folder, oltr_lists, tmp_path, monkeypatch, one_thread):
     import torch
 
     import oltr.train
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1_cfl.yaml'
-    results = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'a', '--epochs', '2',
-                             '--open-root', str(cifar10_dir)))
+    results = main(_run_args(config, image_folder, oltr_lists, tmp_path / 'a', '--epochs', '2',
+                             '--open-root', str(image_folder)))
     run_dir = tmp_path / 'a' / 'Mini_LT' / 'stage1_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
     saved = _check_results(results, run_dir, with_open=True)
     assert json.loads((run_dir / 'config.json').read_text())['cyclical_factor'] == 4
     # --test_open re-evaluates the saved best checkpoint without training: the same numbers.
-    retest = main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'a', '--epochs', '2', '--test_open',
-                            '--open-root', str(cifar10_dir)))
+    retest = main(_run_args(config, image_folder, oltr_lists, tmp_path / 'a', '--epochs', '2', '--test_open',
+                            '--open-root', str(image_folder)))
     assert retest == pytest.approx(saved)
 
     # The same run interrupted during its second epoch, then resumed: bit-identical to the uninterrupted one.
@@ -315,14 +315,14 @@ def test_stage1_cfl_run_open_set_test_and_exact_resume(cifar10_dir, oltr_lists, 
 
     monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
     with pytest.raises(KeyboardInterrupt):
-        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2'))
+        main(_run_args(config, image_folder, oltr_lists, tmp_path / 'b', '--epochs', '2'))
     monkeypatch.undo()
     resumed_dir = tmp_path / 'b' / 'Mini_LT' / run_dir.name
     assert torch.load(resumed_dir / 'last.pth', weights_only=True)['epoch'] == 0
     with pytest.raises(ValueError, match=r"differs from the interrupted run in \['feature_lr'\]"):
-        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume',
+        main(_run_args(config, image_folder, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume',
                        '--set', 'feature_lr=0.05'))
-    main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume'))
+    main(_run_args(config, image_folder, oltr_lists, tmp_path / 'b', '--epochs', '2', '--resume'))
     reference = torch.load(run_dir / 'last.pth', weights_only=True)
     resumed = torch.load(resumed_dir / 'last.pth', weights_only=True)
     assert resumed['epoch'] == reference['epoch'] == 1
@@ -332,7 +332,7 @@ def test_stage1_cfl_run_open_set_test_and_exact_resume(cifar10_dir, oltr_lists, 
     assert resumed['scheduler']['last_epoch'] == 2 and resumed['criterion'] == reference['criterion']
 
 
-def test_stage1_errors_before_training(cifar10_dir, oltr_lists, tmp_path):
+def test_stage1_errors_before_training(image_folder, oltr_lists, tmp_path):
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml'
     broken = tmp_path / 'lists'
@@ -343,15 +343,15 @@ def test_stage1_errors_before_training(cifar10_dir, oltr_lists, tmp_path):
             text += 'val/nowhere/missing_a.jpg 0\nval/nowhere/missing_b.jpg 1\n'
         (broken / f'Mini_LT_{split}.txt').write_text(text)
     with pytest.raises(FileNotFoundError, match=r'2 of \d+ images listed in .*Mini_LT_val.txt.*missing_a.jpg'):
-        main(_run_args(config, cifar10_dir, broken, tmp_path / 'out'))
+        main(_run_args(config, image_folder, broken, tmp_path / 'out'))
     with pytest.raises(ValueError, match=r'Mini_LT_train.txt:\d+: label 5 outside \[0, 5\)'):
-        main(_run_args(config, cifar10_dir, oltr_lists, tmp_path / 'out', '--set', 'num_classes=5'))
+        main(_run_args(config, image_folder, oltr_lists, tmp_path / 'out', '--set', 'num_classes=5'))
     places = CONFIG_DIR / 'Places_LT' / 'stage_1.yaml'
     with pytest.raises(FileNotFoundError, match='pretrained weights file not found'):
-        main(_run_args(places, cifar10_dir, oltr_lists, tmp_path / 'out', '--pretrained-file',
+        main(_run_args(places, image_folder, oltr_lists, tmp_path / 'out', '--pretrained-file',
                        str(tmp_path / 'resnet152.pth')))
     with pytest.raises(ValueError, match='--pretrained-file'):
-        main(_run_args(places, cifar10_dir, oltr_lists, tmp_path / 'out'))
+        main(_run_args(places, image_folder, oltr_lists, tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
 
 

@@ -230,7 +230,7 @@ def test_patched_library_factory_and_hooks(checkout, capsys):
     assert run_tool(checkout, capsys=capsys)[0] == 0
     env = {**os.environ, 'PYTHONPATH': str(checkout)}
     result = subprocess.run([sys.executable, '-c', PATCHED_LIBRARY_CHECK], cwd=checkout, env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
 
 
@@ -239,14 +239,14 @@ def cyclical_expected(epoch: float, low: float, high: float, num_epochs: int = 3
     return (1 - eta) * high + eta * low
 
 
-def test_patched_train_py_trains_with_the_cyclical_flags(checkout, cifar10_dir, tmp_path, capsys):
+def test_patched_train_py_trains_with_the_cyclical_flags(checkout, image_folder, tmp_path, capsys):
     assert run_tool(checkout, capsys=capsys)[0] == 0
     output = tmp_path / 'out'
     env = {**os.environ, 'PYTHONPATH': str(checkout)}
     result = subprocess.run(
-        [sys.executable, 'train.py', str(cifar10_dir), '--output', str(output), '--epochs', '3', '--max-images', '48',
+        [sys.executable, 'train.py', str(image_folder), '--output', str(output), '--epochs', '3', '--max-images', '48',
          '--weight-decay', '2e-5', *CYCLICAL_FLAGS],
-        cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(output / 'summary.csv') as f:
         rows = list(csv.DictReader(f))
@@ -268,11 +268,11 @@ def test_patched_train_py_trains_with_the_cyclical_flags(checkout, cifar10_dir, 
         assert update['clip_grad'] == pytest.approx(cyclical_expected(epoch, 0.5, 2.0))
         assert update['temperature'] == pytest.approx(cyclical_expected(epoch, 0.5, 2.0))
 
-    bad = subprocess.run([sys.executable, 'train.py', str(cifar10_dir), '--focal_loss', 'asym', '--loss', 'bce'],
-                         cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([sys.executable, 'train.py', str(image_folder), '--focal_loss', 'asym', '--loss', 'bce'],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     assert bad.returncode != 0 and 'cannot be combined with --loss bce' in bad.stderr
-    bad = subprocess.run([sys.executable, 'train.py', str(cifar10_dir), '--focal_loss', 'cyclic'],
-                         cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([sys.executable, 'train.py', str(image_folder), '--focal_loss', 'cyclic'],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     assert bad.returncode != 0 and "choose from 'sym', 'asym', 'asym-cyclical'" in bad.stderr
 
 

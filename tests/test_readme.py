@@ -1,4 +1,5 @@
-"""The README's set-up commands and CI stay in step: CI runs exactly the README's test command."""
+"""The README's set-up commands and CI stay in step: CI runs exactly the README's test command, with the test
+data and again in a fresh clone without it."""
 import re
 import shlex
 from pathlib import Path
@@ -14,8 +15,16 @@ def readme_setup_commands() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command():
     install_and_run, test_command = readme_setup_commands()
-    ci_lines = [line.strip() for line in (REPO_ROOT / '.ci' / 'run').read_text().splitlines() if line.strip()]
+    ci_lines = [line.strip() for line in (REPO_ROOT / '.ci' / 'run').read_text().splitlines()
+                if line.strip() and not line.strip().startswith('#')]
     assert ci_lines[-1] == test_command
+    runs = [i for i, line in enumerate(ci_lines) if line == test_command]
+    assert len(runs) == 2
+    # First with the test data beside the repository, then in a fresh clone without the variable.
+    before_first, between = ci_lines[:runs[0]], ci_lines[runs[0] + 1:runs[1]]
+    assert 'CFL_TIMM_DATA="$(realpath -m ../shared/data)"' in before_first
+    assert any(line.startswith('git clone') for line in between) and 'unset CFL_TIMM_DATA' in between
+    assert between.index('unset CFL_TIMM_DATA') > max(i for i, line in enumerate(between) if line.startswith('cd '))
 
 
 def test_readme_main_job_names_files_that_exist():
@@ -25,3 +34,10 @@ def test_readme_main_job_names_files_that_exist():
     assert 'train.py' in words and (REPO_ROOT / 'train.py').is_file()
     config = words[words.index('-c') + 1]
     assert (REPO_ROOT / config).is_file(), config
+
+
+def test_readme_names_the_test_data_variable_and_the_cpu_wheel():
+    text = (REPO_ROOT / 'README.md').read_text()
+    setup = text.split('## Set-up', 1)[1].split('\n## ', 1)[0]
+    assert 'CFL_TIMM_DATA' in setup and 'cifar10-jpeg.tar.gz' in setup and 'oltr_lists/' in setup
+    assert '--index-url https://download.pytorch.org/whl/cpu' in setup and 'CUDA' in setup

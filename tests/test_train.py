@@ -76,10 +76,11 @@ def test_published_cifar_command_line_parses_unchanged():
     assert (args.aa, args.remode, args.dist_bn, args.checkpoint_hist) == ('rand-m9-mstd0.5-inc1', 'pixel', 'reduce', 4)
 
 
-def test_published_cifar_recipe_trains_on_cifar10_jpegs(tmp_path, cifar10_dir):
-    # The whole published flag set, with a CPU-sized model, image size, epoch count and subset (stratified 400).
+def test_published_cifar_recipe_trains_on_real_images(tmp_path, image_folder):
+    # The whole published flag set, with a CPU-sized model, image size, epoch count and subset (stratified 400),
+    # on the digits PNGs and on the CIFAR-10 JPEGs.
     argv = shlex.split(PUBLISHED_CIFAR) + [
-        '--data-dir', str(cifar10_dir), '--model', 'test_resnet', '--img-size', '32', '-b', '32', '--epochs', '1',
+        '--data-dir', str(image_folder), '--model', 'test_resnet', '--img-size', '32', '-b', '32', '--epochs', '1',
         '--train_size', '400', '--train-size-mode', 'stratified', '--focal_loss', 'asym-cyclical',
         '--gamma_hc', '3', '--gamma_pos', '2']
     result, run_dir = _run(tmp_path, *argv)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,9 +21,14 @@ ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '
         '--reprob', '0.25', '--drop-path', '0.05', '--scale', '0.6', '1.0', '--log-interval', '1000']
 
 
-def _command(output: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / 'train.py'), *ARGS, '--output', str(output), '--experiment', 'run',
-            *extra]
+UPDATES_PER_EPOCH = 192 // 32
+KILL_AT_UPDATE = 2 * UPDATES_PER_EPOCH + 3  # mid-way through epoch 2, between its updates
+
+
+def _command(output: Path, *extra: str, kill_at_update: int = 0) -> list[str]:
+    # tests/kill_at.py runs train.py and SIGKILLs it just before the given optimizer update (0: never).
+    return [sys.executable, str(REPO_ROOT / 'tests' / 'kill_at.py'), 'torch.optim:SGD.step', str(kill_at_update),
+            '--', *ARGS, '--output', str(output), '--experiment', 'run', *extra]
 
 
 def _env() -> dict:
@@ -65,21 +69,17 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path)
     full_out, killed_out = tmp_path / 'full', tmp_path / 'killed'
     full = subprocess.Popen(_command(full_out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    victim = subprocess.Popen(_command(killed_out), env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    # Kill as soon as two epochs are on disk: mid-way through epoch 2, between its updates.
-    while len(_rows(killed_out / 'run')) < 2 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
-    rows_at_kill = len(_rows(killed_out / 'run'))
-    assert 2 <= rows_at_kill < EPOCHS + COOLDOWN
+    # Killed at a fixed point of the run (an event, not a time): two epochs are on disk, the third is half done.
+    victim = subprocess.run(_command(killed_out, kill_at_update=KILL_AT_UPDATE), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    assert victim.returncode == -signal.SIGKILL
+    assert len(_rows(killed_out / 'run')) == 2
+    assert torch.load(killed_out / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)['epoch'] == 1
 
     resumed = subprocess.run(_command(killed_out, '--resume', str(killed_out / 'run' / 'last.pth.tar')),
-                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _, full_err = full.communicate(timeout=300)
+    _, full_err = full.communicate(timeout=900)
     assert full.returncode == 0, full_err.decode()[-3000:]
 
     _assert_rows_close(_rows(full_out / 'run'), _rows(killed_out / 'run'))

@@ -1,4 +1,5 @@
-"""validate.py end to end on a checkpoint trained here by train.py over real CIFAR-10 JPEGs, and its errors."""
+"""validate.py end to end on a checkpoint trained here by train.py over real images (scikit-learn's digits PNGs
+and CIFAR-10 JPEGs), and its errors."""
 import json
 import sys
 
@@ -11,12 +12,22 @@ import validate
 from cfl_timm.metrics import METRIC_KEYS
 
 
+@pytest.fixture(scope='module', params=['digits', 'cifar10'])
+def data_dir(request):
+    """A real-image folder dataset: the digits PNGs, then the CIFAR-10 JPEGs (skipped without CFL_TIMM_DATA)."""
+    return request.getfixturevalue(f'{request.param}_dir')
+
+
+def _num_val_images(data_dir):
+    return sum(1 for p in (data_dir / 'val').rglob('*') if p.is_file())
+
+
 @pytest.fixture(scope='module')
-def checkpoint(cifar10_dir, tmp_path_factory):
+def checkpoint(data_dir, tmp_path_factory):
     """One epoch of test_resnet with the cyclical focal loss, written by train.py's CheckpointSaver."""
     output = tmp_path_factory.mktemp('train')
     args = train.get_args_parser().parse_args([
-        '--data-dir', str(cifar10_dir), '--model', 'test_resnet', '--img-size', '32', '--epochs', '1',
+        '--data-dir', str(data_dir), '--model', 'test_resnet', '--img-size', '32', '--epochs', '1',
         '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--focal_loss', 'asym-cyclical',
         '--gamma_hc', '3', '--gamma_pos', '2', '--output', str(output), '--experiment', 'run',
         '--log-interval', '1000', '--checkpoint-hist', '1'])
@@ -30,20 +41,21 @@ def _validate(*argv):
     return validate.main(validate.get_args_parser().parse_args([*argv, '-j', '0', '-b', '100']))
 
 
-def test_end_to_end_with_temperature_and_ood(cifar10_dir, checkpoint, tmp_path):
+def test_end_to_end_with_temperature_and_ood(data_dir, checkpoint, tmp_path):
     ood_dir = tmp_path / 'noise'
     generator = np.random.default_rng(0)
     for i in range(40):  # uniform-noise images: the classic far-OOD baseline
         (ood_dir / 'noise').mkdir(parents=True, exist_ok=True)
         Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(ood_dir / 'noise' / f'{i}.png')
     json_path, plot_path = tmp_path / 'out' / 'val.json', tmp_path / 'out' / 'val.png'
-    result = _validate('--data-dir', str(cifar10_dir), '--split', 'val', '--checkpoint', str(checkpoint),
+    result = _validate('--data-dir', str(data_dir), '--split', 'val', '--checkpoint', str(checkpoint),
                        '--calibration-split', 'train', '--num-samples', '600', '--ood-data-dir', str(ood_dir),
                        '--output-json', str(json_path), '--plot', str(plot_path))
     written = json.loads(json_path.read_text())
     assert set(METRIC_KEYS) | {'temperature', 'after_temperature_scaling'} <= set(written)
     assert set(METRIC_KEYS) <= set(written['after_temperature_scaling'])
-    assert written['num_samples'] == 200 and written['model'] == 'test_resnet'  # model from the checkpoint
+    assert written['num_samples'] == min(600, _num_val_images(data_dir))
+    assert written['model'] == 'test_resnet'  # model from the checkpoint
     assert written['temperature'] > 0 and written['temperature'] != 1.0
     for metrics in (written, written['after_temperature_scaling']):
         assert 0 <= metrics['top1'] <= 100 and metrics['top1'] <= metrics['top5']
@@ -51,16 +63,16 @@ def test_end_to_end_with_temperature_and_ood(cifar10_dir, checkpoint, tmp_path):
         assert metrics['nll'] > 0 and 0 <= metrics['brier'] <= 2
     # Temperature scaling leaves the argmax, hence the accuracy, unchanged.
     assert written['after_temperature_scaling']['top1'] == written['top1']
-    assert sum(written['reliability']['count']) == 200
+    assert sum(written['reliability']['count']) == written['num_samples']
     assert 0 <= written['ood_auroc'] <= 1 and written['ood_num_samples'] == 40
     assert plot_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and plot_path.stat().st_size > 10_000
     assert result['files'] == {'json': str(json_path), 'plot': str(plot_path)}
 
 
-def test_default_outputs_beside_checkpoint_without_temperature(cifar10_dir, checkpoint, tmp_path):
+def test_default_outputs_beside_checkpoint_without_temperature(data_dir, checkpoint, tmp_path):
     local = tmp_path / 'ckpt.pth.tar'
     local.write_bytes(checkpoint.read_bytes())
-    result = _validate('--data-dir', str(cifar10_dir), '--split', 'val', '--checkpoint', str(local),
+    result = _validate('--data-dir', str(data_dir), '--split', 'val', '--checkpoint', str(local),
                        '--model', 'test_resnet', '--num-bins', '10', '--temperature-method', 'grid-ece')
     written = json.loads((tmp_path / 'calibration-val.json').read_text())
     assert 'temperature' not in written and 'after_temperature_scaling' not in written
@@ -69,12 +81,12 @@ def test_default_outputs_beside_checkpoint_without_temperature(cifar10_dir, chec
     assert written['top1'] == pytest.approx(result['top1'])
 
 
-def test_errors_before_any_work(cifar10_dir, checkpoint, tmp_path, monkeypatch):
-    base = ['--data-dir', str(cifar10_dir), '--checkpoint', str(checkpoint), '--output-json', str(tmp_path / 'x.json')]
+def test_errors_before_any_work(data_dir, checkpoint, tmp_path, monkeypatch):
+    base = ['--data-dir', str(data_dir), '--checkpoint', str(checkpoint), '--output-json', str(tmp_path / 'x.json')]
     with pytest.raises(ValueError, match="Refusing to fit the temperature on the 'test' split"):
         _validate(*base, '--calibration-split', 'test')
     with pytest.raises(ValueError, match='--checkpoint not found'):
-        _validate('--data-dir', str(cifar10_dir), '--checkpoint', str(tmp_path / 'missing.pth.tar'))
+        _validate('--data-dir', str(data_dir), '--checkpoint', str(tmp_path / 'missing.pth.tar'))
     with pytest.raises(ValueError, match="unknown timm model 'no_such_model'"):
         _validate(*base, '--model', 'no_such_model')
     with pytest.raises(ValueError, match='dataset folder not found'):
