@@ -3,8 +3,10 @@
 L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and
 "General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835.
 
-Importing the package registers the focal loss types with timm's loss factory (see :func:`register`).
+Importing the package registers the focal loss types with timm's loss factory (see :func:`register`) and the
+CIFAR networks with timm's model registry (see :mod:`cfl_timm.models`).
 """
+from . import models
 from .cyclical_focal_loss import (
     FOCAL_LOSS_TYPES,
     AsymmetricFocalLoss,
