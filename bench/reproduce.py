@@ -22,7 +22,6 @@ Usage::
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn  # noqa: E402
+from executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec  # noqa: E402
+from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn, run_guarded  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,19 +254,11 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
         command = train_command(protocol, cell, data_dir, run_dir)
         log_path = run_dir / 'train.log'
         start = time.time()
-        with open(log_path, 'ab') as log:
-            log.write(('\n$ ' + ' '.join(command) + '\n').encode())
-            log.flush()
-            process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, env=env)
-            while process.poll() is None:
-                if should_stop():
-                    process.terminate()
-                    process.wait()
-                    raise CellFailed(-1, 'lock lost to another worker; training stopped')
-                time.sleep(0.5)
+        # train.py runs in its own process group and is killed with this worker (never left running).
+        returncode = run_guarded(command, run_dir, log_path, should_stop=should_stop, env=env, cwd=REPO_ROOT)
         train_seconds = time.time() - start
-        if process.returncode != 0:
-            raise CellFailed(process.returncode, tail(log_path))
+        if returncode != 0:
+            raise CellFailed(returncode, tail(log_path))
         train_dir = run_dir / 'train'
         rows = read_summary(train_dir / 'summary.csv')
         last = rows[-1]
@@ -435,6 +427,12 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+def make_cell_fn(protocol: str, data_dir: str, cell_fn: Optional[str] = None):
+    """The cell function of a worker (the factory named in its :class:`executors.WorkerSpec`): ``cell_fn``
+    (``FILE.py:NAME`` or ``MODULE:NAME``) when given, else train.py under ``protocol`` on ``data_dir``."""
+    return load_cell_fn(cell_fn) if cell_fn else make_train_cell(PROTOCOLS[protocol], Path(data_dir))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
@@ -449,9 +447,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name)
         sub.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
         sub.add_argument('--work-dir', type=Path, required=True, help='runs go to WORK_DIR/<protocol>/runs/')
+        sub.add_argument('--results-dir', type=Path, default=None,
+                         help='per-run result files go to RESULTS_DIR/<protocol>/runs/ (run: default none for '
+                              'the legacy cpu protocol, bench/results otherwise); aggregate writes its tables '
+                              'there (default bench/results)')
         if name == 'run':
             sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
-            sub.add_argument('--jobs', type=int, default=1, help='worker processes on this host')
+            sub.add_argument('--executor', default='local', choices=tuple(EXECUTORS),
+                             help='local: worker processes on this host; slurm: one Slurm job per cell (submitit)')
+            sub.add_argument('--jobs', type=int, default=1, help='local executor: worker processes on this host')
             sub.add_argument('--stale-after', type=float, default=300.0,
                              help='seconds without heartbeat after which another host may take a lock over')
             sub.add_argument('--heartbeat', type=float, default=10.0, help='heartbeat interval in seconds')
@@ -459,10 +463,36 @@ def get_args_parser() -> argparse.ArgumentParser:
                              help='FILE.py:function or module:function replacing the train.py cell (for tests)')
             sub.add_argument('--only', default=None, help='comma-separated cell names to run (default: all)')
             sub.add_argument('--seeds', type=int, nargs='+', default=None, help='subset of the seeds')
+            slurm = sub.add_argument_group('Slurm executor (--executor slurm)')
+            slurm.add_argument('--partition', default=None, help='Slurm partition (default: the cluster default)')
+            slurm.add_argument('--time', type=int, default=60, metavar='MINUTES', help='time limit per job')
+            slurm.add_argument('--cpus-per-task', type=int, default=1, help='CPUs per job (default 1)')
+            slurm.add_argument('--gpus-per-task', type=int, default=0, help='GPUs per job (default 0)')
+            slurm.add_argument('--slurm-setup', action='append', default=[], metavar='LINE',
+                               help='shell line run before each job (repeatable), e.g. "module load cuda"')
+            slurm.add_argument('--slurm-log-dir', type=Path, default=None,
+                               help='submitit job folders (default WORK_DIR/<protocol>/slurm)')
+            slurm.add_argument('--wait', action='store_true',
+                               help='wait until every submitted job ended; exit 1 if a cell is not done')
+            slurm.add_argument('--poll', type=float, default=5.0, help='seconds between squeue polls with --wait')
         if name == 'aggregate':
-            sub.add_argument('--results-dir', type=Path, default=REPO_ROOT / 'bench' / 'results')
             sub.add_argument('--machine', default='', help='machine description for the table')
     return parser
+
+
+def results_dir_for(protocol: Protocol, args: argparse.Namespace) -> Optional[Path]:
+    """Where ``run`` writes per-run result files (None: only done.json in the work dir)."""
+    if args.results_dir is not None:
+        return args.results_dir / protocol.name / 'runs'
+    return None if protocol.name == 'cpu' else REPO_ROOT / 'bench' / 'results' / protocol.name / 'runs'
+
+
+def make_executor(args: argparse.Namespace, runs_dir: Path):
+    if args.executor == 'slurm':
+        return SlurmExecutor(args.slurm_log_dir or runs_dir.parent / 'slurm', partition=args.partition,
+                             time_min=args.time, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                             setup=args.slurm_setup, wait=args.wait, poll_interval=args.poll)
+    return LocalExecutor(args.jobs)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -481,29 +511,22 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f'--only: unknown cells {sorted(unknown)}; valid: {[c.name for c in cells]}')
         cells = [c for c in cells if c.name in wanted]
     if args.command == 'status':
-        GridRunner(cells, runs_dir, cell_fn=None).print_status()
+        GridRunner(cells, runs_dir, cell_fn=None, results_dir=results_dir_for(protocol, args)).print_status()
         return 0
     if args.command == 'aggregate':
-        paths = aggregate(protocol, runs_dir, args.results_dir, args.machine)
+        paths = aggregate(protocol, runs_dir, args.results_dir or REPO_ROOT / 'bench' / 'results', args.machine)
         print('\n'.join(str(p) for p in paths.values()))
         return 0
 
     if not (args.data_dir / 'train').is_dir() or not (args.data_dir / 'val').is_dir():
         raise ValueError(f'--data-dir {args.data_dir} must hold train/ and val/ class folders '
                          '(see the prepare-data command).')
-    if args.jobs > 1:
-        # Independent worker processes sharing the directory: the locks keep them apart.
-        argv = [a for a in sys.argv[1:]]
-        if '--jobs' in argv:
-            i = argv.index('--jobs')
-            argv[i + 1] = '1'
-        workers = [subprocess.Popen([sys.executable, __file__, *argv]) for _ in range(args.jobs)]
-        return max(w.wait() for w in workers)
-    cell_fn = load_cell_fn(args.cell_fn) if args.cell_fn else make_train_cell(protocol, args.data_dir)
-    runner = GridRunner(cells, runs_dir, cell_fn=cell_fn, stale_after=args.stale_after,
-                        heartbeat_interval=args.heartbeat)
-    summary = runner.run()
-    return 1 if summary['failed'] else 0
+    spec = WorkerSpec(runs_dir=runs_dir.resolve(), factory=f'{Path(__file__).resolve()}:make_cell_fn',
+                      factory_kwargs={'protocol': protocol.name, 'data_dir': str(args.data_dir.resolve()),
+                                      'cell_fn': args.cell_fn},
+                      results_dir=results_dir_for(protocol, args), stale_after=args.stale_after,
+                      heartbeat=args.heartbeat)
+    return make_executor(args, runs_dir).run(spec, cells)
 
 
 if __name__ == '__main__':
