@@ -58,6 +58,7 @@ from cfl_timm.data import (
     patch_timm_posterize,
     select_train_subset,
 )
+from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.loss_factory import DEFAULT_EPS, focal_loss_kwargs
 from cfl_timm.training import (
     ProcessInfo,
@@ -473,6 +474,8 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, checkpoint_path=args.initial_checkpoint or None,
         **args.model_kwargs)
     data_config = resolve_data_config(vars(args), model=model, verbose=is_primary)
+    if args.train_transform == 'cifar' and args.crop_pct is None:
+        data_config['crop_pct'] = 1.0  # evaluate the whole image: no resize-up and center crop at 32 px
     if args.split_bn:
         model = convert_splitbn_model(model, max(args.aug_splits, 2))
     model.to(device)
@@ -523,6 +526,10 @@ def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_co
         device=device, use_prefetcher=use_prefetcher,
         # Workers restart each epoch so their RNG is a function of the epoch seed: resume is exact.
         persistent_workers=False)
+    if args.train_transform == 'cifar':  # replaces the transform create_loader set on the dataset
+        loader_train.dataset.transform = create_cifar_train_transform(
+            data_config['input_size'][-2:], mean=data_config['mean'], std=data_config['std'],
+            use_prefetcher=use_prefetcher, **cifar_transform_kwargs(args))
     loader_eval = create_loader(
         dataset_eval, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
         is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],

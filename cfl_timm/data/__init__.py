@@ -1,5 +1,7 @@
-"""Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed) and an offline digits set."""
+"""Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed), an offline digits set, and the
+CIFAR statistics and training transform."""
 from .compat import patch_timm_posterize, posterize
+from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .digits import DIGITS_DATASET_NAME, DigitsDataset, is_digits_dataset
 from .subsets import (
     SUBSET_MODES,
@@ -14,3 +16,4 @@ from .subsets import (
     select_train_subset,
     stratified_indices,
 )
+from .transforms import TRAIN_TRANSFORMS, cifar_transform_kwargs, create_cifar_train_transform

@@ -33,6 +33,7 @@ from timm.utils import ParseKwargs
 
 from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, cyclical_eta
 from ..data import SUBSET_MODES, is_digits_dataset
+from ..data.transforms import TRAIN_TRANSFORMS
 from ..scheduler import CyclicalValueScheduler
 
 __all__ = [
@@ -228,6 +229,13 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Augmentation and regularization parameters')
     group.add_argument('--no-aug', action='store_true', default=False,
                        help='disable all training augmentation, override other train aug args')
+    group.add_argument('--train-transform', '--train_transform', default='timm', choices=TRAIN_TRANSFORMS,
+                       help="training transform: 'timm' (RandomResizedCrop, --scale/--ratio, --color-jitter) or "
+                            "'cifar' (random crop of the image zero-padded by --crop-padding, then --hflip; --aa and "
+                            "--reprob apply, --scale/--ratio/--color-jitter do not; evaluation without a center "
+                            "crop unless --crop-pct) (default: timm)")
+    group.add_argument('--crop-padding', '--crop_padding', type=int, default=4, metavar='PX',
+                       help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
     group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
                        help='random resize scale (default: 0.08 1.0)')
     group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
@@ -452,6 +460,11 @@ def check_augmentation_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--aug-splits must be 0 or >= 2, got {args.aug_splits}.')
     if args.split_bn and args.aug_splits < 2:
         raise ValueError('--split-bn needs --aug-splits >= 2.')
+    if args.crop_padding < 0:
+        raise ValueError(f'--crop-padding must be >= 0, got {args.crop_padding}.')
+    if args.train_transform == 'cifar' and args.aug_splits > 1:
+        raise ValueError("--train-transform cifar cannot be combined with --aug-splits (AugMix splits are built "
+                         "on timm's transform); use --train-transform timm.")
 
 
 def check_loss_args(args: argparse.Namespace) -> None:
