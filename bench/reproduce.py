@@ -25,124 +25,30 @@ import os
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec  # noqa: E402
+from reproduce_aggregate import aggregate_study  # noqa: E402
+from reproduce_protocols import METHODS, PROTOCOLS, RANK_GROUPS, Protocol  # noqa: E402
 from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn, run_guarded  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Each loss is a set of train.py flags. timm's CE default smoothing is 0.1 in train.py, so plain CE sets 0.
-LOSSES: dict[str, list[str]] = {
-    'ce': ['--smoothing', '0'],
-    'ce_ls0.1': ['--smoothing', '0.1'],
-    'focal_g2': ['--focal_loss', 'sym', '--gamma', '2'],
-    # The eta = 0 member of the authors' family: same gamma_pos / gamma_neg as 'cfl_authors', eps 0.1.
-    'asym': ['--focal_loss', 'asym', '--gamma_pos', '2', '--gamma_neg', '2'],
-    'cfl_authors': ['--focal_loss', 'asym-cyclical', '--gamma_hc', '3', '--gamma_pos', '2', '--gamma_neg', '2',
-                    '--cyclical_factor', '4'],
-    'cfl_oltr': ['--focal_loss', 'asym-cyclical', '--gamma_hc', '2', '--gamma_pos', '0', '--gamma_neg', '4',
-                 '--cyclical_factor', '4'],
-}
-
-# name -> imbalance ratio (None: the full, balanced training set).
-DATA_SETTINGS: dict[str, Optional[float]] = {'c10': None, 'c10lt10': 10.0, 'c10lt100': 100.0}
-
-# Shot groups for CIFAR-10-LT. The OLTR thresholds (many > 100, few < 20 images) leave CIFAR-10-LT without a
-# "few" group at n_max = 5000, so the groups are by frequency rank of the exponential profile, as usual for
-# CIFAR-10-LT: the 3 largest classes (0-2) are many-shot, the middle 4 (3-6) medium, the 3 smallest (7-9) few.
-SHOT_GROUPS: dict[str, tuple[int, ...]] = {'many': (0, 1, 2), 'medium': (3, 4, 5, 6), 'few': (7, 8, 9)}
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One scale of the study: train.py flags shared by every cell plus the per-setting epochs and caps.
-
-    Attributes:
-        name: protocol name (results go to ``bench/results/<name>.*``).
-        description: one line for the results table.
-        common: train.py flags of every cell.
-        epochs: training epochs per data setting.
-        per_class_cap: training images per class of the full set, and n_max of the long-tailed subsets
-            (None: all 5,000 / the full profile).
-        seeds: seeds of the grid.
-        threads: torch threads per training process (None: torch's default).
-    """
-    name: str
-    description: str
-    common: list[str]
-    epochs: dict[str, int]
-    per_class_cap: Optional[int]
-    seeds: tuple[int, ...] = (0, 1, 2)
-    threads: Optional[int] = None
-    losses: tuple[str, ...] = tuple(LOSSES)
-    data_settings: tuple[str, ...] = tuple(DATA_SETTINGS)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def data_flags(self, setting: str, num_classes: int = 10) -> list[str]:
-        ratio = DATA_SETTINGS[setting]
-        if ratio is None:
-            if self.per_class_cap is None:
-                return []
-            return ['--train_size', str(self.per_class_cap * num_classes), '--train_size_mode', 'stratified']
-        flags = ['--imbalance_ratio', f'{ratio:g}']
-        if self.per_class_cap is not None:
-            flags += ['--imbalance_max', str(self.per_class_cap)]
-        return flags
-
-    def cells(self) -> list[Cell]:
-        # Seed-major order: if a run is cut short, the finished seeds are complete grids.
-        return [Cell(loss=loss, data=data, seed=seed)
-                for seed in self.seeds for data in self.data_settings for loss in self.losses]
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    # Sized for 2 heavily shared CPU cores: all 54 cells took 19 minutes here with 3 workers of 1 thread each.
-    # Runs see 5k to 9k training images (the smaller LT sets get more epochs);
-    # with so few epochs the LR and eta are stepped per update (a smooth cosine / cyclical shape).
-    'cpu': Protocol(
-        name='cpu',
-        description='test_resnet at 32 px, SGD lr 0.1 cosine per update, no warmup, batch 64, eta per update, '
-                    'train cap 300 img/class (n_max 300 for LT), val: first 100 img/class of the CIFAR-10 test set',
-        common=['--model', 'test_resnet', '--img-size', '32', '-b', '64', '--opt', 'sgd', '--lr', '0.1',
-                '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--sched-on-updates',
-                '--warmup-epochs', '0', '--cooldown-epochs', '0', '--cyclical_step_per_update',
-                '--scale', '0.5', '1.0', '--color-jitter', '0', '--hflip', '0.5', '-j', '0', '--checkpoint-hist', '1',
-                '--log-interval', '1000'],
-        epochs={'c10': 3, 'c10lt10': 4, 'c10lt100': 7},
-        per_class_cap=300,
-        threads=1,
-    ),
-    # The paper's CIFAR recipe (cfl.md section 6): tresnet_m at 224 px, 200 epochs, full data and test set.
-    'gpu': Protocol(
-        name='gpu',
-        description="tresnet_m at 224 px, the published CIFAR recipe (200+1 epochs, b 384, lr 0.15, "
-                    "RandAugment, AugMix splits 3, reprob 0.6, AMP), full data, full test set",
-        common=['--model', 'tresnet_m', '-b', '384', '--sched', 'cosine', '--lr', '0.15', '--warmup-lr', '0.01',
-                '--warmup-epochs', '3', '--cooldown-epochs', '1', '--weight-decay', '5e-4', '--amp',
-                '--remode', 'pixel', '--reprob', '0.6', '--aug-splits', '3', '--aa', 'rand-m9-mstd0.5-inc1',
-                '--resplit', '--split-bn', '--dist-bn', 'reduce', '--checkpoint-hist', '1', '-j', '8',
-                '--pin-mem'],
-        epochs={'c10': 200, 'c10lt10': 200, 'c10lt100': 200},
-        per_class_cap=None,
-    ),
-}
-
 
 # ----------------------------------------------------------------------------------------------- data
 
 
 def prepare_data(archive: Path, out: Path, train_per_class: Optional[int] = None,
-                 val_per_class: Optional[int] = None) -> Path:
+                 val_per_class: Optional[int] = None, monitor_per_class: Optional[int] = None) -> Path:
     """Extract the CIFAR-10 JPEG archive into ``out`` (train/, val/); optionally a capped, balanced copy.
 
     Returns the data directory to pass to ``run --data-dir``: ``out`` itself, or with a cap
     ``out_train<N>_val<M>`` holding links to the first N training and M validation images (sorted by name, the
     order of timm's folder reader) of each class. train.py's subsets take each class's first images, so a
     training cap >= the protocol's per-class cap selects the same images and only saves the folder scan.
+    With ``monitor_per_class`` the data directory also gets ``monitor/``: links to the first M validation images
+    of each class, the split the study protocols evaluate every epoch (``--val-split monitor``) for the curve.
     """
     out = Path(out)
     if not (out / 'train').is_dir() or not (out / 'val').is_dir():
@@ -150,18 +56,27 @@ def prepare_data(archive: Path, out: Path, train_per_class: Optional[int] = None
         with tarfile.open(archive) as tar:
             tar.extractall(out, filter='data')
     if not train_per_class and not val_per_class:
+        if monitor_per_class:
+            _link_first(out / 'val', out / 'monitor', monitor_per_class)
         return out
     capped = out.parent / f'{out.name}_train{train_per_class or "all"}_val{val_per_class or "all"}'
     for split, cap in (('train', train_per_class), ('val', val_per_class)):
-        for class_dir in sorted(p for p in (out / split).iterdir() if p.is_dir()):
-            target_dir = capped / split / class_dir.name
-            target_dir.mkdir(parents=True, exist_ok=True)
-            images = sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name))
-            for image in images[:cap] if cap else images:
-                link = target_dir / image.name
-                if not link.exists():
-                    os.symlink(os.path.relpath(image, target_dir), link)
+        _link_first(out / split, capped / split, cap)
+    if monitor_per_class:
+        _link_first(out / 'val', capped / 'monitor', monitor_per_class)
     return capped
+
+
+def _link_first(source: Path, target: Path, per_class: Optional[int]) -> None:
+    """``target/<class>/``: relative links to the first ``per_class`` images (all if None) of ``source/<class>/``."""
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        target_dir = target / class_dir.name
+        target_dir.mkdir(parents=True, exist_ok=True)
+        images = sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name))
+        for image in images[:per_class] if per_class else images:
+            link = target_dir / image.name
+            if not link.exists():
+                os.symlink(os.path.relpath(image.resolve(), target_dir.resolve()), link)
 
 
 def natural_key(name: str) -> list:
@@ -175,38 +90,49 @@ def natural_key(name: str) -> list:
 
 def train_command(protocol: Protocol, cell: Cell, data_dir: Path, run_dir: Path) -> list[str]:
     """The train.py command line of one cell (resumes from its own last checkpoint after a crash)."""
-    return [sys.executable, str(REPO_ROOT / 'train.py'), '--data-dir', str(data_dir), *protocol.common,
-            '--epochs', str(protocol.epochs[cell.data]), *protocol.data_flags(cell.data), *LOSSES[cell.loss],
-            '--seed', str(cell.seed), '--output', str(run_dir), '--experiment', 'train', '--resume', 'auto']
+    return [sys.executable, str(REPO_ROOT / 'train.py'), '--data-dir', str(data_dir), *protocol.train_flags(cell),
+            '--output', str(run_dir), '--experiment', 'train', '--resume', 'auto']
 
 
-def evaluate_checkpoint(train_dir: Path, data_dir: Path, batch_size: int = 256) -> dict[str, Any]:
-    """Per-class top-1 (percent), NLL and 15-bin ECE of ``train_dir/last.pth.tar`` on the validation split.
+def load_run_model(train_dir: Path):
+    """The model of ``train_dir/last.pth.tar`` in eval mode, the run's arguments and data config, and the epoch.
 
-    The model, data config and transforms are rebuilt with timm from the run's ``args.yaml``, as train.py
-    builds them, so the overall top-1 equals the last ``eval_top1`` of ``summary.csv`` (checked by the caller).
-    """
+    The model and data config are rebuilt with timm from the run's ``args.yaml``, as train.py builds them."""
     import argparse as _argparse
 
     import torch
     import yaml
-    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.data import resolve_data_config
     from timm.layers import convert_splitbn_model
     from timm.models import clean_state_dict, create_model
 
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import cfl_timm  # noqa: F401 - registers the CIFAR networks and losses with timm
+
     args = yaml.safe_load((train_dir / 'args.yaml').read_text())
-    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=args.get('val_split', 'validation'),
-                             is_training=False)
-    num_classes = args.get('num_classes') or len(dataset.reader.class_to_idx)
+    with torch.serialization.safe_globals([_argparse.Namespace]):
+        checkpoint = torch.load(train_dir / 'last.pth.tar', map_location='cpu', weights_only=True)
+    state_dict = clean_state_dict(checkpoint['state_dict'])
+    num_classes = args.get('num_classes') or next(v.shape[0] for k, v in reversed(state_dict.items())
+                                                   if k.endswith('bias'))
     model = create_model(args['model'], num_classes=num_classes, in_chans=args.get('in_chans') or 3,
                          global_pool=args.get('gp'), **(args.get('model_kwargs') or {}))
     data_config = resolve_data_config(args, model=model)
+    if args.get('train_transform') == 'cifar' and args.get('crop_pct') is None:
+        data_config['crop_pct'] = 1.0  # as train.py: the whole 32 px image, no resize-up and center crop
     if args.get('split_bn'):
         model = convert_splitbn_model(model, max(args.get('aug_splits') or 0, 2))
-    with torch.serialization.safe_globals([_argparse.Namespace]):
-        checkpoint = torch.load(train_dir / 'last.pth.tar', map_location='cpu', weights_only=True)
-    model.load_state_dict(clean_state_dict(checkpoint['state_dict']))
+    model.load_state_dict(state_dict)
     model.eval()
+    return model, args, data_config, int(checkpoint['epoch'])
+
+
+def predict(model, dataset, data_config: dict[str, Any], batch_size: int = 256):
+    """(logits float32 (N, K), targets (N,)) of ``model`` on ``dataset`` with timm's evaluation transforms."""
+    import torch
+    from timm.data import create_loader
+
     loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=batch_size, is_training=False,
                            interpolation=data_config['interpolation'], mean=data_config['mean'],
                            std=data_config['std'], crop_pct=data_config['crop_pct'], num_workers=0,
@@ -216,25 +142,113 @@ def evaluate_checkpoint(train_dir: Path, data_dir: Path, batch_size: int = 256) 
         for images, target in loader:
             logits.append(model(images).float())
             targets.append(target)
-    logits, targets = torch.cat(logits), torch.cat(targets)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def per_class_top1(logits, targets, num_classes: int) -> list[float]:
     correct = (logits.argmax(1) == targets).double()
-    per_class = [100.0 * correct[targets == c].mean().item() for c in range(num_classes)]
-    result = {'top1': 100.0 * correct.mean().item(), 'per_class_top1': per_class,
-              'num_val_images': int(targets.numel()), 'epoch': int(checkpoint['epoch'])}
-    result.update(calibration(logits, targets, num_classes))
+    return [100.0 * correct[targets == c].mean().item() if (targets == c).any() else float('nan')
+            for c in range(num_classes)]
+
+
+def evaluate_checkpoint(train_dir: Path, data_dir: Path, batch_size: int = 256) -> dict[str, Any]:
+    """Per-class top-1 (percent), NLL and 15-bin ECE of ``train_dir/last.pth.tar`` on the run's validation split.
+
+    The overall top-1 equals the last ``eval_top1`` of ``summary.csv`` (checked by the caller).
+    """
+    from timm.data import create_dataset
+
+    model, args, data_config, epoch = load_run_model(train_dir)
+    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=args.get('val_split', 'validation'),
+                             is_training=False)
+    logits, targets = predict(model, dataset, data_config, batch_size)
+    num_classes = logits.shape[1]
+    result = {'top1': 100.0 * (logits.argmax(1) == targets).double().mean().item(),
+              'per_class_top1': per_class_top1(logits, targets, num_classes),
+              'num_val_images': int(targets.numel()), 'epoch': epoch}
+    metrics = calibration(logits, targets, num_classes)
+    result.update(nll=metrics['nll'], ece=metrics['ece'])
     return result
 
 
 def calibration(logits, targets, num_classes: int) -> dict[str, float]:
-    """NLL and 15-bin ECE, through the project's CalibrationMeter when it is available."""
-    try:
-        from cfl_timm.metrics import CalibrationMeter
-    except ImportError:
-        return {}
+    """Every metric of the project's CalibrationMeter (top-1, NLL, Brier, ECE, adaptive / classwise ECE, ...)."""
+    from cfl_timm.metrics import CalibrationMeter
+
     meter = CalibrationMeter(num_classes, num_bins=15)
     meter.update(logits, targets)
-    values = meter.compute()
-    return {'nll': float(values['nll']), 'ece': float(values['ece'])}
+    return {k: float(v) for k, v in meter.compute().items()}
+
+
+def holdout_dataset(args: dict[str, Any], data_dir: Path):
+    """The run's ``--holdout`` split, rebuilt by train.py's own functions from the run's arguments (same subset,
+    same seed, evaluation transforms)."""
+    import torch
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import train as train_script
+    from cfl_timm.training.distributed import ProcessInfo
+
+    namespace = argparse.Namespace(**{**args, 'data_dir': str(data_dir), 'data': None})
+    dataset_train, _, num_classes = train_script.load_datasets(namespace, False)
+    _, dataset = train_script.carve_holdout(namespace, dataset_train, num_classes,
+                                            ProcessInfo(device=torch.device('cpu'), rank=1, world_size=2))
+    return dataset
+
+
+def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The study's metrics of the run's last checkpoint on ``protocol.score_split``, before and after temperature
+    scaling fitted on the run's held-out split (never on the scored split)."""
+    from timm.data import create_dataset
+
+    from cfl_timm.metrics import fit_temperature
+
+    model, args, data_config, epoch = load_run_model(train_dir)
+    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=protocol.score_split,
+                             is_training=False)
+    logits, targets = predict(model, dataset, data_config)
+    num_classes = logits.shape[1]
+    scored = {'checkpoint': 'last.pth.tar', 'epoch': epoch, 'split': protocol.score_split,
+              'num_images': int(targets.numel()), 'test': calibration(logits, targets, num_classes),
+              'per_class_top1': per_class_top1(logits, targets, num_classes)}
+    if protocol.temperature_scaling:
+        holdout_logits, holdout_targets = predict(model, holdout_dataset(args, data_dir), data_config)
+        temperature = fit_temperature(holdout_logits, holdout_targets, split='holdout')
+        scored.update(temperature=temperature, num_holdout_images=int(holdout_targets.numel()),
+                      holdout=calibration(holdout_logits, holdout_targets, num_classes),
+                      test_ts=calibration(logits / temperature, targets, num_classes),
+                      per_class_top1_ts=per_class_top1(logits / temperature, targets, num_classes))
+    return scored
+
+
+CURVE_COLUMNS = ('epoch', 'train_loss', 'eval_top1', 'eval_nll', 'eval_ece', 'holdout_top1', 'holdout_nll',
+                 'holdout_ece', 'lr', 'eta', 'weight_decay', 'temperature', 'clip_grad')
+
+
+def provenance() -> dict[str, Any]:
+    """Versions, commit and machine of a result (so results from many machines can be told apart)."""
+    import platform
+    import subprocess
+
+    import timm
+    import torch
+
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True)
+    return {'torch': torch.__version__, 'timm': timm.__version__, 'python': platform.python_version(),
+            'git_commit': commit.stdout.strip() or None, 'machine': platform.machine(),
+            'processor': _cpu_model(), 'cpus': os.cpu_count(),
+            'cuda_device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
@@ -265,6 +279,12 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
         if protocol.threads:
             import torch
             torch.set_num_threads(protocol.threads)
+        if protocol.score_split is not None:
+            return {'protocol': protocol.name, 'method_flags': METHODS[cell.loss], 'command': command[1:],
+                    'train_seconds': train_seconds, 'epochs': len(rows),
+                    'curve': [{k: _number(row.get(k)) for k in CURVE_COLUMNS if row.get(k) not in (None, '')}
+                              for row in rows],
+                    **score_run(protocol, train_dir, data_dir), 'provenance': provenance()}
         evaluation = evaluate_checkpoint(train_dir, data_dir)
         summary_top1 = float(last['eval_top1'])
         if abs(evaluation['top1'] - summary_top1) > 0.05:
@@ -278,6 +298,14 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
         }
 
     return run_cell
+
+
+def _number(value: Optional[str]) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and abs(number) < 2 ** 53 and '.' not in str(value) else number
 
 
 def tail(path: Path, num_chars: int = 4000) -> str:
@@ -298,7 +326,7 @@ def run_records(runs_dir: Path) -> list[dict[str, Any]]:
                   'ece': result['eval_ece'], 'nll': result['eval_nll'],
                   'wall_s': result.get('train_seconds', payload['wall_seconds']), 'epochs': result['epochs']}
         per_class = result['per_class_top1']
-        for group, classes in SHOT_GROUPS.items():
+        for group, classes in RANK_GROUPS.items():
             record[group] = sum(per_class[c] for c in classes) / len(classes)
         for c, value in enumerate(per_class):
             record[f'class{c}'] = value
@@ -331,7 +359,7 @@ def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: st
 
     rows = []
     for data in protocol.data_settings:
-        for loss in protocol.losses:
+        for loss in protocol.grid[data]:
             group = [r for r in records if r['loss'] == loss and r['data'] == data]
             if not group:
                 continue
@@ -386,7 +414,7 @@ def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str 
              '| data | loss | seeds | top-1 | Δ vs ce | Δ vs ce_ls0.1 | many | medium | few | ECE | NLL | wall s |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
-        long_tailed = DATA_SETTINGS[row['data']] is not None
+        long_tailed = row['data'] in protocol.shot_groups
         shots = [cell(row, m, 1) if long_tailed else '' for m in ('many', 'medium', 'few')]
         deltas = [cell(row, f'd_top1_vs_{b}', 2) if row['loss'] != b and row[f'd_top1_vs_{b}_mean'] == row[
             f'd_top1_vs_{b}_mean'] else '' for b in BASELINES]
@@ -442,6 +470,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep.add_argument('--out', type=Path, required=True)
     prep.add_argument('--train-per-class', type=int, default=None)
     prep.add_argument('--val-per-class', type=int, default=None)
+    prep.add_argument('--monitor-per-class', type=int, default=None,
+                      help='also link the first N val images per class into monitor/ (study protocols: 100)')
 
     for name in ('run', 'status', 'aggregate'):
         sub = commands.add_parser(name)
@@ -497,7 +527,7 @@ def make_executor(args: argparse.Namespace, runs_dir: Path):
 
 def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
-        print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class))
+        print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class, args.monitor_per_class))
         return 0
     protocol = PROTOCOLS[args.protocol]
     runs_dir = args.work_dir / protocol.name / 'runs'
@@ -514,7 +544,11 @@ def main(args: argparse.Namespace) -> int:
         GridRunner(cells, runs_dir, cell_fn=None, results_dir=results_dir_for(protocol, args)).print_status()
         return 0
     if args.command == 'aggregate':
-        paths = aggregate(protocol, runs_dir, args.results_dir or REPO_ROOT / 'bench' / 'results', args.machine)
+        results_dir = args.results_dir or REPO_ROOT / 'bench' / 'results'
+        if protocol.score_split is None:  # the first study: from the work dir's done.json files
+            paths = aggregate(protocol, runs_dir, results_dir, args.machine)
+        else:
+            paths = aggregate_study(protocol, results_dir, args.machine)
         print('\n'.join(str(p) for p in paths.values()))
         return 0
 

@@ -1,0 +1,232 @@
+"""Aggregate of a study protocol, rebuilt from whatever per-run result files exist.
+
+Reads ``bench/results/<protocol>/runs/<cell>.json`` (one per finished run, written by the grid runner) and writes
+beside them, in ``bench/results/<protocol>/``:
+
+- ``runs.csv``: one row per run (every metric before and after temperature scaling, shot groups);
+- ``summary.csv``: per (data setting, method): the number of seeds, mean and sd of each metric, and the
+  seed-paired differences against each baseline (mean, sd, t = mean / (sd / sqrt(n)) with n - 1 degrees of
+  freedom) and between each cyclical schedule and its constant counterpart;
+- ``table.md``: the same as markdown tables (mean +- sd), headed by how many runs of the grid are done;
+- ``plot.png``: top-1 and ECE before / after temperature scaling per method.
+
+Pairing: runs with the same seed share the initialisation and data order, so differences are taken seed by seed
+and only over the seeds both methods have finished.
+"""
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from reproduce_protocols import Protocol
+
+__all__ = ['METRICS', 'aggregate_study', 'paired', 'study_records']
+
+# Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
+METRICS = ('top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece')
+DIFF_METRICS = ('top1', 'nll', 'ece', 'ece_ts', 'classwise_ece')
+
+
+def study_records(protocol: Protocol, runs_dir: Path) -> list[dict[str, Any]]:
+    """One flat record per result file of ``protocol`` under ``runs_dir``."""
+    records = []
+    for path in sorted(Path(runs_dir).glob('*.json')):
+        payload = json.loads(path.read_text())
+        cell, result = payload['cell'], payload['result']
+        record: dict[str, Any] = {'method': cell['loss'], 'data': cell['data'], 'seed': cell['seed'],
+                                  'epochs': result.get('epochs'), 'train_s': result.get('train_seconds')}
+        for key in METRICS:
+            record[key] = result['test'][key]
+            if 'test_ts' in result:
+                record[f'{key}_ts'] = result['test_ts'][key]
+        record['temperature'] = result.get('temperature')
+        per_class = result['per_class_top1']
+        for group, classes in protocol.shot_groups.get(cell['data'], {}).items():
+            record[group] = sum(per_class[c] for c in classes) / len(classes) if classes else float('nan')
+        records.append(record)
+    return records
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return float('nan'), float('nan')
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float('nan')
+    return mean, sd
+
+
+def paired(records: list[dict[str, Any]], data: str, method: str, baseline: str, metric: str) -> dict[str, float]:
+    """Seed-paired difference metric(method) - metric(baseline): mean, sd, n and t = mean / (sd / sqrt(n))."""
+    base = {r['seed']: r.get(metric) for r in records if r['data'] == data and r['method'] == baseline}
+    diffs = [r[metric] - base[r['seed']] for r in records
+             if r['data'] == data and r['method'] == method and base.get(r['seed']) is not None
+             and r.get(metric) is not None]
+    mean, sd = mean_sd(diffs)
+    t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 0 else float('nan')
+    return {'mean': mean, 'sd': sd, 'n': len(diffs), 't': t}
+
+
+def _summary_rows(protocol: Protocol, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for data, methods in protocol.grid.items():
+        for method in methods:
+            group = [r for r in records if r['data'] == data and r['method'] == method]
+            if not group:
+                continue
+            row: dict[str, Any] = {'data': data, 'method': method, 'n_seeds': len(group)}
+            metrics = [k for k in group[0] if k not in ('method', 'data', 'seed')]
+            for metric in metrics:
+                values = [r[metric] for r in group if isinstance(r.get(metric), (int, float))]
+                row[f'{metric}_mean'], row[f'{metric}_sd'] = mean_sd(values)
+            others = list(protocol.baselines) + [c for cyc, c in protocol.pairs if cyc == method]
+            for other in others:
+                if other == method:
+                    continue
+                for metric in DIFF_METRICS + tuple(protocol.shot_groups.get(data, {})):
+                    if metric not in group[0]:
+                        continue
+                    for key, value in paired(records, data, method, other, metric).items():
+                        row[f'd_{metric}_vs_{other}_{key}'] = value
+            rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _fmt(row: dict[str, Any], metric: str, digits: int) -> str:
+    mean, sd = row.get(f'{metric}_mean'), row.get(f'{metric}_sd')
+    if mean is None or mean != mean:
+        return ''
+    return f'{mean:.{digits}f} ± {sd:.{digits}f}' if sd == sd else f'{mean:.{digits}f}'
+
+
+def _fmt_diff(row: dict[str, Any], metric: str, other: str, digits: int) -> str:
+    prefix = f'd_{metric}_vs_{other}_'
+    if f'{prefix}mean' not in row or row[f'{prefix}n'] == 0:
+        return ''
+    mean, sd, n, t = (row[f'{prefix}{k}'] for k in ('mean', 'sd', 'n', 't'))
+    text = f'{mean:+.{digits}f}'
+    if n > 1:
+        text += f' ± {sd:.{digits}f}' + (f' (t {t:+.1f})' if t == t else '')
+    return text
+
+
+def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_cells: int, machine: str) -> str:
+    lines = [f'Protocol `{protocol.name}`: {protocol.description}; epochs '
+             + ', '.join(f'{d} {e}' for d, e in protocol.epochs.items()) + '.'
+             + (f' Machine: {machine}.' if machine else ''), '',
+             f'**Runs done: {num_done} of {num_cells}** ({len(protocol.seeds)} seeds x '
+             f'{sum(len(m) for m in protocol.grid.values())} cells). Mean ± sd over the finished seeds (n); Δ = '
+             'seed-paired difference (method minus reference, same initialisation and data order), ± its sd over '
+             'seeds, t = mean / (sd / sqrt(n)) with n - 1 degrees of freedom (|t| > 4.30 for p < 0.05 at n = 3). '
+             'Last checkpoint, scored on the '
+             f'{protocol.score_split} split; TS = after temperature scaling fitted on the held-out split. Top-1 and '
+             'shot groups in %, ECE 15 equal-width bins, adaptive ECE 15 equal-mass bins.', '']
+    baselines = [b for b in protocol.baselines]
+    for data in protocol.grid:
+        group = [r for r in rows if r['data'] == data]
+        if not group:
+            continue
+        shots = tuple(protocol.shot_groups.get(data, {}))
+        header = (['method', 'n', 'top-1'] + [f'Δ top-1 vs {b}' for b in baselines]
+                  + ['NLL', 'NLL TS', 'ECE', 'ECE TS'] + [f'Δ ECE vs {b}' for b in baselines]
+                  + ['adaptive ECE', 'classwise ECE', 'Brier', 'T'] + list(shots))
+        lines += [f'**{data}**', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+        for row in group:
+            cells = [row['method'], str(row['n_seeds']), _fmt(row, 'top1', 2)]
+            cells += [_fmt_diff(row, 'top1', b, 2) for b in baselines]
+            cells += [_fmt(row, 'nll', 3), _fmt(row, 'nll_ts', 3), _fmt(row, 'ece', 3), _fmt(row, 'ece_ts', 3)]
+            cells += [_fmt_diff(row, 'ece', b, 3) for b in baselines]
+            cells += [_fmt(row, 'adaptive_ece', 3), _fmt(row, 'classwise_ece', 4), _fmt(row, 'brier', 3),
+                      _fmt(row, 'temperature', 2)]
+            cells += [_fmt(row, s, 1) for s in shots]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        lines.append('')
+        if shots:
+            lines += [f'Shot groups of {data} (classes by training images): '
+                      + '; '.join(f'{s} = classes {", ".join(map(str, c))}'
+                                  for s, c in protocol.shot_groups[data].items()) + '.', '']
+    pair_rows = [(cyc, const, r) for cyc, const in protocol.pairs for r in rows if r['method'] == cyc]
+    if pair_rows:
+        lines += ['**Cyclical schedule minus its constant counterpart** (seed-paired)', '',
+                  '| data | cyclical | constant | n | Δ top-1 | Δ NLL | Δ ECE | Δ ECE TS |',
+                  '|---|---|---|---|---|---|---|---|']
+        for cyc, const, row in pair_rows:
+            lines.append(f"| {row['data']} | {cyc} | {const} | {row.get(f'd_top1_vs_{const}_n', 0)} | "
+                         + ' | '.join(_fmt_diff(row, m, const, d) for m, d in
+                                      (('top1', 2), ('nll', 3), ('ece', 3), ('ece_ts', 3))) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: int, num_cells: int) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    settings = [d for d in protocol.grid if any(r['data'] == d for r in rows)]
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.5 * len(settings), 6.5), squeeze=False)
+    for col, data in enumerate(settings):
+        group = [r for r in rows if r['data'] == data]
+        x = list(range(len(group)))
+        colours = ['#888888' if r['method'] in protocol.baselines else '#cc6677' if r['method'].startswith('cfl')
+                   else '#44aa99' if r['method'].startswith('ce_') else '#4477aa' for r in group]
+        sd = [r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0.0 for r in group]
+        top, bottom = axes[0][col], axes[1][col]
+        top.bar(x, [r['top1_mean'] for r in group], yerr=sd, capsize=3, color=colours)
+        low = min(r['top1_mean'] - s for r, s in zip(group, sd))
+        high = max(r['top1_mean'] + s for r, s in zip(group, sd))
+        top.set_ylim(max(0.0, low - 2), high + 1)
+        top.set_title(data)
+        top.set_ylabel('test top-1 (%)')
+        bottom.bar(x, [r['ece_mean'] for r in group], color=colours, label='before TS')
+        if 'ece_ts_mean' in group[0]:
+            bottom.plot(x, [r['ece_ts_mean'] for r in group], 'kD', markersize=4, label='after TS')
+        bottom.set_ylabel('test ECE')
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.set_xticks(x)
+            ax.set_xticklabels([r['method'] for r in group], rotation=60, ha='right', fontsize=7)
+    fig.suptitle(f'{protocol.name}: mean ± sd over seeds ({num_done} of {num_cells} runs done)', fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f'.{path.stem}.tmp.png')
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
+                    out_dir: Optional[Path] = None) -> dict[str, Path]:
+    """Rebuild ``runs.csv``, ``summary.csv``, ``table.md`` and ``plot.png`` of ``protocol`` from its result files
+    in ``results_dir/<protocol>/runs/``; returns their paths."""
+    out_dir = Path(out_dir or Path(results_dir) / protocol.name)
+    records = study_records(protocol, out_dir / 'runs')
+    if not records:
+        raise ValueError(f'No finished runs of protocol {protocol.name} under {out_dir / "runs"}.')
+    names = {c.name for c in protocol.cells()}
+    num_done = sum(1 for r in records if f"{r['data']}__{r['method']}__s{r['seed']}" in names)
+    rows = _summary_rows(protocol, records)
+    paths = {'runs': out_dir / 'runs.csv', 'summary': out_dir / 'summary.csv', 'md': out_dir / 'table.md',
+             'png': out_dir / 'plot.png'}
+    _write_csv(paths['runs'], records)
+    _write_csv(paths['summary'], rows)
+    text = markdown(protocol, rows, num_done, len(names), machine)
+    tmp = paths['md'].with_name('.table.md.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, paths['md'])
+    plot(protocol, rows, paths['png'], num_done, len(names))
+    return paths
