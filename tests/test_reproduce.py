@@ -285,7 +285,8 @@ def test_real_train_cell_on_real_images(image_folder, tmp_path):
 
     cpu = PROTOCOLS['cpu']
     protocol = Protocol(name='tiny', description='test', common=cpu.common, epochs={'c10lt10': 1},
-                        per_class_cap=40, threads=1)
+                        data={'c10lt10': ['--imbalance_ratio', '10', '--imbalance_max', '40']},
+                        grid={'c10lt10': ('cfl_authors',)}, threads=1)
     cell = Cell('cfl_authors', 'c10lt10', 0)
     summary = GridRunner([cell], tmp_path, make_train_cell(protocol, image_folder), heartbeat_interval=1,
                          stale_after=30).run()
