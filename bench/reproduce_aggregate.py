@@ -65,7 +65,8 @@ def paired(records: list[dict[str, Any]], data: str, method: str, baseline: str,
              if r['data'] == data and r['method'] == method and base.get(r['seed']) is not None
              and r.get(metric) is not None]
     mean, sd = mean_sd(diffs)
-    t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 0 else float('nan')
+    # No t when the differences do not vary (beyond rounding): it would be a division by ~0.
+    t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 1e-9 * max(1.0, abs(mean)) else float('nan')
     return {'mean': mean, 'sd': sd, 'n': len(diffs), 't': t}
 
 

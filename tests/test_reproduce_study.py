@@ -1,0 +1,140 @@
+"""The study's per-run result files and their aggregate (bench/reproduce.py, bench/reproduce_aggregate.py).
+
+Worker processes are real (``bench/reproduce.py run`` with the fake cell of this file); the aggregate is checked
+against numbers computed by hand from result files written here.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / 'bench'
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from reproduce_aggregate import aggregate_study  # noqa: E402
+from reproduce_protocols import PROTOCOLS  # noqa: E402
+
+THIS_FILE = Path(__file__).resolve()
+
+
+def logging_cell(cell, run_dir, should_stop=lambda: False):
+    with open(os.environ['STUDY_LOG'], 'a') as f:
+        f.write(f'{cell.name} {os.getpid()}\n')
+    return {'value': cell.seed * 100 + len(cell.loss)}
+
+
+def _run(tmp_path, *extra):
+    data = tmp_path / 'data'
+    (data / 'train').mkdir(parents=True, exist_ok=True)
+    (data / 'val').mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(BENCH_DIR / 'reproduce.py'), 'run', '--protocol', 'cpu', '--seeds', '0',
+               '--work-dir', str(tmp_path / 'work'), '--results-dir', str(tmp_path / 'results'),
+               '--data-dir', str(data), '--cell-fn', f'{THIS_FILE}:logging_cell', *extra]
+    return subprocess.run(command, env={**os.environ, 'STUDY_LOG': str(tmp_path / 'cells.log')},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_per_run_result_files_carry_the_grid_to_another_machine(tmp_path):
+    done = _run(tmp_path, '--jobs', '2')
+    assert done.returncode == 0, done.stderr
+    results = tmp_path / 'results' / 'cpu' / 'runs'
+    cells = [c for c in PROTOCOLS['cpu'].cells() if c.seed == 0]
+    assert sorted(p.stem for p in results.glob('*.json')) == sorted(c.name for c in cells)
+    lines = (tmp_path / 'cells.log').read_text().splitlines()
+    for cell in cells:
+        payload = json.loads((results / f'{cell.name}.json').read_text())
+        assert payload['cell'] == {'loss': cell.loss, 'data': cell.data, 'seed': cell.seed}
+        assert payload['result'] == {'value': len(cell.loss)}
+        assert f"{cell.name} {payload['pid']}" in lines and payload['wall_seconds'] >= 0
+    # Another machine: a fresh work directory, only the result files (committed to the repository) come along.
+    shutil.rmtree(tmp_path / 'work')
+    done = _run(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / 'cells.log').read_text().splitlines()) == len(cells)  # nothing ran again
+    assert 'ran 0, failed 0, done before 18' in done.stderr
+    # A run never overwrites an earlier result: a new run of a cell happens only when its file is gone.
+    (results / f'{cells[0].name}.json').unlink()
+    done = _run(tmp_path)
+    assert done.returncode == 0 and 'ran 1, failed 0, done before 17' in done.stderr, done.stderr
+
+
+def _result(top1, nll, ece, ece_ts, per_class=None, temperature=1.5):
+    metrics = {'top1': top1, 'top5': 99.0, 'nll': nll, 'brier': 0.5, 'ece': ece, 'adaptive_ece': ece,
+               'classwise_ece': ece / 10, 'mce': 0.2, 'smooth_ece': ece}
+    return {'epochs': 30, 'train_seconds': 100.0, 'test': metrics,
+            'test_ts': {**metrics, 'nll': nll - 0.1, 'ece': ece_ts, 'adaptive_ece': ece_ts},
+            'temperature': temperature, 'per_class_top1': per_class or [top1] * 10}
+
+
+def _write(runs, data, method, seed, result):
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f'{data}__{method}__s{seed}.json').write_text(json.dumps({
+        'cell': {'loss': method, 'data': data, 'seed': seed}, 'result': result, 'wall_seconds': 1.0}))
+
+
+def test_aggregate_of_a_partial_grid(tmp_path):
+    protocol = PROTOCOLS['study-cpu']
+    runs = tmp_path / protocol.name / 'runs'
+    ce = {0: 70.0, 1: 72.0, 2: 71.0}
+    cfl = {0: 71.0, 1: 72.5, 2: 72.5}  # paired differences +1.0, +0.5, +1.5: mean 1, sd 0.5, t = 2 sqrt(3)
+    for seed in range(3):
+        _write(runs, 'c10_4k', 'ce', seed, _result(ce[seed], 1.0, 0.10, 0.02))
+        _write(runs, 'c10_4k', 'cfl_authors', seed, _result(cfl[seed], 0.9, 0.05, 0.03))
+        _write(runs, 'c10_4k', 'ce_cyc_wd', seed, _result(ce[seed] + 0.2 * seed, 1.0, 0.10, 0.02))
+        _write(runs, 'c10_4k', 'ce_const_wd', seed, _result(ce[seed], 1.0, 0.10, 0.02))
+    groups = protocol.shot_groups['c10lt100']
+    lt_per_class = [80.0 if c in groups['many'] else 40.0 if c in groups['medium'] else 10.0 for c in range(10)]
+    _write(runs, 'c10lt100', 'ce', 0, _result(40.0, 2.0, 0.3, 0.1, per_class=lt_per_class))
+    paths = aggregate_study(protocol, tmp_path, machine='test machine')
+
+    rows = {(r['data'], r['method']): r for r in csv.DictReader(open(paths['summary']))}
+    row = rows[('c10_4k', 'cfl_authors')]
+    assert row['n_seeds'] == '3' and float(row['top1_mean']) == pytest.approx(72.0)
+    assert float(row['d_top1_vs_ce_mean']) == pytest.approx(1.0)
+    assert float(row['d_top1_vs_ce_sd']) == pytest.approx(0.5)
+    assert float(row['d_top1_vs_ce_t']) == pytest.approx(2 * math.sqrt(3), rel=1e-5)
+    assert float(row['d_ece_ts_vs_ce_mean']) == pytest.approx(0.01)
+    assert 'd_top1_vs_ce_ls0.1_mean' not in row or row['d_top1_vs_ce_ls0.1_mean'] in ('', 'nan')  # no CE+LS runs
+    cyc = rows[('c10_4k', 'ce_cyc_wd')]
+    assert float(cyc['d_top1_vs_ce_const_wd_mean']) == pytest.approx(0.2)  # 0, 0.2, 0.4
+    lt = rows[('c10lt100', 'ce')]
+    assert (float(lt['many_mean']), float(lt['medium_mean']), float(lt['few_mean'])) == (80.0, 40.0, 10.0)
+
+    table = paths['md'].read_text()
+    assert '**Runs done: 13 of 72**' in table and 'test machine' in table
+    assert '| cfl_authors | 3 | 72.00 ± 0.87 | +1.00 ± 0.50 (t +3.5) |' in table
+    assert '| c10_4k | ce_cyc_wd | ce_const_wd | 3 | +0.20 ± 0.20 (t +1.7) |' in table
+    assert 'few = classes 6, 7, 8, 9' in table and '(t -' not in table  # constant differences get no t
+    assert len(list(csv.DictReader(open(paths['runs'])))) == 13
+    assert paths['png'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_study_protocol_cells_and_flags():
+    protocol = PROTOCOLS['study-cpu']
+    cells = protocol.cells()
+    assert len(cells) == 3 * (15 + 9) and len({c.name for c in cells}) == len(cells)
+    assert {c.loss for c in cells if c.data == 'c10lt100'} == {'ce', 'ce_ls0.1', 'fl3', 'flsd', 'dual_focal',
+                                                              'adafocal', 'mbls', 'cfl_authors', 'cfl_oltr'}
+    assert protocol.shot_groups['c10lt100'] == {'many': (0, 1, 2), 'medium': (3, 4, 5), 'few': (6, 7, 8, 9)}
+    # Each constant counterpart sits at its cyclical schedule's mean, (min + max) / 2.
+    flags = {c.loss: protocol.train_flags(c) for c in cells if c.seed == 0 and c.data == 'c10_4k'}
+
+    def value(method, flag):
+        argv = flags[method]
+        return float(argv[len(argv) - 1 - argv[::-1].index(flag) + 1])  # the last occurrence wins in argparse
+
+    assert value('ce_const_wd', '--weight-decay') == pytest.approx(
+        (value('ce_cyc_wd', '--wd_min') + value('ce_cyc_wd', '--wd_max')) / 2)
+    assert value('ce_const_temp', '--T_min') == value('ce_const_temp', '--T_max') == pytest.approx(
+        (value('ce_cyc_temp', '--T_min') + value('ce_cyc_temp', '--T_max')) / 2)
+    assert value('ce_const_clip', '--clip-grad') == pytest.approx(
+        (value('ce_cyc_clip', '--clip_min') + value('ce_cyc_clip', '--clip_max')) / 2)
+    assert all(value(m, '--seed') == 0 for m in flags)
