@@ -3,19 +3,13 @@
 L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and
 "General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835.
 
-Importing the package registers the focal loss types with timm's loss factory (see :func:`register`) and the
-CIFAR networks with timm's model registry (see :mod:`cfl_timm.models`).
+Importing the package registers every cfl-timm loss type (focal family and calibration losses) with timm's loss
+factory (see :func:`register`; :func:`create_loss` is the one factory behind it) and the CIFAR networks with
+timm's model registry (see :mod:`cfl_timm.models`).
 """
 from . import models
-from .cyclical_focal_loss import (
-    FOCAL_LOSS_TYPES,
-    AsymmetricFocalLoss,
-    CyclicalFocalLoss,
-    FocalLoss,
-    create_loss,
-    cyclical_eta,
-)
-from .loss_factory import create_focal_loss, focal_loss_kwargs
+from .cyclical_focal_loss import FOCAL_LOSS_TYPES, AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, cyclical_eta
+from .loss_factory import LOSS_TYPES, SOFT_TARGET_LOSSES, create_loss, loss_kwargs
 from .registry import ALL_LOSS_TYPES, is_registered, register
 from .scheduler import (
     CyclicalSchedules,

@@ -17,9 +17,16 @@ smoothing, eta in [0, 1] the cyclical schedule (see :func:`cyclical_eta`). Per s
 Gradients flow through the weights (nothing is detached). The gradient is derived analytically and
 computed in the same pass as the loss: with c_j = y_j * (w_j + p_j * logp_j * dw_j/dp_j),
 d loss / d z_k = p_k * sum_j c_j - c_k. It is exact (checked with ``torch.autograd.gradcheck``) and
-finite for any finite logits, including p_t -> 0 and p_t -> 1.
+finite for any finite logits, including p_t -> 0 and p_t -> 1. The losses are once differentiable: a second
+derivative (``create_graph=True`` then differentiating again, ``gradgradcheck``) raises a clear RuntimeError
+instead of being silently zero. ``torch.func.grad`` / ``vmap`` work (``vmap`` with ``check_finite=False``: the
+check reads a value).
+
+``FOCAL_LOSS_CLASSES`` maps each loss type name to its class; the name checks and defaults live in the one
+factory, ``cfl_timm.create_loss``.
 """
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -27,12 +34,14 @@ import torch.nn.functional as F
 
 __all__ = [
     'FOCAL_LOSS_TYPES', 'SOFT_TARGET_MODES', 'REDUCTIONS', 'cyclical_eta',
-    'FocalLoss', 'AsymmetricFocalLoss', 'CyclicalFocalLoss', 'create_loss',
+    'FocalLoss', 'AsymmetricFocalLoss', 'CyclicalFocalLoss', 'FOCAL_LOSS_CLASSES',
 ]
 
 FOCAL_LOSS_TYPES = ('sym', 'asym', 'asym-cyclical')
 SOFT_TARGET_MODES = ('distribution', 'argmax')
 REDUCTIONS = ('none', 'mean', 'sum')
+SECOND_DERIVATIVE_ERROR = ('The focal losses are once differentiable (their gradient is analytic): a second derivative '
+                           '(create_graph=True then differentiating again, gradgradcheck, hessian) is not supported.')
 
 
 def cyclical_eta(epoch: float, epochs: int, factor: float) -> float:
@@ -247,13 +256,19 @@ def _general_loss(logp, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, eps, s
 class _FocalLossFunction(torch.autograd.Function):
     """Focal-family loss of (M, K) float logits with its analytic gradient, computed in the forward pass.
 
-    Returns the per-row losses (scale None) or scale * their sum (scale 1 for 'sum', 1 / M for 'mean');
-    the gradient is stored pre-scaled so that the usual ``loss.backward()`` costs no extra pass.
+    ``forward`` returns the per-row losses (scale None) or scale * their sum (scale 1 for 'sum', 1 / M for
+    'mean'), and the gradient pre-scaled so that the usual ``loss.backward()`` costs one multiplication. The
+    gradient is a non-differentiable output: the loss is once differentiable (differentiating the gradient
+    again raises ``SECOND_DERIVATIVE_ERROR`` instead of returning a silently wrong second derivative).
+    ``setup_context`` is separate from ``forward`` and the vmap rule is generated, so ``torch.func.grad`` /
+    ``vmap`` / ``jacrev`` work.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale):
-        need_grad = ctx.needs_input_grad[0]
+    def forward(logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale,
+                need_grad):
         logp = F.log_softmax(logits, dim=1)
         row_scale = 1.0 if scale is None else scale
         if target_dist is None and (eps == 0 or not symmetric):
@@ -264,18 +279,46 @@ class _FocalLossFunction(torch.autograd.Function):
                 target_dist = torch.zeros_like(logp).scatter_(1, target_index.unsqueeze(1), 1.0)
             loss, grad = _general_loss(
                 logp, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, eps, symmetric, row_scale, need_grad)
-        ctx.save_for_backward(grad)
-        ctx.per_row = scale is None
-        return -loss if scale is None else -scale * loss.sum()
+        if grad is None:
+            grad = logits.new_zeros(())  # placeholder output: no gradient was asked for
+        return (-loss if scale is None else -scale * loss.sum()), grad
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, grad = output
+        ctx.mark_non_differentiable(grad)
+        ctx.save_for_backward(grad, inputs[0])
+        ctx.per_row = inputs[9] is None
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_of_grad):
+        grad, logits = ctx.saved_tensors
+        if torch.is_grad_enabled() and logits.requires_grad:  # create_graph=True: keep a graph that refuses
+            grad = _FirstDerivativeOnly.apply(grad, logits)
+        grad = grad * (grad_output.unsqueeze(1) if ctx.per_row else grad_output)
+        return grad, None, None, None, None, None, None, None, None, None, None
+
+
+class _FirstDerivativeOnly(torch.autograd.Function):
+    """The analytic gradient as a function of the logits whose own derivative is a clear error.
+
+    Used only when the first backward pass builds a graph (``create_graph=True``, ``torch.func.grad``): the
+    first derivative stays usable, a second one raises instead of silently being zero.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, logits):
+        return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if ctx.per_row:
-            grad = grad * grad_output.unsqueeze(1)
-        elif grad_output.is_cuda or float(grad_output) != 1.0:
-            grad = grad * grad_output
-        return grad, None, None, None, None, None, None, None, None, None
+        raise RuntimeError(SECOND_DERIVATIVE_ERROR)
 
 
 class _FocalLossBase(nn.Module):
@@ -326,15 +369,15 @@ class _FocalLossBase(nn.Module):
                 f'{tuple(logits.shape)}, got {tuple(target.shape)} ({target.dtype}).')
         if self.check_finite:
             _check_finite(flat_logits)
-        if target_index is not None and target_index.is_cuda:
-            _check_targets(target_index, num_classes)  # an out-of-range gather on the GPU is a device-side assert
         scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / max(flat_logits.shape[0], 1)}[self.reduction]
+        need_grad = torch.is_grad_enabled() and flat_logits.requires_grad
         try:
-            loss = _FocalLossFunction.apply(
-                flat_logits, target_index, target_dist, *self._loss_params(), self.eps, scale)
+            loss, _ = _FocalLossFunction.apply(
+                flat_logits, target_index, target_dist, *self._loss_params(), self.eps, scale, need_grad)
         except RuntimeError:
-            # On the CPU gather/scatter reject out-of-range indices; turn that into a clear error.
-            if target_index is not None:
+            # On the CPU gather/scatter reject out-of-range indices; turn that into a clear error. (On CUDA an
+            # out-of-range index is a device-side assert, as in torch's cross-entropy.)
+            if target_index is not None and not target_index.is_cuda:
                 _check_targets(target_index, num_classes)
             raise
         return loss.reshape(out_shape) if scale is None else loss
@@ -343,24 +386,21 @@ class _FocalLossBase(nn.Module):
 def _check_targets(target_index: torch.Tensor, num_classes: int) -> None:
     if target_index.numel() == 0:
         return
-    if target_index.is_cuda:
-        torch._assert_async(((target_index >= 0) & (target_index < num_classes)).all(),
-                            f'target class indices must lie in [0, {num_classes}).')
-        return
     low, high = (int(v) for v in torch.aminmax(target_index))
     if low < 0 or high >= num_classes:
         raise ValueError(f'target class indices must lie in [0, {num_classes}), got values in [{low}, {high}].')
 
 
 def _check_finite(logits: torch.Tensor) -> None:
-    # One reduction, no (N, K) temporary: the sum of finite logits is finite (short of |z| ~ 1e38 / K), and
-    # any NaN or inf makes it NaN or inf. (A -inf logit can leave the loss itself finite, so check the input.)
-    message = 'logits contain NaN or inf values; check the model, learning rate and AMP settings.'
-    total = logits.sum()
-    if total.is_cuda:
-        torch._assert_async(torch.isfinite(total), message)
-    elif not math.isfinite(total.item()):
-        raise ValueError(message)
+    """Raise ValueError when ``logits`` hold NaN or inf: one reduction and one host sync.
+
+    The sum of finite logits is finite (short of |z| ~ 1e38 / K), and any NaN or inf makes it NaN or inf. (A
+    -inf logit can leave the loss itself finite, so the input is checked.)
+    """
+    if not math.isfinite(float(logits.detach().sum())):
+        raise ValueError('logits contain NaN or inf values; check the model, learning rate and AMP settings '
+                         '(in a training loop under a GradScaler, build the loss with check_finite=False so that '
+                         'the scaler skips the step as it does for cross-entropy).')
 
 
 class FocalLoss(_FocalLossBase):
@@ -375,7 +415,9 @@ class FocalLoss(_FocalLossBase):
         eps: Label smoothing in [0, 1).
         reduction: 'none', 'mean' (over samples / positions) or 'sum'.
         soft_target_mode: 'distribution' uses soft targets as they are; 'argmax' collapses them to hard labels.
-        check_finite: Raise a clear error when the logits hold NaN or inf.
+        check_finite: Raise a clear ValueError when the logits hold NaN or inf (one host sync per call). A
+            training loop under a GradScaler passes False: non-finite logits then give a non-finite loss and
+            gradient, and the scaler skips the step exactly as it does for cross-entropy.
     """
 
     def __init__(
@@ -420,11 +462,14 @@ class CyclicalFocalLoss(_FocalLossBase):
         gamma_pos: Focal exponent of the target class, >= 0.
         gamma_neg: Exponent of the other classes' weight p_j^gamma_neg, >= 0.
         cyclical_factor: Cyclical factor f >= 1 of :func:`cyclical_eta`.
-        epochs: Number of scheduled epochs (cooldown included), >= 1.
+        epochs: Number of epochs the schedule spans (timm's num_epochs, cooldown included), >= 1. Required:
+            a default would freeze eta at 1.
         eps: Label smoothing in [0, 1), 0.1 as published.
         reduction: 'none', 'mean' (over samples / positions) or 'sum'.
         soft_target_mode: 'distribution' (default) or 'argmax' (published behaviour).
-        check_finite: Raise a clear error when the logits hold NaN or inf.
+        check_finite: Raise a clear ValueError when the logits hold NaN or inf (one host sync per call). A
+            training loop under a GradScaler passes False: non-finite logits then give a non-finite loss and
+            gradient, and the scaler skips the step exactly as it does for cross-entropy.
     """
 
     def __init__(
@@ -433,7 +478,7 @@ class CyclicalFocalLoss(_FocalLossBase):
             gamma_pos: float = 0.0,
             gamma_neg: float = 4.0,
             cyclical_factor: float = 2.0,
-            epochs: int = 1,
+            epochs: Optional[int] = None,
             eps: float = 0.1,
             reduction: str = 'mean',
             soft_target_mode: str = 'distribution',
@@ -443,6 +488,9 @@ class CyclicalFocalLoss(_FocalLossBase):
         self.gamma_hc = _check_gamma('gamma_hc', gamma_hc)
         self.gamma_pos = _check_gamma('gamma_pos', gamma_pos)
         self.gamma_neg = _check_gamma('gamma_neg', gamma_neg)
+        if epochs is None:
+            raise ValueError('CyclicalFocalLoss needs epochs, the number of epochs the cyclical schedule spans '
+                             "(timm's num_epochs: --epochs plus --cooldown-epochs); there is no default.")
         cyclical_eta(0, epochs, cyclical_factor)  # validates epochs and factor eagerly
         self.cyclical_factor = float(cyclical_factor)
         self.epochs = int(epochs)
@@ -473,11 +521,12 @@ class CyclicalFocalLoss(_FocalLossBase):
                 f'epoch={self.epoch}, reduction={self.reduction!r}')
 
 
-class AsymmetricFocalLoss(CyclicalFocalLoss):
-    """Asymmetric single-label focal loss, ``--focal_loss asym``: the cyclical loss with eta fixed at 0.
+class AsymmetricFocalLoss(_FocalLossBase):
+    """Asymmetric single-label focal loss, ``--focal_loss asym``: the cyclical loss's formula at eta = 0.
 
     ``loss = - sum_j y_j * w_j * logp_j`` with ``w_t = (1 - p_t)^gamma_pos``, ``w_j = p_j^gamma_neg``,
     ``y_j = (1 - eps) * [j == t] + eps / K``; numerically equal to timm's ``AsymmetricLossSingleLabel``.
+    Soft targets as in :class:`CyclicalFocalLoss`.
 
     Args:
         gamma_pos: Focal exponent of the target class, >= 0.
@@ -485,7 +534,8 @@ class AsymmetricFocalLoss(CyclicalFocalLoss):
         eps: Label smoothing in [0, 1), 0.1 as published.
         reduction: 'none', 'mean' (over samples / positions) or 'sum'.
         soft_target_mode: 'distribution' (default) or 'argmax' (published behaviour).
-        check_finite: Raise a clear error when the logits hold NaN or inf.
+        check_finite: Raise a clear ValueError when the logits hold NaN or inf (one host sync per call). A
+            training loop under a GradScaler passes False (see :class:`FocalLoss`).
     """
 
     def __init__(
@@ -497,28 +547,20 @@ class AsymmetricFocalLoss(CyclicalFocalLoss):
             soft_target_mode: str = 'distribution',
             check_finite: bool = True,
     ) -> None:
-        super().__init__(
-            gamma_hc=0.0, gamma_pos=gamma_pos, gamma_neg=gamma_neg, cyclical_factor=1.0, epochs=1, eps=eps,
-            reduction=reduction, soft_target_mode=soft_target_mode, check_finite=check_finite)
+        super().__init__(eps, reduction, soft_target_mode, check_finite)
+        self.gamma_pos = _check_gamma('gamma_pos', gamma_pos)
+        self.gamma_neg = _check_gamma('gamma_neg', gamma_neg)
 
     @property
     def eta(self) -> float:
+        """Fixed at 0."""
         return 0.0
+
+    def _loss_params(self):
+        return 0.0, 0.0, self.gamma_pos, self.gamma_neg, False
 
     def extra_repr(self) -> str:
         return f'gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, eps={self.eps}, reduction={self.reduction!r}'
 
 
-_LOSS_CLASSES = {'sym': FocalLoss, 'asym': AsymmetricFocalLoss, 'asym-cyclical': CyclicalFocalLoss}
-
-
-def create_loss(name: str, **kwargs) -> nn.Module:
-    """Create a loss by its ``--focal_loss`` name.
-
-    Args:
-        name: One of FOCAL_LOSS_TYPES: 'sym' (:class:`FocalLoss`), 'asym' (:class:`AsymmetricFocalLoss`),
-            'asym-cyclical' (:class:`CyclicalFocalLoss`).
-        **kwargs: Keyword arguments of that class.
-    """
-    _check_choice('focal loss', name, FOCAL_LOSS_TYPES)
-    return _LOSS_CLASSES[name](**kwargs)
+FOCAL_LOSS_CLASSES = {'sym': FocalLoss, 'asym': AsymmetricFocalLoss, 'asym-cyclical': CyclicalFocalLoss}

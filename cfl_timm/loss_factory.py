@@ -1,81 +1,121 @@
-"""Factory for the focal-family losses from explicit keyword arguments, plus an argparse adapter.
+"""The one loss factory of cfl-timm: every focal-family and calibration loss by name, plus an argparse adapter.
 
-Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978
+Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 (``sym``, ``asym``,
+``asym-cyclical``), and the calibration losses of :mod:`cfl_timm.calibration_losses` (Brier, MMCE, FLSD-53,
+Dual focal, AdaFocal, MbLS, confidence penalty, FCL / SA-FCL).
+
+:func:`create_loss` is the only place where loss names and their keyword arguments are checked; timm's
+``create_classification_loss`` (wrapped in :mod:`cfl_timm.registry`) and ``train.py`` route every cfl name here.
+The module imports only its two sibling loss modules, so ``patches/apply.py`` can copy it into ``timm/loss/``.
+
+Label smoothing and soft targets: the loss owns its smoothing ``eps`` for hard and soft (Mixup / CutMix)
+targets alike, so Mixup must be built with ``label_smoothing=0`` for these losses. A batch that Mixup leaves
+unmixed then gives exactly the hard-target loss with the same smoothing.
 """
 from typing import Any, Optional
 
 import torch.nn as nn
 
-from .cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, create_loss
+from .calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES, create_calibration_loss
+from .calibration_losses import SOFT_TARGET_LOSSES as _CALIBRATION_SOFT_TARGET_LOSSES
+from .cyclical_focal_loss import FOCAL_LOSS_CLASSES, FOCAL_LOSS_TYPES
 
-__all__ = ['DEFAULT_EPS', 'create_focal_loss', 'focal_loss_kwargs']
+__all__ = [
+    'LOSS_TYPES', 'SOFT_TARGET_LOSSES', 'LOSS_KWARGS', 'DEFAULT_SMOOTHING', 'REDUCTION_KWARG',
+    'create_loss', 'loss_kwargs',
+]
 
-# Label smoothing used when none is given explicitly: the published values.
-DEFAULT_EPS = {'sym': 0.0, 'asym': 0.1, 'asym-cyclical': 0.1}
+# Every loss type this project adds, focal family first.
+LOSS_TYPES = tuple(FOCAL_LOSS_TYPES) + tuple(CALIBRATION_LOSS_TYPES)
+# The types that accept soft (Mixup / CutMix) targets.
+SOFT_TARGET_LOSSES = tuple(FOCAL_LOSS_TYPES) + tuple(_CALIBRATION_SOFT_TARGET_LOSSES)
+# Label smoothing when none is given: the published eps of the focal losses, 0 (official) for the others.
+DEFAULT_SMOOTHING = {'sym': 0.0, 'asym': 0.1, 'asym-cyclical': 0.1, **{name: 0.0 for name in CALIBRATION_LOSS_TYPES}}
+# The keyword arguments of each type besides ``smoothing``, ``reduction`` and ``soft_targets``.
+LOSS_KWARGS = {
+    'sym': ('gamma', 'soft_target_mode', 'check_finite'),
+    'asym': ('gamma_pos', 'gamma_neg', 'soft_target_mode', 'check_finite'),
+    'asym-cyclical': ('gamma_hc', 'gamma_pos', 'gamma_neg', 'cyclical_factor', 'epochs', 'soft_target_mode',
+                      'check_finite'),
+    **{name: tuple(defaults) for name, defaults in CALIBRATION_LOSS_DEFAULTS.items()},
+}
+# timm's factory spells the reduction of these losses ``loss_reduction`` (train.py: ``--loss-reduction``).
+REDUCTION_KWARG = 'loss_reduction'
 
 
-def create_focal_loss(
-        focal_loss: str,
+def create_loss(
+        name: str,
         *,
-        gamma: float = 2.0,
-        gamma_hc: float = 0.0,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        cyclical_factor: float = 2.0,
-        epochs: int = 1,
         smoothing: Optional[float] = None,
-        soft_targets: bool = False,
-        soft_target_mode: str = 'distribution',
         reduction: str = 'mean',
+        soft_targets: bool = False,
+        **kwargs: Any,
 ) -> nn.Module:
-    """Create the training criterion selected by ``--focal_loss``.
+    """Create a cfl-timm loss by name.
 
     Args:
-        focal_loss: One of FOCAL_LOSS_TYPES ('sym', 'asym', 'asym-cyclical').
-        gamma: Focusing parameter of the symmetric loss ('sym' only).
-        gamma_hc: High-confidence exponent ('asym-cyclical' only).
-        gamma_pos: Focal exponent of the target class ('asym', 'asym-cyclical').
-        gamma_neg: Exponent of the other classes' weight ('asym', 'asym-cyclical').
-        cyclical_factor: Cyclical factor f >= 1 ('asym-cyclical' only).
-        epochs: Number of scheduled epochs, cooldown included ('asym-cyclical' only).
-        smoothing: Label smoothing; None selects the published default (0.1 for 'asym' / 'asym-cyclical',
-            0 for 'sym'), an explicit value (timm's ``--smoothing``) overrides it.
-        soft_targets: Targets arrive as soft distributions from Mixup / CutMix. With the default
-            'distribution' mode the smoothing is already inside those targets (as in timm), so eps is 0.
-        soft_target_mode: 'distribution' or 'argmax' (collapse soft targets to hard labels, as published,
-            then smooth with eps).
-        reduction: 'none', 'mean' or 'sum'.
+        name: One of :data:`LOSS_TYPES`.
+        smoothing: Label smoothing applied by the loss to hard and soft targets; None selects the type's
+            default (:data:`DEFAULT_SMOOTHING`: 0.1 for 'asym' / 'asym-cyclical' as published, else 0). The
+            calibration losses accept a non-zero value only where their definition has one ('ce-brier').
+        reduction: 'mean', 'sum' or 'none' (not for the batch statistic 'mmce-*').
+        soft_targets: The targets will be soft distributions (Mixup / CutMix, built with label smoothing 0):
+            an error for the types not in :data:`SOFT_TARGET_LOSSES`.
+        **kwargs: The type's own keyword arguments (:data:`LOSS_KWARGS`); e.g. ``epochs`` (required) for
+            'asym-cyclical', ``flsd_gamma`` for 'flsd'. ``check_finite=False`` (focal types) is for training
+            loops under a GradScaler: non-finite logits then skip the step instead of raising.
+
+    Raises:
+        ValueError: An unknown name, a keyword argument that does not apply to the type, soft targets for a
+            type that needs class indices, or a bad value.
     """
-    if focal_loss not in FOCAL_LOSS_TYPES:
-        raise ValueError(f"Unknown focal loss '{focal_loss}', expected one of {FOCAL_LOSS_TYPES}.")
-    if soft_target_mode not in SOFT_TARGET_MODES:
-        raise ValueError(f"Unknown soft_target_mode '{soft_target_mode}', expected one of {SOFT_TARGET_MODES}.")
-    eps = DEFAULT_EPS[focal_loss] if smoothing is None else smoothing
-    if soft_targets and soft_target_mode == 'distribution':
-        eps = 0.0
-    common: dict[str, Any] = dict(eps=eps, reduction=reduction, soft_target_mode=soft_target_mode)
-    if focal_loss == 'sym':
-        return create_loss('sym', gamma=gamma, **common)
-    if focal_loss == 'asym':
-        return create_loss('asym', gamma_pos=gamma_pos, gamma_neg=gamma_neg, **common)
-    return create_loss(
-        'asym-cyclical', gamma_hc=gamma_hc, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
-        cyclical_factor=cyclical_factor, epochs=epochs, **common)
+    if name not in LOSS_TYPES:
+        raise ValueError(f"Unknown loss type {name!r}, expected one of {LOSS_TYPES}.")
+    valid = LOSS_KWARGS[name]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"Arguments {unknown} do not apply to the loss type {name!r}; its arguments are "
+                         f"{valid + ('smoothing', 'reduction', 'soft_targets')}.")
+    if soft_targets and name not in SOFT_TARGET_LOSSES:
+        raise ValueError(f"Loss type {name!r} needs class-index targets, not soft (Mixup / CutMix) targets; the "
+                         f"types that accept soft targets are {SOFT_TARGET_LOSSES}.")
+    if smoothing is None:
+        smoothing = DEFAULT_SMOOTHING[name]
+    if name in CALIBRATION_LOSS_TYPES:
+        return create_calibration_loss(name, reduction=reduction, smoothing=smoothing, **kwargs)
+    return FOCAL_LOSS_CLASSES[name](eps=smoothing, reduction=reduction, **kwargs)
 
 
-def focal_loss_kwargs(args: Any, num_epochs: int) -> dict[str, Any]:
-    """Keyword arguments of :func:`create_focal_loss` from an argparse namespace (or any object).
+def loss_kwargs(args: Any, name: str, *, num_epochs: Optional[int] = None, soft_targets: bool = False,
+                training: bool = True) -> dict[str, Any]:
+    """Keyword arguments of :func:`create_loss` from an argparse namespace (or any object).
 
-    Reads ``focal_loss``, ``gamma``, ``gamma_hc``, ``gamma_pos``, ``gamma_neg``, ``cyclical_factor``,
-    ``smoothing`` (None when not given explicitly) and ``soft_target_mode``; absent attributes keep the
-    factory defaults.
+    Reads ``smoothing`` and ``loss_reduction`` (None = default) and every attribute named in :data:`LOSS_KWARGS`
+    that is not None. An attribute given for a type it does not apply to is left in, so that
+    :func:`create_loss` rejects it by name.
 
     Args:
         args: The parsed arguments.
-        num_epochs: Number of scheduled epochs the cyclical schedule spans (epochs + cooldown).
+        name: The loss type.
+        num_epochs: Epochs the cyclical schedule spans (timm's num_epochs: epochs + cooldown), for
+            'asym-cyclical'.
+        soft_targets: Mixup / CutMix is active.
+        training: Build for a training loop (``check_finite=False`` on the focal types, so a GradScaler
+            skips steps with non-finite logits).
     """
-    kwargs: dict[str, Any] = {'focal_loss': args.focal_loss, 'epochs': num_epochs}
-    for name in ('gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg', 'cyclical_factor', 'smoothing', 'soft_target_mode'):
-        if getattr(args, name, None) is not None:
-            kwargs[name] = getattr(args, name)
+    kwargs: dict[str, Any] = {'name': name, 'soft_targets': soft_targets}
+    if getattr(args, 'smoothing', None) is not None:
+        kwargs['smoothing'] = args.smoothing
+    if getattr(args, REDUCTION_KWARG, None) is not None:
+        kwargs['reduction'] = getattr(args, REDUCTION_KWARG)
+    known = dict.fromkeys(k for keys in LOSS_KWARGS.values() for k in keys if k not in ('epochs', 'check_finite'))
+    for key in known:
+        if key == 'cyclical_factor' and name != 'asym-cyclical':
+            continue  # shared with the cyclical schedules: not a loss argument of the other types
+        if getattr(args, key, None) is not None:
+            kwargs[key] = getattr(args, key)
+    if name == 'asym-cyclical' and num_epochs is not None:
+        kwargs['epochs'] = num_epochs
+    if training and 'check_finite' in LOSS_KWARGS.get(name, ()):
+        kwargs['check_finite'] = False
     return kwargs

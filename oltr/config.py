@@ -116,16 +116,16 @@ def apply_overrides(config: dict[str, Any], given: Optional[dict[str, Any]] = No
 
 
 def loss_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`cfl_timm.create_focal_loss` for a focal-family loss of the config."""
+    """Keyword arguments of :func:`cfl_timm.create_loss` for a focal-family loss of the config."""
     if config['loss'] == 'ce':
         raise ValueError("loss 'ce' is plain cross-entropy, not a focal loss.")
-    kwargs = {'focal_loss': config['loss'], 'epochs': config['epochs'], 'smoothing': config['smoothing']}
+    kwargs = {'name': config['loss'], 'smoothing': config['smoothing']}
     if config['loss'] == 'sym':
         kwargs['gamma'] = config['gamma']
     else:
         kwargs.update(gamma_pos=config['gamma_pos'], gamma_neg=config['gamma_neg'])
     if config['loss'] == 'asym-cyclical':
-        kwargs.update(gamma_hc=config['gamma_hc'], cyclical_factor=config['cyclical_factor'])
+        kwargs.update(gamma_hc=config['gamma_hc'], cyclical_factor=config['cyclical_factor'], epochs=config['epochs'])
     return kwargs
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from cfl_timm import create_focal_loss
+from cfl_timm import create_loss
 from cfl_timm.training import atomic_write_bytes
 
 from .config import apply_overrides, load_config, loss_kwargs, run_name
@@ -83,7 +83,7 @@ def create_criterion(config: dict[str, Any]) -> nn.Module:
     """Cross-entropy for ``loss: ce``, otherwise the cfl_timm focal-family loss of the config."""
     if config['loss'] == 'ce':
         return nn.CrossEntropyLoss()
-    return create_focal_loss(**loss_kwargs(config))
+    return create_loss(**loss_kwargs(config))
 
 
 def create_optimizer(model: nn.Module, config: dict[str, Any]):

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from timm.loss import AsymmetricLossSingleLabel
 
+import timm.loss
+from timm.data import Mixup
+
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, cyclical_eta
 from cfl_timm import cyclical_focal_loss as loss_module
 
@@ -253,12 +256,145 @@ def test_create_loss_by_name():
     assert (FocalLoss().gamma, FocalLoss().eps) == (2.0, 0.0)
     asym = AsymmetricFocalLoss()
     assert (asym.gamma_pos, asym.gamma_neg, asym.eps, asym.reduction) == (0.0, 4.0, 0.1, 'mean')
-    cyc = CyclicalFocalLoss()
+    cyc = CyclicalFocalLoss(epochs=5)
     assert (cyc.gamma_hc, cyc.gamma_pos, cyc.gamma_neg, cyc.cyclical_factor, cyc.eps) == (0.0, 0.0, 4.0, 2.0, 0.1)
 
 
+def test_asymmetric_is_not_a_cyclical_loss():
+    # A shared base, not inheritance: isinstance tells the losses apart (a schedule hook must not treat the
+    # fixed-eta loss as cyclical).
+    asym = AsymmetricFocalLoss()
+    assert not isinstance(asym, CyclicalFocalLoss) and not hasattr(asym, 'set_epoch')
+    assert isinstance(asym, loss_module._FocalLossBase) and isinstance(CyclicalFocalLoss(epochs=3),
+                                                                       loss_module._FocalLossBase)
+    assert asym.eta == 0.0 and asym.state_dict() == {}
+
+
+@pytest.mark.parametrize('make', [
+    lambda: CyclicalFocalLoss(),
+    lambda: CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4),
+    lambda: create_loss('asym-cyclical'),
+    lambda: timm.loss.create_classification_loss('asym-cyclical', gamma_hc=3.0),
+])
+def test_cyclical_span_is_required(make):
+    # No silent epochs=1 (which froze eta at 1): the span must be given.
+    with pytest.raises(ValueError, match=r"CyclicalFocalLoss needs epochs, the number of epochs the cyclical "
+                                         r"schedule spans \(timm's num_epochs"):
+        make()
+
+
+@pytest.mark.parametrize('eps', [0.0, 0.1, 0.25])
+@pytest.mark.parametrize('make', [
+    lambda eps: create_loss('sym', gamma=2.0, smoothing=eps, soft_targets=True),
+    lambda eps: create_loss('asym', gamma_pos=2.0, gamma_neg=3.0, smoothing=eps, soft_targets=True),
+    lambda eps: create_loss('asym-cyclical', gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0,
+                            epochs=9, smoothing=eps, soft_targets=True),
+], ids=['sym', 'asym', 'asym-cyclical'])
+def test_unmixed_mixup_batch_equals_the_hard_target_loss(make, eps):
+    """Mixup in 'distribution' mode with label smoothing 0 (the loss owns eps): a batch Mixup leaves unmixed
+    (lam = 1: --mixup-prob < 1, --mixup-off-epoch) gives the hard-target loss with the same smoothing."""
+    loss_fn = make(eps)
+    if isinstance(loss_fn, CyclicalFocalLoss):
+        loss_fn.set_epoch(3)  # eta = 1/3, both weight terms active
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(8, 3, 4, 4, generator=generator)
+    target = torch.randint(0, 10, (8,), generator=generator)
+    logits = (torch.randn(8, 10, generator=generator, dtype=torch.float64) * 4).requires_grad_()
+    for mixup in (Mixup(mixup_alpha=0.8, prob=0.0, label_smoothing=0.0, num_classes=10),  # --mixup-prob 0
+                  Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=10)):
+        if mixup.mix_prob > 0:
+            mixup.mixup_enabled = False  # --mixup-off-epoch reached
+        _, soft = mixup(images.clone(), target.clone())
+        assert soft.is_floating_point() and torch.equal(soft, F.one_hot(target, 10).float())
+        soft_value = loss_fn(logits, soft)
+        hard_value = loss_fn(logits, target)
+        torch.testing.assert_close(soft_value, hard_value, rtol=1e-13, atol=1e-13)
+        soft_grad, = torch.autograd.grad(soft_value, logits)
+        hard_grad, = torch.autograd.grad(hard_value, logits)
+        torch.testing.assert_close(soft_grad, hard_grad, rtol=1e-12, atol=1e-13)
+    # A mixed batch still uses the soft distribution (not silently collapsed).
+    mixed = 0.7 * F.one_hot(target, 10).double() + 0.3 * F.one_hot(target.flip(0), 10).double()
+    assert not torch.allclose(loss_fn(logits, mixed), loss_fn(logits, target))
+
+
+def _loss_under_scaler_step(loss_fn, poison: bool):
+    """One optimizer step of a linear model through a CPU GradScaler; returns (params changed, scale after)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 8)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    if poison:  # an fp16 overflow: one logit became inf
+        logits = logits.index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(float('inf')))
+    scaler.scale(loss_fn(logits, y)).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    return changed, scaler.get_scale()
+
+
+@pytest.mark.parametrize('loss_fn', [
+    FocalLoss(check_finite=False), AsymmetricFocalLoss(check_finite=False),
+    CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, epochs=4, check_finite=False),
+    torch.nn.CrossEntropyLoss(),  # the reference behaviour
+], ids=['sym', 'asym', 'asym-cyclical', 'ce'])
+def test_non_finite_logits_under_the_grad_scaler_skip_the_step(loss_fn):
+    # Training mode (check_finite=False): no error and no host sync in the loss; the overflow reaches the
+    # gradients and the scaler's found-inf path skips the step and backs the scale off, as with cross-entropy.
+    assert _loss_under_scaler_step(loss_fn, poison=False) == (True, 2.0 ** 8)
+    assert _loss_under_scaler_step(loss_fn, poison=True) == (False, 2.0 ** 7)
+
+
+def test_check_finite_outside_training_is_a_clear_error():
+    logits = torch.randn(3, 4)
+    logits[0, 1] = float('inf')
+    with pytest.raises(ValueError, match='logits contain NaN or inf values'):
+        FocalLoss()(logits, torch.tensor([0, 1, 2]))  # the library default checks
+    value = FocalLoss(check_finite=False)(logits, torch.tensor([0, 1, 2]))
+    assert not torch.isfinite(value)
+
+
+@pytest.mark.parametrize('loss_fn', [
+    FocalLoss(gamma=2.0, eps=0.1, check_finite=False),
+    AsymmetricFocalLoss(gamma_pos=2.0, gamma_neg=3.0, check_finite=False),
+    CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4, epochs=5, check_finite=False),
+], ids=['sym', 'asym', 'asym-cyclical'])
+def test_torch_func_grad_and_vmap(loss_fn):
+    if isinstance(loss_fn, CyclicalFocalLoss):
+        loss_fn.set_epoch(1)
+    logits, target = random_logits(rows=5, classes=4, seed=21)
+    expected, = torch.autograd.grad(loss_fn(logits, target), logits)
+    torch.testing.assert_close(torch.func.grad(lambda z: loss_fn(z, target))(logits.detach()), expected)
+
+    def one(z, t):
+        return loss_fn(z.unsqueeze(0), t.unsqueeze(0))
+    per_sample = torch.func.vmap(one)(logits.detach(), target)
+    torch.testing.assert_close(per_sample, torch.stack([one(z, t) for z, t in zip(logits.detach(), target)]))
+    # Per-sample gradients: the mean over the batch of the per-sample gradients is the batch gradient's N-fold.
+    per_sample_grads = torch.func.vmap(torch.func.grad(one))(logits.detach(), target)
+    torch.testing.assert_close(per_sample_grads / len(target), expected)
+
+
+def test_second_derivative_is_a_clear_error_not_silently_zero():
+    loss_fn = CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4, epochs=5)
+    loss_fn.set_epoch(1)
+    logits, target = random_logits(rows=4, classes=3, seed=22)
+    first, = torch.autograd.grad(loss_fn(logits, target), logits, create_graph=True)
+    plain, = torch.autograd.grad(loss_fn(logits, target), logits)
+    torch.testing.assert_close(first, plain)  # the first derivative stays usable with create_graph
+    with pytest.raises(RuntimeError, match='focal losses are once differentiable'):
+        first.pow(2).sum().backward()
+    with pytest.raises(RuntimeError, match='focal losses are once differentiable'):
+        torch.autograd.gradgradcheck(lambda z: loss_fn(z, target), (logits,))
+    with pytest.raises(RuntimeError, match='focal losses are once differentiable'):
+        torch.func.jacrev(torch.func.grad(lambda z: loss_fn(z, target)))(logits.detach())
+
+
 @pytest.mark.parametrize('make, match', [
-    (lambda: create_loss('focal'), r"Unknown focal loss 'focal', expected one of \('sym', 'asym', 'asym-cyclical'\)"),
+    (lambda: create_loss('focal'), r"Unknown loss type 'focal', expected one of \('sym', 'asym', 'asym-cyclical', "),
+    (lambda: create_loss('sym', gamma_hc=1.0), r"Arguments \['gamma_hc'\] do not apply to the loss type 'sym'"),
     (lambda: FocalLoss(gamma=-1), 'gamma must be a finite number >= 0'),
     (lambda: AsymmetricFocalLoss(gamma_neg=-0.5), 'gamma_neg must be'),
     (lambda: CyclicalFocalLoss(gamma_hc=-2, epochs=3), 'gamma_hc must be'),
@@ -298,7 +434,7 @@ def test_loss_file_works_standalone_outside_the_package(tmp_path):
     """The module imports torch only: a copy dropped anywhere (e.g. timm/loss/) works on its own."""
     source = loss_module.__file__
     imports = [line.strip() for line in open(source) if line.startswith(('import ', 'from '))]
-    assert all(line.split()[1].split('.')[0] in ('torch', 'math') for line in imports), imports
+    assert all(line.split()[1].split('.')[0] in ('torch', 'math', 'typing') for line in imports), imports
     copy = tmp_path / 'standalone_copy' / 'cyclical_focal_loss.py'
     copy.parent.mkdir()
     shutil.copy(source, copy)
@@ -307,7 +443,7 @@ def test_loss_file_works_standalone_outside_the_package(tmp_path):
         f'sys.path.insert(0, {str(copy.parent)!r})\n'
         'import cyclical_focal_loss as m\n'
         'assert "cfl_timm" not in sys.modules\n'
-        'loss = m.create_loss("asym-cyclical", gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4, epochs=5)\n'
+        'loss = m.CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4, epochs=5)\n'
         'loss.set_epoch(1)\n'
         'z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)\n'
         'assert torch.autograd.gradcheck(lambda x: loss(x, torch.tensor([0, 1, 2, 0])), (z,))\n'

@@ -187,10 +187,10 @@ def test_config_override_rules(tmp_path):
 
 @pytest.mark.parametrize('dataset', ['ImageNet_LT', 'Places_LT'])
 def test_eta_per_epoch_matches_paper_form(dataset):
-    from cfl_timm import create_focal_loss
+    from cfl_timm import create_loss
     from oltr.config import load_config, loss_kwargs
     config = load_config(CONFIG_DIR / dataset / 'stage_1_cfl.yaml')
-    criterion = create_focal_loss(**loss_kwargs(config))
+    criterion = create_loss(**loss_kwargs(config))
     f, n = config['cyclical_factor'], config['epochs'] - 1
     etas = []
     for epoch in range(30):  # 0-based, as the runner steps it

@@ -1,5 +1,9 @@
 """Registration into timm's classification-loss factory: new types work, existing types and errors unchanged."""
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -8,8 +12,10 @@ import timm.task.classification
 import torch
 
 import cfl_timm
-from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_focal_loss, focal_loss_kwargs
-from cfl_timm.registry import _original_factory
+from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, loss_kwargs
+from cfl_timm.calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES
+from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES, SOFT_TARGET_LOSSES
+from cfl_timm.registry import ALL_LOSS_TYPES, _original_factory
 
 EXISTING_CALLS = [
     dict(),
@@ -78,20 +84,22 @@ def test_positional_arguments_still_pass_through():
 
 def test_unknown_type_lists_every_valid_type():
     with pytest.raises(ValueError, match=r"Unknown loss type 'focal', expected one of \('ce', 'bce', .*'db', 'sym', "
-                                         r"'asym', 'asym-cyclical'\)"):
+                                         r"'asym', 'asym-cyclical', "):
         timm.loss.create_classification_loss('focal')
+    assert ALL_LOSS_TYPES == tuple(timm.loss.LOSS_TYPES) + LOSS_TYPES
+    assert set(CALIBRATION_LOSS_TYPES) <= set(LOSS_TYPES) and len(set(ALL_LOSS_TYPES)) == len(ALL_LOSS_TYPES)
 
 
 def test_new_types_through_timm_factory():
-    sym = timm.loss.create_classification_loss('sym', focal_gamma=3.0)
+    sym = timm.loss.create_classification_loss('sym', gamma=3.0)
     assert isinstance(sym, FocalLoss) and sym.gamma == 3.0 and sym.eps == 0.0
     asym = timm.loss.create_classification_loss('asym', gamma_pos=2.0, gamma_neg=2.0)
     assert isinstance(asym, AsymmetricFocalLoss) and asym.eps == 0.1  # published default when smoothing not given
     cyclical = timm.loss.create_classification_loss(
         'asym-cyclical', smoothing=0.0, gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0, epochs=201)
     assert isinstance(cyclical, CyclicalFocalLoss) and cyclical.eps == 0.0 and cyclical.epochs == 201
-    mixup = timm.loss.create_classification_loss('asym-cyclical', smoothing=0.1, soft_targets=True, epochs=10)
-    assert mixup.eps == 0.0 and mixup.soft_target_mode == 'distribution'  # smoothing lives in the mixed targets
+    mixup = timm.loss.create_classification_loss('asym-cyclical', smoothing=0.2, soft_targets=True, epochs=10)
+    assert mixup.eps == 0.2 and mixup.soft_target_mode == 'distribution'  # the loss owns eps (Mixup smoothing 0)
     published = timm.loss.create_classification_loss('asym-cyclical', soft_targets=True, epochs=10,
                                                      soft_target_mode='argmax')
     assert published.eps == 0.1 and published.soft_target_mode == 'argmax'
@@ -110,10 +118,15 @@ def test_new_types_through_timm_classification_task():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(loss_type='ce', gamma_hc=3.0), r"Arguments \['gamma_hc'\] only apply to the loss types"),
+    (dict(loss_type='ce', gamma_hc=3.0), r"Arguments \['gamma_hc'\] only apply to the cfl-timm loss types"),
+    (dict(loss_type='ce', loss_reduction='sum'), r"Arguments \['loss_reduction'\] only apply to the cfl-timm"),
+    (dict(loss_type='sym', gamma_pos=3.0), r"Arguments \['gamma_pos'\] do not apply to the loss type 'sym'"),
+    (dict(loss_type='asym', epochs=3), r"Arguments \['epochs'\] do not apply to the loss type 'asym'"),
+    (dict(loss_type='asym', bce_sum=True), r"Arguments \['bce_sum'\] do not apply to the loss type 'asym'"),
+    (dict(loss_type='asym-cyclical', gamma_hc=1.0), "CyclicalFocalLoss needs epochs"),
     (dict(loss_type='asym', multi_label=True), "'asym' does not support multi-label targets"),
     (dict(loss_type='asym-cyclical', class_weight=[1.0, 2.0]), r"Arguments \['class_weight'\] do not apply"),
-    (dict(loss_type='sym', focal_gamma=-1.0), 'gamma must be a finite number >= 0'),
+    (dict(loss_type='sym', gamma=-1.0), 'gamma must be a finite number >= 0'),
     (dict(loss_type='asym-cyclical', epochs=0), 'epochs must be an integer >= 1'),
     (dict(loss_type='asym', smoothing=1.5), r'must lie in \[0, 1\)'),
 ])
@@ -122,17 +135,66 @@ def test_focal_type_errors(kwargs, match):
         timm.loss.create_classification_loss(**kwargs)
 
 
-def test_focal_loss_factory_and_kwargs_adapter():
-    args = argparse.Namespace(focal_loss='asym-cyclical', gamma=2.0, gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0,
-                              cyclical_factor=4.0, smoothing=None, other=1)
-    kwargs = focal_loss_kwargs(args, num_epochs=201)
-    assert kwargs == dict(focal_loss='asym-cyclical', epochs=201, gamma=2.0, gamma_hc=3.0, gamma_pos=2.0,
-                          gamma_neg=2.0, cyclical_factor=4.0)
-    loss = create_focal_loss(**kwargs)
+def test_loss_kwargs_adapter():
+    args = argparse.Namespace(gamma=None, gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0,
+                              smoothing=None, soft_target_mode=None, loss_reduction=None, other=1)
+    kwargs = loss_kwargs(args, 'asym-cyclical', num_epochs=201)
+    assert kwargs == dict(name='asym-cyclical', soft_targets=False, epochs=201, gamma_hc=3.0, gamma_pos=2.0,
+                          gamma_neg=2.0, cyclical_factor=4.0, check_finite=False)
+    loss = create_loss(**kwargs)
     assert isinstance(loss, CyclicalFocalLoss) and loss.eps == 0.1 and loss.cyclical_factor == 4.0
-    assert create_focal_loss(**dict(kwargs, smoothing=0.0)).eps == 0.0  # explicit --smoothing honoured
-    assert create_focal_loss('sym').eps == 0.0
-    with pytest.raises(ValueError, match=r"Unknown focal loss 'cyclical', expected one of \('sym', 'asym', "):
-        create_focal_loss('cyclical')
+    assert not loss.check_finite  # built for a training loop under a GradScaler
+    assert create_loss(**dict(kwargs, smoothing=0.0)).eps == 0.0  # explicit --smoothing honoured
+    assert create_loss('sym').eps == 0.0
+    # A flag given for a loss it does not apply to is passed on, so the factory names it.
+    with pytest.raises(ValueError, match=r"Arguments \['gamma_hc', 'gamma_neg', 'gamma_pos'\] do not apply to "
+                                         r"the loss type 'sym'"):
+        create_loss(**loss_kwargs(args, 'sym'))
     with pytest.raises(ValueError, match=r"Unknown soft_target_mode 'max'"):
-        create_focal_loss('asym', soft_target_mode='max')
+        create_loss('asym', soft_target_mode='max')
+
+
+@pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
+def test_calibration_types_through_timm_factory_with_spec_defaults(name):
+    defaults = CALIBRATION_LOSS_DEFAULTS[name]
+    assert LOSS_KWARGS[name] == tuple(defaults)
+    via_timm = timm.loss.create_classification_loss(name)
+    direct = create_loss(name)
+    assert type(via_timm) is type(direct) and describe(via_timm) == describe(direct)
+    for key, value in defaults.items():  # the official defaults, under the spec's keyword names
+        assert describe(timm.loss.create_classification_loss(name, **{key: value})) == describe(direct), key
+    through_task = timm.task.ClassificationTask(timm.create_model('test_resnet', num_classes=4),
+                                                criterion_kwargs=dict(loss_type=name), verbose=False)
+    assert type(through_task.criterion) is type(direct)
+    # A keyword of another loss, or of a timm loss, is an error naming it.
+    foreign = next(k for other, keys in LOSS_KWARGS.items() if other != name for k in keys if k not in defaults)
+    with pytest.raises(ValueError, match=foreign):
+        timm.loss.create_classification_loss(name, **{foreign: 1})
+    with pytest.raises(ValueError, match=foreign):
+        create_loss(name, **{foreign: 1})
+    with pytest.raises(ValueError, match='poly_epsilon'):
+        timm.loss.create_classification_loss(name, poly_epsilon=1.0)
+    with pytest.raises(ValueError, match='multi-label'):
+        timm.loss.create_classification_loss(name, multi_label=True)
+    if name in SOFT_TARGET_LOSSES:
+        create_loss(name, soft_targets=True)
+    else:
+        with pytest.raises(ValueError, match=f"Loss type '{name}' needs class-index targets"):
+            timm.loss.create_classification_loss(name, soft_targets=True)
+    reduced = timm.loss.create_classification_loss(name, loss_reduction='sum')
+    assert getattr(reduced, 'reduction', 'sum') == 'sum'
+
+
+def test_a_moved_timm_factory_fails_at_import_with_the_tested_range():
+    script = ('import timm.loss._loss_factory as f\n'
+              'del f.create_classification_loss\n'
+              'import cfl_timm\n')
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in (repo, os.environ.get('PYTHONPATH')) if p)}
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('ImportError: cfl_timm registers its losses into timm >=1.0.31,<1.1, but the installed '
+                            f'timm {timm.__version__} differs: timm.loss._loss_factory has no '
+                            'create_classification_loss'), last
+    assert 'pip install "timm>=1.0.31,<1.1"' in last
