@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -39,7 +40,6 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import (
     CheckpointSaver,
-    NativeScaler,
     accuracy,
     dispatch_clip_grad,
     distribute_bn,
@@ -47,7 +47,14 @@ from timm.utils import (
     setup_default_logging,
 )
 
-from cfl_timm import CyclicalSchedules, create_cyclical_schedules, create_focal_loss, cyclical_schedule_kwargs
+from cfl_timm import (
+    LOSS_TYPES,
+    CyclicalSchedules,
+    create_cyclical_schedules,
+    create_loss,
+    cyclical_schedule_kwargs,
+    loss_kwargs,
+)
 from cfl_timm.data import (
     DigitsDataset,
     SubsetDataset,
@@ -58,9 +65,19 @@ from cfl_timm.data import (
     patch_timm_posterize,
     select_train_subset,
 )
+from cfl_timm.data.holdout import (
+    HOLDOUT_METRICS,
+    append_jsonl,
+    gather_predictions,
+    holdout_metrics,
+    holdout_shard,
+    holdout_split,
+    trim_jsonl,
+)
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
-from cfl_timm.loss_factory import DEFAULT_EPS, focal_loss_kwargs
 from cfl_timm.training import (
+    SUMMARY_COLUMNS,
+    CountingScaler,
     ProcessInfo,
     SummaryWriter,
     TemperatureClassificationTask,
@@ -70,9 +87,11 @@ from cfl_timm.training import (
     init_process,
     save_args_yaml,
 )
-from cfl_timm.training.args import add_train_args, check_args, load_config
+from cfl_timm.training.args import add_train_args, check_args, load_config, loss_name, mixup_active
 
 _logger = logging.getLogger('train')
+# AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
+ADAFOCAL_BINS_FILE = 'adafocal_bins.jsonl'
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """timm's training flags (names, meanings, defaults) plus the cyclical focal loss / training flags.
@@ -126,11 +145,13 @@ class TrainContext:
         schedules: The cyclical weight decay / temperature / clip schedules.
         criterion: The training loss (the focal loss holds the cyclical eta).
         mixup_fn: timm's batch Mixup/CutMix, or None.
-        loss_scaler: Grad scaler (CUDA float16 only), or None.
+        loss_scaler: Grad scaler (CUDA float16 only) counting the steps it skipped, or None.
         autocast: Context-manager factory for the forward pass (a no-op without AMP).
         num_classes: Number of classes.
         num_epochs: Scheduled epochs (cooldown included).
         updates_per_epoch: Optimizer updates per epoch.
+        loader_holdout: This rank's shard of the held-out calibration split (eval transforms), or None.
+        holdout_size: Number of held-out images (all ranks together), 0 without ``--holdout``.
     """
 
     args: argparse.Namespace
@@ -142,11 +163,13 @@ class TrainContext:
     schedules: CyclicalSchedules
     criterion: nn.Module
     mixup_fn: Optional[Mixup]
-    loss_scaler: Optional[NativeScaler]
+    loss_scaler: Optional[CountingScaler]
     autocast: Callable[[], contextlib.AbstractContextManager]
     num_classes: int
     num_epochs: int
     updates_per_epoch: int
+    loader_holdout: Any = None
+    holdout_size: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -185,6 +208,8 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
                 distribute_bn(ctx.task.get_trainable_module(ema=True), proc.world_size, args.dist_bn == 'reduce')
         eval_model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not args.model_ema_force_cpu)
         eval_metrics = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes)
+        if ctx.loader_holdout is not None:
+            eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch))
 
         lrs = [group['lr'] for group in ctx.optimizer.param_groups]
         lr_value = sum(lrs) / len(lrs)
@@ -204,6 +229,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
 
     # Data first: the class count and subsets come from the training set.
     dataset_train, dataset_eval, num_classes = load_datasets(args, proc.is_primary)
+    dataset_train, dataset_holdout = carve_holdout(args, dataset_train, num_classes, proc)
     model, data_config = build_model(args, num_classes, proc.device, proc.distributed, proc.is_primary)
     lr = resolve_lr(args, proc.world_size)
     opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
@@ -228,13 +254,23 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     if proc.distributed:
         ddp_kwargs = {'broadcast_buffers': False} if args.no_ddp_bb else {}
         task.prepare_distributed(device_ids=ddp_device_ids(proc.device), **ddp_kwargs)
-    loss_scaler = NativeScaler(device=proc.device.type) if use_scaler else None
+    loss_scaler = CountingScaler(device=proc.device.type) if use_scaler else None
     autocast = functools.partial(torch.autocast, device_type=proc.device.type, dtype=amp_dtype) if amp_dtype \
         else contextlib.nullcontext
     ctx = TrainContext(
         args=args, proc=proc, model=model, task=task, optimizer=optimizer, lr_scheduler=lr_scheduler,
         schedules=schedules, criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
         num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
+    if dataset_holdout is not None:
+        ctx.holdout_size = len(dataset_holdout.indices)
+        shard = SubsetDataset(dataset_holdout.dataset,
+                              dataset_holdout.indices[holdout_shard(ctx.holdout_size, proc.rank, proc.world_size)])
+        ctx.loader_holdout = create_loader(
+            shard, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
+            is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
+            std=data_config['std'], num_workers=args.workers, distributed=False, crop_pct=data_config['crop_pct'],
+            pin_memory=args.pin_mem, device=proc.device, use_prefetcher=not args.no_prefetcher,
+            persistent_workers=False)
     return ctx, loader_train, loader_eval, data_config
 
 
@@ -266,10 +302,12 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
         run.saver = CheckpointSaver(
             model=ctx.model, optimizer=ctx.optimizer, args=argparse.Namespace(**effective_args),
             amp_scaler=ctx.loss_scaler, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
-            decreasing='loss' in args.eval_metric, max_history=args.checkpoint_hist, task=ctx.task)
+            decreasing=checkpoint_metric_decreasing(args), max_history=args.checkpoint_hist, task=ctx.task)
         if resume_path and Path(resume_path).resolve().parent == output_dir.resolve():
             run.saver.load_state_dict_from_checkpoint(resume_path)
-        run.summary = SummaryWriter(output_dir / 'summary.csv', start_epoch=start_epoch)
+        run.summary = SummaryWriter(output_dir / 'summary.csv', columns=summary_columns(ctx), start_epoch=start_epoch)
+        # Bin-statistics lines of epochs after the checkpoint (or torn by a kill) are rewritten by this run.
+        trim_jsonl(output_dir / ADAFOCAL_BINS_FILE, lambda record: record.get('epoch', -1) < start_epoch)
         _logger.info(f'Output in {output_dir}; scheduled epochs {ctx.num_epochs}, '
                      f'{ctx.updates_per_epoch} updates per epoch.')
     return run
@@ -291,13 +329,16 @@ def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Option
 def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: dict[str, float],
                  eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]]) -> None:
     """Primary process: the summary row, the checkpoints and the epoch's log line."""
+    extra = {k: v for k, v in {**train_metrics, **eval_metrics}.items() if k in run.summary.columns
+             and k not in ('loss', 'top1', 'top5', 'nll', 'ece')}
     run.summary.append({
         'epoch': epoch, 'train_loss': train_metrics['loss'], 'eval_loss': eval_metrics['loss'],
         'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'], 'lr': lr,
-        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used})
-    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.eval_metric])
+        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra})
+    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric])
     _logger.info(f'Epoch {epoch}: train_loss {train_metrics["loss"]:.4f} eval_top1 {eval_metrics["top1"]:.2f} '
-                 f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}')
+                 f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}'
+                 + ''.join(f' {k} {v:.4f}' if isinstance(v, float) else f' {k} {v}' for k, v in extra.items()))
 
 
 def set_cyclical_epoch(ctx: TrainContext, epoch: float, num_updates: Optional[int] = None) -> None:
@@ -326,6 +367,7 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int) -> dict[str, float]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     sample_count = torch.zeros((), dtype=torch.float64, device=device)
     num_updates = epoch * ctx.updates_per_epoch
+    skipped_before = ctx.loss_scaler.skipped_steps if ctx.loss_scaler is not None else 0
     start = time.perf_counter()
     optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
@@ -372,7 +414,13 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int) -> dict[str, float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)
         dist.all_reduce(sample_count)
-    return {'loss': (loss_sum / sample_count.clamp_min(1)).item(), 'images_per_second': images_per_second}
+    metrics = {'loss': (loss_sum / sample_count.clamp_min(1)).item(), 'images_per_second': images_per_second}
+    if ctx.loss_scaler is not None:
+        metrics['skipped_steps'] = ctx.loss_scaler.skipped_steps - skipped_before
+        if metrics['skipped_steps'] and ctx.proc.is_primary:
+            _logger.warning(f'Train: {epoch}: the grad scaler skipped {metrics["skipped_steps"]} optimizer step(s) '
+                            'with non-finite gradients (float16 overflow) and lowered its scale.')
+    return metrics
 
 
 @torch.no_grad()
@@ -420,11 +468,11 @@ def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
 
 
 def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_active: bool) -> nn.Module:
-    """--focal_loss through cfl_timm's factory, otherwise timm's own loss selection."""
-    if args.focal_loss is not None:
-        kwargs = focal_loss_kwargs(args, num_epochs)
-        kwargs['smoothing'] = args.smoothing
-        return create_focal_loss(**kwargs, soft_targets=mixup_active)
+    """A cfl-timm loss (``--loss NAME`` / ``--focal_loss``) through :func:`cfl_timm.create_loss`, built for
+    training (non-finite logits reach the grad scaler instead of raising), otherwise timm's own loss selection."""
+    name = loss_name(args)
+    if name in LOSS_TYPES:
+        return create_loss(**loss_kwargs(args, name, num_epochs=num_epochs, soft_targets=mixup_active))
     smoothing = 0.1 if args.smoothing is None else args.smoothing
     if args.jsd_loss:
         return create_classification_loss('jsd', jsd_splits=args.aug_splits, smoothing=smoothing)
@@ -499,11 +547,15 @@ def resolve_lr(args: argparse.Namespace, world_size: int) -> float:
 
 
 def build_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
-    """timm's batch Mixup/CutMix, smoothing with the loss's own default (0.1, or the focal loss's eps)."""
-    if not (args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None):
+    """timm's batch Mixup/CutMix. With a timm loss Mixup smooths the targets (``--smoothing``, default 0.1, as
+    timm does); a cfl-timm loss applies its smoothing itself, to soft targets too, so Mixup smooths nothing and a
+    batch left unmixed gives exactly the hard-target loss."""
+    if not mixup_active(args):
         return None
-    smoothing = args.smoothing if args.smoothing is not None else (
-        DEFAULT_EPS[args.focal_loss] if args.focal_loss else 0.1)
+    if loss_name(args) in LOSS_TYPES:
+        smoothing = 0.0
+    else:
+        smoothing = 0.1 if args.smoothing is None else args.smoothing
     return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                  label_smoothing=smoothing, num_classes=num_classes)
@@ -536,6 +588,68 @@ def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_co
         std=data_config['std'], num_workers=args.workers, distributed=distributed, crop_pct=data_config['crop_pct'],
         pin_memory=args.pin_mem, device=device, use_prefetcher=use_prefetcher, persistent_workers=False)
     return loader_train, loader_eval
+
+
+def carve_holdout(args: argparse.Namespace, dataset_train, num_classes: int,
+                  proc: ProcessInfo) -> tuple[Any, Optional[SubsetDataset]]:
+    """``--holdout N``: (the training set without the held-out images, the held-out split) or (set, None).
+
+    The split is stratified and fixed by ``--seed`` (see :func:`cfl_timm.data.holdout.holdout_split`), taken from
+    the training set as selected (subsets included), and read through a second instance of the training split
+    built with ``is_training=False``, so its images get the evaluation transforms. The same on every rank.
+    """
+    if args.holdout is None:
+        return dataset_train, None
+    if isinstance(dataset_train, SubsetDataset):
+        base, indices = dataset_train.dataset, dataset_train.indices
+    else:
+        base, indices = dataset_train, np.arange(len(dataset_train), dtype=np.int64)
+    train_positions, holdout_positions = holdout_split(dataset_targets(dataset_train), args.holdout, args.seed)
+    dataset_holdout = SubsetDataset(build_dataset(args, args.train_split, is_training=False),
+                                    indices[holdout_positions])
+    if proc.is_primary:
+        log_class_counts(class_counts(dataset_holdout.targets, num_classes), 'Held-out calibration split')
+    return SubsetDataset(base, indices[train_positions]), dataset_holdout
+
+
+@torch.no_grad()
+def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: int) -> dict[str, float]:
+    """Predict the held-out split (each rank its shard, gathered exactly), return its metrics and feed a loss
+    with ``update_from_validation`` (AdaFocal): every rank updates from the same gathered confidences, so all
+    ranks hold identical state; the primary appends the update's bin statistics to ``adafocal_bins.jsonl``."""
+    model.eval()
+    logits, targets = [], []
+    for input, target in ctx.loader_holdout:
+        input, target = input.to(ctx.device), target.to(ctx.device)
+        with ctx.autocast():
+            output = model(input)
+        logits.append((output[0] if isinstance(output, (tuple, list)) else output).float())
+        targets.append(target)
+    empty = torch.zeros(0, ctx.num_classes, device=ctx.device)
+    logits, targets = gather_predictions(torch.cat(logits) if logits else empty,
+                                         torch.cat(targets) if targets else empty[:, 0].long(), ctx.holdout_size)
+    metrics = holdout_metrics(logits, targets, ctx.num_classes)
+    update = getattr(ctx.criterion, 'update_from_validation', None)
+    if update is not None:
+        probabilities = logits.double().softmax(1)
+        confidences, predictions = probabilities.max(1)
+        stats = update(confidences, predictions == targets)
+        if ctx.proc.is_primary:
+            append_jsonl(run.output_dir / ADAFOCAL_BINS_FILE, {'epoch': epoch, **stats})
+    return metrics
+
+
+def checkpoint_metric_decreasing(args: argparse.Namespace) -> bool:
+    """Whether lower is better for the metric that selects the best checkpoint."""
+    if args.checkpoint_metric is not None:
+        return HOLDOUT_METRICS[args.checkpoint_metric]
+    return 'loss' in args.eval_metric
+
+
+def summary_columns(ctx: TrainContext) -> tuple[str, ...]:
+    """summary.csv's columns: the default set, plus the held-out metrics and the scaler's skipped steps when on."""
+    extra = tuple(HOLDOUT_METRICS) if ctx.loader_holdout is not None else ()
+    return SUMMARY_COLUMNS + extra + (('skipped_steps',) if ctx.loss_scaler is not None else ())
 
 
 def resume_training(path: str, task, optimizer, loss_scaler, resume_opt: bool, is_primary: bool) -> int:

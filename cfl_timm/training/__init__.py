@@ -1,5 +1,6 @@
 """Training glue for train.py: the command line (args), temperature task, crash-safe run files and CPU-capable
 distributed helpers."""
+from .amp import CountingScaler
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
 from .task import TemperatureClassificationTask

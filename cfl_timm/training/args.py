@@ -27,13 +27,16 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from timm.loss import LOSS_TYPES as TIMM_LOSS_TYPES
 from timm.models import is_model
 from timm.utils import ParseKwargs
 
+from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
 from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, cyclical_eta
 from ..data import SUBSET_MODES, is_digits_dataset
+from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
+from ..loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..registry import ALL_LOSS_TYPES
 from ..scheduler import CyclicalValueScheduler
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     'add_augmentation_args', 'add_batchnorm_args', 'add_cyclical_args', 'add_dataset_args', 'add_device_args',
     'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
     'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
+    'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
 ]
 
 SOFT_TARGET_MODES = ('distribution', 'argmax')
@@ -331,7 +335,8 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loss_args(parser: argparse.ArgumentParser) -> None:
-    """timm's loss selection and label smoothing, and the cyclical focal loss (arXiv 2202.08978)."""
+    """timm's loss selection and label smoothing, the cyclical focal loss (arXiv 2202.08978), the calibration
+    losses (one flag per factory keyword) and the held-out calibration split."""
     group = parser.add_argument_group('Loss parameters')
     group.add_argument('--jsd-loss', action='store_true', default=False,
                        help='enable Jensen-Shannon Divergence + CE loss. Use with `--aug-splits`.')
@@ -341,29 +346,54 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        help='sum over classes when using BCE loss.')
     group.add_argument('--bce-target-thresh', type=float, default=None,
                        help='threshold for binarizing softened BCE targets (default: None, disabled).')
-    group.add_argument('--loss', type=str, default=None, choices=TIMM_LOSS_TYPES,
-                       help='timm loss type (default: ce; --focal_loss selects a focal-family loss instead)')
+    group.add_argument('--loss', type=str, default=None, choices=ALL_LOSS_TYPES, metavar='NAME',
+                       help=f'loss type: timm\'s or a cfl-timm one, any of {", ".join(ALL_LOSS_TYPES)} '
+                            '(default: ce)')
     group.add_argument('--smoothing', type=float, default=None,
                        help='label smoothing (default: 0.1 for timm losses; the published eps for focal losses: '
-                            '0.1 for asym/asym-cyclical, 0 for sym)')
+                            '0.1 for asym/asym-cyclical, 0 for sym; 0 for the calibration losses, which accept '
+                            'no other value except ce-brier). cfl-timm losses apply it themselves, also to '
+                            'Mixup/CutMix targets (Mixup then smooths nothing)')
+    group.add_argument(*both_spellings('--loss_reduction'), dest=REDUCTION_KWARG, default=None,
+                       choices=('mean', 'sum', 'none'),
+                       help="reduction of a cfl-timm loss over the batch (default: mean; 'sum' with --clip-grad 2 "
+                            'reproduces the FC / AdaFocal / Dual focal protocols)')
     group = parser.add_argument_group('Cyclical focal loss (arXiv 2202.08978)')
     group.add_argument(*both_spellings('--focal_loss'), dest='focal_loss', default=None, choices=FOCAL_LOSS_TYPES,
-                       help='focal-family training loss instead of timm\'s (default: None = timm\'s loss)')
-    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=float, default=2.0,
+                       help='focal-family training loss, the published flag (the same as --loss NAME)')
+    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=float, default=None,
                        help="focusing parameter of the 'sym' focal loss (default: 2.0)")
-    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=float, default=0.0,
+    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=float, default=None,
                        help='high-confidence exponent of asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=float, default=0.0,
+    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=float, default=None,
                        help='focal exponent of the target class, asym / asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=float, default=4.0,
+    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=float, default=None,
                        help='exponent of the other classes\' weight, asym / asym-cyclical (default: 4.0)')
     group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=float, default=2.0,
                        help='cyclical factor f >= 1 of eta, shared by the loss and all schedules (default: 2.0)')
-    group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default='distribution',
+    group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default=None,
                        choices=SOFT_TARGET_MODES,
                        help='focal losses with Mixup/CutMix: use the soft distribution, or collapse it with '
                             'argmax as published (default: distribution)')
+    group = parser.add_argument_group('Calibration losses (one flag per factory keyword; see the README table)')
+    for key, value in LOSS_FLAG_KWARGS.items():
+        group.add_argument(*both_spellings('--' + key), dest=key, type=type(value), default=None,
+                           metavar=type(value).__name__.upper(),
+                           help=f'{", ".join(n for n, keys in LOSS_KWARGS.items() if key in keys)} '
+                                f'(default: {value})')
+    group.add_argument('--holdout', type=int, default=None, metavar='N',
+                       help='carve a stratified held-out calibration split of N images (fixed by --seed, eval '
+                            'transforms) from the training set: feeds AdaFocal\'s per-epoch update, logs '
+                            'holdout_top1/nll/ece, can select the best checkpoint (default: none)')
+    group.add_argument('--checkpoint-metric', '--checkpoint_metric', dest='checkpoint_metric', default=None,
+                       choices=tuple(HOLDOUT_METRICS), metavar='NAME',
+                       help=f'select the best checkpoint on the held-out split ({", ".join(HOLDOUT_METRICS)}; '
+                            'needs --holdout; the evaluation/test split is never used for it) instead of '
+                            '--eval-metric (default: --eval-metric)')
 
+
+# The calibration losses' factory keywords with their official defaults (one CLI flag each).
+LOSS_FLAG_KWARGS = {key: value for defaults in CALIBRATION_LOSS_DEFAULTS.values() for key, value in defaults.items()}
 
 
 def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
@@ -467,20 +497,57 @@ def check_augmentation_args(args: argparse.Namespace) -> None:
                          "on timm's transform); use --train-transform timm.")
 
 
+def loss_name(args: argparse.Namespace) -> str:
+    """The selected loss type: ``--focal_loss`` (published flag), else ``--loss``, else timm's flags / 'ce'."""
+    if args.focal_loss is not None:
+        return args.focal_loss
+    if args.loss is not None:
+        return args.loss
+    return 'jsd' if args.jsd_loss else 'bce' if args.bce_loss else 'ce'
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    """Whether Mixup / CutMix will produce soft targets (timm's rule)."""
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
 def check_loss_args(args: argparse.Namespace) -> None:
-    """timm's loss selection, label smoothing and the focal-loss parameters."""
+    """timm's loss selection, label smoothing, the cfl-timm loss keywords (checked by a dry construction through
+    :func:`cfl_timm.create_loss`, the one place that knows them) and the held-out split they may need."""
     if args.jsd_loss and args.aug_splits < 2:
         raise ValueError('--jsd-loss needs --aug-splits >= 2.')
     if args.smoothing is not None and not 0 <= args.smoothing < 1:
         raise ValueError(f'--smoothing must be in [0, 1), got {args.smoothing}.')
-    if args.focal_loss is not None:
-        others = [flag for flag, on in (('--jsd-loss', args.jsd_loss), ('--bce-loss', args.bce_loss),
-                                        (f'--loss {args.loss}', args.loss not in (None, 'ce'))) if on]
+    if args.focal_loss is not None and args.loss not in (None, 'ce', args.focal_loss):
+        raise ValueError(f'--focal_loss {args.focal_loss} and --loss {args.loss} select two losses; give one.')
+    name = loss_name(args)
+    own = [k for k in tuple(LOSS_FLAG_KWARGS) + ('gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg', 'soft_target_mode',
+                                                  REDUCTION_KWARG) if getattr(args, k, None) is not None]
+    if name in LOSS_TYPES:
+        others = [flag for flag, on in (('--jsd-loss', args.jsd_loss), ('--bce-loss', args.bce_loss)) if on]
         if others:
-            raise ValueError(f'--focal_loss {args.focal_loss} replaces timm\'s loss; it cannot be combined with '
-                             f'{", ".join(others)}.')
-        if min(args.gamma, args.gamma_hc, args.gamma_pos, args.gamma_neg) < 0:
-            raise ValueError('--gamma, --gamma_hc, --gamma_pos and --gamma_neg must be >= 0.')
+            raise ValueError(f'--loss {name} replaces timm\'s loss; it cannot be combined with {", ".join(others)}.')
+        kwargs = loss_kwargs(args, name, num_epochs=args.epochs + args.cooldown_epochs,
+                             soft_targets=mixup_active(args))
+        try:
+            needs_holdout = hasattr(create_loss(**kwargs), 'update_from_validation')
+        except ValueError as e:
+            raise ValueError(f'--loss {name}: {e}' + (' (Mixup/CutMix is on: --mixup, --cutmix or --cutmix-minmax)'
+                                                      if kwargs['soft_targets'] and 'soft' in str(e) else '')) from e
+    elif own:
+        flags = ', '.join('--' + k.replace('_', '-') for k in own)
+        raise ValueError(f'{flags} only apply to the cfl-timm loss types ({", ".join(LOSS_TYPES)}), not to the '
+                         f'timm loss {name!r}.')
+    else:
+        needs_holdout = False
+    if args.holdout is not None and args.holdout < 1:
+        raise ValueError(f'--holdout must be >= 1 images, got {args.holdout}.')
+    if needs_holdout and args.holdout is None:
+        raise ValueError(f'--loss {name} updates its state on held-out training images every epoch: pass '
+                         '--holdout N (e.g. 5000 for CIFAR); the evaluation/test split is never used for it.')
+    if args.checkpoint_metric is not None and args.holdout is None:
+        raise ValueError(f'--checkpoint-metric {args.checkpoint_metric} selects on the held-out split: pass '
+                         '--holdout N (the evaluation/test split is never used for checkpoint selection here).')
 
 
 def check_cyclical_args(args: argparse.Namespace) -> None:
