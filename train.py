@@ -200,7 +200,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
     train_speed: list[float] = []
     for epoch in range(run.start_epoch, ctx.num_epochs):
         used = start_epoch(ctx, loader_train, epoch)
-        train_metrics = train_one_epoch(ctx, loader_train, epoch)
+        train_metrics = train_one_epoch(ctx, loader_train, epoch, on_update=holdout_update_hook(ctx, run, epoch))
         train_speed.append(train_metrics.pop('images_per_second'))
         if proc.distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(ctx.model, proc.world_size, args.dist_bn == 'reduce')
@@ -209,7 +209,8 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
         eval_model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not args.model_ema_force_cpu)
         eval_metrics = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes)
         if ctx.loader_holdout is not None:
-            eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch))
+            eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch,
+                                                 update=holdout_update_every(ctx) == -1))
 
         lrs = [group['lr'] for group in ctx.optimizer.param_groups]
         lr_value = sum(lrs) / len(lrs)
@@ -357,8 +358,12 @@ def epoch_values(ctx: TrainContext) -> dict[str, Optional[float]]:
     return {'eta': getattr(ctx.criterion, 'eta', None), **ctx.schedules.current()}
 
 
-def train_one_epoch(ctx: TrainContext, loader, epoch: int) -> dict[str, float]:
-    """One pass over the training loader: the sample-weighted mean loss over all ranks and this rank's images/s."""
+def train_one_epoch(ctx: TrainContext, loader, epoch: int,
+                    on_update: Optional[Callable[[int], None]] = None) -> dict[str, float]:
+    """One pass over the training loader: the sample-weighted mean loss over all ranks and this rank's images/s.
+
+    ``on_update(k)``, when given, runs after the k-th optimizer update of the epoch (k = 1, 2, ...).
+    """
     args, task, optimizer, device = ctx.args, ctx.task, ctx.optimizer, ctx.device
     task.train()
     accum_steps = args.grad_accum_steps
@@ -406,6 +411,9 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int) -> dict[str, float]:
             num_updates += 1
             task.update_ema(step=num_updates)
             ctx.lr_scheduler.step_update(num_updates=num_updates, metric=None)
+            if on_update is not None:
+                on_update(num_updates - epoch * ctx.updates_per_epoch)
+                task.train()
         if ctx.proc.is_primary and (batch_idx % args.log_interval == 0 or batch_idx + 1 == num_batches):
             elapsed = time.perf_counter() - start
             _logger.info(f'Train: {epoch} [{batch_idx + 1}/{num_batches}] loss {loss.item():.4f} '
@@ -612,11 +620,36 @@ def carve_holdout(args: argparse.Namespace, dataset_train, num_classes: int,
     return SubsetDataset(base, indices[train_positions]), dataset_holdout
 
 
+def holdout_update_every(ctx: TrainContext) -> Optional[int]:
+    """The loss's held-out update period: -1 after every epoch, k >= 1 every k optimizer updates (AdaFocal's
+    ``adafocal_update_every``), None for a loss without ``update_from_validation``."""
+    if not hasattr(ctx.criterion, 'update_from_validation'):
+        return None
+    return getattr(ctx.criterion, 'update_every', -1)
+
+
+def holdout_update_hook(ctx: TrainContext, run: RunFiles, epoch: int) -> Optional[Callable[[int], None]]:
+    """For ``adafocal_update_every = k >= 1``: re-validate and update after every k-th update of the epoch (the
+    model returns to train mode afterwards; the official code left it in eval mode, a documented deviation)."""
+    every = holdout_update_every(ctx)
+    if every is None or every < 1 or ctx.loader_holdout is None:
+        return None
+
+    def hook(update_in_epoch: int) -> None:
+        if update_in_epoch % every == 0:
+            model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not ctx.args.model_ema_force_cpu)
+            evaluate_holdout(ctx, model, run, epoch, update=True, batch=update_in_epoch)
+    return hook
+
+
 @torch.no_grad()
-def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: int) -> dict[str, float]:
-    """Predict the held-out split (each rank its shard, gathered exactly), return its metrics and feed a loss
-    with ``update_from_validation`` (AdaFocal): every rank updates from the same gathered confidences, so all
-    ranks hold identical state; the primary appends the update's bin statistics to ``adafocal_bins.jsonl``."""
+def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: int, update: bool = True,
+                     batch: Optional[int] = None) -> dict[str, float]:
+    """Predict the held-out split (each rank its shard, gathered exactly) and return its metrics; with ``update``
+    feed a loss with ``update_from_validation`` (AdaFocal): every rank updates from the same gathered
+    confidences, so all ranks hold identical state (checked), and the primary appends the update's bin
+    statistics to ``adafocal_bins.jsonl`` (with the update number in the epoch as ``batch`` for per-batch
+    updates)."""
     model.eval()
     logits, targets = [], []
     for input, target in ctx.loader_holdout:
@@ -629,14 +662,27 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
     logits, targets = gather_predictions(torch.cat(logits) if logits else empty,
                                          torch.cat(targets) if targets else empty[:, 0].long(), ctx.holdout_size)
     metrics = holdout_metrics(logits, targets, ctx.num_classes)
-    update = getattr(ctx.criterion, 'update_from_validation', None)
-    if update is not None:
+    if update and holdout_update_every(ctx) is not None:
         probabilities = logits.double().softmax(1)
         confidences, predictions = probabilities.max(1)
-        stats = update(confidences, predictions == targets)
+        stats = ctx.criterion.update_from_validation(confidences, predictions == targets)
+        if ctx.proc.distributed:
+            check_identical_on_ranks(ctx, f'{loss_name(ctx.args)} state', ctx.criterion.state_dict())
         if ctx.proc.is_primary:
-            append_jsonl(run.output_dir / ADAFOCAL_BINS_FILE, {'epoch': epoch, **stats})
+            position = {'epoch': epoch} if batch is None else {'epoch': epoch, 'batch': batch}
+            append_jsonl(run.output_dir / ADAFOCAL_BINS_FILE, {**position, **stats})
     return metrics
+
+
+def check_identical_on_ranks(ctx: TrainContext, what: str, state: dict[str, torch.Tensor]) -> None:
+    """Compare a state dict bit for bit across ranks; raise if any rank differs (state that must never diverge)."""
+    states = gather_objects({k: v.detach().cpu() for k, v in state.items()})
+    differing = [rank for rank, other in enumerate(states)
+                 if other.keys() != states[0].keys() or not all(torch.equal(other[k], states[0][k]) for k in other)]
+    if differing:
+        raise RuntimeError(f'{what} differs between rank 0 and ranks {differing}.')
+    if ctx.proc.is_primary:
+        _logger.info(f'{what} identical on {len(states)} ranks.')
 
 
 def checkpoint_metric_decreasing(args: argparse.Namespace) -> bool:

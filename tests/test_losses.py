@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import timm.loss
 import torch
 import torch.nn.functional as F
-from timm.loss import AsymmetricLossSingleLabel
-
-import timm.loss
 from timm.data import Mixup
+from timm.loss import AsymmetricLossSingleLabel
 
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, cyclical_eta
 from cfl_timm import cyclical_focal_loss as loss_module

@@ -35,7 +35,7 @@ from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, cyclical_eta
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
-from ..loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import CyclicalValueScheduler
 
@@ -377,10 +377,10 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                             'argmax as published (default: distribution)')
     group = parser.add_argument_group('Calibration losses (one flag per factory keyword; see the README table)')
     for key, value in LOSS_FLAG_KWARGS.items():
+        defaults = ', '.join(f'{defaults[key]} for {name}' for name, defaults in CALIBRATION_LOSS_DEFAULTS.items()
+                             if key in defaults)
         group.add_argument(*both_spellings('--' + key), dest=key, type=type(value), default=None,
-                           metavar=type(value).__name__.upper(),
-                           help=f'{", ".join(n for n, keys in LOSS_KWARGS.items() if key in keys)} '
-                                f'(default: {value})')
+                           metavar=type(value).__name__.upper(), help=f'(default: {defaults})')
     group.add_argument('--holdout', type=int, default=None, metavar='N',
                        help='carve a stratified held-out calibration split of N images (fixed by --seed, eval '
                             'transforms) from the training set: feeds AdaFocal\'s per-epoch update, logs '
