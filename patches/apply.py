@@ -14,11 +14,12 @@ The checkout is timm's repository layout: ``train.py`` at its root and the ``tim
 
 What it does (see patches/README.md):
 
-- copies three self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` (this project's
-  loss module, verbatim), ``timm/loss/focal_loss_factory.py`` (this project's factory, verbatim) and
-  ``timm/scheduler/cyclical.py`` (the train.py hooks, from ``patches/files/``);
+- copies self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` and
+  ``timm/loss/calibration_losses.py`` (this project's loss modules, verbatim), ``timm/loss/cfl_loss_factory.py``
+  (this project's one loss factory, verbatim) and ``timm/scheduler/cyclical.py`` (the train.py hooks, from
+  ``patches/files/``);
 - inserts lines into ``timm/loss/__init__.py`` (exports), ``timm/loss/_loss_factory.py`` where the checkout
-  has one (the focal loss types join ``create_classification_loss``) and ``train.py`` (flags, loss choice,
+  has one (every cfl-timm loss type joins ``create_classification_loss``) and ``train.py`` (flags, loss choice,
   per epoch / per update state, temperature, weight decay, clip threshold, summary columns).
 
 Insertion points are found from the code's structure with :mod:`ast` (a named statement or function), never
@@ -44,11 +45,12 @@ MARKER = '# cfl-timm'
 # Destination in the checkout -> source in this repository. Copied byte for byte.
 COPIED_FILES = {
     'timm/loss/cyclical_focal_loss.py': 'cfl_timm/cyclical_focal_loss.py',
-    'timm/loss/focal_loss_factory.py': 'cfl_timm/loss_factory.py',
+    'timm/loss/calibration_losses.py': 'cfl_timm/calibration_losses.py',
+    'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss_factory.py',
     'timm/scheduler/cyclical.py': 'patches/files/timm/scheduler/cyclical.py',
 }
 # What a copied module may import: it has to work inside any timm checkout.
-ALLOWED_IMPORTS = {'argparse', 'copy', 'math', 'typing', 'torch', 'timm'}
+ALLOWED_IMPORTS = {'argparse', 'copy', 'inspect', 'math', 'typing', 'torch', 'timm'}
 LOSS_INIT = 'timm/loss/__init__.py'
 LOSS_FACTORY = 'timm/loss/_loss_factory.py'
 TRAIN = 'train.py'
@@ -196,7 +198,8 @@ def plan_loss_init(source: str) -> FilePlan:
     plan.inserts.append(Insert(imports[-1].end_lineno, '', [
         'from .cyclical_focal_loss import FOCAL_LOSS_TYPES, AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, '
         'cyclical_eta',
-        'from .focal_loss_factory import create_focal_loss',
+        'from .calibration_losses import CALIBRATION_LOSS_TYPES, AdaFocalLoss',
+        'from .cfl_loss_factory import LOSS_TYPES as CFL_LOSS_TYPES, create_loss as create_cfl_loss',
     ]))
     return plan
 
@@ -208,13 +211,13 @@ def plan_loss_factory(source: str) -> FilePlan:
     imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
     if imports:
         plan.inserts.append(Insert(imports[-1].end_lineno, '', [
-            'from .focal_loss_factory import FOCAL_LOSS_TYPES, create_focal_loss']))
+            'from .cfl_loss_factory import LOSS_TYPES as CFL_LOSS_TYPES, create_loss as create_cfl_loss']))
     else:
         plan.missing.append(f'{LOSS_FACTORY}: a module-level relative import (from .x import ...)')
     loss_types = next((n for n in tree.body if isinstance(n, ast.Assign) and assigned_names(n) == {'LOSS_TYPES'}),
                       None)
     if loss_types is not None:
-        plan.inserts.append(Insert(loss_types.end_lineno, '', ['LOSS_TYPES = LOSS_TYPES + FOCAL_LOSS_TYPES']))
+        plan.inserts.append(Insert(loss_types.end_lineno, '', ['LOSS_TYPES = LOSS_TYPES + CFL_LOSS_TYPES']))
     else:
         plan.missing.append(f'{LOSS_FACTORY}: the module-level assignment LOSS_TYPES = (...)')
     func = module_function(tree, 'create_classification_loss')
@@ -232,16 +235,18 @@ def plan_loss_factory(source: str) -> FilePlan:
     if plan.missing:
         return plan
     param_indent = indent_of(lines, func.args.args[-1])
-    plan.inserts.append(Insert(end, param_indent, ['**focal_kwargs,']))
+    plan.inserts.append(Insert(end, param_indent, ['**cfl_kwargs,']))
     first = body_start(func)
     body_indent = indent_of(lines, first)
     plan.inserts.append(Insert(first.lineno - 1, body_indent, [
-        'if loss_type in FOCAL_LOSS_TYPES:',
+        'if loss_type in CFL_LOSS_TYPES:',
         '    if multi_label:',
         '        raise ValueError(f"Loss type \'{loss_type}\' does not support multi-label targets.")',
-        '    return create_focal_loss(loss_type, smoothing=smoothing, soft_targets=soft_targets, **focal_kwargs)',
-        'if focal_kwargs:',
-        '    raise TypeError(f"Arguments {sorted(focal_kwargs)} only apply to the loss types {FOCAL_LOSS_TYPES}.")',
+        "    if 'loss_reduction' in cfl_kwargs:",
+        "        cfl_kwargs['reduction'] = cfl_kwargs.pop('loss_reduction')",
+        '    return create_cfl_loss(loss_type, smoothing=smoothing, soft_targets=soft_targets, **cfl_kwargs)',
+        'if cfl_kwargs:',
+        '    raise TypeError(f"Arguments {sorted(cfl_kwargs)} only apply to the loss types {CFL_LOSS_TYPES}.")',
     ]))
     return plan
 
@@ -482,13 +487,15 @@ def split_diff(text: str) -> list[tuple[str, str]]:
 
 def refresh_diffs(directory: Path) -> list[Path]:
     """Rewrite the copied files' sections of every ``timm-*-library.diff`` in ``directory`` from the current
-    sources (no timm checkout needed: a copied file's diff is its whole text). Returns the files rewritten."""
+    sources (no timm checkout needed: a copied file's diff is its whole text). Sections of files the tool no longer
+    copies are dropped and newly copied files are added, in the tool's order. Returns the files rewritten."""
     sources = copied_sources()
     rewritten = []
     for path in sorted(directory.glob('timm-*-library.diff')):
         text = path.read_text()
-        new = ''.join(unified_diff(rel, None, sources[rel]) if rel in COPIED_FILES else section
-                      for rel, section in split_diff(text))
+        inserted = {rel: section for rel, section in split_diff(text) if '\nnew file mode ' not in section}
+        sections = {**inserted, **{rel: unified_diff(rel, None, source) for rel, source in sources.items()}}
+        new = ''.join(sections[rel] for rel in sorted(sections, key=lambda r: (r == TRAIN, r)))
         if new != text:
             path.write_text(new)
             rewritten.append(path)

@@ -169,17 +169,25 @@ def test_not_a_checkout_and_missing_train_py_are_clear_errors(tmp_path, checkout
 PATCHED_LIBRARY_CHECK = r'''
 import argparse, math, torch, torch.nn as nn
 from timm.loss import CyclicalFocalLoss, AsymmetricLossSingleLabel, create_classification_loss, LOSS_TYPES
+from timm.loss import AdaFocalLoss, CALIBRATION_LOSS_TYPES
+from timm.loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS
 from timm.scheduler.cyclical import CyclicalTraining, TemperatureScaledLoss, cyclical_value
 
-# The factory accepts the focal types; existing types and errors behave as before.
+# The factory accepts every cfl-timm type; existing types and errors behave as before.
 loss = create_classification_loss('asym-cyclical', smoothing=0.1, gamma_hc=3., gamma_pos=2., gamma_neg=2.,
                                   cyclical_factor=4., epochs=5)
 assert type(loss) is CyclicalFocalLoss and (loss.gamma_hc, loss.epochs, loss.eps) == (3., 5, 0.1), loss
 assert type(create_classification_loss('ce')) is nn.CrossEntropyLoss
 assert type(create_classification_loss('asl')) is AsymmetricLossSingleLabel
-assert LOSS_TYPES[-3:] == ('sym', 'asym', 'asym-cyclical')
+assert LOSS_TYPES[-15:] == ('sym', 'asym', 'asym-cyclical') + CALIBRATION_LOSS_TYPES
+for name in CALIBRATION_LOSS_TYPES:  # the spec's keyword names with their official defaults
+    built = create_classification_loss(name, **CALIBRATION_LOSS_DEFAULTS[name])
+    assert type(built) is type(create_classification_loss(name)), name
+assert type(create_classification_loss('adafocal', adafocal_bins=10, loss_reduction='sum')) is AdaFocalLoss
 for call, error in ((lambda: create_classification_loss('nope'), "expected one of ('ce', 'bce'"),
                     (lambda: create_classification_loss('sym', multi_label=True), 'multi-label'),
+                    (lambda: create_classification_loss('brier', flsd_gamma=2.), "do not apply to the loss type"),
+                    (lambda: create_classification_loss('asym-cyclical'), 'CyclicalFocalLoss needs epochs'),
                     (lambda: create_classification_loss('ce', gamma_pos=2.), 'only apply to the loss types')):
     try:
         call()
@@ -280,6 +288,9 @@ def test_refresh_diffs_rewrites_only_the_copied_files(tmp_path):
     for diff in (INSTALLED_LIBRARY_DIFF, V1028_LIBRARY_DIFF):
         text = diff.read_text()
         stale = text.replace('FOCAL_LOSS_TYPES = (', 'FOCAL_LOSS_TYPES  =  (', 1)
+        # A section of a file the tool no longer copies is dropped, a newly copied file is added.
+        stale = stale.replace('diff --git a/timm/loss/cfl_loss_factory.py b/timm/loss/cfl_loss_factory.py',
+                              'diff --git a/timm/loss/old_factory.py b/timm/loss/old_factory.py', 1)
         assert stale != text
         (tmp_path / diff.name).write_text(stale)
     assert apply.refresh_diffs(tmp_path) == [tmp_path / INSTALLED_LIBRARY_DIFF.name,

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 from timm.loss.cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, CyclicalFocalLoss, cyclical_eta
-from timm.loss.focal_loss_factory import create_focal_loss
+from timm.loss.cfl_loss_factory import create_loss
 
 __all__ = [
     'TemperatureScaledLoss', 'CyclicalTraining', 'cyclical_value', 'add_cyclical_args', 'check_cyclical_args',
@@ -242,11 +242,15 @@ def create_cyclical_train_loss(train_loss_fn: nn.Module, args: Any, *, mixup_act
     """
     check_cyclical_args(args)
     if args.focal_loss is not None:
-        train_loss_fn = create_focal_loss(
-            args.focal_loss, gamma=args.gamma, gamma_hc=args.gamma_hc, gamma_pos=args.gamma_pos,
-            gamma_neg=args.gamma_neg, cyclical_factor=args.cyclical_factor,
-            epochs=args.epochs + args.cooldown_epochs, smoothing=args.smoothing, soft_targets=mixup_active,
-            soft_target_mode=args.soft_target_mode)
+        own = {'sym': dict(gamma=args.gamma), 'asym': dict(gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg),
+               'asym-cyclical': dict(gamma_hc=args.gamma_hc, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg,
+                                     cyclical_factor=args.cyclical_factor,
+                                     epochs=args.epochs + args.cooldown_epochs)}[args.focal_loss]
+        # timm's train.py builds Mixup with its --smoothing, so soft targets arrive smoothed already.
+        smoothing = 0.0 if mixup_active and args.soft_target_mode == 'distribution' else args.smoothing
+        train_loss_fn = create_loss(
+            args.focal_loss, smoothing=smoothing, soft_targets=mixup_active, soft_target_mode=args.soft_target_mode,
+            check_finite=False, **own)
     if args.T_min > 0:
         train_loss_fn = TemperatureScaledLoss(train_loss_fn)
     return train_loss_fn
