@@ -257,9 +257,9 @@ class _FocalLossFunction(torch.autograd.Function):
     """Focal-family loss of (M, K) float logits with its analytic gradient, computed in the forward pass.
 
     ``forward`` returns the per-row losses (scale None) or scale * their sum (scale 1 for 'sum', 1 / M for
-    'mean'), and the gradient pre-scaled so that the usual ``loss.backward()`` costs one multiplication. The
-    gradient is a non-differentiable output: the loss is once differentiable (differentiating the gradient
-    again raises ``SECOND_DERIVATIVE_ERROR`` instead of returning a silently wrong second derivative).
+    'mean'), and the gradient pre-scaled so that the usual ``loss.backward()`` costs no extra pass. The loss is
+    once differentiable: differentiating its gradient again raises ``SECOND_DERIVATIVE_ERROR`` instead of
+    returning a silently wrong second derivative.
     ``setup_context`` is separate from ``forward`` and the vmap rule is generated, so ``torch.func.grad`` /
     ``vmap`` / ``jacrev`` work.
     """
@@ -286,39 +286,32 @@ class _FocalLossFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _, grad = output
-        ctx.mark_non_differentiable(grad)
-        ctx.save_for_backward(grad, inputs[0])
+        ctx.save_for_backward(grad)
         ctx.per_row = inputs[9] is None
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_of_grad):
-        grad, logits = ctx.saved_tensors
-        if torch.is_grad_enabled() and logits.requires_grad:  # create_graph=True: keep a graph that refuses
-            grad = _FirstDerivativeOnly.apply(grad, logits)
-        grad = grad * (grad_output.unsqueeze(1) if ctx.per_row else grad_output)
+    def backward(ctx, grad_output, grad_of_grad):
+        # The gradient output is differentiable only so that differentiating it (a second derivative) reaches
+        # this node and fails clearly instead of being silently zero.
+        if grad_of_grad is not None:
+            raise RuntimeError(SECOND_DERIVATIVE_ERROR)
+        if grad_output is None:
+            return (None,) * 11
+        (grad,) = ctx.saved_tensors
+        if ctx.per_row:
+            grad = grad * grad_output.unsqueeze(1)
+        elif torch.is_grad_enabled() or grad_output.is_cuda or not _is_one(grad_output):
+            grad = grad * grad_output  # the common loss.backward() on CPU skips this pass (the gradient is ready)
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
-class _FirstDerivativeOnly(torch.autograd.Function):
-    """The analytic gradient as a function of the logits whose own derivative is a clear error.
-
-    Used only when the first backward pass builds a graph (``create_graph=True``, ``torch.func.grad``): the
-    first derivative stays usable, a second one raises instead of silently being zero.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad, logits):
-        return grad.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        raise RuntimeError(SECOND_DERIVATIVE_ERROR)
+def _is_one(value: torch.Tensor) -> bool:
+    """Whether a scalar tensor is exactly 1 (False when its value cannot be read, e.g. under ``vmap``)."""
+    try:
+        return float(value) == 1.0
+    except RuntimeError:
+        return False
 
 
 class _FocalLossBase(nn.Module):

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-from timm.loss.cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, CyclicalFocalLoss, cyclical_eta
 from timm.loss.cfl_loss_factory import create_loss
+from timm.loss.cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, CyclicalFocalLoss, cyclical_eta
 
 __all__ = [
     'TemperatureScaledLoss', 'CyclicalTraining', 'cyclical_value', 'add_cyclical_args', 'check_cyclical_args',
