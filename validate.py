@@ -1,81 +1,147 @@
 #!/usr/bin/env python3
-"""Evaluate a checkpoint from this project's train.py: accuracy and calibration, temperature scaling, OOD AUROC.
+"""Evaluate a checkpoint: accuracy and calibration, test-time augmentation, temperature scaling, OOD AUROC.
 
 Metrics (``cfl_timm.metrics``): top-1/top-5, NLL, Brier, ECE, adaptive ECE, classwise ECE, MCE and smooth ECE;
-optionally a temperature fitted on a named held-out split (C. Guo et al., https://arxiv.org/abs/1706.04599) with
-every metric reported again after scaling, a reliability diagram PNG (before / after side by side), and the
-out-of-distribution AUROC of the maximum softmax probability against a second image folder (Hendrycks & Gimpel,
-https://arxiv.org/abs/1610.02136). Written for this project on timm's library API; the flags follow timm's
-validate.py. ``get_args_parser()`` / ``main(args)`` run it in-process.
+optionally the same metrics of the averaged softmax over ``--tta N`` deterministic views (identity, horizontal
+flip, then flips x small shifts), a temperature fitted on a named held-out split (C. Guo et al.,
+https://arxiv.org/abs/1706.04599) with every metric reported again after scaling, a reliability diagram PNG
+(before / after side by side), a grid of evaluated images with their predictions, and the out-of-distribution
+AUROC of the maximum softmax probability against a second image folder (Hendrycks & Gimpel,
+https://arxiv.org/abs/1610.02136).
+
+The command line is timm's ``validate.py`` (positional data dir or ``--data-dir``, ``--results-file`` with
+``--results-format csv|json``, ``--checkpoint``, ``--use-ema``, ...) plus the calibration flags. Under
+``torchrun --nproc-per-node W validate.py ...`` each process evaluates an unpadded shard, so every image is
+counted once and the metrics equal the one-process metrics (``cfl_timm.training.evaluate``). Written for this
+project on timm's library API. ``get_args_parser()`` / ``main(args)`` run it in-process.
 
 Example::
 
-    python validate.py --data-dir DIR --split val --checkpoint output/train/RUN/model_best.pth.tar \\
-        --calibration-split train --output-json val_metrics.json --plot val_reliability.png
+    python validate.py DIR --split val --checkpoint output/train/RUN/model_best.pth.tar --tta 4 \\
+        --calibration-split train --output-json val_metrics.json --results-file results.csv
 """
 import argparse
-import contextlib
+import csv
+import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from timm.data import ImageDataset, create_dataset, create_loader, resolve_data_config
+import torch.distributed as dist
+from timm.data import ImageDataset, create_dataset, create_transform, resolve_data_config
+from timm.layers import apply_test_time_pool, set_fast_norm
 from timm.models import create_model, is_model, load_checkpoint
-from timm.utils import setup_default_logging
+from timm.utils import ParseKwargs, random_seed, reparameterize_model, set_jit_fuser, setup_default_logging
+from timm.utils.distributed import init_distributed_device_so
 
-from cfl_timm.data import DigitsDataset, SubsetDataset, dataset_targets, is_digits_dataset
-from cfl_timm.metrics import (
-    FIT_METHODS,
-    CalibrationMeter,
-    check_calibration_split,
-    fit_temperature,
-    msp_auroc,
-    plot_reliability_diagrams,
-    require_matplotlib,
+from cfl_timm.data import (
+    MAX_TTA_VIEWS,
+    DigitsDataset,
+    StrictImageDataset,
+    SubsetDataset,
+    average_softmax,
+    dataset_targets,
+    digits_split,
+    is_digits_dataset,
+    tta_views,
+    verify_images,
 )
+from cfl_timm.metrics import FIT_METHODS, check_calibration_split, fit_temperature, msp_auroc
+from cfl_timm.training import atomic_write_text, create_eval_loader, evaluate_logits, predict
 
 _logger = logging.getLogger('validate')
 
+RESULTS_FORMATS = ('csv', 'json')
+MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
+# timm's split synonyms (timm.data.dataset_factory): a folder dataset looks for the first that exists.
+_TRAIN_SPLITS = ('train', 'training')
+_EVAL_SPLITS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+_REMOTE_PREFIXES = ('tfds/', 'hfds/', 'hfids/', 'wds/')
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='cfl-timm checkpoint evaluation: accuracy, calibration, OOD AUROC',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    group = parser.add_argument_group('Dataset')
+    parser = argparse.ArgumentParser(
+        prog='validate.py', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='cfl-timm evaluation: accuracy, calibration, TTA, temperature scaling, OOD AUROC')
+    group = parser.add_argument_group('Dataset (timm)')
     group.add_argument('data', nargs='?', metavar='DIR', default=None, help='dataset root (same as --data-dir)')
     group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root')
     group.add_argument('--dataset', default='', metavar='NAME',
                        help="dataset type: '' (image folder), torch/cifar10, sklearn/digits, ...")
     group.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate')
-    group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
-    group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
     group.add_argument('--num-samples', type=int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
-    group = parser.add_argument_group('Model')
+    group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
+    group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
+    group.add_argument('--input-key', default=None, help='dataset key of the input images (hfds/wds)')
+    group.add_argument('--input-img-mode', default=None, help="image mode ('RGB', 'L'; default from the channels)")
+    group.add_argument('--target-key', default=None, help='dataset key of the labels (hfds/wds)')
+    group.add_argument('--dataset-trust-remote-code', action='store_true',
+                       help="let a Hugging Face dataset run its repository's code")
+    group = parser.add_argument_group('Model (timm)')
     group.add_argument('--model', '-m', default=None, metavar='NAME',
                        help="timm model name (default: the 'arch' stored in the checkpoint)")
-    group.add_argument('--checkpoint', default='', metavar='PATH', help='checkpoint written by train.py')
-    group.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
     group.add_argument('--pretrained', action='store_true', help='use timm pretrained weights (no checkpoint)')
+    group.add_argument('--checkpoint', default='', metavar='PATH', help='checkpoint file (train.py or timm)')
+    group.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
     group.add_argument('--num-classes', type=int, default=None, metavar='N',
                        help='number of classes (default: the checkpoint run, else the dataset)')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
+    group.add_argument('--gp', default=None, metavar='POOL', help='global pool type (model default if unset)')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model kwargs')
+    group.add_argument('--reparam', action='store_true', help='reparameterize the model (timm)')
+    group.add_argument('--test-pool', action='store_true', help='test-time pooling (timm apply_test_time_pool)')
+    group.add_argument('--valid-labels', default='', metavar='FILENAME',
+                       help='text file of the class indices to keep (one per line): partial label space')
+    group = parser.add_argument_group('Input (timm)')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
     group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'), help='input size')
+    group.add_argument('--use-train-size', action='store_true', help="use the model's train input size")
     group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='input center crop percent')
+    group.add_argument('--crop-mode', default=None, metavar='MODE', help='crop mode (center, squash, border)')
+    group.add_argument('--crop-border-pixels', type=int, default=None, metavar='N', help='crop pixels at the border')
     group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
     group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
     group.add_argument('--interpolation', default='', metavar='NAME', help='resize interpolation')
+    group = parser.add_argument_group('Runtime (timm)')
     group.add_argument('-b', '--batch-size', type=int, default=256, metavar='N', help='batch size')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loader workers')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='device')
-    group.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
+    group.add_argument('--num-gpu', type=int, default=1, metavar='N',
+                       help='1 (several devices: torchrun --nproc-per-node N validate.py ...)')
+    group.add_argument('--no-prefetcher', action='store_true', help="disable timm's prefetcher")
+    group.add_argument('--pin-mem', action='store_true', help='pin host memory in the loader')
     group.add_argument('--channels-last', action='store_true', help='channels-last memory format')
+    group.add_argument('--amp', action='store_true', help='mixed precision autocast')
+    group.add_argument('--amp-dtype', default=None, choices=('float16', 'bfloat16'),
+                       help='autocast dtype (default: float16 on CUDA, bfloat16 on CPU)')
+    group.add_argument('--model-dtype', default=None, choices=MODEL_DTYPES, help='model dtype without autocast')
+    group.add_argument('--fuser', default='', help="jit fuser for --torchscript ('', 'te', 'old', 'nvfuser')")
+    group.add_argument('--fast-norm', action='store_true', help="timm's fast norm layers")
+    group.add_argument('--torchscript', action='store_true', help='torch.jit.script the model')
+    group.add_argument('--torchcompile', nargs='?', default=None, const='inductor', metavar='BACKEND',
+                       help='torch.compile with this backend (default inductor)')
+    group.add_argument('--torchcompile-mode', default=None, help='torch.compile mode')
+    group.add_argument('--aot-autograd', action='store_true', help='not available (functorch was removed)')
+    group.add_argument('--tf-preprocessing', action='store_true', help='not available (needs TensorFlow)')
+    group.add_argument('--real-labels', default='', metavar='FILENAME', help='not available (ImageNet ReaL)')
+    group.add_argument('--retry', action='store_true', help='not available (lower --batch-size instead)')
+    group.add_argument('--naflex-loader', action='store_true', help='not available (NaFlex models)')
+    group.add_argument('--naflex-max-seq-len', type=int, default=576, help='NaFlex sequence length (unused)')
+    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed')
+    group.add_argument('--log-freq', type=int, default=10, metavar='N', help='log every N batches')
+    group.add_argument('--metrics-avg', default=None, choices=('micro', 'macro', 'weighted'),
+                       help='also report precision, recall and F1 with this averaging (needs scikit-learn)')
+    group = parser.add_argument_group('Test-time augmentation')
+    group.add_argument('--tta', type=int, default=1, metavar='N',
+                       help=f'average the softmax over N deterministic views (1-{MAX_TTA_VIEWS}: identity, '
+                            'horizontal flip, then flips x shifts); reported next to the plain metrics')
+    group.add_argument('--tta-shift', type=int, default=2, metavar='PX', help='shift of the TTA views in pixels')
     group = parser.add_argument_group('Calibration')
     group.add_argument('--num-bins', type=int, default=15, metavar='B', help='bins of every binned metric')
     group.add_argument('--calibration-split', default=None, metavar='NAME',
@@ -88,196 +154,476 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='folder of out-of-distribution images: report the max-softmax-probability AUROC '
                             'of the evaluated split (in-distribution) against it')
     group = parser.add_argument_group('Output')
+    group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
+    group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')
     group.add_argument('--output-json', default=None, metavar='PATH',
                        help='metrics JSON (default: beside the checkpoint, calibration-<split>.json)')
     group.add_argument('--plot', default=None, metavar='PATH',
                        help='reliability diagram PNG (default: the JSON path with .png); needs matplotlib')
     group.add_argument('--no-plot', action='store_true', help='do not draw the reliability diagram')
+    group.add_argument('--prediction-grid', default=None, metavar='PATH',
+                       help='PNG grid of evaluated images with true / predicted class, confidence, right or wrong')
+    group.add_argument('--prediction-grid-size', type=int, default=32, metavar='N',
+                       help='images in the prediction grid (evenly spaced over the split)')
     return parser
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks (all before any model or image is loaded)
+
+def _data_root(args: argparse.Namespace) -> Optional[str]:
+    return args.data_dir or args.data
+
+
+def _is_folder_dataset(name: str) -> bool:
+    return not is_digits_dataset(name) and not name.startswith(('torch/', *_REMOTE_PREFIXES))
+
+
+def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
+    """What a split name selects, so that two names can be compared: the folder of a folder dataset (timm's
+    synonyms, never the dataset root), 'train' / 'val' for sklearn/digits, 'train' / 'test' for torch/ datasets.
+    ValueError naming ``flag`` and the valid names when the split does not exist."""
+    name = args.dataset
+    if is_digits_dataset(name):
+        try:
+            return digits_split(split)
+        except ValueError as error:
+            raise ValueError(f'{flag}: {error}') from None
+    if name.startswith('torch/'):
+        if split in _TRAIN_SPLITS:
+            return 'train'
+        if split in (*_EVAL_SPLITS, 'test'):
+            return 'test'
+        raise ValueError(f'{flag}: unknown split {split!r} of {name} (torchvision has a train and a test set): '
+                         f'expected one of {sorted({*_TRAIN_SPLITS, *_EVAL_SPLITS, "test"})}.')
+    if not _is_folder_dataset(name):
+        return split
+    root = Path(_data_root(args))
+    if root.is_file():  # a tar archive: timm's reader selects the split
+        return split
+    base = split.split('[')[0]
+    synonyms = _TRAIN_SPLITS if base in _TRAIN_SPLITS else _EVAL_SPLITS if base in _EVAL_SPLITS else ()
+    for candidate in (base, *synonyms):
+        if candidate and (root / candidate).is_dir():
+            return str((root / candidate).resolve())
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    raise ValueError(f'{flag}: no folder for split {split!r} in {root} (found {found}; timm would evaluate the '
+                     f'whole folder instead, i.e. every split together).')
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """Errors for bad input, before any model or data is loaded."""
-    if args.num_bins < 1:
-        raise ValueError(f'--num-bins must be >= 1, got {args.num_bins}.')
+    """ValueError / ImportError for bad input, before any model or image is loaded."""
+    for flag, value, low in (('--num-bins', args.num_bins, 1), ('--batch-size', args.batch_size, 1),
+                             ('--workers', args.workers, 0), ('--log-freq', args.log_freq, 1),
+                             ('--prediction-grid-size', args.prediction_grid_size, 1),
+                             ('--tta-shift', args.tta_shift, 1)):
+        if value < low:
+            raise ValueError(f'{flag} must be >= {low}, got {value}.')
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError(f'--num-samples must be >= 1, got {args.num_samples}.')
-    if args.batch_size < 1:
-        raise ValueError(f'--batch-size must be >= 1, got {args.batch_size}.')
+    if not 1 <= args.tta <= MAX_TTA_VIEWS:
+        raise ValueError(f'--tta must be in [1, {MAX_TTA_VIEWS}] views, got {args.tta}.')
+    unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
+                   '--tf-preprocessing': (args.tf_preprocessing, 'TensorFlow preprocessing is not supported'),
+                   '--real-labels': (args.real_labels, 'ImageNet ReaL labels are not supported'),
+                   '--retry': (args.retry, 'batch-size retry is not supported: lower --batch-size'),
+                   '--naflex-loader': (args.naflex_loader, 'the NaFlex loader is not supported')}
+    for flag, (value, why) in unavailable.items():
+        if value:
+            raise ValueError(f'{flag} is not available here: {why}.')
+    if args.num_gpu != 1:
+        raise ValueError(f'--num-gpu must be 1, got {args.num_gpu}: for several devices run '
+                         f'torchrun --nproc-per-node {args.num_gpu} validate.py ...')
+    if args.torchscript and args.torchcompile:
+        raise ValueError('--torchscript and --torchcompile are mutually exclusive.')
+    if args.amp and args.model_dtype not in (None, 'float32'):
+        raise ValueError(f'--amp needs a float32 model, got --model-dtype {args.model_dtype}.')
+    if args.checkpoint and os.path.isdir(args.checkpoint):
+        raise ValueError(f'--checkpoint must be a file, got the folder {args.checkpoint} (bulk validation of a '
+                         'folder of checkpoints is not supported).')
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise ValueError(f'--checkpoint not found: {args.checkpoint}')
     if not args.checkpoint and not args.pretrained:
         raise ValueError('give --checkpoint PATH (a train.py checkpoint) or --pretrained.')
     if args.model is not None and not is_model(args.model):
         raise ValueError(f"unknown timm model '{args.model}' (see timm.list_models()).")
+    if args.valid_labels and not os.path.isfile(args.valid_labels):
+        raise ValueError(f'--valid-labels not found: {args.valid_labels}')
+    root = _data_root(args)
+    if _is_folder_dataset(args.dataset) and not args.dataset.startswith('torch/'):
+        if not root or not Path(root).exists():
+            raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
+    evaluated = resolve_split(args, args.split, '--split')
     if args.calibration_split is not None:
         check_calibration_split(args.calibration_split, args.allow_test_calibration)
-    root = args.data_dir or args.data
-    if not is_digits_dataset(args.dataset) and not args.dataset.startswith(('torch/', 'tfds/', 'hfds/', 'wds/')):
-        if not root or not Path(root).is_dir():
-            raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
+        if resolve_split(args, args.calibration_split, '--calibration-split') == evaluated:
+            raise ValueError(f'--calibration-split {args.calibration_split!r} selects the evaluated images '
+                             f'(--split {args.split!r}): fit the temperature on a held-out split.')
     if args.ood_data_dir is not None and not Path(args.ood_data_dir).is_dir():
         raise ValueError(f'--ood-data-dir not found: {args.ood_data_dir}')
-    if not args.no_plot:
+    if args.metrics_avg:
+        try:
+            import sklearn.metrics  # noqa: F401
+        except ImportError:
+            raise ImportError('--metrics-avg needs scikit-learn: pip install scikit-learn') from None
+    if not args.no_plot or args.prediction_grid:
+        from cfl_timm.plotting import require_matplotlib
         require_matplotlib()
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and model
 
 def read_checkpoint_run(path: str) -> dict[str, Any]:
     """The training arguments and architecture stored by train.py's CheckpointSaver (empty when absent)."""
     if not path:
         return {}
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # a truncated, foreign or non-checkpoint file
+        raise ValueError(f'--checkpoint {path} is not a readable checkpoint: {str(error).splitlines()[0]}') from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'--checkpoint {path} is not a checkpoint dictionary.')
     run = dict(vars(checkpoint['args'])) if isinstance(checkpoint.get('args'), argparse.Namespace) else {}
     if 'arch' in checkpoint:
         run['arch'] = checkpoint['arch']
     return run
 
 
-def build_dataset(args: argparse.Namespace, split: str):
+def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'RGB'):
+    """The split as a dataset; folder images are verified first and fail loudly when corrupt."""
     if is_digits_dataset(args.dataset):
         return DigitsDataset(split)
     try:
-        return create_dataset(args.dataset, root=args.data_dir or args.data, split=split, is_training=False,
-                              class_map=args.class_map, download=args.dataset_download,
-                              batch_size=args.batch_size)
-    except (OSError, RuntimeError) as error:
+        dataset = create_dataset(
+            args.dataset, root=_data_root(args), split=split, is_training=False, class_map=args.class_map,
+            download=args.dataset_download, batch_size=args.batch_size, input_key=args.input_key,
+            input_img_mode=args.input_img_mode or input_img_mode, target_key=args.target_key,
+            trust_remote_code=args.dataset_trust_remote_code, seed=args.seed)
+    except (OSError, RuntimeError, AssertionError) as error:
         raise ValueError(f'could not load split {split!r} of {args.dataset or "the image folder"} from '
-                         f'{args.data_dir or args.data!r}: {error}') from error
+                         f'{_data_root(args)!r}: {error}') from error
+    if isinstance(dataset, ImageDataset) and hasattr(dataset.reader, 'filename') and hasattr(dataset.reader,
+                                                                                              'samples'):
+        verify_images(dataset)
+        dataset = StrictImageDataset(dataset)
+    return dataset
 
 
-@torch.no_grad()
-def collect_logits(model: torch.nn.Module, dataset, args: argparse.Namespace, data_config: dict[str, Any],
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and targets of a whole dataset, on the CPU."""
-    if args.num_samples is not None and args.num_samples < len(dataset):
-        # Evenly spaced over the split, so a class-sorted folder keeps every class.
-        dataset = SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, args.num_samples).round().astype(np.int64))
-    loader = create_loader(
-        dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
-        interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-        num_workers=args.workers, crop_pct=data_config['crop_pct'], device=device,
-        use_prefetcher=device.type == 'cuda')
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else contextlib.nullcontext
-    logits, targets = [], []
-    for images, target in loader:
-        images, target = images.to(device), target.to(device)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            output = model(images)
-        logits.append(output.float().cpu())
-        targets.append(target.cpu())
-    if not logits:
-        raise ValueError('the evaluated dataset is empty.')
-    return torch.cat(logits), torch.cat(targets)
+def subsample(dataset, num_samples: Optional[int]):
+    """N evenly spaced images of the split (a class-sorted folder keeps every class), or the whole split."""
+    if num_samples is None or num_samples >= len(dataset):
+        return dataset
+    return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
 
 
-def compute_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int, num_bins: int,
-                    chunk: int = 4096) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """All CalibrationMeter metrics and the reliability bins, fed in chunks as a loader would."""
-    meter = CalibrationMeter(num_classes, num_bins=num_bins)
-    for start in range(0, len(target), chunk):
-        meter.update(logits[start:start + chunk], target[start:start + chunk])
-    return meter.compute(), meter.reliability()
+def class_names(dataset, num_classes: int) -> list[str]:
+    """Class names of a folder (its class_to_idx), torchvision or digits dataset; indices otherwise."""
+    base = dataset
+    while hasattr(base, 'dataset'):
+        base = base.dataset
+    mapping = getattr(getattr(base, 'reader', None), 'class_to_idx', None) or getattr(base, 'class_to_idx', None)
+    if mapping:
+        names = {index: name for name, index in mapping.items()}
+        return [str(names.get(i, i)) for i in range(num_classes)]
+    classes = getattr(base, 'classes', None)
+    if classes is not None and len(classes) == num_classes:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(num_classes)]
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix='.json', dir=path.parent)
-    os.chmod(temporary, 0o644)  # mkstemp creates 0600; the JSON is an ordinary shared output
+def build_model(args: argparse.Namespace, run: dict[str, Any], num_classes: int, in_chans: int,
+                device: torch.device) -> tuple[torch.nn.Module, str, int]:
+    """The model with the checkpoint loaded (and reparameterized / pooled / compiled as asked)."""
+    model_name = args.model or run.get('arch') or run.get('model')
+    if not model_name:
+        raise ValueError('the checkpoint names no architecture: give --model NAME.')
+    model_kwargs = {**(run.get('model_kwargs') or {}), **args.model_kwargs}
+    model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans,
+                         global_pool=args.gp, scriptable=args.torchscript, **model_kwargs)
+    if args.checkpoint:
+        try:
+            load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, strict=True)
+        except (RuntimeError, KeyError) as error:
+            raise ValueError(f'--checkpoint {args.checkpoint} does not fit {model_name} with {num_classes} '
+                             f'classes: {str(error).splitlines()[0]}') from None
+    if args.reparam:
+        model = reparameterize_model(model)
+    param_count = sum(p.numel() for p in model.parameters())
+    return model, model_name, param_count
+
+
+def prepare_model(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    model = model.to(device=device, dtype=dtype).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.torchscript:
+        model = torch.jit.script(model)
+    elif args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+class Evaluator:
+    """Logits of named datasets with one model, data config and set of views (shared by every split evaluated)."""
+
+    def __init__(self, model, args: argparse.Namespace, data_config: dict[str, Any], device: torch.device,
+                 valid_labels: Optional[list[int]]) -> None:
+        self.model, self.args, self.data_config, self.device = model, args, data_config, device
+        self.valid_labels = valid_labels
+        self.views = tta_views(args.tta, shift=args.tta_shift) if args.tta > 1 else None
+        dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+        amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else (
+            torch.float16 if device.type == 'cuda' else torch.bfloat16)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else None
+        self.input_dtype = dtype
+
+    def logits(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, N, K) logits (V = 1 without TTA) and (N,) targets of the whole dataset, on every rank."""
+        loader = create_eval_loader(
+            dataset, self.data_config, batch_size=self.args.batch_size, num_workers=self.args.workers,
+            device=self.device, use_prefetcher=not self.args.no_prefetcher, pin_memory=self.args.pin_mem,
+            crop_border_pixels=self.args.crop_border_pixels)
+        views = self.views or [lambda images: images]
+        if self.input_dtype is not None:
+            views = [lambda images, view=view: view(images).to(self.input_dtype) for view in views]
+        logits, target = predict(self.model, loader, device=self.device, autocast=self.autocast,
+                                 channels_last=self.args.channels_last, views=views,
+                                 log_interval=self.args.log_freq)
+        if self.valid_labels is not None:
+            logits = logits[..., self.valid_labels]
+        return logits, target
+
+
+def read_valid_labels(path: str) -> Optional[list[int]]:
+    if not path:
+        return None
     try:
-        with os.fdopen(handle, 'w') as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write('\n')
-        os.replace(temporary, path)
+        labels = [int(line) for line in Path(path).read_text().split()]
+    except ValueError:
+        raise ValueError(f'--valid-labels {path}: expected one integer class index per line.') from None
+    if not labels or min(labels) < 0 or len(set(labels)) != len(labels):
+        raise ValueError(f'--valid-labels {path}: expected distinct class indices >= 0.')
+    return labels
+
+
+def precision_recall_f1(logits: torch.Tensor, target: torch.Tensor, average: str) -> dict[str, float]:
+    from sklearn.metrics import f1_score, precision_score, recall_score
+    prediction, target = logits.argmax(dim=1).numpy(), target.numpy()
+    return {f'{average}_{name}': 100.0 * float(fn(target, prediction, average=average, zero_division=0))
+            for name, fn in (('precision', precision_score), ('recall', recall_score), ('f1_score', f1_score))}
+
+
+def evaluate_split(evaluator: Evaluator, args: argparse.Namespace, dataset, num_classes: int) -> dict[str, Any]:
+    """Plain metrics (view 0) and, with --tta, those of the averaged softmax, with the logits kept for later use."""
+    view_logits, target = evaluator.logits(dataset)
+    plain = evaluate_logits(view_logits[0], target, num_classes, num_bins=args.num_bins)
+    out = {'plain': plain, 'target': target, 'logits': view_logits[0]}
+    if args.tta > 1:
+        out['tta'] = evaluate_logits(average_softmax(view_logits), target, num_classes, num_bins=args.num_bins)
+    return out
+
+
+def results_row(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """timm's results columns (model, top1, top1_err, top5, top5_err, param_count, img_size, crop_pct,
+    interpolation) followed by the calibration metrics, their TTA and temperature-scaled versions, and OOD AUROC."""
+    row = {'model': result['model'], 'top1': round(result['top1'], 4), 'top1_err': round(100 - result['top1'], 4),
+           'top5': round(result['top5'], 4), 'top5_err': round(100 - result['top5'], 4), **extra}
+    row.update({key: result[key] for key in result['metric_keys'] if key not in row})
+    row.update({key: value for key, value in result.items() if key.endswith(('_precision', '_recall', '_f1_score'))})
+    if 'tta' in result:
+        row['tta_views'] = result['tta']['num_views']
+        row.update({f'tta_{key}': result['tta'][key] for key in result['metric_keys']})
+    if 'temperature' in result:
+        row['temperature'] = result['temperature']
+        row.update({f'ts_{key}': result['after_temperature_scaling'][key] for key in result['metric_keys']})
+    for key in ('ood_auroc', 'checkpoint', 'split', 'num_samples'):
+        if key in result:
+            row[key] = result[key]
+    return row
+
+
+def write_results(path: str, row: dict[str, Any], results_format: str) -> None:
+    """timm's results file: one CSV row under a header, or the row as a JSON object."""
+    if results_format == 'json':
+        text = json.dumps(row, indent=4) + '\n'
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator='\n')
+        writer.writeheader()
+        writer.writerow(row)
+        text = buffer.getvalue()
+    atomic_write_text(path, text)
+
+
+def draw_prediction_grid(args: argparse.Namespace, dataset, evaluation: dict[str, Any], data_config: dict[str, Any],
+                         num_classes: int, path: str) -> str:
+    """The first images of an evenly spaced selection, at the evaluated resolution without normalisation."""
+    from cfl_timm.plotting import plot_prediction_grid
+    count = min(args.prediction_grid_size, len(dataset))
+    positions = np.linspace(0, len(dataset) - 1, count).round().astype(np.int64)
+    transform = create_transform(data_config['input_size'], is_training=False,
+                                 interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
+                                 crop_mode=data_config.get('crop_mode'), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    previous = dataset.transform
+    dataset.transform = transform
+    try:
+        images = torch.stack([dataset[int(i)][0] for i in positions])
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        dataset.transform = previous
+    probabilities = torch.softmax(evaluation['logits'][positions].double(), dim=1)
+    confidence, prediction = probabilities.max(dim=1)
+    return str(plot_prediction_grid(images.permute(0, 2, 3, 1).clamp(0, 1).numpy(),
+                                    evaluation['target'][positions].tolist(), prediction.tolist(),
+                                    confidence.tolist(), class_names(dataset, num_classes), path))
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the metrics written to the JSON (plus the output paths under 'files')."""
     setup_default_logging()
     check_args(args)
-    device = torch.device(args.device)
+    distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    if distributed:
+        device = torch.device(init_distributed_device_so(device=args.device)['device'])
+    else:
+        device = torch.device(args.device)
+    try:
+        return _validate(args, device)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    is_primary = not dist.is_initialized() or dist.get_rank() == 0
+    random_seed(args.seed)
+    if args.fuser:
+        set_jit_fuser(args.fuser)
+    if args.fast_norm:
+        set_fast_norm()
     run = read_checkpoint_run(args.checkpoint)
-    model_name = args.model or run.get('arch') or run.get('model')
-    if not model_name:
-        raise ValueError('the checkpoint names no architecture: give --model NAME.')
+    valid_labels = read_valid_labels(args.valid_labels)
     # Evaluate at the training input settings unless a flag overrides them.
     data_args = dict(vars(args))
     for key in ('img_size', 'input_size', 'in_chans', 'crop_pct', 'mean', 'std', 'interpolation'):
         if data_args.get(key) in (None, '') and run.get(key) not in (None, ''):
             data_args[key] = run[key]
+    in_chans = data_args['in_chans'] or (data_args['input_size'][0] if data_args['input_size'] else 3)
 
-    dataset = build_dataset(args, args.split)
+    dataset = build_dataset(args, args.split, 'RGB' if in_chans == 3 else 'L')
     num_classes = args.num_classes or run.get('num_classes') or int(dataset_targets(dataset).max()) + 1
-    model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes,
-                         in_chans=data_args['in_chans'] or 3, **(run.get('model_kwargs') or {}))
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, strict=True)
-    model.to(device).eval()
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    data_config = resolve_data_config(data_args, model=model)
-    _logger.info(f'Evaluating {model_name} ({num_classes} classes) on split {args.split!r}, input '
-                 f'{data_config["input_size"]}.')
+    model, model_name, param_count = build_model(args, run, num_classes, in_chans, device)
+    data_config = resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size,
+                                      verbose=is_primary)
+    if args.test_pool:
+        model, test_time_pool = apply_test_time_pool(model, data_config)
+        if test_time_pool:
+            data_config['crop_pct'] = 1.0
+    model = prepare_model(model, args, device)
+    metric_classes = len(valid_labels) if valid_labels is not None else num_classes
+    if is_primary:
+        _logger.info(f'Evaluating {model_name} ({param_count / 1e6:.2f}M parameters, {num_classes} classes) on '
+                     f'split {args.split!r}, input {data_config["input_size"]}, {args.tta} view(s).')
 
-    logits, target = collect_logits(model, dataset, args, data_config, device)
-    metrics, reliability = compute_metrics(logits, target, num_classes, args.num_bins)
-    result: dict[str, Any] = dict(metrics)
-    result.update({'num_samples': len(target), 'num_bins': args.num_bins, 'split': args.split,
+    evaluator = Evaluator(model, args, data_config, device, valid_labels)
+    dataset = subsample(dataset, args.num_samples)
+    evaluation = evaluate_split(evaluator, args, dataset, metric_classes)
+    plain = evaluation['plain']
+    result: dict[str, Any] = dict(plain.metrics)
+    result.pop('loss')
+    metric_keys = list(result)
+    result.update({'num_samples': plain.num_samples, 'num_bins': args.num_bins, 'split': args.split,
                    'model': model_name, 'checkpoint': os.path.basename(args.checkpoint) or None,
-                   'reliability': reliability})
-    panels = [(f'{args.split}: before temperature scaling', reliability, metrics)]
+                   'param_count': round(param_count / 1e6, 2), 'reliability': plain.reliability})
+    if args.metrics_avg:
+        result.update(precision_recall_f1(evaluation['logits'], evaluation['target'], args.metrics_avg))
+    if 'tta' in evaluation:
+        tta = evaluation['tta']
+        result['tta'] = {'num_views': args.tta, 'views': [v.describe() for v in evaluator.views],
+                         **{k: tta.metrics[k] for k in metric_keys}, 'reliability': tta.reliability}
+    panels = [(f'{args.split}: before temperature scaling', plain.reliability, plain.metrics)]
 
     if args.calibration_split is not None:
-        if args.calibration_split == args.split:
-            _logger.warning(f'The temperature is fitted on the evaluated split {args.split!r} itself: the '
-                            '"after" metrics are optimistic.')
-        elif args.calibration_split == run.get('train_split', 'train'):
+        if is_primary and args.calibration_split == run.get('train_split', 'train'):
             _logger.warning(f'The temperature is fitted on the training split {args.calibration_split!r}, which '
                             'is not held out: the network is over-confident there, so T will be too small.')
-        fit_logits, fit_target = collect_logits(model, build_dataset(args, args.calibration_split), args,
-                                                data_config, device)
-        temperature = fit_temperature(fit_logits, fit_target, method=args.temperature_method,
+        held_out = subsample(build_dataset(args, args.calibration_split, 'RGB' if in_chans == 3 else 'L'),
+                             args.num_samples)
+        fit_logits, fit_target = evaluator.logits(held_out)
+        temperature = fit_temperature(fit_logits[0], fit_target, method=args.temperature_method,
                                       split=args.calibration_split, allow_test_split=args.allow_test_calibration,
                                       num_bins=args.num_bins)
-        scaled_metrics, scaled_reliability = compute_metrics(logits / temperature, target, num_classes,
-                                                             args.num_bins)
+        scaled = evaluate_logits(evaluation['logits'] / temperature, evaluation['target'], metric_classes,
+                                 num_bins=args.num_bins)
         result.update({'temperature': temperature, 'temperature_method': args.temperature_method,
                        'temperature_split': args.calibration_split,
-                       'after_temperature_scaling': {**scaled_metrics, 'reliability': scaled_reliability}})
-        panels.append((f'{args.split}: after temperature scaling (T = {temperature:.3f})', scaled_reliability,
-                       scaled_metrics))
+                       'after_temperature_scaling': {**{k: scaled.metrics[k] for k in metric_keys},
+                                                     'reliability': scaled.reliability}})
+        panels.append((f'{args.split}: after temperature scaling (T = {temperature:.3f})', scaled.reliability,
+                       scaled.metrics))
 
     if args.ood_data_dir is not None:
-        ood_logits, _ = collect_logits(model, ImageDataset(args.ood_data_dir), args, data_config, device)
-        result['ood_auroc'] = msp_auroc(logits, ood_logits)
+        ood_dataset = ImageDataset(args.ood_data_dir, input_img_mode='RGB' if in_chans == 3 else 'L')
+        verify_images(ood_dataset)
+        ood_logits = evaluator.logits(StrictImageDataset(ood_dataset))[0][0]
+        result['ood_auroc'] = msp_auroc(evaluation['logits'], ood_logits)
         result['ood_num_samples'] = len(ood_logits)
         if 'temperature' in result:
-            result['after_temperature_scaling']['ood_auroc'] = msp_auroc(logits / result['temperature'],
-                                                                         ood_logits / result['temperature'])
+            result['after_temperature_scaling']['ood_auroc'] = msp_auroc(
+                evaluation['logits'] / result['temperature'], ood_logits / result['temperature'])
 
+    files: dict[str, str] = {}
+    if is_primary:
+        files = write_outputs(args, result, metric_keys, panels, dataset, evaluation, data_config, metric_classes)
+        log_summary(args, result, metric_keys)
+    return {**result, 'files': files}
+
+
+def write_outputs(args, result, metric_keys, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
     json_path = Path(args.output_json) if args.output_json else (
         Path(args.checkpoint).resolve().parent if args.checkpoint else Path('.')) / f'calibration-{args.split}.json'
-    write_json_atomic(json_path, result)
+    atomic_write_text(json_path, json.dumps(result, indent=2) + '\n')
     files = {'json': str(json_path)}
+    if args.results_file:
+        write_results(args.results_file, results_row({**result, 'metric_keys': metric_keys}, {
+            'param_count': result['param_count'], 'img_size': data_config['input_size'][-1],
+            'crop_pct': data_config['crop_pct'], 'interpolation': data_config['interpolation']}),
+            args.results_format)
+        files['results'] = args.results_file
     if not args.no_plot:
+        from cfl_timm.plotting import plot_reliability_diagrams
         plot_path = Path(args.plot) if args.plot else json_path.with_suffix('.png')
         files['plot'] = str(plot_reliability_diagrams(panels, plot_path))
-    summary = ' '.join(f'{key} {metrics[key]:.4f}' for key in metrics)
-    _logger.info(f'{args.split}: {summary}')
+    if args.prediction_grid:
+        files['prediction_grid'] = draw_prediction_grid(args, dataset, evaluation, data_config, num_classes,
+                                                        args.prediction_grid)
+    return files
+
+
+def log_summary(args: argparse.Namespace, result: dict[str, Any], metric_keys: list[str]) -> None:
+    _logger.info(f'{args.split} ({result["num_samples"]} images): '
+                 + ' '.join(f'{key} {result[key]:.4f}' for key in metric_keys))
+    if 'tta' in result:
+        _logger.info(f'TTA ({args.tta} views): ' + ' '.join(f'{key} {result["tta"][key]:.4f}' for key in metric_keys))
     if 'temperature' in result:
         after = result['after_temperature_scaling']
-        _logger.info(f'T = {result["temperature"]:.4f}: ' + ' '.join(
-            f'{key} {after[key]:.4f}' for key in metrics))
+        _logger.info(f'T = {result["temperature"]:.4f}: ' + ' '.join(f'{key} {after[key]:.4f}' for key in metric_keys))
     if 'ood_auroc' in result:
         _logger.info(f'OOD AUROC (max softmax probability): {result["ood_auroc"]:.4f}')
-    _logger.info(f'Wrote {", ".join(files.values())}')
-    return {**result, 'files': files}
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of an error as one line (a DataLoader worker's error carries its traceback: keep its last line)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    for prefix in ('cfl_timm.data.strict.CorruptImageError: ', 'CorruptImageError: ', 'ValueError: '):
+        last = last.removeprefix(prefix)
+    return last if len(lines) > 1 else (lines[0] if lines else last)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
@@ -286,7 +632,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     try:
         main(args)
     except (ValueError, ImportError) as error:
-        parser.error(str(error))
+        parser.error(_one_line(error))
 
 
 if __name__ == '__main__':

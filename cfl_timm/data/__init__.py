@@ -2,7 +2,8 @@
 CIFAR statistics and training transform."""
 from .compat import patch_timm_posterize, posterize
 from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from .digits import DIGITS_DATASET_NAME, DigitsDataset, is_digits_dataset
+from .digits import DIGITS_DATASET_NAME, DigitsDataset, digits_split, is_digits_dataset
+from .strict import CorruptImageError, StrictImageDataset, verify_images
 from .subsets import (
     SUBSET_MODES,
     SubsetDataset,
@@ -17,3 +18,4 @@ from .subsets import (
     stratified_indices,
 )
 from .transforms import TRAIN_TRANSFORMS, cifar_transform_kwargs, create_cifar_train_transform
+from .tta import MAX_TTA_VIEWS, TTAView, average_softmax, tta_views

@@ -11,7 +11,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-__all__ = ['DIGITS_DATASET_NAME', 'DigitsDataset', 'is_digits_dataset']
+__all__ = ['DIGITS_DATASET_NAME', 'DigitsDataset', 'digits_split', 'is_digits_dataset']
 
 DIGITS_DATASET_NAME = 'sklearn/digits'
 _SPLITS = {'train': 'train', 'training': 'train', 'val': 'val', 'validation': 'val', 'test': 'val'}
@@ -20,6 +20,13 @@ _SPLITS = {'train': 'train', 'training': 'train', 'val': 'val', 'validation': 'v
 def is_digits_dataset(name: Optional[str]) -> bool:
     """Whether a ``--dataset`` name selects :class:`DigitsDataset`."""
     return (name or '').lower() == DIGITS_DATASET_NAME
+
+
+def digits_split(split: str) -> str:
+    """The split ('train' or 'val') that a split name selects; ValueError naming the valid names otherwise."""
+    if split not in _SPLITS:
+        raise ValueError(f"Unknown split {split!r} for {DIGITS_DATASET_NAME}, expected one of {sorted(_SPLITS)}.")
+    return _SPLITS[split]
 
 
 class DigitsDataset(torch.utils.data.Dataset):

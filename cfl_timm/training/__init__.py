@@ -2,5 +2,7 @@
 distributed helpers."""
 from .amp import CountingScaler
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process
+from .evaluate import EvalResult, EvalShard, create_eval_loader, evaluate, evaluate_logits, predict, shard_eval_dataset
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
+from .reliability_log import ReliabilityLog, read_reliability_log
 from .task import TemperatureClassificationTask

@@ -1,0 +1,328 @@
+"""The pictures calibration papers publish: reliability diagrams and their evolution over training, training curves,
+prediction grids. Each is written as a PNG, atomically.
+
+Reliability diagrams follow C. Guo et al., "On Calibration of Modern Neural Networks", ICML 2017,
+https://arxiv.org/abs/1706.04599 (Figure 1): per-bin accuracy bars against confidence, the gap to the diagonal
+shaded, the bin counts printed. Their evolution over training (small multiples at chosen epochs, several runs side
+by side) is the figure of the cyclical / self-adaptive focal-loss papers comparing CE, focal, Brier and their loss.
+
+matplotlib is an optional extra (``pip install cfl-timm[plot]`` or ``pip install matplotlib``), imported only when a
+picture is drawn. Command line::
+
+    python -m cfl_timm.plotting reliability RUN_DIR [RUN_DIR ...] --epochs 1 5 10 --out evolution.png
+    python -m cfl_timm.plotting curves RUN_DIR_OR_SUMMARY_CSV [...] --out curves.png
+
+``RUN_DIR`` is a train.py output folder (its ``reliability.jsonl`` / ``summary.csv``).
+"""
+import argparse
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution',
+           'plot_training_curves', 'require_matplotlib']
+
+# summary.csv columns drawn by plot_training_curves: (panel title, columns, second-axis columns).
+_CURVE_PANELS = (
+    ('loss', ('train_loss', 'eval_loss'), ()),
+    ('top-1 (%)', ('eval_top1',), ()),
+    ('calibration', ('eval_ece',), ('eval_nll',)),
+    ('schedules', ('lr',), ('eta', 'weight_decay', 'temperature', 'clip_grad')),
+)
+
+
+def require_matplotlib():
+    """Import matplotlib with the non-interactive Agg backend, or raise ImportError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError('pictures need matplotlib, an optional extra: pip install matplotlib (or pip install '
+                          '"cfl-timm[plot]"; validate.py runs without it with --no-plot).') from error
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(figure, path: os.PathLike, dpi: int = 110) -> Path:
+    """Render the figure to PNG bytes and write them atomically (temp file + rename); close the figure."""
+    from cfl_timm.training.io import atomic_write_bytes
+    plt = require_matplotlib()
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, dpi=dpi, format='png')
+    finally:
+        plt.close(figure)
+    atomic_write_bytes(path, lambda stream: stream.write(buffer.getvalue()))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reliability diagrams
+
+def _draw_reliability(axis, reliability: Mapping[str, Sequence[float]], title: str, compact: bool = False) -> None:
+    edges = list(reliability['edges'])
+    width = edges[1] - edges[0]
+    lefts = edges[:-1]
+    counts = [int(n) for n in reliability['count']]
+    accuracy = [0.0 if math.isnan(a) else a for a in reliability['accuracy']]
+    confidence = [lefts[i] + width / 2 if math.isnan(c) else c for i, c in enumerate(reliability['confidence'])]
+    axis.bar(lefts, accuracy, width=width, align='edge', color='tab:blue', edgecolor='black', linewidth=0.5,
+             label='accuracy')
+    gap_bottom = [min(a, c) for a, c in zip(accuracy, confidence)]
+    gap_height = [abs(c - a) if n else 0.0 for a, c, n in zip(accuracy, confidence, counts)]
+    axis.bar(lefts, gap_height, bottom=gap_bottom, width=width, align='edge', color='tab:red', alpha=0.3,
+             edgecolor='tab:red', hatch='//', linewidth=0.5, label='gap to confidence')
+    axis.plot([0, 1], [0, 1], linestyle='--', color='gray', label='perfect calibration')
+    for left, n in zip(lefts, counts):
+        if n:
+            axis.text(left + width / 2, 1.01, str(n), ha='center', va='bottom', fontsize=5 if compact else 6,
+                      rotation=90)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.15)
+    axis.set_title(title, fontsize=8 if compact else 9)
+    if not compact:
+        axis.set_xlabel('confidence (max softmax probability)')
+        axis.set_ylabel('accuracy')
+        axis.legend(loc='lower right', fontsize=7, framealpha=0.9)
+    else:
+        axis.tick_params(labelsize=6)
+
+
+def plot_reliability_diagrams(panels: Sequence[tuple[str, Mapping, Mapping]], path: os.PathLike) -> Path:
+    """Side-by-side reliability diagrams as one PNG.
+
+    Args:
+        panels: (title, reliability, metrics) per panel, reliability as returned by
+            ``CalibrationMeter.reliability()`` and metrics by ``CalibrationMeter.compute()`` (ECE, MCE and NLL are
+            printed in the title). Bin counts are printed above the bars.
+        path: Output PNG path.
+
+    Returns:
+        The path written.
+    """
+    if not panels:
+        raise ValueError('plot_reliability_diagrams needs at least one panel.')
+    plt = require_matplotlib()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.6), squeeze=False)
+    for axis, (title, reliability, metrics) in zip(axes[0], panels):
+        _draw_reliability(axis, reliability, f"{title}\nECE {metrics['ece']:.4f}  MCE {metrics['mce']:.4f}  "
+                                             f"NLL {metrics['nll']:.4f}")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def read_reliability_log(path: os.PathLike) -> dict[int, dict[str, Any]]:
+    """The per-epoch reliability records of a run's ``reliability.jsonl`` (or of the run folder), by epoch."""
+    from cfl_timm.training.reliability_log import read_reliability_log as read
+    path = Path(path)
+    return {int(record['epoch']): record for record in read(path / 'reliability.jsonl' if path.is_dir() else path)}
+
+
+def plot_reliability_evolution(runs: Sequence[os.PathLike], path: os.PathLike, epochs: Optional[Sequence[int]] = None,
+                               labels: Optional[Sequence[str]] = None, max_epochs: int = 5) -> Path:
+    """Small multiples of the reliability diagram over training: one row per run, one column per epoch.
+
+    Args:
+        runs: train.py run folders (or their ``reliability.jsonl`` files).
+        path: Output PNG path.
+        epochs: Epochs to draw (each must be recorded in every run); default: ``max_epochs`` evenly spaced epochs
+            of the first run, first and last included.
+        labels: Row labels (default: the run folder names).
+        max_epochs: Columns when ``epochs`` is not given.
+
+    Returns:
+        The path written.
+    """
+    if not runs:
+        raise ValueError('plot_reliability_evolution needs at least one run.')
+    logs = [read_reliability_log(run) for run in runs]
+    for run, log in zip(runs, logs):
+        if not log:
+            raise ValueError(f'no reliability records in {run} (train.py writes reliability.jsonl each epoch).')
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f'{len(labels)} labels for {len(runs)} runs.')
+    labels = list(labels) if labels is not None else [Path(run).name if Path(run).is_dir() else Path(run).parent.name
+                                                       for run in runs]
+    if epochs is None:
+        recorded = sorted(logs[0])
+        picks = sorted({recorded[round(i * (len(recorded) - 1) / max(max_epochs - 1, 1))]
+                        for i in range(min(max_epochs, len(recorded)))})
+        epochs = picks
+    epochs = [int(e) for e in epochs]
+    for run, log in zip(runs, logs):
+        missing = [e for e in epochs if e not in log]
+        if missing:
+            raise ValueError(f'epochs {missing} are not recorded in {run} (recorded: {sorted(log)}).')
+    plt = require_matplotlib()
+    figure, axes = plt.subplots(len(runs), len(epochs), figsize=(2.6 * len(epochs) + 0.6, 2.7 * len(runs)),
+                                squeeze=False, sharex=True, sharey=True)
+    for row, (label, log) in enumerate(zip(labels, logs)):
+        for column, epoch in enumerate(epochs):
+            record = log[epoch]
+            title = f'epoch {epoch}: ECE {record["ece"]:.3f}' if 'ece' in record else f'epoch {epoch}'
+            _draw_reliability(axes[row][column], record, title, compact=True)
+        axes[row][0].set_ylabel(f'{label}\naccuracy', fontsize=8)
+    for column in range(len(epochs)):
+        axes[-1][column].set_xlabel('confidence', fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, loc='lower center', ncol=3, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training curves
+
+def _read_summary_columns(path: Path) -> dict[str, list[float]]:
+    from cfl_timm.training.io import read_summary
+    rows = read_summary(path)
+    if not rows:
+        raise ValueError(f'no rows in {path} (a train.py summary.csv).')
+    columns: dict[str, list[float]] = {}
+    for key in rows[0]:
+        values = [float(row[key]) if row.get(key) not in (None, '') else math.nan for row in rows]
+        if any(not math.isnan(v) for v in values):
+            columns[key] = values
+    return columns
+
+
+def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
+                         labels: Optional[Sequence[str]] = None) -> Path:
+    """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
+    threshold on a second axis) against the epoch, for one or several runs, as one PNG.
+
+    Args:
+        summaries: ``summary.csv`` files or train.py run folders holding one.
+        path: Output PNG path.
+        labels: One label per run (default: the run folder names).
+
+    Returns:
+        The path written.
+    """
+    if not summaries:
+        raise ValueError('plot_training_curves needs at least one summary.csv.')
+    files = [Path(s) / 'summary.csv' if Path(s).is_dir() else Path(s) for s in summaries]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f'summary file not found: {file}')
+    if labels is not None and len(labels) != len(files):
+        raise ValueError(f'{len(labels)} labels for {len(files)} runs.')
+    labels = list(labels) if labels is not None else [file.parent.name for file in files]
+    runs = [_read_summary_columns(file) for file in files]
+    plt = require_matplotlib()
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    styles = ('-', '--', ':', '-.')
+    figure, axes = plt.subplots(1, len(_CURVE_PANELS), figsize=(4.4 * len(_CURVE_PANELS), 3.8), squeeze=False)
+    for axis, (title, left, right) in zip(axes[0], _CURVE_PANELS):
+        twin = axis.twinx() if any(key in run for run in runs for key in right) else None
+        for index, (label, run) in enumerate(zip(labels, runs)):
+            color = colors[index % len(colors)]
+            epochs = run.get('epoch', list(range(len(next(iter(run.values()))))))
+            for style, key in zip(styles, left):
+                if key in run:
+                    axis.plot(epochs, run[key], color=color, linestyle=style, marker='.', label=f'{label}: {key}')
+            for style, key in zip(styles, right):
+                if key in run:
+                    twin.plot(epochs, run[key], color=color, linestyle=style, alpha=0.6, label=f'{label}: {key}')
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel('epoch')
+        axis.set_ylabel(' / '.join(left), fontsize=8)
+        handles, names = axis.get_legend_handles_labels()
+        if twin is not None:
+            twin.set_ylabel(' / '.join(k for k in right if any(k in run for run in runs)), fontsize=8)
+            more_handles, more_names = twin.get_legend_handles_labels()
+            handles, names = handles + more_handles, names + more_names
+        if handles:
+            axis.legend(handles, names, fontsize=6, loc='best')
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction grid
+
+def plot_prediction_grid(images, true: Sequence[int], predicted: Sequence[int], confidence: Sequence[float],
+                         class_names: Sequence[str], path: os.PathLike, columns: int = 8) -> Path:
+    """A grid of images, each titled with its true and predicted class and the confidence, framed green with a
+    check mark when right and red with a cross when wrong.
+
+    Args:
+        images: (N, H, W, 3) or (N, H, W) array of floats in [0, 1].
+        true: True class index of each image.
+        predicted: Predicted class index of each image.
+        confidence: Max softmax probability of each prediction.
+        class_names: Name of each class index.
+        path: Output PNG path.
+        columns: Images per row.
+
+    Returns:
+        The path written.
+    """
+    count = len(images)
+    if count == 0 or not len(true) == len(predicted) == len(confidence) == count:
+        raise ValueError(f'need N > 0 images with N labels, predictions and confidences, got {count}, {len(true)}, '
+                         f'{len(predicted)} and {len(confidence)}.')
+    plt = require_matplotlib()
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.85 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= count:
+            axis.axis('off')
+            continue
+        right = int(true[index]) == int(predicted[index])
+        color = 'tab:green' if right else 'tab:red'
+        axis.imshow(images[index], cmap='gray' if images[index].ndim == 2 else None, vmin=0, vmax=1,
+                    interpolation='nearest')
+        for spine in axis.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3)
+        axis.set_title(f'{"✓" if right else "✗"} pred {class_names[int(predicted[index])]} ({confidence[index]:.2f})\n'
+                       f'true: {class_names[int(true[index])]}', fontsize=7, color=color)
+    figure.suptitle('prediction (confidence), true class; green ✓ right, red ✗ wrong', fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m cfl_timm.plotting',
+                                     description='Draw reliability-diagram evolution or training curves of runs.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    evolution = commands.add_parser('reliability', help='reliability diagrams at chosen epochs, one row per run')
+    evolution.add_argument('runs', nargs='+', metavar='RUN_DIR', help='train.py run folders (reliability.jsonl)')
+    evolution.add_argument('--epochs', type=int, nargs='+', default=None, metavar='E',
+                           help='epochs to draw (default: 5 evenly spaced, first and last included)')
+    evolution.add_argument('--labels', nargs='+', default=None, metavar='NAME', help='row labels')
+    evolution.add_argument('--out', required=True, metavar='PNG', help='output PNG')
+    curves = commands.add_parser('curves', help='loss, top-1, ECE, lr and cyclical schedules of runs')
+    curves.add_argument('runs', nargs='+', metavar='RUN', help='train.py run folders or summary.csv files')
+    curves.add_argument('--labels', nargs='+', default=None, metavar='NAME', help='legend labels')
+    curves.add_argument('--out', required=True, metavar='PNG', help='output PNG')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'reliability':
+            written = plot_reliability_evolution(args.runs, args.out, epochs=args.epochs, labels=args.labels)
+        else:
+            written = plot_training_curves(args.runs, args.out, labels=args.labels)
+    except (ValueError, ImportError) as error:
+        parser.error(str(error))
+    print(written)
+    return written
+
+
+if __name__ == '__main__':
+    main()
