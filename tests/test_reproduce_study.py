@@ -138,3 +138,25 @@ def test_study_protocol_cells_and_flags():
     assert value('ce_const_clip', '--clip-grad') == pytest.approx(
         (value('ce_cyc_clip', '--clip_min') + value('ce_cyc_clip', '--clip_max')) / 2)
     assert all(value(m, '--seed') == 0 for m in flags)
+
+
+@pytest.mark.parametrize('name', sorted(PROTOCOLS))
+def test_every_protocol_cell_is_a_valid_train_command(name, tmp_path):
+    """Each cell's train.py flags pass train.py's parser and its input checks (before any GPU-hour is spent)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import train
+
+    protocol = PROTOCOLS[name]
+    for split in ('train', 'val', 'monitor'):
+        (tmp_path / split / 'a').mkdir(parents=True)
+    checked = set()
+    for cell in protocol.cells():
+        if (cell.loss, cell.data) in checked:
+            continue
+        checked.add((cell.loss, cell.data))
+        args = train.parse_args(['--data-dir', str(tmp_path), *protocol.train_flags(cell), '--output',
+                                 str(tmp_path / 'out')])
+        train.check_args(args)
+        assert args.seed == cell.seed and args.epochs == protocol.epochs[cell.data]
+    assert len(checked) == sum(len(m) for m in protocol.grid.values())
