@@ -217,6 +217,7 @@ def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, 
         temperature = fit_temperature(holdout_logits, holdout_targets, split='holdout')
         scored.update(temperature=temperature, num_holdout_images=int(holdout_targets.numel()),
                       holdout=calibration(holdout_logits, holdout_targets, num_classes),
+                      holdout_ts=calibration(holdout_logits / temperature, holdout_targets, num_classes),
                       test_ts=calibration(logits / temperature, targets, num_classes),
                       per_class_top1_ts=per_class_top1(logits / temperature, targets, num_classes))
     return scored

@@ -160,3 +160,37 @@ def test_every_protocol_cell_is_a_valid_train_command(name, tmp_path):
         train.check_args(args)
         assert args.seed == cell.seed and args.epochs == protocol.epochs[cell.data]
     assert len(checked) == sum(len(m) for m in protocol.grid.values())
+
+
+def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scaling(digits_dir, tmp_path):
+    """A real study cell on digits PNGs: train.py with --holdout, the last checkpoint scored on the test split and
+    calibrated with a temperature fitted on the held-out split only."""
+    from reproduce import Protocol, make_train_cell
+    from reproduce_runner import Cell, GridRunner
+
+    data = tmp_path / 'data'
+    data.mkdir()
+    for split, source in (('train', 'train'), ('val', 'val'), ('monitor', 'val')):
+        (data / split).symlink_to(digits_dir / source, target_is_directory=True)
+    smoke = PROTOCOLS['smoke']
+    protocol = Protocol(name='tiny-study', description='test', common=smoke.common + ['--val-split', 'monitor'],
+                        data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
+                        epochs={'tiny': 2}, grid={'tiny': ('ce',)}, threads=1, score_split='validation',
+                        temperature_scaling=True)
+    cell = Cell('ce', 'tiny', 0)
+    summary = GridRunner([cell], tmp_path / 'runs', make_train_cell(protocol, data), heartbeat_interval=1,
+                         stale_after=30, results_dir=tmp_path / 'results').run()
+    run_dir = tmp_path / 'runs' / cell.name
+    assert summary['ran'] == [cell.name], (run_dir / 'error.json').read_text() if summary['failed'] else ''
+    result = json.loads((tmp_path / 'results' / f'{cell.name}.json').read_text())['result']
+    num_val = sum(1 for p in (digits_dir / 'val').rglob('*.png'))
+    assert result['num_images'] == num_val and result['num_holdout_images'] == 60 and result['epoch'] == 1
+    assert len(result['curve']) == 2 and {'holdout_top1', 'eval_top1', 'lr'} <= set(result['curve'][-1])
+    # Here the monitor split is the test split, so the scored top-1 is train.py's own last evaluation.
+    assert result['test']['top1'] == pytest.approx(result['curve'][-1]['eval_top1'], abs=0.01)
+    assert result['test_ts']['top1'] == result['test']['top1'] and result['temperature'] > 0
+    # The temperature minimises the held-out NLL: never worse there than T = 1.
+    assert result['holdout_ts']['nll'] <= result['holdout']['nll'] + 1e-6
+    assert result['holdout']['top1'] == pytest.approx(result['curve'][-1]['holdout_top1'], abs=0.01)
+    assert set(result['test']) >= {'top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece'}
+    assert result['provenance']['torch'] and result['command'][0].endswith('train.py')
