@@ -1,9 +1,12 @@
-"""Forward + backward time and peak memory of the focal-family losses against label-smoothed cross-entropy.
+"""Forward + backward time and peak memory of the focal-family and calibration losses against label-smoothed
+cross-entropy.
 
 Every loss is measured in the same run as the baseline, ``F.cross_entropy(label_smoothing=0.1)``, at the
 same (N, K) on the same device, in interleaved rounds; the table reports the median time per call and the
 ratio to the baseline's median. ``autograd-ref`` is the loss written as the formula with plain autograd
-(the structure of the published implementation), for comparison.
+(the structure of the published implementation), for comparison. The calibration losses
+(``cfl_timm.calibration_losses``) run with their official defaults; half of the rows are predicted correctly
+(target = arg-max), so the MMCE penalties, Dual focal's mask and AdaFocal's bins see both cases.
 
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
 """
@@ -23,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss  # noqa: E402
+from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss  # noqa: E402
 
 DEFAULT_SIZES = ('256x10', '256x1000', '128x21843')
 
@@ -43,16 +47,30 @@ def autograd_reference(logits: torch.Tensor, target: torch.Tensor, eta: float = 
     return -(y * weight * logp).sum(1).mean()
 
 
-def make_losses(num_epochs: int = 10):
+def adafocal_with_state():
+    """AdaFocal after one update on a synthetic validation set: per-bin gammas of both signs (focal and inverse)."""
+    loss = create_calibration_loss('adafocal')
+    confidences = torch.linspace(0.05, 1.0, 5000)
+    loss.update_from_validation(confidences, torch.arange(5000) % 3 == 0)
+    return loss
+
+
+def make_losses(num_epochs: int = 10, names=None):
     cyclical = CyclicalFocalLoss(gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0, epochs=num_epochs)
     cyclical.set_epoch(1.0)  # eta strictly between 0 and 1: every term of the loss is active
-    return {
+    calibration = {name: adafocal_with_state() if name == 'adafocal' else create_calibration_loss(name)
+                   for name in CALIBRATION_LOSS_TYPES}
+    losses = {
         'ce-ls0.1 (baseline)': lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1),
         'sym (gamma 2)': FocalLoss(gamma=2.0),
         'asym (2, 2, eps 0.1)': AsymmetricFocalLoss(gamma_pos=2.0, gamma_neg=2.0),
         'asym-cyclical (3, 2, 2, f 4)': cyclical,
         'autograd-ref (published structure)': lambda z, t: autograd_reference(z, t, eta=cyclical.eta),
+        **calibration,
     }
+    if names:
+        losses = {name: fn for i, (name, fn) in enumerate(losses.items()) if i == 0 or name in names}
+    return losses
 
 
 def _sync(device: torch.device) -> None:
@@ -79,6 +97,9 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
         return torch.cuda.max_memory_allocated(logits.device) - base
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(logits, target).backward()
+        # The profiler's running total only sees what happens inside the window: free the gradient here, or
+        # every later measurement would start one (N, K) gradient higher.
+        logits.grad = None
     with tempfile.TemporaryDirectory() as tmp:
         trace = os.path.join(tmp, 'trace.json')
         prof.export_chrome_trace(trace)
@@ -88,11 +109,13 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
     return max(totals, default=0)
 
 
-def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int) -> list[dict]:
+def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
-    logits = (torch.randn(num_rows, num_classes, generator=generator) * 3).to(device).requires_grad_()
-    target = torch.randint(0, num_classes, (num_rows,), generator=generator).to(device)
-    losses = make_losses()
+    logits = torch.randn(num_rows, num_classes, generator=generator) * 3
+    target = torch.randint(0, num_classes, (num_rows,), generator=generator)
+    target[::2] = logits[::2].argmax(1)  # half of the rows correct
+    logits, target = logits.to(device).requires_grad_(), target.to(device)
+    losses = make_losses(names=names)
     for fn in losses.values():  # warm-up
         for _ in range(3):
             time_once(fn, logits, target)
@@ -117,6 +140,8 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=30, help='timed rounds per size (median reported)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES), help='NxK sizes')
+    parser.add_argument('--losses', nargs='+', default=None,
+                        help='measure only these losses (by table name) besides the baseline')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
@@ -127,7 +152,7 @@ def main(argv=None) -> None:
     print('|---|---|---:|---:|---:|---:|')
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
-        for row in bench_size(num_rows, num_classes, device, args.repeats):
+        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
                   f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
 
