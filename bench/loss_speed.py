@@ -9,6 +9,10 @@ ratio to the baseline's median. ``autograd-ref`` is the loss written as the form
 (target = arg-max), so the MMCE penalties, Dual focal's mask and AdaFocal's bins see both cases.
 
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
+       [--losses NAME ...] [--clock wall|cpu]
+
+``--clock cpu`` times with the process CPU time instead of the wall clock (CPU only): on a machine shared with
+other jobs it does not count the time the process waits for a core, so ratios stay meaningful under load.
 """
 import argparse
 import json
@@ -78,13 +82,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn, logits: torch.Tensor, target: torch.Tensor) -> float:
+def time_once(fn, logits: torch.Tensor, target: torch.Tensor, clock=time.perf_counter) -> float:
     logits.grad = None
     _sync(logits.device)
-    start = time.perf_counter()
+    start = clock()
     fn(logits, target).backward()
     _sync(logits.device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
@@ -109,7 +113,8 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
     return max(totals, default=0)
 
 
-def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None) -> list[dict]:
+def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None,
+               clock=time.perf_counter) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, num_classes, generator=generator) * 3
     target = torch.randint(0, num_classes, (num_rows,), generator=generator)
@@ -122,7 +127,7 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
     times = {name: [] for name in losses}
     for _ in range(repeats):  # interleaved rounds: drift in machine load hits every loss alike
         for name, fn in losses.items():
-            times[name].append(time_once(fn, logits, target))
+            times[name].append(time_once(fn, logits, target, clock))
     baseline = statistics.median(next(iter(times.values())))
     baseline_mem = None
     rows = []
@@ -142,17 +147,23 @@ def main(argv=None) -> None:
     parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES), help='NxK sizes')
     parser.add_argument('--losses', nargs='+', default=None,
                         help='measure only these losses (by table name) besides the baseline')
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help='wall clock, or process CPU time (CPU device only; robust to a shared machine)')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.clock == 'cpu' and device.type != 'cpu':
+        parser.error('--clock cpu measures CPU time and needs --device cpu')
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
     print(f'# loss forward+backward, float32, {device.type} ({where}), torch {torch.__version__}, '
-          f'median of {args.repeats} interleaved rounds')
+          f'median of {args.repeats} interleaved rounds, {args.clock} clock, load average '
+          f'{" ".join(f"{v:.1f}" for v in os.getloadavg())}')
     print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE |')
     print('|---|---|---:|---:|---:|---:|')
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
-        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses):
+        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
                   f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
 

@@ -159,11 +159,10 @@ def _laplacian_kernel_sums(r: torch.Tensor, v: torch.Tensor, width: float):
 
     O(N log N) and O(N m) memory instead of the (N, N) kernel matrix: after sorting r, the rows split into
     r_j <= r_i, where K_ij = exp(r_j / w) / exp(r_i / w), and r_j > r_i, where K_ij = exp(r_i / w) exp(-r_j / w), so
-    both sums are prefix sums. Ties (r_j = r_i: K = 1, sign 0) are exact via two binary searches. Computed in
-    float64; r lies in [0, 1], so the factors stay within exp(+-1 / w).
+    both sums are prefix sums (the upper ones as reversed cumulative sums, so nothing cancels). Ties (r_j = r_i:
+    K = 1, sign 0) are exact via two binary searches. r lies in [0, 1], so the factors stay within exp(+-1 / w)
+    and float32 is accurate to its own rounding.
     """
-    r = r.double()
-    v = v.double()
     sorted_r, order = torch.sort(r)
     sorted_v = v[order]
     up = torch.exp(sorted_r / width).unsqueeze(1)
@@ -485,7 +484,7 @@ class _MMCEBase(_CalibrationLoss):
         self.weight = _check_number(self.name, 'mmce_weight', weight)
 
     def _penalty(self, r: torch.Tensor, correct: torch.Tensor, need_grad: bool):
-        """(penalty (float64 scalar tensor), d penalty / d r (N,) float64 or None)."""
+        """(penalty (scalar tensor), d penalty / d r (N,) or None), in r's dtype."""
         raise NotImplementedError
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
@@ -531,7 +530,7 @@ class MMCEMLoss(_MMCEBase):
 
     def _penalty(self, r, correct, need_grad):
         num_rows = r.shape[0]
-        residual = correct.double() - r.double()
+        residual = correct.to(r.dtype) - r
         kernel_sum, sign_sum = _laplacian_kernel_sums(r, residual.unsqueeze(1), MMCE_KERNEL_WIDTH)
         kernel_sum, sign_sum = kernel_sum.squeeze(1), sign_sum.squeeze(1)
         penalty = torch.dot(residual, kernel_sum) / num_rows**2
@@ -575,18 +574,17 @@ class MMCEWLoss(_MMCEBase):
         self.norm = _check_choice(self.name, 'mmce_norm', norm, self.NORMS)
 
     def _penalty(self, r, correct, need_grad):
-        r64 = r.double()
-        correct64 = correct.double()
-        m = float(correct64.sum())
+        cc = correct.to(r.dtype)
+        m = float(cc.sum())
         n = r.shape[0] - m
         if m == 0 or n == 0:
-            return r64.new_zeros(()), (r64.new_zeros(r.shape) if need_grad else None)
+            return r.new_zeros(()), (r.new_zeros(r.shape) if need_grad else None)
         if self.norm == 'code':
             f_cc, f_ii, f_ci = 1 / (m * m * (m * m + 1e-5)), 1 / (n * n * (n * n + 1e-5)), 1 / (m * n * (m * n + 1e-5))
         else:
             f_cc, f_ii, f_ci = 1 / (m * m), 1 / (n * n), 1 / (m * n)
-        weights = torch.stack([(1 - r64) * correct64, r64 * (1 - correct64)], dim=1)  # a_i, b_i
-        kernel_sum, sign_sum = _laplacian_kernel_sums(r64, weights, MMCE_KERNEL_WIDTH)
+        weights = torch.stack([(1 - r) * cc, r * (1 - cc)], dim=1)  # a_i, b_i
+        kernel_sum, sign_sum = _laplacian_kernel_sums(r, weights, MMCE_KERNEL_WIDTH)
         a, b = weights.unbind(1)
         ka, kb = kernel_sum.unbind(1)
         sa, sb = sign_sum.unbind(1)
@@ -595,7 +593,7 @@ class MMCEWLoss(_MMCEBase):
         if not need_grad:
             return penalty, None
         w = MMCE_KERNEL_WIDTH
-        da, db = -correct64, 1 - correct64  # d a_i / d r_i, d b_i / d r_i
+        da, db = -cc, 1 - cc  # d a_i / d r_i, d b_i / d r_i
         d_cc = 2 * da * ka - (2 / w) * a * sa
         d_ii = 2 * db * kb - (2 / w) * b * sb
         d_ci = da * kb + db * ka - (1 / w) * (a * sb + b * sa)
