@@ -181,7 +181,8 @@ def _laplacian_kernel_sums(r: torch.Tensor, v: torch.Tensor, width: float):
 class _CalibrationLossFunction(torch.autograd.Function):
     """Runs ``loss._rows_and_grad`` (loss rows and the pre-scaled analytic gradient) and scales in backward.
 
-    Returns the per-row losses (scale None) or scale * their sum (1 for 'sum', 1 / N for 'mean').
+    Returns the per-row losses (scale None) or scale * their sum (1 for 'sum', 1 / N for 'mean'). Once
+    differentiable: a second derivative (``create_graph=True``) raises instead of being silently wrong.
     """
 
     @staticmethod
@@ -194,6 +195,9 @@ class _CalibrationLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: the saved gradient has no graph to differentiate
+            raise RuntimeError('The calibration losses are once differentiable: a second derivative '
+                               '(create_graph=True) is not supported.')
         (grad,) = ctx.saved_tensors
         if ctx.per_row:
             grad = grad * grad_output.unsqueeze(1)

@@ -510,6 +510,14 @@ def test_no_grad_and_non_grad_logits_give_the_same_value():
         assert torch.allclose(value, loss(logits.clone().requires_grad_(), target)), name
 
 
+def test_second_derivative_is_refused():
+    logits, target = t1(requires_grad=True)
+    for name in CALIBRATION_LOSS_TYPES:
+        loss = create_calibration_loss(name)(logits, target) + (logits ** 2).sum()
+        with pytest.raises(RuntimeError, match='once differentiable'):
+            torch.autograd.grad(loss, logits, create_graph=True)
+
+
 def test_mmce_kernel_sums_match_the_kernel_matrix_with_ties():
     generator = torch.Generator().manual_seed(7)
     r = torch.rand(40, generator=generator, dtype=torch.float64)
