@@ -286,3 +286,18 @@ def test_adafocal_per_batch_updates_every_k_optimizer_updates(tmp_path):
     assert [b['update'] for b in bins] == [1, 2]
     checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
     assert int(checkpoint['task_state']['criterion']['num_updates']) == 2
+
+
+@pytest.mark.parametrize('first, second, message', [
+    (['--loss', 'asym-cyclical'], ['--loss', 'ce'], r"holds training-loss state \['_extra_state'\] but this run's "
+                                                    r"loss is LabelSmoothingCrossEntropy; resume with the loss flags"),
+    (['--loss', 'ce'], ['--loss', 'asym-cyclical'], r"holds training-loss state \[\] but this run's loss is "
+                                                    r"CyclicalFocalLoss"),
+    (['--loss', 'adafocal', '--holdout', '30'], ['--loss', 'adafocal', '--holdout', '30', '--adafocal-bins', '5'],
+     r"training-loss state does not fit: this run's loss is AdaFocalLoss"),
+])
+def test_resume_with_other_loss_flags_is_a_clear_error(tmp_path, first, second, message):
+    base = [*DIGITS, '-b', '64', '--train_size', '96']
+    _run(tmp_path, *base, '--epochs', '1', *first)
+    with pytest.raises(ValueError, match=message):
+        _run(tmp_path, *base, '--epochs', '2', *second, '--resume', 'auto')

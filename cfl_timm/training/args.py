@@ -31,7 +31,7 @@ from timm.models import is_model
 from timm.utils import ParseKwargs
 
 from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
-from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, cyclical_eta
+from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, cyclical_eta
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
@@ -47,7 +47,6 @@ __all__ = [
     'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
 ]
 
-SOFT_TARGET_MODES = ('distribution', 'argmax')
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')

@@ -44,6 +44,19 @@ class TemperatureClassificationTask(ClassificationTask):
             module: Optional[nn.Module] = None,
             ema: bool = False,
     ) -> None:
-        if ema or not state or 'criterion' not in state:
+        """Restore the criterion state of a checkpoint; a clear ValueError when it belongs to another loss."""
+        if ema:
             return
-        self.criterion.load_state_dict(state['criterion'], strict=strict)
+        saved = (state or {}).get('criterion', {})
+        current = self.criterion.state_dict() if isinstance(self.criterion, nn.Module) else {}
+        hint = (f"this run's loss is {type(self.criterion).__name__}; resume with the loss flags the checkpoint was "
+                "trained with (--loss and its keywords, see the run's args.yaml).")
+        if set(saved) != set(current):
+            raise ValueError(f'--resume: the checkpoint holds training-loss state {sorted(saved)} but {hint} '
+                             f'(its state: {sorted(current)})')
+        if not saved:
+            return
+        try:
+            self.criterion.load_state_dict(saved, strict=strict)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ValueError(f'--resume: the checkpoint\'s training-loss state does not fit: {hint} ({e})') from e
