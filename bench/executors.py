@@ -131,8 +131,17 @@ def _job_active(job_id: str, states: dict[str, str]) -> bool:
 
 
 def run_slurm_cell(spec: WorkerSpec, cell: Cell) -> dict[str, list[str]]:
-    """The function a Slurm job runs: the worker over one cell; a failed cell fails the job."""
-    summary = run_worker(spec, [cell])
+    """The function a Slurm job runs: the worker over one cell; a failed cell fails the job.
+
+    A retried cell may still hold the lock of its previous job, which died on another node: its heartbeat stops,
+    so the job waits up to ``stale_after`` (plus two heartbeats) for the lock to turn stale and takes it over."""
+    runner = spec.runner([cell])
+    deadline = time.time() + spec.stale_after + 2 * spec.heartbeat
+    while True:
+        summary = runner.run()
+        if not summary['skipped_locked'] or time.time() > deadline:
+            break
+        time.sleep(spec.heartbeat)
     if summary['failed']:
         raise RuntimeError(f'cell {cell.name} failed; see {spec.runs_dir / cell.name / "error.json"}')
     return summary

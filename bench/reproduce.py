@@ -1,23 +1,23 @@
-"""Reproduction study: cyclical focal loss vs cross-entropy on balanced and long-tailed CIFAR-10.
+"""Reproduction study: cyclical focal loss and cyclical training against CE and the calibration losses.
 
-Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978. The claim checked here is that
-the cyclical focal loss beats cross-entropy and focal loss on balanced and long-tailed data.
+Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and "General Cyclical Training of
+Neural Networks", https://arxiv.org/abs/2202.08835. The claims checked: CFL beats cross-entropy and focal loss
+on balanced and long-tailed data; cyclical weight decay, temperature and clipping beat their constant values.
 
-The study is a grid of (loss x data setting x seed). Every cell is one run of this project's ``train.py`` in a
-subprocess, in its own directory ``WORK/<protocol>/runs/<cell>/``, followed by a per-class evaluation of the
-final checkpoint on the balanced validation set. The grid runner (:mod:`bench.reproduce_runner`) makes the
-grid resumable and safe to share between workers and hosts: ``done.json`` marks a finished cell (skipped next
-time), ``lock`` (created with ``O_CREAT | O_EXCL``, holding host, pid and a heartbeat) keeps two workers off the
-same cell, stale locks are taken over, and a crashed cell leaves ``error.json`` and is retried next invocation.
+A study is a grid of (method x data setting x seed) defined by a protocol (:mod:`reproduce_protocols`). Every cell
+is one run of this project's ``train.py`` in a subprocess, in its own directory ``WORK/<protocol>/runs/<cell>/``,
+followed by the scoring of its last checkpoint; the result goes to ``bench/results/<protocol>/runs/<cell>.json``.
+The grid runner (:mod:`reproduce_runner`) makes the grid resumable and safe to share between workers and hosts;
+the executors (:mod:`executors`) run it with local worker processes or one Slurm job per cell.
 
 Usage::
 
     python bench/reproduce.py prepare-data --archive cifar10-jpeg.tar.gz --out bench/_work/cifar10 \
-        --train-per-class 300 --val-per-class 100      # prints bench/_work/cifar10_train300_val100
-    python bench/reproduce.py run --protocol cpu --data-dir bench/_work/cifar10_train300_val100 \
-        --work-dir bench/_work --jobs 3
-    python bench/reproduce.py status --protocol cpu --work-dir bench/_work
-    python bench/reproduce.py aggregate --protocol cpu --work-dir bench/_work --results-dir bench/results
+        --monitor-per-class 100
+    python bench/reproduce.py run --protocol study-cpu --data-dir bench/_work/cifar10 --work-dir bench/_work \
+        --jobs 2                                      # or: --executor slurm --partition P --time 60
+    python bench/reproduce.py status --protocol study-cpu --work-dir bench/_work
+    python bench/reproduce.py aggregate --protocol study-cpu --work-dir bench/_work
 """
 import argparse
 import json

@@ -147,7 +147,7 @@ _CPU_COMMON = ['--model', 'test_resnet', '--img-size', '32', '-b', '64', '--opt'
 
 # study-cpu: 400 training images per class (the paper's limited-data regime: 4,000 CIFAR-10 images) plus 50 per
 # class held out (train.py carves --holdout stratified out of the 450 per class, so 400 per class remain), and
-# CIFAR-10-LT with ratio 100 and n_max 400 (987 images: 400 ... 4) with 100 held out (proportionally per class).
+# CIFAR-10-LT with ratio 100 and n_max 400 (988 images: 400 ... 4) with 100 held out (proportionally per class).
 STUDY_LT_COUNTS = long_tailed_counts(400, 100.0)
 _STUDY_CPU_DATA = {
     'c10_4k': ['--train_size', '4500', '--train_size_mode', 'stratified', '--holdout', '500'],
@@ -186,7 +186,7 @@ PROTOCOLS: dict[str, Protocol] = {
         common=_STUDY_CPU_COMMON,
         data=_STUDY_CPU_DATA,
         # Pilot (README): CE at 30 epochs still gained 3.3 points of top-1 in its last fifth, so 60; the LT set
-        # (887 training images, 7 updates per epoch) gets 200 epochs, 1,400 updates against 1,860 for c10_4k.
+        # (888 training images, 6 updates of 128 per epoch) gets 200 epochs, 1,200 updates against 1,860 for c10_4k.
         epochs={'c10_4k': 60, 'c10lt100': 200},
         grid={'c10_4k': STUDY_LOSSES + STUDY_CYCLICAL, 'c10lt100': STUDY_LOSSES},
         threads=1,
