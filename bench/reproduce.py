@@ -268,10 +268,10 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
             env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
         command = train_command(protocol, cell, data_dir, run_dir)
         log_path = run_dir / 'train.log'
-        start = time.time()
+        start, cpu_start = time.time(), _children_cpu_seconds()
         # train.py runs in its own process group and is killed with this worker (never left running).
         returncode = run_guarded(command, run_dir, log_path, should_stop=should_stop, env=env, cwd=REPO_ROOT)
-        train_seconds = time.time() - start
+        train_seconds, train_cpu_seconds = time.time() - start, _children_cpu_seconds() - cpu_start
         if returncode != 0:
             raise CellFailed(returncode, tail(log_path))
         train_dir = run_dir / 'train'
@@ -282,7 +282,7 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
             torch.set_num_threads(protocol.threads)
         if protocol.score_split is not None:
             return {'protocol': protocol.name, 'method_flags': METHODS[cell.loss], 'command': command[1:],
-                    'train_seconds': train_seconds, 'epochs': len(rows),
+                    'train_seconds': train_seconds, 'train_cpu_seconds': train_cpu_seconds, 'epochs': len(rows),
                     'curve': [{k: _number(row.get(k)) for k in CURVE_COLUMNS if row.get(k) not in (None, '')}
                               for row in rows],
                     **score_run(protocol, train_dir, data_dir), 'provenance': provenance()}
@@ -307,6 +307,13 @@ def _number(value: Optional[str]) -> Any:
     except (TypeError, ValueError):
         return value
     return int(number) if number.is_integer() and abs(number) < 2 ** 53 and '.' not in str(value) else number
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children: train.py's CPU time."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tail(path: Path, num_chars: int = 4000) -> str:
