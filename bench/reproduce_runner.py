@@ -415,13 +415,12 @@ class GridRunner:
         heartbeat_interval: seconds between heartbeats; must be well below ``stale_after``.
         results_dir: where the per-run result file ``<cell>.json`` goes when a cell finishes (None: none); a cell
             with a result file there counts as done.
-        describe: ``describe(cell) -> dict`` of provenance added to the result file (protocol, machine, ...).
         stream: where the progress line goes (stderr).
     """
 
     def __init__(self, cells: list[Cell], runs_dir: Path, cell_fn: Optional[CellFn], *, stale_after: float = 300.0,
                  heartbeat_interval: float = 10.0, host: Optional[str] = None, results_dir: Optional[Path] = None,
-                 describe: Optional[Callable[[Cell], dict[str, Any]]] = None, stream=None):
+                 stream=None):
         if heartbeat_interval <= 0 or heartbeat_interval * 3 > stale_after:
             raise ValueError(f'heartbeat_interval ({heartbeat_interval}) must be > 0 and at most stale_after / 3 '
                              f'({stale_after / 3:g}) so a live worker never looks stale')
@@ -435,7 +434,6 @@ class GridRunner:
         self.heartbeat_interval = heartbeat_interval
         self.host = host or socket.gethostname()
         self.results_dir = Path(results_dir) if results_dir is not None else None
-        self.describe = describe
         self.stream = stream if stream is not None else sys.stderr
         self._started = time.time()
 
@@ -517,7 +515,11 @@ class GridRunner:
         record = {'cell': asdict(cell), 'result': result, 'wall_seconds': wall, 'host': self.host,
                   'pid': os.getpid(), 'slurm_job_id': attempt['slurm_job_id'], 'finished': time.time()}
         if self.result_path(cell) is not None:
-            self._write_result(cell, record)
+            try:
+                self._write_result(cell, record)
+            except FileExistsError as exc:  # an earlier run's result appeared meanwhile: keep it, record nothing
+                self._log(f'{cell.name}: {exc}; this run is not recorded')
+                return False
         atomic_write_json(run_dir / 'done.json', record)
         try:
             os.unlink(run_dir / 'error.json')
@@ -526,13 +528,18 @@ class GridRunner:
         return True
 
     def _write_result(self, cell: Cell, record: dict[str, Any]) -> None:
-        """The per-run result file; an existing one (an earlier run of the cell) is never overwritten."""
+        """The per-run result file, created only if absent (an earlier run of the cell is never overwritten):
+        written completely under a temporary name, then hard-linked to its name, which fails if it exists."""
         path = self.result_path(cell)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {**(self.describe(cell) if self.describe else {}), **record}
-        if path.exists():
-            raise FileExistsError(f'{path} exists: an earlier run of {cell.name} was recorded')
-        atomic_write_json(path, payload)
+        tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
+        atomic_write_json(tmp, record)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f'{path} exists: an earlier run of {cell.name} was recorded') from None
+        finally:
+            os.unlink(tmp)
 
     # -- reporting
     def counts(self) -> dict[str, Any]:

@@ -195,3 +195,23 @@ def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scal
     assert set(result['test']) >= {'top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece'}
     assert result['provenance']['torch'] and result['command'][0].endswith('train.py')
     assert 0 < result['train_cpu_seconds']
+
+
+def test_a_result_file_is_never_overwritten(tmp_path):
+    """Another machine recorded the cell while this one ran it (say the results came in with a git pull): the
+    earlier result stays, this run records nothing."""
+    from reproduce_runner import Cell, GridRunner
+
+    cell = Cell('ce', 'c10', 0)
+    results = tmp_path / 'results'
+
+    def cell_fn(cell, run_dir, should_stop):
+        results.mkdir(exist_ok=True)
+        (results / f'{cell.name}.json').write_text('{"earlier": true}')
+        return {'value': 1}
+
+    summary = GridRunner([cell], tmp_path / 'runs', cell_fn, heartbeat_interval=1, stale_after=10,
+                         results_dir=results).run()
+    assert summary['failed'] == [cell.name]
+    assert json.loads((results / f'{cell.name}.json').read_text()) == {'earlier': True}
+    assert not (tmp_path / 'runs' / cell.name / 'done.json').exists() and len(list(results.iterdir())) == 1
