@@ -40,7 +40,6 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import (
     CheckpointSaver,
-    accuracy,
     dispatch_clip_grad,
     distribute_bn,
     random_seed,
@@ -78,11 +77,15 @@ from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_
 from cfl_timm.training import (
     SUMMARY_COLUMNS,
     CountingScaler,
+    EvalResult,
     ProcessInfo,
+    ReliabilityLog,
     SummaryWriter,
     TemperatureClassificationTask,
     atomic_write_text,
+    create_eval_loader,
     ddp_device_ids,
+    evaluate,
     gather_objects,
     init_process,
     save_args_yaml,
@@ -184,6 +187,7 @@ class RunFiles:
     start_epoch: int
     saver: Optional[CheckpointSaver] = None
     summary: Optional[SummaryWriter] = None
+    reliability: Optional[ReliabilityLog] = None  # reliability.jsonl: the evaluation's bins of every epoch
 
 
 def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: ProcessInfo) -> dict[str, Any]:
@@ -207,7 +211,8 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
             if ctx.task.has_ema():
                 distribute_bn(ctx.task.get_trainable_module(ema=True), proc.world_size, args.dist_bn == 'reduce')
         eval_model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not args.model_ema_force_cpu)
-        eval_metrics = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes)
+        evaluation = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes)
+        eval_metrics = dict(evaluation.metrics)
         if ctx.loader_holdout is not None:
             eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch,
                                                  update=holdout_update_every(ctx) == -1))
@@ -217,6 +222,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
         ctx.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
         if proc.is_primary:
             record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
+            run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
     if proc.is_primary and run.saver is not None and run.saver.best_metric is not None:
         _logger.info(f'*** Best metric: {run.saver.best_metric} (epoch {run.saver.best_epoch})')
     return {'output_dir': str(run.output_dir), 'eval_metrics': eval_metrics, 'num_epochs': ctx.num_epochs,
@@ -307,6 +313,7 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
         if resume_path and Path(resume_path).resolve().parent == output_dir.resolve():
             run.saver.load_state_dict_from_checkpoint(resume_path)
         run.summary = SummaryWriter(output_dir / 'summary.csv', columns=summary_columns(ctx), start_epoch=start_epoch)
+        run.reliability = ReliabilityLog(output_dir / 'reliability.jsonl', start_epoch=start_epoch)
         # Bin-statistics lines of epochs after the checkpoint (or torn by a kill) are rewritten by this run.
         trim_jsonl(output_dir / ADAFOCAL_BINS_FILE, lambda record: record.get('epoch', -1) < start_epoch)
         _logger.info(f'Output in {output_dir}; scheduled epochs {ctx.num_epochs}, '
@@ -431,33 +438,10 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
     return metrics
 
 
-@torch.no_grad()
-def validate(model: nn.Module, loader, device: torch.device, autocast, num_classes: int) -> dict[str, float]:
-    """Loss, top-1/top-5 (percent, timm's convention) and calibration (NLL, 15-bin ECE), reduced over ranks."""
-    from cfl_timm.metrics import CalibrationMeter
-
-    model.eval()
-    meter = CalibrationMeter(num_classes, num_bins=15)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5 (sums), count
-    for input, target in loader:
-        input, target = input.to(device), target.to(device)
-        with autocast():
-            output = model(input)
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        output = output.float()
-        top1, top5 = accuracy(output, target, topk=(1, min(5, num_classes)))
-        n = input.size(0)
-        sums += torch.tensor([nn.functional.cross_entropy(output, target).item() * n, top1.item() * n,
-                              top5.item() * n, n], dtype=torch.float64, device=device)
-        meter.update(output, target)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-    meter.all_reduce()
-    calibration = meter.compute()
-    count = max(sums[3].item(), 1.0)
-    return {'loss': sums[0].item() / count, 'top1': sums[1].item() / count, 'top5': sums[2].item() / count,
-            'nll': float(calibration['nll']), 'ece': float(calibration['ece'])}
+def validate(model: nn.Module, loader, device: torch.device, autocast, num_classes: int) -> EvalResult:
+    """Loss, top-1/top-5 (percent, timm's convention), every calibration metric (15 bins) and the reliability bins
+    of the whole split, each image counted once and identical on every rank (``cfl_timm.training.evaluate``)."""
+    return evaluate(model, loader, num_classes=num_classes, device=device, autocast=autocast)
 
 
 def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
@@ -590,11 +574,10 @@ def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_co
         loader_train.dataset.transform = create_cifar_train_transform(
             data_config['input_size'][-2:], mean=data_config['mean'], std=data_config['std'],
             use_prefetcher=use_prefetcher, **cifar_transform_kwargs(args))
-    loader_eval = create_loader(
-        dataset_eval, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
-        is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
-        std=data_config['std'], num_workers=args.workers, distributed=distributed, crop_pct=data_config['crop_pct'],
-        pin_memory=args.pin_mem, device=device, use_prefetcher=use_prefetcher, persistent_workers=False)
+    # Evaluation shards are unpadded: each image is counted once under torchrun (cfl_timm.training.evaluate).
+    loader_eval = create_eval_loader(
+        dataset_eval, data_config, batch_size=args.validation_batch_size or args.batch_size, num_workers=args.workers,
+        device=device, use_prefetcher=use_prefetcher, pin_memory=args.pin_mem)
     return loader_train, loader_eval
 
 

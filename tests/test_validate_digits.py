@@ -219,3 +219,73 @@ def test_corrupt_images_are_named_not_replaced(digits_run, digits_folder, tmp_pa
                         '--no-plot')
     assert f'corrupt image {bad}' in line
     assert not (tmp_path / 'x.json').exists()
+
+
+def _check_png(path: Path, size: tuple[int, int]) -> None:
+    """A PNG of the expected pixel size that is not blank (many colours, real contrast)."""
+    with Image.open(path) as image:
+        assert image.format == 'PNG' and image.size == size
+        pixels = np.asarray(image.convert('RGB'))
+    assert pixels.std() > 20
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+def test_reliability_jsonl_each_epoch_and_its_evolution(digits_run, tmp_path):
+    from cfl_timm.plotting import main as plotting_main
+    from cfl_timm.training import read_reliability_log, read_summary
+    records = read_reliability_log(digits_run / 'reliability.jsonl')
+    summary = read_summary(digits_run / 'summary.csv')
+    assert [r['epoch'] for r in records] == [0, 1] == [int(row['epoch']) for row in summary]
+    for record, row in zip(records, summary):
+        assert sum(record['count']) == 355 and len(record['edges']) == 16
+        assert record['ece'] == pytest.approx(float(row['eval_ece']), rel=1e-12)
+        assert record['top1'] == pytest.approx(float(row['eval_top1']), rel=1e-12)
+    # Two runs side by side (rows), two epochs (columns), through the documented command.
+    out = tmp_path / 'evolution.png'
+    plotting_main(['reliability', str(digits_run), str(digits_run / 'reliability.jsonl'), '--epochs', '0', '1',
+                   '--labels', 'run A', 'run B', '--out', str(out)])
+    _check_png(out, (638, 594))
+    with pytest.raises(SystemExit):
+        plotting_main(['reliability', str(digits_run), '--epochs', '7', '--out', str(tmp_path / 'no.png')])
+    assert not (tmp_path / 'no.png').exists()
+
+
+def test_reliability_log_resume_drops_repeated_and_torn_lines(tmp_path):
+    from cfl_timm.training import ReliabilityLog, read_reliability_log
+    bins = {'edges': [0.0, 0.5, 1.0], 'count': [0.0, 4.0], 'confidence': [float('nan'), 0.8],
+            'accuracy': [float('nan'), 0.75]}
+    log = ReliabilityLog(tmp_path / 'reliability.jsonl')
+    for epoch in range(3):
+        log.append(epoch, bins, {'ece': 0.05, 'top1': 75.0})
+    with open(tmp_path / 'reliability.jsonl', 'a') as stream:
+        stream.write('{"epoch": 3, "count"')  # torn by a kill
+    ReliabilityLog(tmp_path / 'reliability.jsonl', start_epoch=2)
+    records = read_reliability_log(tmp_path / 'reliability.jsonl')
+    assert [r['epoch'] for r in records] == [0, 1]
+    assert np.isnan(records[0]['confidence'][0]) and records[0]['accuracy'][1] == 0.75
+
+
+def test_training_curves_from_summaries(digits_run, tmp_path):
+    from cfl_timm.plotting import main as plotting_main
+    out = tmp_path / 'curves.png'
+    plotting_main(['curves', str(digits_run), str(digits_run / 'summary.csv'), '--labels', 'a', 'b',
+                   '--out', str(out)])
+    _check_png(out, (1936, 418))
+
+
+def test_prediction_grid_and_missing_matplotlib(digits_run, tmp_path, capsys, monkeypatch):
+    checkpoint = str(digits_run / 'model_best.pth.tar')
+    grid = tmp_path / 'grid.png'
+    result = _run('--dataset', 'sklearn/digits', '--split', 'val', '--checkpoint', checkpoint, '--no-plot',
+                  '--output-json', str(tmp_path / 'm.json'), '--prediction-grid', str(grid),
+                  '--prediction-grid-size', '16')
+    assert result['files']['prediction_grid'] == str(grid)
+    _check_png(grid, (1364, 407))
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # matplotlib not installed
+    line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--checkpoint', checkpoint, '--no-plot',
+                        '--output-json', str(tmp_path / 'x.json'), '--prediction-grid', str(tmp_path / 'g.png'))
+    assert 'pip install matplotlib' in line and not (tmp_path / 'x.json').exists()
+    from cfl_timm.plotting import main as plotting_main
+    with pytest.raises(SystemExit):
+        plotting_main(['curves', str(digits_run), '--out', str(tmp_path / 'c.png')])
+    assert 'pip install matplotlib' in capsys.readouterr().err

@@ -3,8 +3,8 @@
 Each line holds ``epoch``, the equal-width bin ``edges`` (B + 1), and per bin the ``count``, mean ``confidence`` and
 ``accuracy`` (null for an empty bin), as ``CalibrationMeter.reliability()`` returns them, plus the epoch's scalar
 metrics (``ece``, ``nll``, ``top1``, ...). ``python -m cfl_timm.plotting reliability RUN_DIR ...`` draws their
-evolution. The file is rewritten atomically on each epoch, and a resumed run drops the lines of the epochs it
-repeats, like ``summary.csv``.
+evolution. Each line is appended with one fsynced write; a resumed run drops the lines of the epochs it repeats
+(and a line torn by a kill), like ``summary.csv``.
 """
 import json
 import math
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from cfl_timm.data.holdout import append_jsonl, trim_jsonl
 
 __all__ = ['ReliabilityLog', 'read_reliability_log']
 
@@ -46,21 +46,20 @@ def read_reliability_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 class ReliabilityLog:
-    """Appends one epoch's reliability bins to ``reliability.jsonl``, rewriting the file atomically.
+    """Appends one epoch's reliability bins to ``reliability.jsonl`` (one fsynced write per line).
 
     Args:
         path: The JSONL file.
-        start_epoch: Lines of epochs >= start_epoch already in the file are dropped (a resumed run rewrites them).
+        start_epoch: Lines of epochs >= start_epoch already in the file, and a line torn by a kill, are dropped
+            (a resumed run writes them again).
     """
 
     def __init__(self, path: str | Path, start_epoch: int = 0) -> None:
         self.path = Path(path)
-        self.lines = [json.dumps({k: _plain(v) for k, v in r.items()}) for r in read_reliability_log(self.path)
-                      if int(r['epoch']) < start_epoch]
+        trim_jsonl(self.path, lambda record: record.get('epoch', -1) < start_epoch)
 
     def append(self, epoch: int, reliability: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """Record ``reliability`` (``CalibrationMeter.reliability()``) and the scalar ``metrics`` of ``epoch``."""
         record = {'epoch': int(epoch), **{k: _plain(v) for k, v in reliability.items()},
                   **{k: _plain(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))}}
-        self.lines.append(json.dumps(record))
-        atomic_write_text(self.path, '\n'.join(self.lines) + '\n')
+        append_jsonl(self.path, record)
