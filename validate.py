@@ -181,8 +181,8 @@ def _is_folder_dataset(name: str) -> bool:
 
 def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
     """What a split name selects, so that two names can be compared: the folder of a folder dataset (timm's
-    synonyms, never the dataset root), 'train' / 'val' for sklearn/digits, 'train' / 'test' for torch/ datasets.
-    ValueError naming ``flag`` and the valid names when the split does not exist."""
+    synonyms; the dataset root itself only for ``--split ''``), 'train' / 'val' for sklearn/digits, 'train' /
+    'test' for torch/ datasets. ValueError naming ``flag`` and the valid names when the split does not exist."""
     name = args.dataset
     if is_digits_dataset(name):
         try:
@@ -202,6 +202,8 @@ def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
     if root.is_file():  # a tar archive: timm's reader selects the split
         return split
     base = split.split('[')[0]
+    if base == '':  # explicitly the whole folder (DIR/<class>/*)
+        return str(root.resolve())
     synonyms = _TRAIN_SPLITS if base in _TRAIN_SPLITS else _EVAL_SPLITS if base in _EVAL_SPLITS else ()
     for candidate in (base, *synonyms):
         if candidate and (root / candidate).is_dir():
@@ -250,7 +252,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.valid_labels and not os.path.isfile(args.valid_labels):
         raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
-    if _is_folder_dataset(args.dataset) and not args.dataset.startswith('torch/'):
+    if _is_folder_dataset(args.dataset):
         if not root or not Path(root).exists():
             raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
     evaluated = resolve_split(args, args.split, '--split')
