@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # cfl_timm and train.py of this checkout
 from executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec  # noqa: E402
-from reproduce_aggregate import aggregate_study  # noqa: E402
+from reproduce_aggregate import aggregate_study, mean_sd, write_csv  # noqa: E402
 from reproduce_protocols import METHODS, PROTOCOLS, RANK_GROUPS, Protocol  # noqa: E402
 from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn, run_guarded  # noqa: E402
 
@@ -106,8 +107,6 @@ def load_run_model(train_dir: Path):
     from timm.layers import convert_splitbn_model
     from timm.models import clean_state_dict, create_model
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import cfl_timm  # noqa: F401 - registers the CIFAR networks and losses with timm
 
     args = yaml.safe_load((train_dir / 'args.yaml').read_text())
@@ -185,8 +184,6 @@ def holdout_dataset(args: dict[str, Any], data_dir: Path):
     same seed, evaluation transforms)."""
     import torch
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import train as train_script
     from cfl_timm.training.distributed import ProcessInfo
 
@@ -252,12 +249,6 @@ def _cpu_model() -> Optional[str]:
     return None
 
 
-def read_summary(path: Path) -> list[dict[str, str]]:
-    import csv
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
 def make_train_cell(protocol: Protocol, data_dir: Path):
     """The default cell function: train.py in a subprocess, then the per-class evaluation of its checkpoint."""
     data_dir = Path(data_dir).resolve()
@@ -275,6 +266,7 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
         if returncode != 0:
             raise CellFailed(returncode, tail(log_path))
         train_dir = run_dir / 'train'
+        from cfl_timm.training import read_summary
         rows = read_summary(train_dir / 'summary.csv')
         last = rows[-1]
         if protocol.threads:
@@ -342,13 +334,6 @@ def run_records(runs_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float('nan')
-    return mean, sd
-
-
 METRICS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'wall_s')
 
 
@@ -362,8 +347,7 @@ def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: st
     paths = {k: results_dir / f'{protocol.name}{suffix}' for k, suffix in
              (('runs', '_runs.csv'), ('csv', '.csv'), ('md', '.md'), ('png', '.png'))}
 
-    fields = list(records[0])
-    write_csv(paths['runs'], fields, records)
+    write_csv(paths['runs'], records, float_format='.4f')
 
     rows = []
     for data in protocol.data_settings:
@@ -379,7 +363,7 @@ def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: st
         for baseline in BASELINES:
             row[f'd_top1_vs_{baseline}_mean'], row[f'd_top1_vs_{baseline}_sd'] = paired_difference(
                 records, row['data'], row['loss'], baseline)
-    write_csv(paths['csv'], list(rows[0]), rows)
+    write_csv(paths['csv'], rows, float_format='.4f')
     paths['md'].write_text(markdown_table(protocol, rows, machine))
     plot(protocol, rows, paths['png'])
     return paths
@@ -394,17 +378,6 @@ def paired_difference(records: list[dict[str, Any]], data: str, loss: str, basel
     diffs = [r['top1'] - by_seed[r['seed']] for r in records
              if r['data'] == data and r['loss'] == loss and r['seed'] in by_seed]
     return mean_sd(diffs) if diffs else (float('nan'), float('nan'))
-
-
-def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    import csv
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f'{v:.4f}' if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str = '') -> str:

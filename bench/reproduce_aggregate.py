@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from reproduce_protocols import Protocol
 
-__all__ = ['METRICS', 'aggregate_study', 'paired', 'study_records']
+__all__ = ['METRICS', 'aggregate_study', 'mean_sd', 'paired', 'study_records', 'write_csv']
 
 # Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
 METRICS = ('top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece')
@@ -50,6 +50,7 @@ def study_records(protocol: Protocol, runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan when undefined)."""
     n = len(values)
     if n == 0:
         return float('nan'), float('nan')
@@ -95,7 +96,8 @@ def _summary_rows(protocol: Protocol, records: list[dict[str, Any]]) -> list[dic
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], float_format: str = '.6g') -> None:
+    """Rows (dicts) to CSV atomically; the columns are every key in first-seen order, floats in ``float_format``."""
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
@@ -104,7 +106,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (format(v, float_format) if isinstance(v, float) else v) for k, v in row.items()})
     os.replace(tmp, path)
 
 
@@ -223,8 +225,8 @@ def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
     rows = _summary_rows(protocol, records)
     paths = {'runs': out_dir / 'runs.csv', 'summary': out_dir / 'summary.csv', 'md': out_dir / 'table.md',
              'png': out_dir / 'plot.png'}
-    _write_csv(paths['runs'], records)
-    _write_csv(paths['summary'], rows)
+    write_csv(paths['runs'], records)
+    write_csv(paths['summary'], rows)
     text = markdown(protocol, rows, num_done, len(names), machine)
     tmp = paths['md'].with_name('.table.md.tmp')
     tmp.write_text(text)
