@@ -4,7 +4,8 @@ L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and
 "General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835.
 
 Importing the package registers every cfl-timm loss type (focal family and calibration losses) with timm's loss
-factory (see :func:`register`; :func:`create_loss` is the one factory behind it) and the CIFAR networks with
+factory (see :func:`register`; :func:`create_loss` is the one factory behind it), the OneCycle and cyclical
+schedules with timm's scheduler factory (see :func:`cfl_timm.scheduler.register`) and the CIFAR networks with
 timm's model registry (see :mod:`cfl_timm.models`).
 """
 from . import models
@@ -12,14 +13,14 @@ from .cyclical_focal_loss import FOCAL_LOSS_TYPES, AsymmetricFocalLoss, Cyclical
 from .loss_factory import LOSS_TYPES, SOFT_TARGET_LOSSES, create_loss, loss_kwargs
 from .registry import ALL_LOSS_TYPES, is_registered, register
 from .scheduler import (
-    CyclicalSchedules,
-    CyclicalValueScheduler,
+    CyclicalScheduler,
     CyclicalWeightDecayScheduler,
-    create_cyclical_schedules,
-    cyclical_schedule_kwargs,
+    OneCycleLRScheduler,
     cyclical_value,
 )
+from .scheduler import register as register_schedulers
 
 __version__ = '0.1.0'
 
 register()
+register_schedulers()

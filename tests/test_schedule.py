@@ -1,5 +1,6 @@
-"""The shared eta schedule (cfl.md §2) and the cyclical weight-decay / temperature / clipping schedulers (§4)."""
-import argparse
+"""The shared eta schedule (cfl.md §2) and the cyclical weight-decay / temperature / clipping schedules (§4).
+
+The schedules through timm's scheduler factory and a loop of timm's shape: tests/test_scheduler_factory.py."""
 import math
 
 import pytest
@@ -8,15 +9,8 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
-from cfl_timm import (
-    CyclicalSchedules,
-    CyclicalValueScheduler,
-    CyclicalWeightDecayScheduler,
-    create_cyclical_schedules,
-    cyclical_eta,
-    cyclical_schedule_kwargs,
-    cyclical_value,
-)
+from cfl_timm import CyclicalScheduler, CyclicalWeightDecayScheduler, cyclical_eta, cyclical_value
+from cfl_timm.scheduler import check_cyclical_arguments
 
 
 def published_eta(epoch: int, epochs: int, factor: float) -> float:
@@ -166,82 +160,79 @@ def test_weight_decay_coexists_with_timm_lr_scheduler():
     optimizer = make_optimizer(layer_decay=0.75)
     lr_scheduler, num_epochs = create_scheduler_v2(optimizer, sched='cosine', num_epochs=10, cooldown_epochs=1)
     assert num_epochs == 11
-    schedules = create_cyclical_schedules(optimizer, num_epochs=num_epochs, cyclical_factor=4.0, wd_min=1e-5,
-                                          wd_max=8e-5)
+    scheduler = CyclicalScheduler(lr_scheduler, optimizer, num_epochs=num_epochs, cyclical_factor=4.0, wd_min=1e-5,
+                                  wd_max=8e-5)
     for epoch in range(1, num_epochs):
-        lr_scheduler.step(epoch)
-        schedules.step(epoch)
+        scheduler.step(epoch)
         lrs = {round(g['lr'] / g['lr_scale'], 12) for g in optimizer.param_groups}
         assert len(lrs) == 1  # the lr schedule still scales by lr_scale
         decayed = [g['weight_decay'] for g in optimizer.param_groups if g['initial_weight_decay'] > 0]
         assert decayed == [pytest.approx(expected_wd(epoch, factor=4.0))] * 6
+        assert scheduler.weight_decay == pytest.approx(expected_wd(epoch, factor=4.0))
 
 
 def test_temperature_and_clip_schedules():
-    for name, (low, high) in {'temperature': (0.5, 2.0), 'clip': (0.5, 100.0)}.items():
-        schedule = CyclicalValueScheduler(low, high, num_epochs=31, cyclical_factor=4.0, name=name)
-        assert schedule.value == low
-        values = []
-        for epoch in range(31):
-            schedule.step(epoch)
-            values.append(schedule.value)
-            eta = cyclical_eta(epoch, 31, 4.0)
-            assert schedule.value == pytest.approx((1 - eta) * high + eta * low, rel=1e-15)
-            assert schedule.value == cyclical_value(epoch, min_value=low, max_value=high, num_epochs=31,
-                                                    cyclical_factor=4.0)
-        # eta's minimum lies at epoch 30 / 4 = 7.5: the value peaks next to it, never above max.
-        assert values.index(max(values)) in (7, 8) and max(values) <= high
-        assert values[0] == low and values[-1] == pytest.approx(low)
+    scheduler = CyclicalScheduler(None, num_epochs=31, cyclical_factor=4.0, t_min=0.5, t_max=2.0, clip_min=0.5,
+                                  clip_max=100.0)
+    assert (scheduler.temperature, scheduler.clip_grad, scheduler.weight_decay) == (0.5, 0.5, None)
+    temperatures = []
+    for epoch in range(31):
+        scheduler.step(epoch)
+        temperatures.append(scheduler.temperature)
+        eta = cyclical_eta(epoch, 31, 4.0)
+        assert scheduler.eta == eta
+        assert scheduler.temperature == pytest.approx((1 - eta) * 2.0 + eta * 0.5, rel=1e-15)
+        assert scheduler.clip_grad == cyclical_value(epoch, min_value=0.5, max_value=100.0, num_epochs=31,
+                                                     cyclical_factor=4.0)
+    # eta's minimum lies at epoch 30 / 4 = 7.5: the value peaks next to it, never above max.
+    assert temperatures.index(max(temperatures)) in (7, 8) and max(temperatures) <= 2.0
+    assert temperatures[0] == 0.5 and temperatures[-1] == pytest.approx(0.5)
 
 
-def test_all_three_together_share_one_eta():
+def test_all_three_together_share_one_eta_per_update():
     optimizer = make_optimizer()
-    schedules = create_cyclical_schedules(
-        optimizer, num_epochs=21, cyclical_factor=4.0, wd_min=1e-5, wd_max=8e-5, t_min=0.5, t_max=2.0,
+    scheduler = CyclicalScheduler(
+        None, optimizer, num_epochs=21, cyclical_factor=4.0, wd_min=1e-5, wd_max=8e-5, t_min=0.5, t_max=2.0,
         clip_min=0.5, clip_max=2.0, step_per_update=True, updates_per_epoch=4)
-    assert isinstance(schedules, CyclicalSchedules)
     for num_updates in (1, 7, 20, 41, 80):
-        schedules.step_update(num_updates)
+        scheduler.step_update(num_updates)
         eta = cyclical_eta(num_updates / 4, 21, 4.0)
-        current = schedules.current()
-        assert current['weight_decay'] == pytest.approx((1 - eta) * 8e-5 + eta * 1e-5, rel=1e-15)
-        assert current['temperature'] == pytest.approx((1 - eta) * 2.0 + eta * 0.5, rel=1e-15)
-        assert current['clip_grad'] == pytest.approx((1 - eta) * 2.0 + eta * 0.5, rel=1e-15)
+        values = scheduler.values()
+        assert values['eta'] is None  # no loss attached
+        assert values['weight_decay'] == pytest.approx((1 - eta) * 8e-5 + eta * 1e-5, rel=1e-15)
+        assert values['temperature'] == pytest.approx((1 - eta) * 2.0 + eta * 0.5, rel=1e-15)
+        assert values['clip_grad'] == pytest.approx((1 - eta) * 2.0 + eta * 0.5, rel=1e-15)
+        assert optimizer.param_groups[1]['weight_decay'] == values['weight_decay']
 
 
 def test_schedules_off_when_min_is_zero():
-    schedules = create_cyclical_schedules(make_optimizer(), num_epochs=5)
-    assert schedules.current() == {'weight_decay': None, 'temperature': None, 'clip_grad': None}
-    schedules.step(3)  # no-op, no error
-    only_clip = create_cyclical_schedules(None, num_epochs=5, clip_min=1.0, clip_max=10.0)
-    assert only_clip.current() == {'weight_decay': None, 'temperature': None, 'clip_grad': 1.0}
-
-
-def test_kwargs_adapter_reads_published_flag_names():
-    args = argparse.Namespace(cyclical_factor=4.0, wd_min=1e-5, wd_max=8e-5, T_min=0.5, T_max=2.0, clip_min=0.5,
-                              clip_max=2.0, cyclical_step_per_update=True, unrelated=1)
-    kwargs = cyclical_schedule_kwargs(args)
-    assert kwargs == dict(cyclical_factor=4.0, wd_min=1e-5, wd_max=8e-5, t_min=0.5, t_max=2.0, clip_min=0.5,
-                          clip_max=2.0, step_per_update=True)
-    schedules = create_cyclical_schedules(make_optimizer(), num_epochs=11, updates_per_epoch=3, **kwargs)
-    assert None not in schedules.current().values()
-    assert cyclical_schedule_kwargs(argparse.Namespace()) == {}
+    optimizer = make_optimizer()
+    scheduler = CyclicalScheduler(None, optimizer, num_epochs=5)
+    assert scheduler.values() == {'eta': None, 'weight_decay': None, 'temperature': None, 'clip_grad': None}
+    scheduler.step(3)
+    assert [g['weight_decay'] for g in optimizer.param_groups] == [0.0, 5e-4]  # the configured values stay
+    only_clip = CyclicalScheduler(None, num_epochs=5, clip_min=1.0, clip_max=10.0)
+    assert only_clip.values() == {'eta': None, 'weight_decay': None, 'temperature': None, 'clip_grad': 1.0}
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(wd_min=1e-3, wd_max=1e-4), r'weight decay: min must not exceed max, got min=0.001 > max=0.0001'),
+    (dict(wd_min=1e-3, wd_max=1e-4), r'weight decay \(wd_min, wd_max\): min must not exceed max, got min=0.001'),
     (dict(t_min=3.0, t_max=2.0), r'softmax temperature \(T_min, T_max\): min must not exceed max'),
     (dict(clip_min=5.0, clip_max=1.0), r'gradient clipping \(clip_min, clip_max\): min must not exceed max'),
     (dict(t_min=-1.0), 'min and max must be finite and >= 0'),
+    (dict(clip_min=1.0, clip_max=float('inf')), 'min and max must be finite and >= 0'),
     (dict(cyclical_factor=0.5), 'cyclical factor must be a finite number >= 1'),
     (dict(num_epochs=0), 'epochs must be an integer >= 1'),
-    (dict(updates_per_epoch=0), 'updates_per_epoch must be an integer >= 1'),
+    (dict(step_per_update=True), 'Per-update cyclical stepping needs updates_per_epoch >= 1'),
 ])
 def test_schedule_bad_input(kwargs, match):
     base = dict(num_epochs=10)
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        create_cyclical_schedules(make_optimizer(), **base)
+        CyclicalScheduler(None, make_optimizer(), **base)
+    if 'step_per_update' not in kwargs:  # the early check (train.py, before any data) says the same
+        with pytest.raises(ValueError, match=match):
+            check_cyclical_arguments(**base)
 
 
 def test_weight_decay_needs_a_decayed_group():
@@ -250,4 +241,4 @@ def test_weight_decay_needs_a_decayed_group():
     with pytest.raises(ValueError, match='needs at least one parameter group configured with weight decay > 0'):
         CyclicalWeightDecayScheduler(optimizer, wd_min=1e-5, wd_max=8e-5, num_epochs=10, cyclical_factor=2.0)
     with pytest.raises(ValueError, match='needs the optimizer'):
-        create_cyclical_schedules(None, num_epochs=10, wd_min=1e-5)
+        CyclicalScheduler(None, None, num_epochs=10, wd_min=1e-5)

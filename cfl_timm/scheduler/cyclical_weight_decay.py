@@ -7,7 +7,7 @@ from typing import Union
 import torch
 from timm.scheduler.scheduler import Scheduler
 
-from .value import check_cyclical_range, check_timing, cyclical_value
+from .cyclical_value import check_cyclical_range, check_timing, cyclical_value
 
 __all__ = ['CyclicalWeightDecayScheduler']
 
@@ -64,12 +64,19 @@ class CyclicalWeightDecayScheduler(Scheduler):
         """The parameter groups configured with weight decay > 0."""
         return [group for group in self.optimizer.param_groups if group[self._initial_param_group_field] > 0]
 
-    def _get_lr(self, t: int) -> list[float]:
-        epoch = t if self.t_in_epochs else t / self.updates_per_epoch
-        value = cyclical_value(
+    def value_at(self, epoch: float) -> float:
+        """The weight decay of the decayed groups at a (fractional) 0-based epoch."""
+        return cyclical_value(
             epoch, min_value=self.wd_min, max_value=self.wd_max, num_epochs=self.num_epochs,
             cyclical_factor=self.cyclical_factor)
-        return [value] * len(self.optimizer.param_groups)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set the decayed groups to the value at ``epoch``, whatever the stepping mode (used on resume)."""
+        self.update_groups(self.value_at(epoch))
+
+    def _get_lr(self, t: int) -> list[float]:
+        epoch = t if self.t_in_epochs else t / self.updates_per_epoch
+        return [self.value_at(epoch)] * len(self.optimizer.param_groups)
 
     def update_groups(self, values: Union[float, list[float]]) -> None:
         if not isinstance(values, (list, tuple)):
