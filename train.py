@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import timm.scheduler
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -36,8 +37,6 @@ from timm.layers import convert_splitbn_model, convert_sync_batchnorm
 from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.scheduler.scheduler import Scheduler
 from timm.utils import (
     CheckpointSaver,
     dispatch_clip_grad,
@@ -46,14 +45,7 @@ from timm.utils import (
     setup_default_logging,
 )
 
-from cfl_timm import (
-    LOSS_TYPES,
-    CyclicalSchedules,
-    create_cyclical_schedules,
-    create_loss,
-    cyclical_schedule_kwargs,
-    loss_kwargs,
-)
+from cfl_timm import LOSS_TYPES, CyclicalScheduler, create_loss, loss_kwargs
 from cfl_timm.data import (
     DigitsDataset,
     SubsetDataset,
@@ -142,11 +134,12 @@ class TrainContext:
         args: The parsed (and checked) arguments; read, never written.
         proc: This process's device and rank.
         model: The timm model (unwrapped: checkpoints and BatchNorm sync use it).
-        task: The timm task wrapping model and criterion (training-only temperature, EMA, DDP).
+        task: The timm task wrapping model and criterion (EMA, DDP, criterion state in checkpoints).
         optimizer: timm optimizer over the model's parameters.
-        lr_scheduler: timm learning-rate scheduler.
-        schedules: The cyclical weight decay / temperature / clip schedules.
-        criterion: The training loss (the focal loss holds the cyclical eta).
+        lr_scheduler: From timm's scheduler factory: the LR scheduler inside the one object that owns the
+            cyclical position (weight decay, temperature, clip threshold and the loss eta move with its
+            ``step`` / ``step_update``).
+        criterion: The training loss, attached to ``lr_scheduler``.
         mixup_fn: timm's batch Mixup/CutMix, or None.
         loss_scaler: Grad scaler (CUDA float16 only) counting the steps it skipped, or None.
         autocast: Context-manager factory for the forward pass (a no-op without AMP).
@@ -162,8 +155,7 @@ class TrainContext:
     model: nn.Module
     task: TemperatureClassificationTask
     optimizer: torch.optim.Optimizer
-    lr_scheduler: Scheduler
-    schedules: CyclicalSchedules
+    lr_scheduler: CyclicalScheduler
     criterion: nn.Module
     mixup_fn: Optional[Mixup]
     loss_scaler: Optional[CountingScaler]
@@ -246,13 +238,12 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
                                               proc.distributed)
     updates_per_epoch = max(1, (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps)
 
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
-                                      decreasing_metric='loss' in args.eval_metric),
+    # timm's factory (wrapped by cfl_timm): the LR schedule plus the cyclical schedules the flags switch on.
+    lr_scheduler, num_epochs = timm.scheduler.create_scheduler_v2(
+        optimizer, **timm.scheduler.scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
+                                                     decreasing_metric='loss' in args.eval_metric),
         updates_per_epoch=updates_per_epoch)
-    criterion = build_train_criterion(args, num_epochs, mixup_fn is not None)
-    schedules = create_cyclical_schedules(
-        optimizer, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, **cyclical_schedule_kwargs(args))
+    criterion = lr_scheduler.attach_loss(build_train_criterion(args, num_epochs, mixup_fn is not None))
 
     task = TemperatureClassificationTask(model, criterion, device=proc.device, verbose=proc.is_primary)
     if args.model_ema:
@@ -266,7 +257,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
         else contextlib.nullcontext
     ctx = TrainContext(
         args=args, proc=proc, model=model, task=task, optimizer=optimizer, lr_scheduler=lr_scheduler,
-        schedules=schedules, criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
+        criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
         num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
     if dataset_holdout is not None:
         ctx.holdout_size = len(dataset_holdout.indices)
@@ -322,16 +313,14 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
 
 
 def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Optional[float]]:
-    """Reseed, reshuffle and set the epoch's Mixup and cyclical values; returns the cyclical values in force."""
+    """Reseed, reshuffle and set the epoch's Mixup; returns the cyclical values in force (the summary columns)."""
     # Every random stream restarts from (seed, epoch, rank): an interrupted run resumes bit for bit.
     random_seed(ctx.args.seed + epoch * 1000, ctx.proc.rank)
     if hasattr(loader_train.sampler, 'set_epoch'):
         loader_train.sampler.set_epoch(epoch)
     if ctx.mixup_fn is not None and ctx.args.mixup_off_epoch and epoch >= ctx.args.mixup_off_epoch:
         ctx.mixup_fn.mixup_enabled = False
-    start_updates = epoch * ctx.updates_per_epoch if ctx.args.cyclical_step_per_update else None
-    set_cyclical_epoch(ctx, epoch, start_updates)
-    return epoch_values(ctx)
+    return ctx.lr_scheduler.epoch_values(epoch)
 
 
 def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: dict[str, float],
@@ -347,22 +336,6 @@ def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: di
     _logger.info(f'Epoch {epoch}: train_loss {train_metrics["loss"]:.4f} eval_top1 {eval_metrics["top1"]:.2f} '
                  f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}'
                  + ''.join(f' {k} {v:.4f}' if isinstance(v, float) else f' {k} {v}' for k, v in extra.items()))
-
-
-def set_cyclical_epoch(ctx: TrainContext, epoch: float, num_updates: Optional[int] = None) -> None:
-    """Put the loss eta and the cyclical schedules at (fractional) ``epoch``; the task takes the temperature."""
-    if hasattr(ctx.criterion, 'set_epoch'):
-        ctx.criterion.set_epoch(epoch)
-    if num_updates is None:
-        ctx.schedules.step(int(epoch))
-    else:
-        ctx.schedules.step_update(num_updates)
-    ctx.task.temperature = ctx.schedules.current()['temperature']
-
-
-def epoch_values(ctx: TrainContext) -> dict[str, Optional[float]]:
-    """The cyclical values in force at the start of the epoch (None where off), for the summary."""
-    return {'eta': getattr(ctx.criterion, 'eta', None), **ctx.schedules.current()}
 
 
 def train_one_epoch(ctx: TrainContext, loader, epoch: int,
@@ -384,7 +357,6 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
     optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
         update_idx = batch_idx // accum_steps
-        first_in_update = batch_idx % accum_steps == 0
         need_update = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
         accum = accum_steps if update_idx < num_batches // accum_steps else last_accum_steps
         if args.no_prefetcher:
@@ -393,15 +365,13 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
             input, target = ctx.mixup_fn(input, target)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
-        if args.cyclical_step_per_update and first_in_update:
-            set_cyclical_epoch(ctx, num_updates / ctx.updates_per_epoch, num_updates)
 
         sync_ctx = task.no_sync() if not need_update else contextlib.nullcontext()
         with sync_ctx:
             with ctx.autocast():
                 loss = task(input, target)['loss']
             scaled = loss / accum
-            clip = ctx.schedules.current()['clip_grad'] or args.clip_grad
+            clip = ctx.lr_scheduler.clip_grad or args.clip_grad
             if ctx.loss_scaler is not None:
                 ctx.loss_scaler(scaled, optimizer, clip_grad=clip, clip_mode=args.clip_mode,
                                 parameters=task.get_clip_parameters(), need_update=need_update)

@@ -9,6 +9,7 @@
 - OneCycle against its formula and against ``torch.optim.lr_scheduler.OneCycleLR``, and after a resume.
 """
 import argparse
+import csv
 import json
 import math
 import os
@@ -353,3 +354,22 @@ def test_onecycle_through_the_factory_per_update_and_resume():
     assert wrapped.lr_scheduler.optimizer.param_groups[1]['lr'] == lrs[12]
     assert wrapped.temperature == pytest.approx((1 - cyclical_eta(13 / 5, 5, 2.0)) * 2.0 + cyclical_eta(13 / 5, 5, 2.0)
                                                 * 0.5)
+
+
+def test_train_py_sched_onecycle_on_real_images(tmp_path, capsys):
+    import train
+
+    argv = ['--dataset', 'sklearn/digits', '--model', 'test_efficientnet', '--img-size', '32', '-b', '32',
+            '--train_size', '64', '--epochs', '3', '--cooldown-epochs', '1', '--sched', 'onecycle', '--lr', '0.05',
+            '--onecycle-pct-start', '0.5', '--onecycle_div_factor', '10', '--onecycle-final-div-factor', '100',
+            '--output', str(tmp_path), '--experiment', 'run', '-j', '0', '--log-interval', '1000']
+    train.main(train.parse_args(argv))
+    with open(tmp_path / 'run' / 'summary.csv') as f:
+        lrs = [float(row['lr']) for row in csv.DictReader(f)]
+    # 3 epochs of OneCycle (warm-up end 0.5 * 3 - 1 = 0.5), then 1 cooldown epoch at the final lr.
+    assert lrs == [pytest.approx(onecycle_formula(t, 3, 0.05, 0.5, 10.0, 100.0), rel=1e-12) for t in range(4)]
+    assert lrs[0] == pytest.approx(0.005) and lrs[2] == lrs[3] == pytest.approx(5e-5)
+    with pytest.raises(SystemExit) as exit_info:  # a usage error before any work, as train.py's __main__ gives it
+        train.check_args(train.parse_args(argv + ['--onecycle-pct-start', '1.5']), train.get_args_parser())
+    assert exit_info.value.code == 2
+    assert 'onecycle pct_start (warm-up fraction) must lie in (0, 1), got 1.5' in capsys.readouterr().err

@@ -31,13 +31,14 @@ from timm.models import is_model
 from timm.utils import ParseKwargs
 
 from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
-from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES, cyclical_eta
+from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
-from ..scheduler import CyclicalValueScheduler
+from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
+from ..scheduler.onecycle import ONECYCLE_ANNEAL
 
 __all__ = [
     'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
@@ -177,7 +178,7 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
     """Learning-rate schedule and epochs (timm's scheduler factory arguments)."""
     group = parser.add_argument_group('Learning rate schedule parameters')
     group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
-                       help='LR scheduler (default: "cosine")')
+                       help='LR scheduler: timm\'s types or "onecycle" (default: "cosine")')
     group.add_argument('--sched-on-updates', action='store_true', default=False,
                        help='apply the LR scheduler step on update instead of epoch end')
     group.add_argument('--lr', type=float, default=None, metavar='LR',
@@ -224,6 +225,16 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='patience epochs for Plateau LR scheduler (default: 10)')
     group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
                        help='LR decay rate (default: 0.1)')
+    group.add_argument(*both_spellings('--onecycle-pct-start'), dest='onecycle_pct_start', type=float, default=0.3,
+                       metavar='FRACTION', help='--sched onecycle: fraction of the cycle spent warming up from '
+                                                'lr / div-factor to lr (default: 0.3; --warmup-* do not apply)')
+    group.add_argument(*both_spellings('--onecycle-div-factor'), dest='onecycle_div_factor', type=float,
+                       default=25.0, metavar='DIV', help='--sched onecycle: lr / initial lr (default: 25)')
+    group.add_argument(*both_spellings('--onecycle-final-div-factor'), dest='onecycle_final_div_factor',
+                       type=float, default=1e4, metavar='DIV',
+                       help='--sched onecycle: initial lr / final lr (default: 1e4; --min-lr does not apply)')
+    group.add_argument(*both_spellings('--onecycle-anneal'), dest='onecycle_anneal', default='cos',
+                       choices=ONECYCLE_ANNEAL, help='--sched onecycle: annealing curve (default: cos)')
 
 
 
@@ -550,15 +561,15 @@ def check_loss_args(args: argparse.Namespace) -> None:
 
 
 def check_cyclical_args(args: argparse.Namespace) -> None:
-    """The cyclical ranges and timing, checked by the schedulers themselves on a dry construction."""
-    num_epochs = args.epochs + args.cooldown_epochs
-    cyclical_eta(0, num_epochs, args.cyclical_factor)
-    for name, low, high in (('weight decay (--wd_min, --wd_max)', args.wd_min, args.wd_max),
-                            ('softmax temperature (--T_min, --T_max)', args.T_min, args.T_max),
-                            ('gradient clipping (--clip_min, --clip_max)', args.clip_min, args.clip_max)):
-        if low != 0:
-            CyclicalValueScheduler(low, high, num_epochs=num_epochs, cyclical_factor=args.cyclical_factor,
-                                   name=name)
+    """The cyclical ranges and timing (the checks the scheduler factory runs), and the OneCycle settings."""
+    check_cyclical_arguments(
+        num_epochs=args.epochs + args.cooldown_epochs, cyclical_factor=args.cyclical_factor, wd_min=args.wd_min,
+        wd_max=args.wd_max, t_min=args.T_min, t_max=args.T_max, clip_min=args.clip_min, clip_max=args.clip_max)
+    if args.sched == 'onecycle':  # the scheduler's own checks, on a stand-in optimizer
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        OneCycleLRScheduler(probe, t_initial=args.epochs, pct_start=args.onecycle_pct_start,
+                            div_factor=args.onecycle_div_factor, final_div_factor=args.onecycle_final_div_factor,
+                            anneal_strategy=args.onecycle_anneal)
 
 
 def check_subset_args(args: argparse.Namespace) -> None:
