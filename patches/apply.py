@@ -16,11 +16,14 @@ What it does (see patches/README.md):
 
 - copies self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` and
   ``timm/loss/calibration_losses.py`` (this project's loss modules, verbatim), ``timm/loss/cfl_loss_factory.py``
-  (this project's one loss factory, verbatim) and ``timm/scheduler/cyclical.py`` (the train.py hooks, from
-  ``patches/files/``);
+  (this project's one loss factory, verbatim), this project's scheduler modules into ``timm/scheduler/``
+  (verbatim: ``CyclicalScheduler``, ``OneCycleLRScheduler`` and their registration into timm's scheduler
+  factory) and ``timm/scheduler/cyclical.py`` (the train.py flags and loss choice, from ``patches/files/``);
 - inserts lines into ``timm/loss/__init__.py`` (exports), ``timm/loss/_loss_factory.py`` where the checkout
-  has one (every cfl-timm loss type joins ``create_classification_loss``) and ``train.py`` (flags, loss choice,
-  per epoch / per update state, temperature, weight decay, clip threshold, summary columns).
+  has one (every cfl-timm loss type joins ``create_classification_loss``), ``timm/scheduler/__init__.py``
+  (registers 'onecycle' and the cyclical keywords with ``create_scheduler_v2`` / ``scheduler_kwargs``) and
+  ``train.py`` (flags, loss choice, the loss attached to the scheduler, the scheduled clip threshold, summary
+  columns).
 
 Insertion points are found from the code's structure with :mod:`ast` (a named statement or function), never
 from line numbers. Every inserted line carries the marker ``# cfl-timm`` and no upstream line is changed, so
@@ -47,12 +50,18 @@ COPIED_FILES = {
     'timm/loss/cyclical_focal_loss.py': 'cfl_timm/cyclical_focal_loss.py',
     'timm/loss/calibration_losses.py': 'cfl_timm/calibration_losses.py',
     'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss_factory.py',
+    'timm/scheduler/cyclical_value.py': 'cfl_timm/scheduler/cyclical_value.py',
+    'timm/scheduler/cyclical_weight_decay.py': 'cfl_timm/scheduler/cyclical_weight_decay.py',
+    'timm/scheduler/cyclical_scheduler.py': 'cfl_timm/scheduler/cyclical_scheduler.py',
+    'timm/scheduler/onecycle.py': 'cfl_timm/scheduler/onecycle.py',
+    'timm/scheduler/scheduler_registry.py': 'cfl_timm/scheduler/scheduler_registry.py',
     'timm/scheduler/cyclical.py': 'patches/files/timm/scheduler/cyclical.py',
 }
 # What a copied module may import: it has to work inside any timm checkout.
-ALLOWED_IMPORTS = {'argparse', 'copy', 'inspect', 'math', 'typing', 'torch', 'timm'}
+ALLOWED_IMPORTS = {'argparse', 'copy', 'functools', 'inspect', 'math', 'sys', 'typing', 'torch', 'timm'}
 LOSS_INIT = 'timm/loss/__init__.py'
 LOSS_FACTORY = 'timm/loss/_loss_factory.py'
+SCHEDULER_INIT = 'timm/scheduler/__init__.py'
 TRAIN = 'train.py'
 
 
@@ -251,6 +260,22 @@ def plan_loss_factory(source: str) -> FilePlan:
     return plan
 
 
+def plan_scheduler_init(source: str) -> FilePlan:
+    plan = FilePlan()
+    tree = ast.parse(source)
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    if not any(n.module == 'scheduler_factory' for n in imports):
+        plan.missing.append(f'{SCHEDULER_INIT}: the module-level "from .scheduler_factory import ..."')
+        return plan
+    plan.inserts.append(Insert(imports[-1].end_lineno, '', [
+        'from .cyclical_scheduler import CyclicalScheduler, scheduled_clip_args',
+        'from .onecycle import OneCycleLRScheduler',
+        'from .scheduler_registry import register as _register_cfl_schedules',
+        '_register_cfl_schedules()',
+    ]))
+    return plan
+
+
 def plan_train(source: str) -> FilePlan:
     plan = FilePlan()
     tree = ast.parse(source)
@@ -266,7 +291,8 @@ def plan_train(source: str) -> FilePlan:
     if need(timm_loss_import, 'the module-level import "from timm.loss import ..."'):
         plan.inserts.append(Insert(timm_loss_import.end_lineno, '', [
             'from timm.scheduler.cyclical import (',
-            '    CyclicalTraining, add_cyclical_args, check_cyclical_args, create_cyclical_train_loss)']))
+            '    add_cyclical_args, check_cyclical_args, create_cyclical_train_loss, cyclical_summary, '
+            'scheduled_clip_args)']))
 
     parser_assign = next((n for n in tree.body if isinstance(n, ast.Assign) and 'parser' in assigned_names(n)
                           and call_name(n.value) == 'ArgumentParser'), None)
@@ -282,8 +308,6 @@ def plan_train(source: str) -> FilePlan:
 
     main = module_function(tree, 'main')
     if need(main, 'def main()'):
-        if uses_name(main, 'cyclical'):
-            plan.missing.append(f'{TRAIN}: main() must not use the name "cyclical" already')
         parsed = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value) == '_parse_args')
         if need(parsed, 'main(): "args, args_text = _parse_args()"'):
             plan.inserts.append(Insert(parsed.end_lineno, indent_of(lines, parsed), ['check_cyclical_args(args)']))
@@ -297,54 +321,37 @@ def plan_train(source: str) -> FilePlan:
             plan.inserts.append(Insert(to_device.lineno - 1, indent_of(lines, to_device), [
                 'train_loss_fn = create_cyclical_train_loss(train_loss_fn, args, mixup_active=mixup_active)']))
         scheduler = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value)
-                                   == 'create_scheduler_v2' and 'num_epochs' in assigned_names(n))
-        updates = find_statement(main, lambda n: isinstance(n, ast.Assign)
-                                 and 'updates_per_epoch' in assigned_names(n))
-        if need(scheduler, 'main(): "lr_scheduler, num_epochs = create_scheduler_v2(...)"') and \
-                need(updates, 'main(): "updates_per_epoch = ..."'):
+                                   == 'create_scheduler_v2' and {'lr_scheduler', 'num_epochs'} <= assigned_names(n))
+        if need(scheduler, 'main(): "lr_scheduler, num_epochs = create_scheduler_v2(...)"'):
+            # timm's factory, patched, returns the CyclicalScheduler: the loss follows its position.
             plan.inserts.append(Insert(scheduler.end_lineno, indent_of(lines, scheduler), [
-                'cyclical = CyclicalTraining.from_args(',
-                '    args, optimizer, train_loss_fn, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)']))
+                'lr_scheduler.attach_loss(train_loss_fn)']))
         call = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value) == 'train_one_epoch'
                               and 'train_metrics' in assigned_names(n))
         if need(call, 'main(): "train_metrics = train_one_epoch(...)"'):
-            keywords = call.value.keywords
-            last = keywords[-1] if keywords else None
-            if last is None or last.arg is None or \
-                    not lines[last.end_lineno - 1].split('#', 1)[0].rstrip().endswith(','):
-                plan.missing.append(f'{TRAIN}: main(): train_one_epoch(...) call with one keyword argument a line '
-                                    'and a trailing comma')
-            else:
-                plan.inserts.append(Insert(last.end_lineno, ' ' * last.col_offset, ['cyclical=cyclical,']))
-                plan.inserts.append(Insert(call.end_lineno, indent_of(lines, call), [
-                    'train_metrics.update(cyclical.epoch_summary())']))
+            plan.inserts.append(Insert(call.end_lineno, indent_of(lines, call), [
+                'train_metrics.update(cyclical_summary(lr_scheduler, epoch))']))
 
     epoch_fn = module_function(tree, 'train_one_epoch')
     if need(epoch_fn, 'def train_one_epoch(...)'):
-        if uses_name(epoch_fn, 'cyclical'):
-            plan.missing.append(f'{TRAIN}: train_one_epoch() must not use the name "cyclical" already')
         params = [a.arg for a in epoch_fn.args.args + epoch_fn.args.kwonlyargs]
-        end = last_parameter_line(lines, epoch_fn)
-        if not {'epoch', 'args'} <= set(params) or end is None:
-            plan.missing.append(f'{TRAIN}: train_one_epoch(epoch, ..., args, ...) signature with one parameter a '
-                                'line, a trailing comma and no **kwargs')
+        if not {'args', 'lr_scheduler'} <= set(params):
+            plan.missing.append(f'{TRAIN}: train_one_epoch(..., args, ..., lr_scheduler=...) parameters')
         else:
-            last_param = (epoch_fn.args.args + epoch_fn.args.kwonlyargs)[-1]
-            plan.inserts.append(Insert(end, indent_of(lines, last_param), ['cyclical=None,']))
             first = body_start(epoch_fn)
             plan.inserts.append(Insert(first.lineno - 1, indent_of(lines, first), [
-                'if cyclical is not None:',
-                f'    args = cyclical.begin_epoch(epoch, args)  {MARKER}: a copy if the clip threshold is scheduled']))
-        counter = find_statement(epoch_fn, lambda n: isinstance(n, ast.AugAssign) and isinstance(n.op, ast.Add)
-                                 and isinstance(n.target, ast.Name) and n.target.id == 'num_updates')
-        if need(counter, 'train_one_epoch(): "num_updates += 1"'):
-            plan.inserts.append(Insert(counter.end_lineno, indent_of(lines, counter), [
-                'if cyclical is not None:',
-                '    args = cyclical.step_update(num_updates, args)']))
+                f'args = scheduled_clip_args(args, lr_scheduler)  {MARKER}: a copy if the clip is scheduled']))
+        step_update = find_statement(epoch_fn, lambda n: isinstance(n, ast.Expr) and call_name(n.value)
+                                     == 'step_update' and isinstance(n.value.func.value, ast.Name)
+                                     and n.value.func.value.id == 'lr_scheduler')
+        if need(step_update, 'train_one_epoch(): "lr_scheduler.step_update(...)"'):
+            plan.inserts.append(Insert(step_update.end_lineno, indent_of(lines, step_update), [
+                'args = scheduled_clip_args(args, lr_scheduler)']))
     return plan
 
 
-PLANNERS = {LOSS_INIT: plan_loss_init, LOSS_FACTORY: plan_loss_factory, TRAIN: plan_train}
+PLANNERS = {LOSS_INIT: plan_loss_init, LOSS_FACTORY: plan_loss_factory, SCHEDULER_INIT: plan_scheduler_init,
+            TRAIN: plan_train}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,7 +391,9 @@ def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str,
     """{relative path: (current text or None, new text or None)} for every file that changes."""
     if not (checkout / LOSS_INIT).is_file():
         raise PatchError(f'{checkout} is not a timm checkout: {LOSS_INIT} is missing')
-    targets = [LOSS_INIT] + ([LOSS_FACTORY] if (checkout / LOSS_FACTORY).is_file() else [])
+    if not (checkout / SCHEDULER_INIT).is_file():
+        raise PatchError(f'{checkout} is not a timm checkout: {SCHEDULER_INIT} is missing')
+    targets = [LOSS_INIT] + ([LOSS_FACTORY] if (checkout / LOSS_FACTORY).is_file() else []) + [SCHEDULER_INIT]
     if not library_only:
         if not (checkout / TRAIN).is_file():
             raise PatchError(f'{checkout} has no {TRAIN} at its root; pass --library-only to patch timm/ alone')

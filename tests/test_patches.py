@@ -77,7 +77,7 @@ def test_library_diff_equals_tool_output_on_installed_timm(checkout, tmp_path, c
     assert produced == INSTALLED_LIBRARY_DIFF.read_text(), \
         'patches/timm-1.0.31-library.diff is stale: python patches/apply.py <timm layout> --library-only --write-diffs'
     assert set(diff_sections(produced)) == {
-        'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', *apply.COPIED_FILES}
+        'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', apply.SCHEDULER_INIT, *apply.COPIED_FILES}
     for dest, src in apply.COPIED_FILES.items():  # the copied modules are this repository's files, verbatim
         assert added_lines(diff_sections(produced)[dest]) == [line.strip() for line in
                                                               (REPO_ROOT / src).read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_v1028_diffs_carry_what_the_tool_inserts_today(checkout, tmp_path, capsy
     library_now = diff_sections((tmp_path / 'now-library.diff').read_text())
     library_v1028 = diff_sections(V1028_LIBRARY_DIFF.read_text())
     # v1.0.28 has no loss factory; the copied files are identical, byte for byte, to today's.
-    assert set(library_v1028) == {'timm/loss/__init__.py', *apply.COPIED_FILES}
+    assert set(library_v1028) == {'timm/loss/__init__.py', apply.SCHEDULER_INIT, *apply.COPIED_FILES}
     for dest in apply.COPIED_FILES:
         assert library_v1028[dest] == library_now[dest]
     assert added_lines(library_v1028['timm/loss/__init__.py']) == added_lines(library_now['timm/loss/__init__.py'])
@@ -106,7 +106,8 @@ def test_apply_is_idempotent_and_revert_is_byte_exact(checkout, capsys):
     assert code == 0, err
     patched = tree_digest(checkout)
     changed = {rel for rel in patched if before.get(rel) != patched[rel]}
-    assert changed == {'train.py', 'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', *apply.COPIED_FILES}
+    assert changed == {'train.py', 'timm/loss/__init__.py', 'timm/loss/_loss_factory.py', apply.SCHEDULER_INIT,
+                       *apply.COPIED_FILES}
 
     code, out, _ = run_tool(checkout, capsys=capsys)  # second run: nothing to do
     assert code == 0 and 'already patched' in out
@@ -139,13 +140,13 @@ def test_missing_anchors_change_nothing_and_are_all_named(checkout, capsys):
     factory = checkout / 'timm' / 'loss' / '_loss_factory.py'
     factory.write_text(factory.read_text().replace('LOSS_TYPES = (', 'KNOWN_LOSSES = ('))
     train = checkout / 'train.py'
-    train.write_text(train.read_text().replace('        num_updates += 1\n', '        num_updates = num_updates + 1\n'))
+    train.write_text(train.read_text().replace('lr_scheduler.step_update(', 'lr_scheduler.step('))
     before = tree_digest(checkout)
     code, out, err = run_tool(checkout, capsys=capsys)
     assert code == 1
     assert 'nothing was changed' in err
     assert 'timm/loss/_loss_factory.py: the module-level assignment LOSS_TYPES = (...)' in err
-    assert 'train.py: train_one_epoch(): "num_updates += 1"' in err
+    assert 'train.py: train_one_epoch(): "lr_scheduler.step_update(...)"' in err
     assert tree_digest(checkout) == before  # the anchors that were found were not applied either
 
 
@@ -171,7 +172,6 @@ import argparse, math, torch, torch.nn as nn
 from timm.loss import CyclicalFocalLoss, AsymmetricLossSingleLabel, create_classification_loss, LOSS_TYPES
 from timm.loss import AdaFocalLoss, CALIBRATION_LOSS_TYPES
 from timm.loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS
-from timm.scheduler.cyclical import CyclicalTraining, TemperatureScaledLoss, cyclical_value
 
 # The factory accepts every cfl-timm type; existing types and errors behave as before.
 loss = create_classification_loss('asym-cyclical', smoothing=0.1, gamma_hc=3., gamma_pos=2., gamma_neg=2.,
@@ -200,19 +200,34 @@ try:
 except ValueError as e:
     assert 'requires multi-label targets' in str(e), e
 
-# Weight decay reaches the decayed groups only (chosen by configured value, not index, no lr_scale),
-# per-update stepping uses fractional epochs, the clip threshold arrives in a copy of args.
+# The patched scheduler factory: timm's types as before, 'onecycle', and the cyclical keywords returning the
+# CyclicalScheduler. Weight decay reaches the decayed groups only (chosen by configured value, not index, no
+# lr_scale), per-update stepping uses fractional epochs, the clip threshold arrives in a copy of args, the
+# attached loss follows the position and sees logits / T.
+import timm.scheduler
+from timm.scheduler import CyclicalScheduler, OneCycleLRScheduler, CosineLRScheduler, scheduled_clip_args
+from timm.scheduler.cyclical import cyclical_summary
+from timm.scheduler.cyclical_value import cyclical_value
 weights = [nn.Parameter(torch.zeros(2)) for _ in range(3)]
 optimizer = torch.optim.SGD([{'params': [weights[0]], 'weight_decay': 1e-4, 'lr_scale': 0.5},
                              {'params': [weights[1]], 'weight_decay': 0.},
                              {'params': [weights[2]], 'weight_decay': 3e-4}], lr=0.1)
-criterion = TemperatureScaledLoss(create_classification_loss(
-    'asym-cyclical', gamma_hc=3., cyclical_factor=4., epochs=5))
-cyclical = CyclicalTraining(optimizer, criterion, num_epochs=5, cyclical_factor=4., weight_decay=(1e-5, 8e-5),
-                            temperature=(0.5, 2.), clip_grad=(0.5, 2.), step_per_update=True, updates_per_epoch=4)
+plain, _ = timm.scheduler.create_scheduler_v2(optimizer, sched='cosine', num_epochs=5)
+assert type(plain) is CosineLRScheduler
+onecycle, n = timm.scheduler.create_scheduler_v2(optimizer, sched='onecycle', num_epochs=5, cooldown_epochs=1)
+assert type(onecycle) is OneCycleLRScheduler and n == 6
+ns = argparse.Namespace(sched='cosine', epochs=4, cooldown_epochs=1, cyclical_factor=4., wd_min=1e-5, wd_max=8e-5,
+                        T_min=0.5, T_max=2., clip_min=0.5, clip_max=2., cyclical_step_per_update=True)
+scheduler, num_epochs = timm.scheduler.create_scheduler_v2(optimizer, **timm.scheduler.scheduler_kwargs(ns),
+                                                           updates_per_epoch=4)
+assert type(scheduler) is CyclicalScheduler and num_epochs == 5 and scheduler.t_in_epochs
+criterion = create_classification_loss('asym-cyclical', gamma_hc=3., cyclical_factor=4., epochs=5)
+scheduler.attach_loss(criterion)
 args = argparse.Namespace(clip_grad=None, clip_mode='norm')
-epoch_args = cyclical.begin_epoch(1, args)
-update_args = cyclical.step_update(6, epoch_args)
+scheduler.step(1)
+epoch_args = scheduled_clip_args(args, scheduler)
+scheduler.step_update(6)
+update_args = scheduled_clip_args(epoch_args, scheduler)
 expect = {name: cyclical_value(1.5, min_value=lo, max_value=hi, num_epochs=5, cyclical_factor=4.)
           for name, (lo, hi) in {'wd': (1e-5, 8e-5), 'T': (0.5, 2.), 'clip': (0.5, 2.)}.items()}
 assert args.clip_grad is None
@@ -220,13 +235,15 @@ assert math.isclose(epoch_args.clip_grad, cyclical_value(1, min_value=0.5, max_v
                                                          cyclical_factor=4.))
 assert math.isclose(update_args.clip_grad, expect['clip'])
 assert [g['weight_decay'] for g in optimizer.param_groups] == [expect['wd'], 0., expect['wd']]
-assert math.isclose(criterion.temperature, expect['T'])
-assert criterion.criterion.epoch == 1.5
-assert cyclical.epoch_summary()['weight_decay'] == cyclical_value(1, min_value=1e-5, max_value=8e-5, num_epochs=5,
-                                                                   cyclical_factor=4.)
+assert math.isclose(scheduler.temperature, expect['T'])
+assert criterion.epoch == 1.5
+logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+assert criterion(logits, target).item() == criterion.forward(logits / expect['T'], target).item()
+assert cyclical_summary(scheduler, 1)['weight_decay'] == cyclical_value(1, min_value=1e-5, max_value=8e-5,
+                                                                         num_epochs=5, cyclical_factor=4.)
 try:
-    CyclicalTraining(torch.optim.SGD([weights[1]], lr=0.1, weight_decay=0.), criterion, num_epochs=5,
-                     cyclical_factor=4., weight_decay=(1e-5, 8e-5))
+    timm.scheduler.create_scheduler_v2(torch.optim.SGD([weights[1]], lr=0.1, weight_decay=0.), num_epochs=5,
+                                       wd_min=1e-5)
     raise AssertionError('no error')
 except ValueError as e:
     assert 'weight decay > 0' in str(e), e

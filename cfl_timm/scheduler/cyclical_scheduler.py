@@ -210,7 +210,9 @@ class CyclicalScheduler:
     def attach_loss(self, loss: nn.Module) -> nn.Module:
         """Make the training loss follow this scheduler; returns it.
 
-        A loss with ``set_epoch`` (the cyclical focal loss) is put at the position after every move; with the
+        A loss with ``set_epoch`` (the cyclical focal loss) is put at the position after every move, and its eta
+        spans this scheduler's ``num_epochs`` (its ``epochs`` is set to it: timm's factory decides the run length,
+        cooldown, cycles and warm-up prefix included; a different ``cyclical_factor`` is an error). With the
         temperature schedule on, a forward pre-hook divides the loss's first input (the logits) by the current
         temperature, so the model output and the evaluation stay unscaled.
         """
@@ -218,6 +220,12 @@ class CyclicalScheduler:
             raise ValueError('A training loss is attached to this scheduler already.')
         if not isinstance(loss, nn.Module):
             raise ValueError(f'attach_loss needs the training loss module, got {type(loss).__name__}.')
+        if hasattr(loss, 'set_epoch') and getattr(loss, 'epochs', None) is not None:
+            factor = getattr(loss, 'cyclical_factor', self.cyclical_factor)
+            if factor != self.cyclical_factor:
+                raise ValueError(f'The loss has cyclical_factor {factor} but the scheduler '
+                                 f'{self.cyclical_factor}: one factor drives both (--cyclical_factor).')
+            loss.epochs = self.num_epochs
         self.loss = loss
         if self.ranges['temperature'] is not None:
             self._hook = loss.register_forward_pre_hook(self._divide_logits)
@@ -242,6 +250,20 @@ class CyclicalScheduler:
         if self.lr_scheduler is not None and state_dict.get('lr_scheduler') is not None:
             self.lr_scheduler.load_state_dict(state_dict['lr_scheduler'])
         self.set_epoch(state_dict['epoch'])
+
+    @property
+    def t_in_epochs(self) -> bool:
+        """Whether the LR steps per epoch (timm's attribute; without an LR scheduler: the cyclical stepping)."""
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler.t_in_epochs
+        return not self.step_per_update
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a timm loop reads from its scheduler (e.g. get_cycle_length) is the LR scheduler's.
+        lr_scheduler = self.__dict__.get('lr_scheduler')
+        if lr_scheduler is None or name.startswith('__'):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return getattr(lr_scheduler, name)
 
     def __repr__(self) -> str:
         on = [name for name in ('weight_decay', 'temperature', 'clip_grad')

@@ -6,7 +6,8 @@ and nesting (module-level ``parser`` and flags, ``_parse_args``, ``main`` buildi
 optimizer and ``create_scheduler_v2``, an epoch loop calling ``train_one_epoch`` with keyword arguments, and
 ``num_updates += 1`` in the update loop), and trains on the installed timm library. After each optimizer update
 it records what the update used (the weight decay of every parameter group with its configured value, the clip
-threshold, the training temperature) in ``updates.json`` so the tests can check the patched hooks.
+threshold, the training temperature of the scheduler) in ``updates.json`` so the tests can check the patched
+hooks.
 """
 import argparse
 import json
@@ -19,7 +20,7 @@ from timm import utils
 from timm.loss import create_classification_loss
 from timm.models import create_model
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask
 from torchvision import datasets, transforms
 
@@ -32,6 +33,8 @@ parser.add_argument('--max-images', type=int, default=64)
 parser.add_argument('--batch-size', type=int, default=16)
 parser.add_argument('--epochs', type=int, default=3)
 parser.add_argument('--cooldown-epochs', type=int, default=0)
+parser.add_argument('--sched', default='cosine')
+parser.add_argument('--warmup-epochs', type=int, default=0)
 parser.add_argument('--lr', type=float, default=0.01)
 parser.add_argument('--weight-decay', type=float, default=2e-5)
 parser.add_argument('--loss', default=None)
@@ -66,9 +69,7 @@ def main():
     updates_per_epoch = len(loader)
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer,
-        sched='cosine',
-        num_epochs=args.epochs,
-        cooldown_epochs=args.cooldown_epochs,
+        **scheduler_kwargs(args),
         updates_per_epoch=updates_per_epoch,
     )
     os.makedirs(args.output, exist_ok=True)
@@ -121,7 +122,7 @@ def train_one_epoch(
             'groups': [[g.get('initial_weight_decay', g['weight_decay']), g['weight_decay']]
                        for g in optimizer.param_groups],
             'clip_grad': args.clip_grad,
-            'temperature': getattr(task.criterion, 'temperature', None),
+            'temperature': getattr(lr_scheduler, 'temperature', None),
         })
 
         num_updates += 1
