@@ -373,3 +373,27 @@ def test_train_py_sched_onecycle_on_real_images(tmp_path, capsys):
         train.check_args(train.parse_args(argv + ['--onecycle-pct-start', '1.5']), train.get_args_parser())
     assert exit_info.value.code == 2
     assert 'onecycle pct_start (warm-up fraction) must lie in (0, 1), got 1.5' in capsys.readouterr().err
+
+
+def test_attached_loss_spans_the_scheduler_and_timm_attributes_pass_through():
+    optimizer = timm_schedule_recorder.make_optimizer()
+    lr_scheduler, num_epochs = timm.scheduler.create_scheduler_v2(
+        optimizer, sched='cosine', num_epochs=4, cycle_limit=2, cooldown_epochs=1, cyclical_factor=4.0)
+    assert num_epochs == 9  # two cycles of 4 and a cooldown epoch: the span timm's factory decides
+    loss = lr_scheduler.attach_loss(create_loss('asym-cyclical', cyclical_factor=4.0, epochs=5))
+    assert loss.epochs == 9
+    lr_scheduler.step(6)
+    assert loss.eta == cyclical_eta(6, 9, 4.0) == lr_scheduler.eta
+    other, _ = timm.scheduler.create_scheduler_v2(timm_schedule_recorder.make_optimizer(), num_epochs=4,
+                                                  cyclical_factor=2.0)
+    with pytest.raises(ValueError, match='one factor drives both'):
+        other.attach_loss(create_loss('asym-cyclical', cyclical_factor=4.0, epochs=4))
+    # timm's train.py reads lr_scheduler.t_in_epochs; other attributes are the LR scheduler's.
+    assert lr_scheduler.t_in_epochs is True and lr_scheduler.get_cycle_length() == 8
+    assert lr_scheduler.t_initial == lr_scheduler.lr_scheduler.t_initial == 4
+    none, _ = timm.scheduler.create_scheduler_v2(timm_schedule_recorder.make_optimizer(), sched='none',
+                                                 num_epochs=4, t_min=0.5, cyclical_step_per_update=True,
+                                                 updates_per_epoch=2)
+    assert none.lr_scheduler is None and none.t_in_epochs is False
+    with pytest.raises(AttributeError):
+        getattr(none, "t_initial")  # noqa: B009  (no LR scheduler to pass it through to)
