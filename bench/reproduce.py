@@ -273,7 +273,8 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
             import torch
             torch.set_num_threads(protocol.threads)
         if protocol.score_split is not None:
-            return {'protocol': protocol.name, 'method_flags': METHODS[cell.loss], 'command': command[1:],
+            return {'protocol': protocol.name, 'method_flags': METHODS[cell.loss],
+                    'command': portable_command(command[1:], data_dir, run_dir),
                     'train_seconds': train_seconds, 'train_cpu_seconds': train_cpu_seconds, 'epochs': len(rows),
                     'curve': [{k: _number(row.get(k)) for k in CURVE_COLUMNS if row.get(k) not in (None, '')}
                               for row in rows],
@@ -291,6 +292,13 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
         }
 
     return run_cell
+
+
+def portable_command(argv: list[str], data_dir: Path, run_dir: Path) -> list[str]:
+    """``argv`` without this machine's paths (results are committed): train.py relative to the repository,
+    the data and run directories as ``$DATA`` and ``$RUN``."""
+    names = {str(REPO_ROOT / 'train.py'): 'train.py', str(data_dir): '$DATA', str(run_dir): '$RUN'}
+    return [names.get(arg, arg) for arg in argv]
 
 
 def _number(value: Optional[str]) -> Any:
