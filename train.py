@@ -59,9 +59,6 @@ from cfl_timm.data import (
 from cfl_timm.data.holdout import (
     HOLDOUT_METRICS,
     append_jsonl,
-    gather_predictions,
-    holdout_metrics,
-    holdout_shard,
     holdout_split,
     trim_jsonl,
 )
@@ -83,6 +80,7 @@ from cfl_timm.training import (
     save_args_yaml,
 )
 from cfl_timm.training.args import add_train_args, check_args, load_config, loss_name, mixup_active
+from cfl_timm.training.evaluate import create_eval_loader, evaluate_logits, predict
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
@@ -260,15 +258,11 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
         criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
         num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
     if dataset_holdout is not None:
-        ctx.holdout_size = len(dataset_holdout.indices)
-        shard = SubsetDataset(dataset_holdout.dataset,
-                              dataset_holdout.indices[holdout_shard(ctx.holdout_size, proc.rank, proc.world_size)])
-        ctx.loader_holdout = create_loader(
-            shard, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
-            is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
-            std=data_config['std'], num_workers=args.workers, distributed=False, crop_pct=data_config['crop_pct'],
-            pin_memory=args.pin_mem, device=proc.device, use_prefetcher=not args.no_prefetcher,
-            persistent_workers=False)
+        ctx.holdout_size = len(dataset_holdout)
+        ctx.loader_holdout = create_eval_loader(  # this rank's unpadded shard; predict() gathers the whole split
+            dataset_holdout, data_config, batch_size=args.validation_batch_size or args.batch_size,
+            num_workers=args.workers, device=proc.device, use_prefetcher=not args.no_prefetcher,
+            pin_memory=args.pin_mem)
     return ctx, loader_train, loader_eval, data_config
 
 
@@ -603,18 +597,10 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
     confidences, so all ranks hold identical state (checked), and the primary appends the update's bin
     statistics to ``adafocal_bins.jsonl`` (with the update number in the epoch as ``batch`` for per-batch
     updates)."""
-    model.eval()
-    logits, targets = [], []
-    for input, target in ctx.loader_holdout:
-        input, target = input.to(ctx.device), target.to(ctx.device)
-        with ctx.autocast():
-            output = model(input)
-        logits.append((output[0] if isinstance(output, (tuple, list)) else output).float())
-        targets.append(target)
-    empty = torch.zeros(0, ctx.num_classes, device=ctx.device)
-    logits, targets = gather_predictions(torch.cat(logits) if logits else empty,
-                                         torch.cat(targets) if targets else empty[:, 0].long(), ctx.holdout_size)
-    metrics = holdout_metrics(logits, targets, ctx.num_classes)
+    logits, targets = predict(model, ctx.loader_holdout, device=ctx.device, autocast=ctx.autocast,
+                              channels_last=ctx.args.channels_last)
+    metrics = evaluate_logits(logits, targets, ctx.num_classes).metrics
+    metrics = {'holdout_top1': metrics['top1'], 'holdout_nll': metrics['nll'], 'holdout_ece': metrics['ece']}
     if update and holdout_update_every(ctx) is not None:
         probabilities = logits.double().softmax(1)
         confidences, predictions = probabilities.max(1)

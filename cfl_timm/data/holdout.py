@@ -7,9 +7,9 @@ unaugmented, for AdaFocal's per-epoch update, temperature scaling and model sele
 used for any of these.
 
 The split is stratified (each class keeps its share, largest remainders first), fixed by the seed, and disjoint
-from the images trained on. Under torchrun each rank predicts its own shard (positions ``rank::world_size``, no
-padding) and :func:`gather_predictions` reassembles every prediction exactly once, in split order, on every
-rank, so all ranks compute identical metrics and identical AdaFocal updates.
+from the images trained on. train.py predicts it with :mod:`cfl_timm.training.evaluate` (under torchrun each rank
+its unpadded strided shard, the logits gathered back in split order on every rank), so all ranks compute
+identical metrics and identical AdaFocal updates.
 """
 import json
 import os
@@ -18,13 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
-__all__ = [
-    'HOLDOUT_METRICS', 'holdout_split', 'holdout_shard', 'gather_predictions', 'holdout_metrics',
-    'append_jsonl', 'trim_jsonl',
-]
+__all__ = ['HOLDOUT_METRICS', 'holdout_split', 'append_jsonl', 'trim_jsonl']
 
 # Metrics of the held-out split (summary.csv columns; --checkpoint-metric choices) and whether lower is better.
 HOLDOUT_METRICS = {'holdout_top1': False, 'holdout_nll': True, 'holdout_ece': True}
@@ -70,50 +65,6 @@ def holdout_split(targets: np.ndarray, size: int, seed: int) -> tuple[np.ndarray
     holdout = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(len(targets)), holdout, assume_unique=True)
     return train, holdout
-
-
-def holdout_shard(num_samples: int, rank: int, world_size: int) -> np.ndarray:
-    """Positions of the held-out split that ``rank`` predicts: ``rank::world_size`` (no padding, no repeats)."""
-    return np.arange(rank, num_samples, world_size, dtype=np.int64)
-
-
-def gather_predictions(logits: torch.Tensor, targets: torch.Tensor, num_samples: int) -> tuple[torch.Tensor,
-                                                                                               torch.Tensor]:
-    """Every rank's shard of (logits, targets) reassembled in split order, identical on every rank.
-
-    Args:
-        logits: This rank's predictions (len(shard), K), in shard order (see :func:`holdout_shard`).
-        targets: This rank's targets (len(shard),).
-        num_samples: Size of the held-out split.
-    """
-    logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
-    if not (dist.is_available() and dist.is_initialized()):
-        shards, world_size = [(logits, targets)], 1
-    else:
-        world_size = dist.get_world_size()
-        shards = [None] * world_size
-        dist.all_gather_object(shards, (logits, targets))
-    full_logits = torch.empty(num_samples, logits.shape[1], dtype=torch.float32)
-    full_targets = torch.empty(num_samples, dtype=torch.int64)
-    for rank, (shard_logits, shard_targets) in enumerate(shards):
-        positions = torch.from_numpy(holdout_shard(num_samples, rank, world_size))
-        if len(positions) != len(shard_logits):
-            raise RuntimeError(f'rank {rank} predicted {len(shard_logits)} held-out images, expected '
-                               f'{len(positions)}.')
-        full_logits[positions] = shard_logits
-        full_targets[positions] = shard_targets.long()
-    return full_logits, full_targets
-
-
-def holdout_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Top-1 (percent), NLL and 15-bin ECE of the whole held-out split (one process, exact)."""
-    from ..metrics import CalibrationMeter
-
-    meter = CalibrationMeter(num_classes, num_bins=15)
-    meter.update(logits, targets)
-    calibration = meter.compute()
-    top1 = 100.0 * (logits.argmax(1) == targets).double().mean().item()
-    return {'holdout_top1': top1, 'holdout_nll': float(calibration['nll']), 'holdout_ece': float(calibration['ece'])}
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
