@@ -75,12 +75,13 @@ from cfl_timm.training import (
     create_eval_loader,
     ddp_device_ids,
     evaluate,
+    evaluate_logits,
     gather_objects,
     init_process,
+    predict,
     save_args_yaml,
 )
 from cfl_timm.training.args import add_train_args, check_args, load_config, loss_name, mixup_active
-from cfl_timm.training.evaluate import create_eval_loader, evaluate_logits, predict
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
