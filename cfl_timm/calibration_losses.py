@@ -964,21 +964,36 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
             # 1 - 1e-10 is 1, so the upper clamp is a no-op there, as in the official float32 code). This avoids a
             # log pass over (N, K); it equals log(clamp(p)) up to rounding at the clamp boundary.
             low, high = _clamp_bounds(self.CLAMP, p.dtype)
-            clamped = p.clamp(low, high)
-            unclamped = clamped == p if need_grad else None
-            log_clamped = logp.clamp_(math.log(low), math.log(high))
-            entropy = clamped.mul_(log_clamped).sum(1).neg_()
-            rows = ce.add_(entropy, alpha=-weight)
+            log_low, log_high = math.log(low), math.log(high)
+            if not logp.is_cuda and _within(logp, log_low, log_high):
+                # Nothing is clamped (one read pass to know, on the CPU where passes over (N, K) dominate):
+                # p^ = p, log p^ = logp, c = p (logp + 1) and -sum p logp = sum p - sum c.
+                c = torch.addcmul(p, p, logp, out=logp)
+                c_sum = c.sum(1)
+                rows = ce.add_(p.sum(1).sub_(c_sum), alpha=-weight)
+            else:
+                clamped = p.clamp(low, high)
+                unclamped = clamped == p if need_grad else None
+                log_clamped = logp.clamp_(log_low, log_high)
+                rows = ce.add_(clamped.mul_(log_clamped).sum(1), alpha=weight)  # CE - (alpha / K) H~
+                if not need_grad:
+                    return rows, None
+                # c_k = p_k (log p^_k + 1) where p is not clamped, else 0. Built in the buffers already allocated.
+                c = torch.addcmul(p, p, log_clamped, out=log_clamped).mul_(unclamped)
+                c_sum = c.sum(1)
             if not need_grad:
                 return rows, None
-            # c_k = p_k (log p^_k + 1) [p not clamped]; d(-alpha H~)/dz = (alpha / K)(c - p sum_k c_k). Built in the
-            # buffers already allocated: c in log_clamped, the gradient in p.
-            c = torch.addcmul(p, p, log_clamped, out=log_clamped).mul_(unclamped)
-            column = (1 - weight * c.sum(1)).mul_(scale).unsqueeze(1)
+            # d(-alpha H~)/dz = (alpha / K)(c - p sum_k c_k); with CE: p (1 - (alpha / K) sum c) + (alpha / K) c - q.
+            column = (1 - weight * c_sum).mul_(scale).unsqueeze(1)
             grad = p.mul_(column).add_(c, alpha=weight * scale)
         if dist is None:
             return rows, grad.scatter_add_(1, index.unsqueeze(1), torch.full_like(ce, -scale).unsqueeze(1))
         return rows, grad.sub_(dist, alpha=scale)
+
+
+def _within(values: torch.Tensor, low: float, high: float) -> bool:
+    smallest, largest = torch.aminmax(values)
+    return low <= float(smallest) and float(largest) <= high
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -470,6 +470,11 @@ def test_gradcheck(name):
     if name in SOFT_TARGET_LOSSES:
         soft = random_case(6, 5, 2.0, seed=12, soft=True)[1]
         assert torch.autograd.gradcheck(lambda x: loss(x, soft), (z,), eps=1e-6, atol=1e-7)
+    if name == 'confidence-penalty':  # some p below the clamp 1e-10 (no gradient through the clamped entries)
+        clamped = logits.clone()
+        clamped[:3, 0] = -40.0
+        z = clamped.requires_grad_()
+        assert torch.autograd.gradcheck(lambda x: loss(x, target), (z,), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
