@@ -94,12 +94,6 @@ def _focal_terms(logp_t: torch.Tensor, gamma):
     return weight, grad_coef
 
 
-def _probabilities(logits: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) as a new tensor: the fused softmax kernel for large inputs (faster than exp over logp on
-    CPU), exp(logp) below torch's parallel grain size, where the kernel's start-up dominates."""
-    return logp.exp() if logits.numel() < 32768 else torch.softmax(logits, dim=1)
-
-
 _BOUNDS: dict = {}
 
 
@@ -959,7 +953,7 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
             grad = logp.add_(entropy.unsqueeze(1)).mul_(alpha * scale).add_(scale).mul_(p)
         else:
             weight = alpha / logits.shape[1]
-            p = _probabilities(logits, logp)
+            p = logp.exp()
             # log p^ = clamp(logp, log lo, log hi) with the bounds as the compute dtype holds them (in float32
             # 1 - 1e-10 is 1, so the upper clamp is a no-op there, as in the official float32 code). This avoids a
             # log pass over (N, K); it equals log(clamp(p)) up to rounding at the clamp boundary.
