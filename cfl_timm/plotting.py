@@ -193,7 +193,8 @@ def _read_summary_columns(path: Path) -> dict[str, list[float]]:
 def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
                          labels: Optional[Sequence[str]] = None) -> Path:
     """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
-    threshold on a second axis) against the epoch, for one or several runs, as one PNG.
+    threshold on a second axis, logarithmic when they span more than a factor 50) against the epoch, for one or
+    several runs, as one PNG.
 
     Args:
         summaries: ``summary.csv`` files or train.py run folders holding one.
@@ -233,6 +234,10 @@ def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
         axis.set_ylabel(' / '.join(left), fontsize=8)
         handles, names = axis.get_legend_handles_labels()
         if twin is not None:
+            # The schedules span orders of magnitude (weight decay 1e-4, eta and T ~1, clip thresholds ~10-100).
+            values = [v for run in runs for key in right for v in run.get(key, []) if not math.isnan(v)]
+            if values and min(values) > 0 and max(values) / min(values) > 50:
+                twin.set_yscale('log')
             twin.set_ylabel(' / '.join(k for k in right if any(k in run for run in runs)), fontsize=8)
             more_handles, more_names = twin.get_legend_handles_labels()
             handles, names = handles + more_handles, names + more_names
@@ -269,7 +274,7 @@ def plot_prediction_grid(images, true: Sequence[int], predicted: Sequence[int], 
     plt = require_matplotlib()
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.85 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 2.05 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
         axis.set_yticks([])

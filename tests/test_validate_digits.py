@@ -280,7 +280,7 @@ def test_prediction_grid_and_missing_matplotlib(digits_run, tmp_path, capsys, mo
                   '--output-json', str(tmp_path / 'm.json'), '--prediction-grid', str(grid),
                   '--prediction-grid-size', '16')
     assert result['files']['prediction_grid'] == str(grid)
-    _check_png(grid, (1364, 407))
+    _check_png(grid, (1364, 451))
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # matplotlib not installed
     line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--checkpoint', checkpoint, '--no-plot',
                         '--output-json', str(tmp_path / 'x.json'), '--prediction-grid', str(tmp_path / 'g.png'))
