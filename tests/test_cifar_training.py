@@ -109,8 +109,7 @@ def test_recipe_configs_parse_with_train_py(name):
     for key, value in CONFIGS[name].items():
         assert getattr(args, key) == value, key
     assert args.train_transform == 'cifar' and args.crop_padding == 4 and args.model in timm.list_models('*_cifar')
-    if args.sched != 'onecycle':  # --sched onecycle is checked where the scheduler lands
-        train.check_args(args)
+    train.check_args(args)  # --sched onecycle included (timm's scheduler factory, registered by cfl_timm)
     assert timm.create_model(args.model, **args.model_kwargs).num_classes == 10
 
 
