@@ -535,8 +535,8 @@ class MMCEMLoss(_MMCEBase):
         if not need_grad:
             return penalty, None
         # d/dr_i sum_ab d_a d_b K_ab = -2 (K d)_i - (2 / w) d_i (S d)_i, with d = c - r.
-        d_penalty = (kernel_sum * -2.0 - residual * sign_sum * (2.0 / MMCE_KERNEL_WIDTH)) / num_rows**2
-        return penalty, d_penalty
+        d_penalty = torch.addcmul(kernel_sum, residual, sign_sum, value=1.0 / MMCE_KERNEL_WIDTH)
+        return penalty, d_penalty.mul_(-2.0 / num_rows**2)
 
 
 class MMCEWLoss(_MMCEBase):
