@@ -44,8 +44,8 @@ def _env():
 
 @pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
 def test_each_calibration_loss_trains_on_real_images_and_reports_top1_and_ece(tmp_path, name):
-    extra = ['--holdout', '60'] if name == 'adafocal' else []
-    result, run_dir = _run(tmp_path, *DIGITS, '--epochs', '1', '-b', '64', '--train_size', '128',
+    extra = ['--holdout', '32'] if name == 'adafocal' else []
+    result, run_dir = _run(tmp_path, *DIGITS, '--epochs', '1', '-b', '64', '--train_size', '96',
                            '--train-size-mode', 'stratified', '--loss', name, *extra)
     row = _summary(run_dir)[0]
     top1, ece = float(row['eval_top1']), float(row['eval_ece'])
@@ -172,8 +172,8 @@ def test_trim_jsonl_drops_later_epochs_and_torn_lines(tmp_path):
     assert trim_jsonl(tmp_path / 'none.jsonl', lambda r: True) == 0
 
 
-ADAFOCAL_ARGS = [*DIGITS, '--epochs', '3', '-b', '48', '--train_size', '144', '--train-size-mode', 'stratified',
-                 '--loss', 'adafocal', '--holdout', '48', '--checkpoint-metric', 'holdout_ece']
+ADAFOCAL_ARGS = [*DIGITS, '--epochs', '3', '-b', '32', '--train_size', '96', '--train-size-mode', 'stratified',
+                 '--loss', 'adafocal', '--holdout', '32', '--checkpoint-metric', 'holdout_ece']
 
 
 def _adafocal_command(output: Path, *extra: str) -> list[str]:
