@@ -48,6 +48,9 @@ __all__ = [
     'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
 ]
 
+MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
+KD_DISTILL_TYPES = ('logit', 'feature', 'token')
+KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -82,12 +85,21 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
     group.add_argument('--val-split', metavar='NAME', default='validation',
                        help='dataset validation split (default: validation)')
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='number of training samples of an iterable dataset (hfids/, wds/, tfds/) per epoch')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='number of validation samples of an iterable dataset (hfids/, wds/, tfds/)')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='allow download of dataset for torch/ and tfds/ datasets that support it')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
     group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
-
+    group.add_argument('--input-key', default=None, type=str,
+                       help='dataset key of the input image (hfds/, hfids/, wds/ datasets)')
+    group.add_argument('--target-key', default=None, type=str,
+                       help='dataset key of the target label (hfds/, hfids/, wds/ datasets)')
+    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
+                       help="let a Hugging Face dataset run code from the dataset's repository")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +109,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='name of model to train (default: "resnet50")')
     group.add_argument('--pretrained', action='store_true', default=False,
                        help='start with pretrained version of specified network (if avail)')
+    group.add_argument('--pretrained-path', default=None, type=str, metavar='PATH',
+                       help='load the --pretrained weights from this file instead of the hub (the classifier is '
+                            'adapted to --num-classes)')
     group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
                        help='load this checkpoint into model after initialization (default: none)')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
@@ -128,11 +143,28 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='validation batch size override (default: None)')
     group.add_argument('--channels-last', action='store_true', default=False,
                        help='use channels_last memory layout')
+    group.add_argument('--fuser', default='', type=str,
+                       help="TorchScript jit fuser, one of ('', 'te', 'old', 'nvfuser')")
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
                        help='the number of steps to accumulate gradients (default: 1)')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='gradient checkpointing through the model blocks / stages (less memory, more compute)')
+    group.add_argument('--fast-norm', action='store_true', default=False,
+                       help="timm's experimental fast normalization layers")
     group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs,
                        help='extra model keyword arguments as key=value')
-
+    group.add_argument('--head-init-scale', default=None, type=float,
+                       help='multiply the initial classifier weight and bias by this factor')
+    group.add_argument('--head-init-bias', default=None, type=float,
+                       help='initial value of the classifier bias')
+    group.add_argument('--torchcompile-mode', type=str, default=None,
+                       help='torch.compile mode (default: None)')
+    scripting = group.add_mutually_exclusive_group()
+    scripting.add_argument('--torchscript', dest='torchscript', action='store_true',
+                           help='torch.jit.script the whole model')
+    scripting.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                           help='torch.compile the model and the training loss with this backend (default when '
+                                'given without a value: inductor)')
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -144,10 +176,16 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                        help='use mixed precision (float16 with a grad scaler on CUDA, bfloat16 autocast on CPU)')
     group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
                        help='lower precision AMP dtype on CUDA (default: float16; CPU always uses bfloat16)')
+    group.add_argument('--model-dtype', default=None, type=str, choices=MODEL_DTYPES,
+                       help='train the model (weights and inputs) in this dtype instead of float32, without AMP '
+                            '(default: None = float32)')
     group.add_argument('--no-ddp-bb', action='store_true', default=False,
                        help='force broadcast buffers for native DDP to off')
+    group.add_argument('--synchronize-step', action='store_true', default=False,
+                       help='synchronize the accelerator at the end of every optimizer update')
     group.add_argument('--local_rank', '--local-rank', default=0, type=int, help=argparse.SUPPRESS)
-
+    group.add_argument('--device-modules', default=None, type=str, nargs='+',
+                       help='Python modules to import before the device is set up (device backend plug-ins)')
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
@@ -169,9 +207,12 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
                        help='gradient clipping mode (default: "norm")')
     group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
+    group.add_argument('--layer-decay-min-scale', type=float, default=0,
+                       help='lower bound of the layer-wise learning rate scale (default: 0)')
+    group.add_argument('--layer-decay-no-opt-scale', type=float, default=None,
+                       help='layers whose layer-decay scale falls below this value are not optimized (frozen)')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=KeyValueArgs,
                        help='extra optimizer keyword arguments as key=value')
-
 
 
 def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +250,8 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
     group.add_argument('--epochs', type=int, default=300, metavar='N',
                        help='number of epochs to train (default: 300)')
+    group.add_argument('--epoch-repeats', type=float, default=0., metavar='N',
+                       help='epoch repeat multiplier of an iterable dataset (number of passes per epoch)')
     group.add_argument('--start-epoch', default=None, type=int, metavar='N',
                        help='manual epoch number (useful on restarts)')
     group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
@@ -237,7 +280,6 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        choices=ONECYCLE_ANNEAL, help='--sched onecycle: annealing curve (default: cos)')
 
 
-
 def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     """Data augmentation, Mixup/CutMix and regularization (timm)."""
     group = parser.add_argument_group('Augmentation and regularization parameters')
@@ -250,6 +292,8 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                             "crop unless --crop-pct) (default: timm)")
     group.add_argument('--crop-padding', '--crop_padding', type=int, default=4, metavar='PX',
                        help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
+    group.add_argument('--train-crop-mode', type=str, default=None,
+                       help="training crop mode of timm's transforms (e.g. 'rrc', 'rkrc', 'rkrr')")
     group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
                        help='random resize scale (default: 0.08 1.0)')
     group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
@@ -258,6 +302,12 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--vflip', type=float, default=0., help='vertical flip training aug probability')
     group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
                        help='color jitter factor (default: 0.4)')
+    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+                       help='probability of applying color jitter (default: None = always)')
+    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+                       help='probability of random grayscale conversion (default: None = never)')
+    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+                       help='probability of random gaussian blur (default: None = never)')
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
                        help='use AutoAugment policy. "v0" or "original". (default: None)')
     group.add_argument('--aug-repeats', type=float, default=0,
@@ -286,11 +336,12 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--train-interpolation', type=str, default='random',
                        help='training interpolation (random, bilinear, bicubic default: "random")')
     group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
+    group.add_argument('--drop-connect', type=float, default=None, metavar='PCT',
+                       help='drop connect rate, deprecated in timm (refused: use --drop-path)')
     group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
                        help='drop path rate (default: None)')
     group.add_argument('--drop-block', type=float, default=None, metavar='PCT',
                        help='drop block rate (default: None)')
-
 
 
 def add_batchnorm_args(parser: argparse.ArgumentParser) -> None:
@@ -307,7 +358,6 @@ def add_batchnorm_args(parser: argparse.ArgumentParser) -> None:
                        help='enable separate BN layers per augmentation split.')
 
 
-
 def add_ema_args(parser: argparse.ArgumentParser) -> None:
     """Model weight EMA (timm)."""
     group = parser.add_argument_group('Model exponential moving average parameters')
@@ -321,17 +371,24 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
                        help='enable warmup for model EMA decay.')
 
 
-
 def add_misc_args(parser: argparse.ArgumentParser) -> None:
     """Seed, logging, workers, output folder and the checkpoint metric (timm)."""
     group = parser.add_argument_group('Miscellaneous parameters')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--worker-seeding', type=str, default='all',
+                       help="data-loader worker seeding mode, 'all' or 'part' (default: all)")
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
                        help='how many batches to wait before logging training status')
+    group.add_argument('--val-interval', type=int, default=1, metavar='N',
+                       help='validate and checkpoint every N epochs (the last epoch always) (default: 1)')
+    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                       help='write a recovery checkpoint every N optimizer updates (default: 0 = off)')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
                        help='number of checkpoints to keep (default: 10)')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
                        help='how many training processes to use (default: 4)')
+    group.add_argument('--save-images', action='store_true', default=False,
+                       help='save the input batch as a JPEG at every log interval (debugging)')
     group.add_argument('--pin-mem', action='store_true', default=False,
                        help='pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
     group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
@@ -341,7 +398,11 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
                        help='name of train experiment, name of sub-folder for output')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
                        help='best metric (default: "top1")')
-
+    group.add_argument('--tta', type=int, default=0, metavar='N',
+                       help='test-time augmentation factor of the validation pass, 0 = none (only 0 is '
+                            'accepted: the validation loader yields one view per image)')
+    group.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
+                       help="timm's multi-epochs loader (workers kept across epochs)")
 
 
 def add_loss_args(parser: argparse.ArgumentParser) -> None:
@@ -356,6 +417,8 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        help='sum over classes when using BCE loss.')
     group.add_argument('--bce-target-thresh', type=float, default=None,
                        help='threshold for binarizing softened BCE targets (default: None, disabled).')
+    group.add_argument('--bce-pos-weight', type=float, default=None,
+                       help='positive-class weight of the BCE loss (default: None)')
     group.add_argument('--loss', type=str, default=None, choices=ALL_LOSS_TYPES, metavar='NAME',
                        help=f'loss type: timm\'s or a cfl-timm one, any of {", ".join(ALL_LOSS_TYPES)} '
                             '(default: ce)')
@@ -427,7 +490,6 @@ def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
                             'epochs) instead of once per epoch as published')
 
 
-
 def add_subset_args(parser: argparse.ArgumentParser) -> None:
     """Training subsets for limited and imbalanced data."""
     group = parser.add_argument_group('Training subsets (limited and imbalanced data)')
@@ -448,10 +510,72 @@ def add_subset_args(parser: argparse.ArgumentParser) -> None:
                        help='write the training-set indices each rank draws in the first epoch to shards.json')
 
 
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    """Metric logging to Weights & Biases (timm's flags) and TensorBoard."""
+    group = parser.add_argument_group('Logging parameters (optional extras: pip install "cfl-timm[wandb]" / '
+                                      '"cfl-timm[tensorboard]")')
+    group.add_argument('--log-wandb', action='store_true', default=False,
+                       help='log training and validation metrics to Weights & Biases')
+    group.add_argument('--wandb-project', default=None, type=str, help='W&B project name')
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='W&B run tags')
+    group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
+                       help='resume this W&B run (with --resume)')
+    group.add_argument('--log-tensorboard', default='', type=str, metavar='DIR',
+                       help='also write the logged scalars as TensorBoard event files to DIR (default: off)')
+
+
+def add_naflex_args(parser: argparse.ArgumentParser) -> None:
+    """timm's NaFlex variable-resolution loader flags (parsed; training with them is refused, see check)."""
+    group = parser.add_argument_group('NaFlex loader parameters (not supported by this train.py)')
+    group.add_argument('--naflex-loader', action='store_true', default=False,
+                       help='NaFlex loader for NaFlex-capable models (refused here)')
+    group.add_argument('--naflex-train-seq-lens', type=int, nargs='+', default=[128, 256, 576, 784, 1024],
+                       help='NaFlex training sequence lengths')
+    group.add_argument('--naflex-max-seq-len', type=int, default=576,
+                       help='NaFlex fixed maximum sequence length (validation)')
+    group.add_argument('--naflex-patch-sizes', type=int, nargs='+', default=None,
+                       help='NaFlex patch sizes for variable patch-size training')
+    group.add_argument('--naflex-patch-size-probs', type=float, nargs='+', default=None,
+                       help='NaFlex probability of each patch size (uniform if not given)')
+    group.add_argument('--naflex-loss-scale', default='linear', type=str,
+                       help='NaFlex loss scaling by batch size: none, sqrt or linear')
+    group.add_argument('--naflex-patchify-channels-first', action='store_true', default=False,
+                       help='NaFlex patches in channels-first (C-P-P) layout')
+
+
+def add_distillation_args(parser: argparse.ArgumentParser) -> None:
+    """Knowledge distillation through timm's distillation tasks (``timm.task``)."""
+    group = parser.add_argument_group('Knowledge distillation parameters')
+    group.add_argument('--kd-model-name', default=None, type=str,
+                       help='teacher model name; enables knowledge distillation (default: None)')
+    group.add_argument('--kd-pretrained-path', default=None, type=str, metavar='PATH',
+                       help='teacher weights file (a state dict or a train.py checkpoint) instead of the '
+                            "teacher's pretrained hub weights")
+    group.add_argument('--kd-distill-type', default='logit', type=str, choices=KD_DISTILL_TYPES,
+                       help='logit: match output logits; feature: match pooled features; token: models with a '
+                            'distillation head (default: logit)')
+    group.add_argument('--kd-loss-type', default='kl', type=str,
+                       help="logit distillation loss; timm implements only 'kl' (default: kl)")
+    group.add_argument('--distill-loss-weight', default=None, type=float,
+                       help='weight of the distillation loss; with it the weights are independent (task weight '
+                            'default 1.0)')
+    group.add_argument('--task-loss-weight', default=None, type=float,
+                       help='weight of the task loss; given alone, the distillation weight is 1 - this '
+                            '(default: 1.0)')
+    group.add_argument('--kd-temperature', default=4.0, type=float,
+                       help='softmax temperature of the distillation loss (default: 4.0)')
+    group.add_argument('--kd-student-feature-dim', default=None, type=int,
+                       help='student feature dimension for feature distillation (default: detected)')
+    group.add_argument('--kd-teacher-feature-dim', default=None, type=int,
+                       help='teacher feature dimension for feature distillation (default: detected)')
+    group.add_argument('--kd-token-distill-type', default='soft', type=str, choices=KD_TOKEN_DISTILL_TYPES,
+                       help='token distillation: soft (KL with temperature) or hard (CE on teacher argmax)')
+
+
 ARG_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
     add_dataset_args, add_model_args, add_device_args, add_optimizer_args, add_scheduler_args,
-    add_augmentation_args, add_batchnorm_args, add_ema_args, add_misc_args, add_loss_args, add_cyclical_args,
-    add_subset_args,
+    add_augmentation_args, add_batchnorm_args, add_ema_args, add_misc_args, add_logging_args, add_naflex_args,
+    add_loss_args, add_distillation_args, add_cyclical_args, add_subset_args,
 )
 
 

@@ -1,0 +1,77 @@
+"""Parity of train.py's command line with upstream timm's train.py (tests/fixtures/timm_train_flags.txt):
+every upstream flag exists with the same destination and default, and parses with a value of its type."""
+from pathlib import Path
+
+import pytest
+
+import train
+
+FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'timm_train_flags.txt'
+# Defaults that differ on purpose (README, section train: the parity table).
+DEFAULT_EXCEPTIONS = {
+    # 'cuda' fails on a machine without CUDA; here it is 'cuda' where available, else 'cpu'.
+    'device',
+    # None = 0.1 for timm's losses (upstream's default), the published eps for the focal losses.
+    'smoothing',
+}
+SAMPLE_VALUES = {'int': '3', 'float': '0.25', 'str': 'x', 'None': 'x', 'parsekwargs': 'a=1'}
+# Free strings upstream that take a closed set of values here (argparse choices).
+CHOICE_VALUES = {'--amp-dtype': 'bfloat16', '--model-dtype': 'bfloat16', '--clip-mode': 'agc',
+                 '--dist-bn': 'broadcast'}
+
+
+def _upstream_flags() -> list[dict]:
+    rows = []
+    for line in FIXTURE.read_text().splitlines():
+        if line.startswith('#') or not line.strip():
+            continue
+        flags, dest, default, kind, nargs, choices = line.split('\t')
+        rows.append({'flags': flags.split(), 'dest': dest, 'default': default, 'kind': kind, 'nargs': nargs,
+                     'choices': choices.split()})
+    return rows
+
+
+UPSTREAM = _upstream_flags()
+
+
+def _argv(row: dict) -> list[str]:
+    """A command line setting this flag to a non-default value of its type."""
+    flag = row['flags'][-1]
+    if row['kind'] in ('storetrue',):
+        return [flag]
+    value = row['choices'][-1] if row['choices'] else CHOICE_VALUES.get(flag, SAMPLE_VALUES[row['kind']])
+    if row['nargs'] == '3':
+        return [flag, value, value, value]
+    if row['nargs'] in ('+', '*'):
+        return [flag, value, value]
+    if not flag.startswith('-'):  # the positional data dir
+        return [value]
+    return [flag, value]
+
+
+def test_fixture_is_the_full_upstream_list():
+    assert len(UPSTREAM) == 164
+    assert FIXTURE.read_text().startswith('# Flags of upstream timm train.py')
+
+
+def test_every_upstream_flag_exists_with_the_same_dest_and_default():
+    parser = train.get_args_parser()
+    ours = {s: a for a in parser._actions for s in (a.option_strings or [a.dest])}
+    missing = [r['flags'] for r in UPSTREAM if not any(f in ours for f in r['flags'])]
+    assert not missing, f'upstream flags missing from train.py: {missing}'
+    for row in UPSTREAM:
+        for flag in row['flags']:
+            assert flag in ours, f'{flag} (spelling of {row["flags"]}) missing'
+            action = ours[flag]
+            assert action.dest == row['dest'], flag
+            if row['dest'] not in DEFAULT_EXCEPTIONS:
+                assert repr(action.default) == row['default'], (flag, action.default, row['default'])
+
+
+@pytest.mark.parametrize('row', UPSTREAM, ids=[r['flags'][-1] for r in UPSTREAM])
+def test_each_upstream_flag_parses(row):
+    if row['dest'] == 'config':
+        return  # -c/--config reads a file: tests/test_train.py covers it
+    args = train.parse_args(_argv(row))
+    value = getattr(args, row['dest'])
+    assert repr(value) != row['default'] or row['kind'] == 'None', (row['flags'], value)
