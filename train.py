@@ -17,12 +17,13 @@ epoch, ``train_one_epoch``, ``validate``, record), then the builders it calls.
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -33,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from timm.data import AugMixDataset, Mixup, create_dataset, create_loader, resolve_data_config
-from timm.layers import convert_splitbn_model, convert_sync_batchnorm
+from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -42,6 +43,7 @@ from timm.utils import (
     dispatch_clip_grad,
     distribute_bn,
     random_seed,
+    set_jit_fuser,
     setup_default_logging,
 )
 
@@ -71,9 +73,12 @@ from cfl_timm.training import (
     ReliabilityLog,
     SummaryWriter,
     TemperatureClassificationTask,
+    atomic_write_bytes,
     atomic_write_text,
+    create_distillation_task,
     create_eval_loader,
     ddp_device_ids,
+    distillation_kwargs,
     evaluate,
     evaluate_logits,
     gather_objects,
@@ -82,6 +87,7 @@ from cfl_timm.training import (
     save_args_yaml,
 )
 from cfl_timm.training.args import add_train_args, check_args, load_config, loss_name, mixup_active
+from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
@@ -117,12 +123,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     setup_default_logging()
     check_args(args)
     effective_args = dict(vars(args))
+    import_device_modules(args.device_modules)
     proc = init_process(args.device)
     try:
         return _train(args, effective_args, proc)
     finally:
         if proc.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def import_device_modules(modules: Optional[Sequence[str]]) -> None:
+    """``--device-modules``: import device back-end plug-ins before the device is set up."""
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f'--device-modules: cannot import {module!r}: {e}') from e
 
 
 @dataclass
@@ -172,13 +188,15 @@ class TrainContext:
 
 @dataclass
 class RunFiles:
-    """The run's output folder and files (saver and summary on the primary process only) and the first epoch."""
+    """The run's output folder and files (saver, summary and metric writers on the primary process only) and
+    the first epoch."""
 
     output_dir: Path
     start_epoch: int
     saver: Optional[CheckpointSaver] = None
     summary: Optional[SummaryWriter] = None
     reliability: Optional[ReliabilityLog] = None  # reliability.jsonl: the evaluation's bins of every epoch
+    writers: MetricWriters = field(default_factory=MetricWriters)
 
 
 def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: ProcessInfo) -> dict[str, Any]:
@@ -193,27 +211,36 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
 
     eval_metrics: dict[str, float] = {}
     train_speed: list[float] = []
-    for epoch in range(run.start_epoch, ctx.num_epochs):
-        used = start_epoch(ctx, loader_train, epoch)
-        train_metrics = train_one_epoch(ctx, loader_train, epoch, on_update=holdout_update_hook(ctx, run, epoch))
-        train_speed.append(train_metrics.pop('images_per_second'))
-        if proc.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            distribute_bn(ctx.model, proc.world_size, args.dist_bn == 'reduce')
-            if ctx.task.has_ema():
-                distribute_bn(ctx.task.get_trainable_module(ema=True), proc.world_size, args.dist_bn == 'reduce')
-        eval_model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not args.model_ema_force_cpu)
-        evaluation = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes)
-        eval_metrics = dict(evaluation.metrics)
-        if ctx.loader_holdout is not None:
-            eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch,
-                                                 update=holdout_update_every(ctx) == -1))
-
-        lrs = [group['lr'] for group in ctx.optimizer.param_groups]
-        lr_value = sum(lrs) / len(lrs)
-        ctx.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
-        if proc.is_primary:
-            record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
-            run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
+    try:
+        for epoch in range(run.start_epoch, ctx.num_epochs):
+            used = start_epoch(ctx, loader_train, epoch)
+            train_metrics = train_one_epoch(ctx, loader_train, epoch, run,
+                                            on_update=holdout_update_hook(ctx, run, epoch))
+            train_speed.append(train_metrics.pop('images_per_second'))
+            if proc.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                distribute_bn(ctx.model, proc.world_size, args.dist_bn == 'reduce')
+                if ctx.task.has_ema():
+                    distribute_bn(ctx.task.get_trainable_module(ema=True), proc.world_size,
+                                  args.dist_bn == 'reduce')
+            lrs = [group['lr'] for group in ctx.optimizer.param_groups]
+            lr_value = sum(lrs) / len(lrs)
+            if (epoch + 1) % args.val_interval and epoch + 1 != ctx.num_epochs:
+                # --val-interval: no validation, checkpoint or summary row this epoch (timm's behaviour).
+                ctx.lr_scheduler.step(epoch + 1, None)
+                continue
+            eval_model = ctx.task.get_eval_model(ema=ctx.task.has_ema() and not args.model_ema_force_cpu)
+            evaluation = validate(eval_model, loader_eval, ctx.device, ctx.autocast, ctx.num_classes,
+                                  model_dtype(args))
+            eval_metrics = dict(evaluation.metrics)
+            if ctx.loader_holdout is not None:
+                eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch,
+                                                     update=holdout_update_every(ctx) == -1))
+            ctx.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+            if proc.is_primary:
+                record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
+                run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
+    finally:
+        run.writers.close()
     if proc.is_primary and run.saver is not None and run.saver.best_metric is not None:
         _logger.info(f'*** Best metric: {run.saver.best_metric} (epoch {run.saver.best_epoch})')
     return {'output_dir': str(run.output_dir), 'eval_metrics': eval_metrics, 'num_epochs': ctx.num_epochs,
@@ -221,7 +248,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
 
 
 def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainContext, Any, Any, dict[str, Any]]:
-    """Data, model, optimizer, schedulers, loss and task; returns the context, both loaders and the data config."""
+    """Data, model, loss, task, optimizer and schedulers; returns the context, both loaders and the data config."""
     amp_dtype, use_scaler = resolve_amp(args, proc.device)
     random_seed(args.seed, proc.rank)
 
@@ -229,25 +256,32 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     dataset_train, dataset_eval, num_classes = load_datasets(args, proc.is_primary)
     dataset_train, dataset_holdout = carve_holdout(args, dataset_train, num_classes, proc)
     model, data_config = build_model(args, num_classes, proc.device, proc.distributed, proc.is_primary)
-    lr = resolve_lr(args, proc.world_size)
-    opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=opt_cfg))
     mixup_fn = build_mixup(args, num_classes)
     loader_train, loader_eval = build_loaders(args, dataset_train, dataset_eval, data_config, proc.device,
                                               proc.distributed)
     updates_per_epoch = max(1, (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps)
+    lr = resolve_lr(args, proc.world_size)
+    sched_kwargs = timm.scheduler.scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
+                                                   decreasing_metric='loss' in args.eval_metric)
 
-    # timm's factory (wrapped by cfl_timm): the LR schedule plus the cyclical schedules the flags switch on.
-    lr_scheduler, num_epochs = timm.scheduler.create_scheduler_v2(
-        optimizer, **timm.scheduler.scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
-                                                     decreasing_metric='loss' in args.eval_metric),
-        updates_per_epoch=updates_per_epoch)
-    criterion = lr_scheduler.attach_loss(build_train_criterion(args, num_epochs, mixup_fn is not None))
+    # The loss needs the scheduled epoch count, the task wraps model and loss, and the optimizer takes the
+    # task's trainable module (feature distillation adds a projection to train).
+    num_epochs = scheduled_epochs(sched_kwargs, updates_per_epoch)
+    criterion = build_train_criterion(args, num_epochs, mixup_fn is not None)
+    task = build_task(args, model, criterion, proc)
+    opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
+    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=opt_cfg))
+    # timm's factory (wrapped by cfl_timm): the LR schedule plus the cyclical schedules the flags switch on; the
+    # attached loss follows its position (eta, and the temperature on the task loss's logits only).
+    lr_scheduler, _ = timm.scheduler.create_scheduler_v2(optimizer, **sched_kwargs,
+                                                         updates_per_epoch=updates_per_epoch)
+    lr_scheduler.attach_loss(criterion)
 
-    task = TemperatureClassificationTask(model, criterion, device=proc.device, verbose=proc.is_primary)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else None)
+    if args.torchcompile:
+        compile_task(task, args.torchcompile, args.torchcompile_mode)
     if proc.distributed:
         ddp_kwargs = {'broadcast_buffers': False} if args.no_ddp_bb else {}
         task.prepare_distributed(device_ids=ddp_device_ids(proc.device), **ddp_kwargs)
@@ -265,6 +299,41 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
             num_workers=args.workers, device=proc.device, use_prefetcher=not args.no_prefetcher,
             pin_memory=args.pin_mem)
     return ctx, loader_train, loader_eval, data_config
+
+
+def scheduled_epochs(sched_kwargs: dict[str, Any], updates_per_epoch: int) -> int:
+    """The epoch count timm's scheduler factory schedules (cooldown and cycles included), from a throw-away
+    optimizer: the loss must know it before the task, and so the optimizer, exist."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=sched_kwargs.get('lr') or 0.1,
+                            weight_decay=1.0)  # a decayed group, as a cyclical weight-decay schedule requires
+    return timm.scheduler.create_scheduler_v2(probe, **sched_kwargs, updates_per_epoch=updates_per_epoch)[1]
+
+
+def build_task(args: argparse.Namespace, model: nn.Module, criterion: nn.Module, proc: ProcessInfo) -> nn.Module:
+    """timm's classification task, or a distillation task (``--kd-model-name``) whose task loss is ``criterion``."""
+    if args.kd_model_name is None:
+        return TemperatureClassificationTask(model, criterion, device=proc.device, verbose=proc.is_primary)
+    try:
+        return create_distillation_task(student=model, criterion=criterion, device=proc.device,
+                                        dtype=model_dtype(args), verbose=proc.is_primary, **distillation_kwargs(args))
+    except (OSError, RuntimeError) as e:  # no network for hub weights, an unreadable or mismatched weights file
+        raise ValueError(f"Could not create the teacher '{args.kd_model_name}' (--kd-model-name) with its weights "
+                         f'({args.kd_pretrained_path or "pretrained hub weights"}): {e}') from e
+
+
+def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
+    """torch.compile the task's model (timm's ``task.compile``: student and teacher) and its training loss.
+
+    The loss is compiled in place (``nn.Module.compile``), so its state_dict and the checkpoint keys stay as
+    they are. A loss that follows the cyclical position stays eager: the cyclical focal loss (``set_epoch``) and
+    a loss under the temperature schedule (the scheduler's forward pre-hook) read a Python float that changes
+    every epoch (or update), and dynamo would recompile for each value until its recompile limit, then fall back
+    to eager anyway (README, section train: the measured cost).
+    """
+    task.compile(backend=backend, mode=mode)
+    criterion = task.criterion
+    if isinstance(criterion, nn.Module) and not hasattr(criterion, 'set_epoch') and not criterion._forward_pre_hooks:
+        criterion.compile(backend=backend, mode=mode)
 
 
 def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dict[str, Any]) -> RunFiles:
@@ -302,6 +371,8 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
         run.reliability = ReliabilityLog(output_dir / 'reliability.jsonl', start_epoch=start_epoch)
         # Bin-statistics lines of epochs after the checkpoint (or torn by a kill) are rewritten by this run.
         trim_jsonl(output_dir / ADAFOCAL_BINS_FILE, lambda record: record.get('epoch', -1) < start_epoch)
+        run.writers = create_metric_writers(run_name=exp_name, output_dir=output_dir, config=effective_args,
+                                            **metric_writers_kwargs(args))
         _logger.info(f'Output in {output_dir}; scheduled epochs {ctx.num_epochs}, '
                      f'{ctx.updates_per_epoch} updates per epoch.')
     return run
@@ -320,24 +391,28 @@ def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Option
 
 def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: dict[str, float],
                  eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]]) -> None:
-    """Primary process: the summary row, the checkpoints and the epoch's log line."""
+    """Primary process: the summary row (also to W&B / TensorBoard), the checkpoints and the epoch's log line."""
     extra = {k: v for k, v in {**train_metrics, **eval_metrics}.items() if k in run.summary.columns
              and k not in ('loss', 'top1', 'top5', 'nll', 'ece')}
-    run.summary.append({
+    row = {
         'epoch': epoch, 'train_loss': train_metrics['loss'], 'eval_loss': eval_metrics['loss'],
         'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'], 'lr': lr,
-        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra})
+        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra}
+    run.summary.append(row)
+    run.writers.log(row, step=epoch)
     run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric])
     _logger.info(f'Epoch {epoch}: train_loss {train_metrics["loss"]:.4f} eval_top1 {eval_metrics["top1"]:.2f} '
                  f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}'
                  + ''.join(f' {k} {v:.4f}' if isinstance(v, float) else f' {k} {v}' for k, v in extra.items()))
 
 
-def train_one_epoch(ctx: TrainContext, loader, epoch: int,
+def train_one_epoch(ctx: TrainContext, loader, epoch: int, run: Optional[RunFiles] = None,
                     on_update: Optional[Callable[[int], None]] = None) -> dict[str, float]:
     """One pass over the training loader: the sample-weighted mean loss over all ranks and this rank's images/s.
 
-    ``on_update(k)``, when given, runs after the k-th optimizer update of the epoch (k = 1, 2, ...).
+    With ``run`` (the primary process's run files), ``--recovery-interval`` writes recovery checkpoints and
+    ``--save-images`` saves input batches into the run folder. ``on_update(k)``, when given, runs after the
+    k-th optimizer update of the epoch (k = 1, 2, ...).
     """
     args, task, optimizer, device = ctx.args, ctx.task, ctx.optimizer, ctx.device
     task.train()
@@ -355,7 +430,7 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
         need_update = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
         accum = accum_steps if update_idx < num_batches // accum_steps else last_accum_steps
         if args.no_prefetcher:
-            input, target = input.to(device), target.to(device)
+            input, target = input.to(device=device, dtype=model_dtype(args)), target.to(device)
         if ctx.mixup_fn is not None:
             input, target = ctx.mixup_fn(input, target)
         if args.channels_last:
@@ -386,10 +461,17 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
             if on_update is not None:
                 on_update(num_updates - epoch * ctx.updates_per_epoch)
                 task.train()
+            if args.synchronize_step and device.type != 'cpu':
+                torch.accelerator.synchronize(device)
+            if run is not None and run.saver is not None and args.recovery_interval and \
+                    (update_idx + 1) % args.recovery_interval == 0:
+                run.saver.save_recovery(epoch, batch_idx=update_idx)
         if ctx.proc.is_primary and (batch_idx % args.log_interval == 0 or batch_idx + 1 == num_batches):
             elapsed = time.perf_counter() - start
             _logger.info(f'Train: {epoch} [{batch_idx + 1}/{num_batches}] loss {loss.item():.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.3e} {(batch_idx + 1) / max(elapsed, 1e-9):.2f} it/s')
+            if args.save_images and run is not None:
+                save_batch_image(input, run.output_dir / f'train-batch-{epoch}-{batch_idx}.jpg')
     images_per_second = sample_count.item() / max(time.perf_counter() - start, 1e-9)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)
@@ -403,9 +485,34 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int,
     return metrics
 
 
-def validate(model: nn.Module, loader, device: torch.device, autocast, num_classes: int) -> EvalResult:
+def save_batch_image(input: torch.Tensor, path: Path) -> None:
+    """``--save-images``: the (normalized) input batch as one JPEG grid, written atomically."""
+    import torchvision.utils
+
+    def write(f):
+        torchvision.utils.save_image(input.detach().float().cpu(), f, format='jpeg', padding=0, normalize=True)
+    atomic_write_bytes(path, write)
+
+
+class _CastInput(nn.Module):
+    """Feeds the model its ``--model-dtype`` (the evaluation loader yields float32 images)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.model(input.to(self.dtype))
+
+
+def validate(model: nn.Module, loader, device: torch.device, autocast, num_classes: int,
+             dtype: Optional[torch.dtype] = None) -> EvalResult:
     """Loss, top-1/top-5 (percent, timm's convention), every calibration metric (15 bins) and the reliability bins
     of the whole split, each image counted once and identical on every rank (``cfl_timm.training.evaluate``)."""
+    if dtype is not None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        model = _CastInput(model, dtype)
     return evaluate(model, loader, num_classes=num_classes, device=device, autocast=autocast)
 
 
@@ -418,7 +525,10 @@ def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
         return create_dataset(
             args.dataset, root=root, split=split, is_training=is_training, class_map=args.class_map,
             download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
-            input_img_mode=args.input_img_mode or 'RGB')
+            repeats=args.epoch_repeats if is_training else 0, input_img_mode=args.input_img_mode or 'RGB',
+            input_key=args.input_key, target_key=args.target_key,
+            num_samples=args.train_num_samples if is_training else args.val_num_samples,
+            trust_remote_code=args.dataset_trust_remote_code)
     except (OSError, RuntimeError) as e:  # e.g. no network for --dataset-download, a corrupt torchvision set
         raise ValueError(f"Could not load the {split!r} split of dataset {args.dataset or 'folder'!r} from "
                          f"{root!r}: {e}") from e
@@ -435,7 +545,8 @@ def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_activ
         return create_classification_loss('jsd', jsd_splits=args.aug_splits, smoothing=smoothing)
     if args.bce_loss:
         return create_classification_loss('bce', smoothing=smoothing, soft_targets=mixup_active,
-                                          bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum)
+                                          bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
+                                          pos_weight=args.bce_pos_weight)
     return create_classification_loss(args.loss or 'ce', smoothing=smoothing, soft_targets=mixup_active)
 
 
@@ -472,23 +583,55 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
 
 def build_model(args: argparse.Namespace, num_classes: int, device: torch.device, distributed: bool,
                 is_primary: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """The timm model (split / sync BN as asked) on ``device``, and its resolved data config."""
+    """The timm model (split / sync BN, dtype, head init, gradient checkpointing, TorchScript as asked) on
+    ``device``, and its resolved data config."""
+    if args.fuser:
+        set_jit_fuser(args.fuser)
+    if args.fast_norm:
+        set_fast_norm()
+    factory_kwargs = {}
+    if args.pretrained_path:  # a local file takes priority over the hub; the classifier adapts to num_classes
+        factory_kwargs['pretrained_cfg_overlay'] = {'file': args.pretrained_path, 'num_classes': -1}
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
     model = create_model(
-        args.model, pretrained=args.pretrained, in_chans=args.in_chans or 3, num_classes=num_classes,
+        args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=num_classes,
         drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
-        bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, checkpoint_path=args.initial_checkpoint or None,
-        **args.model_kwargs)
+        bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, scriptable=args.torchscript,
+        checkpoint_path=args.initial_checkpoint or None, **factory_kwargs, **args.model_kwargs)
+    init_head(model, args.head_init_scale, args.head_init_bias)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
     data_config = resolve_data_config(vars(args), model=model, verbose=is_primary)
     if args.train_transform == 'cifar' and args.crop_pct is None:
         data_config['crop_pct'] = 1.0  # evaluate the whole image: no resize-up and center crop at 32 px
     if args.split_bn:
         model = convert_splitbn_model(model, max(args.aug_splits, 2))
-    model.to(device)
+    model.to(device=device, dtype=model_dtype(args))
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if distributed and args.sync_bn:
         model = convert_sync_batchnorm(model)
+    if args.torchscript:
+        model = torch.jit.script(model)
     return model, data_config
+
+
+def init_head(model: nn.Module, scale: Optional[float], bias: Optional[float]) -> None:
+    """``--head-init-scale`` multiplies the classifier's initial weight and bias; ``--head-init-bias`` sets the bias."""
+    if scale is None and bias is None:
+        return
+    head = model.get_classifier()
+    with torch.no_grad():
+        if scale is not None:
+            head.weight.mul_(scale)
+            head.bias.mul_(scale)
+        if bias is not None:
+            head.bias.fill_(bias)
+
+
+def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    """``--model-dtype`` as a torch dtype (None: float32, timm's default)."""
+    return getattr(torch, args.model_dtype) if args.model_dtype else None
 
 
 def resolve_lr(args: argparse.Namespace, world_size: int) -> float:
@@ -525,14 +668,18 @@ def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_co
     if args.aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)
     use_prefetcher = not args.no_prefetcher
+    img_dtype = model_dtype(args) or torch.float32
     loader_train = create_loader(
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
-        scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+        color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
+        grayscale_prob=args.grayscale_prob or 0., gaussian_blur_prob=args.gaussian_blur_prob or 0.,
         auto_augment=args.aa, num_aug_repeats=int(args.aug_repeats), num_aug_splits=args.aug_splits,
         interpolation=args.train_interpolation or data_config['interpolation'], mean=data_config['mean'],
         std=data_config['std'], num_workers=args.workers, distributed=distributed, pin_memory=args.pin_mem,
-        device=device, use_prefetcher=use_prefetcher,
+        img_dtype=img_dtype, device=device, use_prefetcher=use_prefetcher, worker_seeding=args.worker_seeding,
+        use_multi_epochs_loader=args.use_multi_epochs_loader,
         # Workers restart each epoch so their RNG is a function of the epoch seed: resume is exact.
         persistent_workers=False)
     if args.train_transform == 'cifar':  # replaces the transform create_loader set on the dataset

@@ -1,6 +1,7 @@
 """Training glue for train.py: the command line (args), temperature task, crash-safe run files and CPU-capable
 distributed helpers."""
 from .amp import CountingScaler
+from .distillation import create_distillation_task, distillation_kwargs
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process
 from .evaluate import EvalResult, EvalShard, create_eval_loader, evaluate, evaluate_logits, predict, shard_eval_dataset
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml

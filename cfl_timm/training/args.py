@@ -39,6 +39,7 @@ from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
+from .loggers import check_logger_extras
 
 __all__ = [
     'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
@@ -51,6 +52,7 @@ __all__ = [
 MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 KD_DISTILL_TYPES = ('logit', 'feature', 'token')
 KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
+WORKER_SEEDING = ('all', 'part')
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -732,8 +734,83 @@ def check_dataset_args(args: argparse.Namespace) -> None:
                              f'(looked for {names}).')
 
 
+def check_device_args(args: argparse.Namespace) -> None:
+    """Model dtype against AMP, and the compile / TorchScript options."""
+    if args.model_dtype not in (None, 'float32') and args.amp:
+        raise ValueError(f'--model-dtype {args.model_dtype} cannot be combined with --amp (AMP keeps float32 '
+                         'weights); choose one.')
+    if args.torchcompile_mode is not None and not args.torchcompile:
+        raise ValueError('--torchcompile-mode needs --torchcompile.')
+    if args.torchscript and args.sync_bn:
+        raise ValueError('--torchscript cannot be combined with --sync-bn (a scripted model cannot be converted).')
+    if args.torchscript and args.kd_model_name:
+        raise ValueError('--torchscript cannot be combined with --kd-model-name (timm\'s distillation tasks wrap '
+                         'the student in Python modules).')
+
+
+def check_misc_args(args: argparse.Namespace) -> None:
+    """Intervals, worker seeding, and upstream options this train.py refuses (with the reason)."""
+    if args.val_interval < 1:
+        raise ValueError(f'--val-interval must be >= 1, got {args.val_interval}.')
+    if args.recovery_interval < 0:
+        raise ValueError(f'--recovery-interval must be >= 0 (0 = off), got {args.recovery_interval}.')
+    if args.worker_seeding not in WORKER_SEEDING:
+        raise ValueError(f"--worker-seeding must be one of {WORKER_SEEDING}, got '{args.worker_seeding}'.")
+    if args.tta != 0:
+        raise ValueError(f'--tta {args.tta} is refused: train.py\'s validation loader yields one view per image, '
+                         'so there is nothing to average (as in timm\'s train.py); use 0.')
+    if args.drop_connect is not None:
+        raise ValueError('--drop-connect is deprecated in timm and its train.py ignores it; use --drop-path.')
+
+
+def check_logging_args(args: argparse.Namespace) -> None:
+    """W&B options and the optional logging extras (the pip command when missing)."""
+    if args.wandb_resume_id and not args.resume:
+        raise ValueError('--wandb-resume-id needs --resume (it continues the W&B run of a resumed training).')
+    if not args.log_wandb and (args.wandb_project or args.wandb_tags or args.wandb_resume_id):
+        raise ValueError('--wandb-project, --wandb-tags and --wandb-resume-id need --log-wandb.')
+    check_logger_extras(args.log_wandb, bool(args.log_tensorboard))
+
+
+def check_naflex_args(args: argparse.Namespace) -> None:
+    """NaFlex training is refused, with the reason."""
+    if args.naflex_loader:
+        raise ValueError('--naflex-loader is not supported by this train.py: the NaFlex loader yields patch '
+                         'dictionaries of variable sequence length for NaFlex ViTs, which the calibration metrics, '
+                         'subsets and cyclical schedules here do not handle; use timm\'s own train.py for NaFlex.')
+
+
+def check_distillation_args(args: argparse.Namespace) -> None:
+    """The teacher, its weights file, the loss weights and the distillation loss type."""
+    if args.kd_model_name is None:
+        given = [flag for flag, value in (('--kd-pretrained-path', args.kd_pretrained_path),
+                                          ('--task-loss-weight', args.task_loss_weight),
+                                          ('--distill-loss-weight', args.distill_loss_weight)) if value is not None]
+        if given:
+            raise ValueError(f'{", ".join(given)} need --kd-model-name (the teacher).')
+        return
+    if not is_model(args.kd_model_name):
+        raise ValueError(f"Unknown teacher model '{args.kd_model_name}' (--kd-model-name); list the valid names "
+                         'with timm.list_models().')
+    if args.kd_pretrained_path and not os.path.isfile(args.kd_pretrained_path):
+        raise ValueError(f'--kd-pretrained-path: file not found: {args.kd_pretrained_path}')
+    if args.kd_loss_type != 'kl':
+        raise ValueError(f"--kd-loss-type must be 'kl' (the only logit distillation loss timm implements), got "
+                         f"'{args.kd_loss_type}'.")
+    if args.kd_temperature <= 0:
+        raise ValueError(f'--kd-temperature must be > 0, got {args.kd_temperature}.')
+    for flag, weight in (('--task-loss-weight', args.task_loss_weight),
+                         ('--distill-loss-weight', args.distill_loss_weight)):
+        if weight is not None and weight < 0:
+            raise ValueError(f'{flag} must be >= 0, got {weight}.')
+    if args.jsd_loss:
+        raise ValueError('--jsd-loss cannot be combined with --kd-model-name (the JSD loss needs the augmentation '
+                         'splits of one batch, the distillation tasks compare single views).')
+
+
 ARG_CHECKS: tuple[Callable[[argparse.Namespace], None], ...] = (
-    check_model_args, check_augmentation_args, check_loss_args, check_cyclical_args, check_subset_args,
+    check_model_args, check_device_args, check_augmentation_args, check_loss_args, check_distillation_args,
+    check_cyclical_args, check_subset_args, check_misc_args, check_logging_args, check_naflex_args,
     check_dataset_args,
 )
 
