@@ -86,7 +86,7 @@ from cfl_timm.training import (
     predict,
     save_args_yaml,
 )
-from cfl_timm.training.args import add_train_args, check_args, load_config, loss_name, mixup_active
+from cfl_timm.training.args import UsageError, add_train_args, check_args, load_config, loss_name, mixup_active
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 
 _logger = logging.getLogger('train')
@@ -204,8 +204,13 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
     if proc.distributed:
         _logger.info(f'Process {proc.rank} of {proc.world_size}, device {proc.device} '
                      f'(backend {dist.get_backend()}).')
-    ctx, loader_train, loader_eval, data_config = build_context(args, proc)
-    run = open_run(ctx, effective_args, data_config)
+    try:  # bad input found while setting up (data files, teacher weights) is a usage error, not a crash
+        ctx, loader_train, loader_eval, data_config = build_context(args, proc)
+        run = open_run(ctx, effective_args, data_config)
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if args.log_shard_indices:
         _log_shard_indices(loader_train, run.output_dir, run.start_epoch, proc.is_primary)
 
@@ -543,7 +548,7 @@ def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_activ
     smoothing = 0.1 if args.smoothing is None else args.smoothing
     if args.jsd_loss:
         return create_classification_loss('jsd', jsd_splits=args.aug_splits, smoothing=smoothing)
-    if args.bce_loss:
+    if args.bce_loss or args.loss == 'bce':
         return create_classification_loss('bce', smoothing=smoothing, soft_targets=mixup_active,
                                           bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
                                           pos_weight=args.bce_pos_weight)
@@ -822,7 +827,16 @@ def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -
         atomic_write_text(output_dir / 'shards.json', json.dumps({'epoch': epoch, 'shards': shards}))
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """The command line: a bad input, found before training starts, ends as a usage error (exit status 2)."""
+    parser = get_args_parser()
+    try:
+        args = parse_args(argv)
+        check_args(args, parser)
+        return main(args)
+    except UsageError as e:
+        parser.error(str(e))
+
+
 if __name__ == '__main__':
-    cli_args = parse_args()
-    check_args(cli_args, get_args_parser())  # a bad command line ends as a usage error (exit 2) before any work
-    main(cli_args)
+    cli()

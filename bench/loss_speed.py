@@ -9,8 +9,11 @@ ratio to the baseline's median. ``autograd-ref`` is the loss written as the form
 (``cfl_timm.calibration_losses``) run with their official defaults; half of the rows are predicted correctly
 (target = arg-max), so the MMCE penalties, Dual focal's mask and AdaFocal's bins see both cases.
 
+``--compile`` measures every loss wrapped in ``torch.compile`` (``--compile-backend``, default inductor)
+against the compiled baseline; compilation happens in the warm-up calls, outside the timed rounds.
+
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
-       [--losses NAME ...] [--clock wall|cpu]
+       [--losses NAME ...] [--clock wall|cpu] [--compile [--compile-backend inductor] [--compile-mode MODE]]
 
 ``--clock cpu`` times with the process CPU time instead of the wall clock (CPU only): on a machine shared with
 other jobs it does not count the time the process waits for a core, so ratios stay meaningful under load.
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -115,13 +119,16 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
 
 
 def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None,
-               clock=time.perf_counter) -> list[dict]:
+               clock=time.perf_counter, compile_options: Optional[dict] = None) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, num_classes, generator=generator) * 3
     target = torch.randint(0, num_classes, (num_rows,), generator=generator)
     target[::2] = logits[::2].argmax(1)  # half of the rows correct
     logits, target = logits.to(device).requires_grad_(), target.to(device)
     losses = make_losses(names=names)
+    if compile_options is not None:
+        torch._dynamo.reset()
+        losses = {name: torch.compile(fn, **compile_options) for name, fn in losses.items()}
     for fn in losses.values():  # warm-up
         for _ in range(3):
             time_once(fn, logits, target)
@@ -154,21 +161,26 @@ def main(argv=None) -> None:
                         help='measure only these losses (by table name) besides the baseline')
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help='wall clock, or process CPU time (CPU device only; robust to a shared machine)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every loss and the baseline')
+    parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend (default: inductor)')
+    parser.add_argument('--compile-mode', default=None, help='torch.compile mode (default: None)')
     args = parser.parse_args(argv)
+    compile_options = {'backend': args.compile_backend, 'mode': args.compile_mode} if args.compile else None
     device = torch.device(args.device)
     if args.clock == 'cpu' and device.type != 'cpu':
         parser.error('--clock cpu measures CPU time and needs --device cpu')
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
+    compiled = f', every loss torch.compile({args.compile_backend}, mode={args.compile_mode})' if args.compile else ''
     print(f'# loss forward+backward, float32, {device.type} ({where}), torch {torch.__version__}, '
           f'median of {args.repeats} interleaved rounds, {args.clock} clock, load average '
-          f'{" ".join(f"{v:.1f}" for v in os.getloadavg())}')
+          f'{" ".join(f"{v:.1f}" for v in os.getloadavg())}{compiled}')
     print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE |')
     print('|---|---|---:|---:|---:|---:|')
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
-        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock):
+        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock, compile_options):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
                   f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
 

@@ -10,8 +10,12 @@ Baseline: timm's label-smoothed cross-entropy (``--smoothing 0.1``, as in the pa
 Candidate: ``--focal_loss asym-cyclical`` with ``--wd_min/--wd_max``, ``--T_min/--T_max`` and
 ``--clip_min/--clip_max`` (cyclical weight decay, softmax temperature and gradient clipping).
 
+With ``--torchcompile [BACKEND]`` both variants train with train.py's ``--torchcompile`` (the model compiled
+through timm's task, the loss compiled where it is not epoch-aware); compilation falls in the dropped first
+epoch of each repeat.
+
 Usage: python bench/train_throughput.py [--repeats 3] [--epochs 3] [--model test_resnet] [--img-size 32]
-       [--batch-size 64] [--train-size 768] [--json results.json]
+       [--batch-size 64] [--train-size 768] [--torchcompile [BACKEND]] [--json results.json]
 """
 import argparse
 import json
@@ -49,6 +53,8 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--train-size', type=int, default=768)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                        help='train both variants with train.py --torchcompile BACKEND (default: inductor)')
     parser.add_argument('--json', default='', help='also write the results to this JSON file')
     opts = parser.parse_args()
     if opts.epochs < 2:
@@ -58,6 +64,8 @@ def main() -> None:
               '-b', str(opts.batch_size), '-j', '0', '--train_size', str(opts.train_size), '--epochs',
               str(opts.epochs), '--warmup-epochs', '0', '--lr', '0.05', '--device', opts.device,
               '--log-interval', '100000', '--seed', '0']
+    if opts.torchcompile:
+        common += ['--torchcompile', opts.torchcompile]
     samples: dict[str, list[float]] = {'ce': [], 'cfl': []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(opts.repeats):

@@ -66,3 +66,16 @@ def test_bad_command_line_is_a_one_line_usage_error_before_any_work(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == 'train.py: error: --aug-splits must be 0 or >= 2, got 1.'
     assert 'Traceback' not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_input_found_while_setting_up_is_a_usage_error_too(tmp_path):
+    # The sampler file exists (the command-line check passes) but holds a non-integer: found while building the
+    # training set, still before training, and reported the same way.
+    sampler = tmp_path / 'sampler.csv'
+    sampler.write_text('1\nx\n')
+    result = _train_cli('--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-j', '0',
+                        '--read_sampler', str(sampler), '--output', str(tmp_path), '--experiment', 'run')
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('train.py: error: ') and 'is not an integer' in last
+    assert 'Traceback' not in result.stderr and not (tmp_path / 'run').exists()

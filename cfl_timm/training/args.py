@@ -8,15 +8,20 @@ Structure (add a flag to the group function of its area, and its check to the ma
 * One ``add_<group>_args(parser)`` function per argument group, in help order: :func:`add_dataset_args`,
   :func:`add_model_args`, :func:`add_device_args`, :func:`add_optimizer_args`, :func:`add_scheduler_args`,
   :func:`add_augmentation_args`, :func:`add_batchnorm_args`, :func:`add_ema_args`, :func:`add_misc_args`,
-  :func:`add_loss_args`, :func:`add_cyclical_args`, :func:`add_subset_args`. :data:`ARG_GROUPS` lists them and
-  :func:`add_train_args` adds them all. Names, meanings and defaults follow timm's train.py; the published
-  cyclical flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``).
+  :func:`add_logging_args`, :func:`add_naflex_args`, :func:`add_loss_args`, :func:`add_distillation_args`,
+  :func:`add_cyclical_args`, :func:`add_subset_args`. :data:`ARG_GROUPS` lists them and :func:`add_train_args`
+  adds them all. Every flag of upstream timm's train.py is here with timm's name, meaning and default (the
+  README lists the two defaults that differ and the flags refused with their reason;
+  ``tests/fixtures/timm_train_flags.txt``, checked by ``tests/test_train_parity.py``); the published cyclical
+  flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``).
 * :func:`load_config` reads a YAML ``-c/--config`` file whose values become parser defaults.
 * Checks run before any data, model or process is touched. Each ``check_<group>_args(args)`` raises a
   ``ValueError`` naming the flag and its valid range or choices; :data:`ARG_CHECKS` lists them in order and
   :func:`check_args` runs them all. Given the parser, :func:`check_args` turns the first error into a usage
   error (``parser.error``: one line ``train.py: error: ...``, exit status 2); without it the ``ValueError``
-  propagates (in-process callers of ``train.main``).
+  propagates (in-process callers of ``train.main``). Input errors found later but still before training
+  (e.g. a sampler file's contents, an unreadable teacher checkpoint) are raised by train.py as
+  :class:`UsageError`, which its command line turns into the same usage error.
 
 This module only describes and checks the command line; it builds nothing (train.py does).
 """
@@ -46,6 +51,7 @@ __all__ = [
     'add_augmentation_args', 'add_batchnorm_args', 'add_cyclical_args', 'add_dataset_args', 'add_device_args',
     'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
     'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
+    'UsageError',
     'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
 ]
 
@@ -56,6 +62,10 @@ WORKER_SEEDING = ('all', 'part')
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
+
+
+class UsageError(ValueError):
+    """A bad input found while setting up, before training: the command line reports it as a usage error."""
 
 
 def both_spellings(name: str) -> list[str]:
@@ -591,11 +601,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
     if not os.path.isfile(path):
-        raise ValueError(f'Config file not found: {path}')
+        raise UsageError(f'Config file not found: {path}')
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
     if not isinstance(cfg, dict):
-        raise ValueError(f'Config file {path} must hold a mapping of argument names to values.')
+        raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
     dests = {a.dest for a in parser._actions}
     resolved, unknown = {}, []
     for key, value in cfg.items():
@@ -605,7 +615,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
             unknown.append(key)
         resolved[dest] = value
     if unknown:
-        raise ValueError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
+        raise UsageError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
                          'batch_size, focal_loss, T_min.')
     return resolved
 
