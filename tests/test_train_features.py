@@ -4,6 +4,7 @@ distillation from a teacher checkpoint written here, gradient checkpointing, --v
 model on the CPU."""
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,11 @@ def test_wandb_offline_and_tensorboard_log_the_summary_scalars(tmp_path, monkeyp
 
     run_files = list((run_dir / 'wandb').glob('offline-run-*/run-*.wandb'))
     assert len(run_files) == 1
+    # wandb's service process may still be writing after run.finish() returned: wait for its exit record.
+    deadline = time.monotonic() + 120
+    while not any(r.WhichOneof('record_type') == 'exit' for r in _wandb_records(run_files[0])):
+        assert time.monotonic() < deadline, 'the W&B run file never got its exit record'
+        time.sleep(0.2)
     history, runs = [], []
     for record in _wandb_records(run_files[0]):
         kind = record.WhichOneof('record_type')
