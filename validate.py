@@ -313,6 +313,16 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
     return dataset
 
 
+def build_ood_dataset(folder: str, in_chans: int) -> StrictImageDataset:
+    """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt."""
+    try:
+        dataset = ImageDataset(folder, input_img_mode='RGB' if in_chans == 3 else 'L')
+    except RuntimeError as error:  # timm: no images found
+        raise ValueError(f'--ood-data-dir {folder}: {error}') from None
+    verify_images(dataset)
+    return StrictImageDataset(dataset)
+
+
 def subsample(dataset, num_samples: Optional[int]):
     """N evenly spaced images of the split (a class-sorted folder keeps every class), or the whole split."""
     if num_samples is None or num_samples >= len(dataset):
@@ -518,7 +528,12 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     in_chans = data_args['in_chans'] or (data_args['input_size'][0] if data_args['input_size'] else 3)
 
     dataset = build_dataset(args, args.split, 'RGB' if in_chans == 3 else 'L')
+    ood_dataset = build_ood_dataset(args.ood_data_dir, in_chans) if args.ood_data_dir is not None else None
     num_classes = args.num_classes or run.get('num_classes') or int(dataset_targets(dataset).max()) + 1
+    largest = int(dataset_targets(dataset).max())
+    if valid_labels is None and largest >= num_classes:
+        raise ValueError(f'split {args.split!r} has class index {largest}, but the model has {num_classes} classes '
+                         f'(--num-classes or the checkpoint): give --num-classes >= {largest + 1}.')
     model, model_name, param_count = build_model(args, run, num_classes, in_chans, device)
     data_config = resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size,
                                       verbose=is_primary)
@@ -570,9 +585,7 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                        scaled.metrics))
 
     if args.ood_data_dir is not None:
-        ood_dataset = ImageDataset(args.ood_data_dir, input_img_mode='RGB' if in_chans == 3 else 'L')
-        verify_images(ood_dataset)
-        ood_logits = evaluator.logits(StrictImageDataset(ood_dataset))[0][0]
+        ood_logits = evaluator.logits(ood_dataset)[0][0]
         result['ood_auroc'] = msp_auroc(evaluation['logits'], ood_logits)
         result['ood_num_samples'] = len(ood_logits)
         if 'temperature' in result:

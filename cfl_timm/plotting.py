@@ -16,6 +16,7 @@ picture is drawn. Command line::
 """
 import argparse
 import io
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ def require_matplotlib():
         raise ImportError('pictures need matplotlib, an optional extra: pip install matplotlib (or pip install '
                           '"cfl-timm[plot]"; validate.py runs without it with --no-plot).') from error
     matplotlib.use('Agg')
+    logging.getLogger('matplotlib.font_manager').setLevel(logging.WARNING)  # no font-cache chatter under INFO logs
     import matplotlib.pyplot as plt
     return plt
 

@@ -195,6 +195,12 @@ def test_bad_inputs_stop_before_work(digits_run, digits_folder, tmp_path, capsys
     assert 'must be in [1, 18]' in _usage_error(capsys, *folder, '--tta', '0')
     assert '--aot-autograd is not available' in _usage_error(capsys, *folder, '--aot-autograd')
     assert 'torchrun --nproc-per-node 2' in _usage_error(capsys, *folder, '--num-gpu', '2')
+    line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--checkpoint', checkpoint, *out, '--num-classes', '5')
+    assert 'has class index 9, but the model has 5 classes' in line
+    (tmp_path / 'empty_ood').mkdir()
+    line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--checkpoint', checkpoint, *out, '--ood-data-dir',
+                        str(tmp_path / 'empty_ood'))
+    assert '--ood-data-dir' in line and 'Found 0 images' in line
     (tmp_path / 'foreign.pth').write_bytes(b'not a checkpoint')
     assert 'is not a readable checkpoint' in _usage_error(capsys, '--data-dir', str(digits_folder), '--checkpoint',
                                                           str(tmp_path / 'foreign.pth'), *out)
