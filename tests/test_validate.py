@@ -50,7 +50,7 @@ def test_end_to_end_with_temperature_and_ood(data_dir, checkpoint, tmp_path):
     json_path, plot_path = tmp_path / 'out' / 'val.json', tmp_path / 'out' / 'val.png'
     result = _validate('--data-dir', str(data_dir), '--split', 'val', '--checkpoint', str(checkpoint),
                        '--calibration-split', 'train', '--num-samples', '600', '--ood-data-dir', str(ood_dir),
-                       '--output-json', str(json_path), '--plot', str(plot_path))
+                       '--output-json', str(json_path), '--plot', str(plot_path), '--tta', '2')
     written = json.loads(json_path.read_text())
     assert set(METRIC_KEYS) | {'temperature', 'after_temperature_scaling'} <= set(written)
     assert set(METRIC_KEYS) <= set(written['after_temperature_scaling'])
@@ -64,6 +64,10 @@ def test_end_to_end_with_temperature_and_ood(data_dir, checkpoint, tmp_path):
     # Temperature scaling leaves the argmax, hence the accuracy, unchanged.
     assert written['after_temperature_scaling']['top1'] == written['top1']
     assert sum(written['reliability']['count']) == written['num_samples']
+    # TTA (identity + horizontal flip) reported next to the plain metrics, every key.
+    assert written['tta']['views'] == ['identity', 'hflip'] and set(METRIC_KEYS) <= set(written['tta'])
+    assert sum(written['tta']['reliability']['count']) == written['num_samples']
+    assert written['tta']['nll'] != written['nll']
     assert 0 <= written['ood_auroc'] <= 1 and written['ood_num_samples'] == 40
     assert plot_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and plot_path.stat().st_size > 10_000
     assert result['files'] == {'json': str(json_path), 'plot': str(plot_path)}

@@ -195,6 +195,9 @@ def test_bad_inputs_stop_before_work(digits_run, digits_folder, tmp_path, capsys
     assert 'must be in [1, 18]' in _usage_error(capsys, *folder, '--tta', '0')
     assert '--aot-autograd is not available' in _usage_error(capsys, *folder, '--aot-autograd')
     assert 'torchrun --nproc-per-node 2' in _usage_error(capsys, *folder, '--num-gpu', '2')
+    assert 'bulk validation' in _usage_error(capsys, '--data-dir', str(digits_folder), '--checkpoint',
+                                             str(digits_run), *out)
+    assert 'mutually exclusive' in _usage_error(capsys, *folder, '--torchscript', '--torchcompile')
     line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--checkpoint', checkpoint, *out, '--num-classes', '5')
     assert 'has class index 9, but the model has 5 classes' in line
     (tmp_path / 'empty_ood').mkdir()
