@@ -129,8 +129,10 @@ def test_resnet20_cifar_trains_from_the_command_line_on_digits(tmp_path):
     assert [r['epoch'] for r in rows] == ['0'] and 0 <= float(rows[0]['eval_top1']) <= 100
     checkpoint = tmp_path / 'run' / 'last.pth.tar'
     saved = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
-    loaded = timm.create_model('resnet20_cifar', checkpoint_path=str(checkpoint))  # as --initial-checkpoint
+    args = train.parse_args(['--model', 'resnet20_cifar', '--initial-checkpoint', str(checkpoint)])
+    loaded, data_config = train.build_model(args, 10, torch.device('cpu'), False, True)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+    assert data_config['input_size'] == (3, 32, 32) and data_config['crop_pct'] == 1.0
 
 
 def test_resnet20_cifar_trains_on_image_folders_and_resumes(image_folder, tmp_path):
