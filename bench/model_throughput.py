@@ -7,8 +7,12 @@ shrinks 32 px to 8 px before the first stage, so it is cheap; the CIFAR ResNet-1
 table reports the median over rounds. Training is forward + cross-entropy + backward + an SGD step in train
 mode; evaluation is a forward pass under ``torch.inference_mode`` in eval mode. Random inputs, 10 classes.
 
+``--clock cpu`` (the default) times with the process CPU time, so with one intra-op thread (the default) the
+numbers are images per CPU-second, robust to other work sharing the cores; ``--clock wall`` times wall-clock
+seconds (use it with several threads on an idle machine).
+
 Usage: nice -n 10 python bench/model_throughput.py [--models resnet20_cifar resnet18_cifar] [--rounds 3]
-       [--steps 2] [--batch-size 64] [--threads 2] [--output results.json]
+       [--steps 1] [--batch-size 16] [--threads 1] [--clock cpu|wall] [--output results.json]
 """
 import argparse
 import json
@@ -29,6 +33,7 @@ from cfl_timm.models import CIFAR_MODELS  # noqa: E402  (importing cfl_timm regi
 from cfl_timm.training import atomic_write_text  # noqa: E402
 
 BASELINE = 'resnet18'
+CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
 FORMATS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
 
 
@@ -37,29 +42,31 @@ def _build(name: str, memory_format: torch.memory_format) -> torch.nn.Module:
     return model.to(memory_format=memory_format)
 
 
-def time_train(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, steps: int) -> float:
+def time_train(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, steps: int,
+               clock=time.process_time) -> float:
     """Seconds per image of ``steps`` SGD steps (forward, cross-entropy, backward, update)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), target).backward()
         optimizer.step()
-    return (time.perf_counter() - start) / (steps * images.shape[0])
+    return (clock() - start) / (steps * images.shape[0])
 
 
-def time_eval(model: torch.nn.Module, images: torch.Tensor, steps: int) -> float:
+def time_eval(model: torch.nn.Module, images: torch.Tensor, steps: int, clock=time.process_time) -> float:
     """Seconds per image of ``steps`` forward passes in eval mode."""
     model.eval()
     with torch.inference_mode():
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             model(images)
-    return (time.perf_counter() - start) / (steps * images.shape[0])
+    return (clock() - start) / (steps * images.shape[0])
 
 
-def measure(names: list[str], batch_size: int, img_size: int, rounds: int, steps: int) -> dict[str, dict]:
+def measure(names: list[str], batch_size: int, img_size: int, rounds: int, steps: int,
+            clock=time.process_time) -> dict[str, dict]:
     """Median images/s per (model, format, mode) over interleaved rounds, after one warm-up step each."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, img_size, img_size)
@@ -74,8 +81,8 @@ def measure(names: list[str], batch_size: int, img_size: int, rounds: int, steps
             entries[(name, fmt)] = dict(model=model, x=x, train=[], eval=[])
     for _ in range(rounds):
         for entry in entries.values():
-            entry['train'].append(time_train(entry['model'], entry['x'], target, steps))
-            entry['eval'].append(time_eval(entry['model'], entry['x'], steps))
+            entry['train'].append(time_train(entry['model'], entry['x'], target, steps, clock))
+            entry['eval'].append(time_eval(entry['model'], entry['x'], steps, clock))
     results: dict[str, dict] = {}
     for (name, fmt), entry in entries.items():
         row = results.setdefault(name, dict(params=sum(p.numel() for p in entry['model'].parameters())))
@@ -105,11 +112,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=list(CIFAR_MODELS), choices=CIFAR_MODELS, metavar='NAME',
                         help='CIFAR models to measure (default: all); timm resnet18 is always measured')
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--img-size', type=int, default=32)
     parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds; the median is reported')
-    parser.add_argument('--steps', type=int, default=2, help='batches per model, format and mode in a round')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='intra-op threads')
+    parser.add_argument('--steps', type=int, default=1, help='batches per model, format and mode in a round')
+    parser.add_argument('--threads', type=int, default=1, help='intra-op threads (default: 1)')
+    parser.add_argument('--clock', default='cpu', choices=sorted(CLOCKS),
+                        help='process CPU time (default; with 1 thread: images per CPU-second) or wall-clock time')
     parser.add_argument('--output', default='', help='also write the results as JSON to this file')
     args = parser.parse_args(argv)
     if min(args.batch_size, args.img_size, args.rounds, args.steps, args.threads) < 1:
@@ -117,17 +126,18 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     start = time.time()
-    results = measure([BASELINE, *args.models], args.batch_size, args.img_size, args.rounds, args.steps)
+    results = measure([BASELINE, *args.models], args.batch_size, args.img_size, args.rounds, args.steps,
+                      CLOCKS[args.clock])
     load_after = os.getloadavg()
     machine = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, '
                f'torch {torch.__version__}, timm {timm.__version__}')
-    print(f'# {machine}; batch {args.batch_size} at {args.img_size} px, median of {args.rounds} interleaved rounds '
-          f'of {args.steps} batches; load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; '
-          f'{time.time() - start:.0f} s')
+    print(f'# {machine}; batch {args.batch_size} at {args.img_size} px, {args.clock} clock, median of {args.rounds} '
+          f'interleaved rounds of {args.steps} batches; load average (1 min) {load_before[0]:.1f} before, '
+          f'{load_after[0]:.1f} after; {time.time() - start:.0f} s')
     print(table(results))
     if args.output:
         atomic_write_text(args.output, json.dumps(dict(
-            machine=machine, batch_size=args.batch_size, img_size=args.img_size, rounds=args.rounds,
+            machine=machine, clock=args.clock, batch_size=args.batch_size, img_size=args.img_size, rounds=args.rounds,
             steps=args.steps, load_average=[load_before[0], load_after[0]], results=results), indent=1) + '\n')
 
 
