@@ -435,10 +435,11 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel('top-1 (%)')
     fig.suptitle(f'protocol {protocol.name}: mean ± sd over seeds', fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + '.tmp.png')
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from cfl_timm.training.io import atomic_write_bytes
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=110, format='png'))
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -34,9 +34,7 @@ is written and each missing anchor is named.
 import argparse
 import ast
 import difflib
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,6 +438,7 @@ def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str,
 
 def write_changes(checkout: Path, changes: dict[str, tuple[Optional[str], Optional[str]]]) -> None:
     """Write every change atomically per file; on any failure restore the files already written."""
+    from cfl_timm.training.io import atomic_write_bytes
     done: list[tuple[Path, Optional[str]]] = []
     try:
         for rel, (old, new) in changes.items():
@@ -447,14 +446,8 @@ def write_changes(checkout: Path, changes: dict[str, tuple[Optional[str], Option
             if new is None:
                 path.unlink()
             else:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-                with os.fdopen(fd, 'w', newline='') as f:
-                    f.write(new)
-                if path.exists():
-                    os.chmod(tmp, path.stat().st_mode & 0o7777)
-                else:
-                    os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
+                # The project's one atomic writer: a replaced file keeps its mode, a new one follows the umask.
+                atomic_write_bytes(path, lambda f, text=new: f.write(text.encode('utf-8')))
             done.append((path, old))
     except BaseException:
         for path, old in reversed(done):

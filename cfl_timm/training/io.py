@@ -7,41 +7,69 @@ import csv
 import io
 import math
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 import yaml
 
-__all__ = ['SUMMARY_COLUMNS', 'SummaryWriter', 'atomic_write_bytes', 'atomic_write_text', 'read_summary',
-           'save_args_yaml']
+__all__ = ['SUMMARY_COLUMNS', 'SummaryWriter', 'atomic_write_bytes', 'atomic_write_text', 'is_temp_file',
+           'read_summary', 'save_args_yaml', 'temp_path_for']
 
 # timm's columns first, then the calibration metrics and the cyclical values in force during the epoch.
 SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'eval_nll', 'eval_ece',
                    'eta', 'weight_decay', 'temperature', 'clip_grad')
 
 
+TEMP_SUFFIX = '.tmp'
+
+
+def temp_path_for(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.<name>.<random>.tmp`` (hidden, recognisable for clean-up)."""
+    path = Path(path)
+    return path.with_name(f'.{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}')
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_write_bytes` (left behind only by a killed process)."""
+    name = Path(path).name
+    return name.startswith('.') and name.endswith(TEMP_SUFFIX)
+
+
 def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write a file atomically: ``write(f)`` fills a temp file in the same directory, which is fsynced and then
-    moved over ``path`` with os.replace, so a crash leaves either the old file or the new one, never a torn one."""
+    moved over ``path`` with os.replace, so a crash leaves either the old file or the new one, never a torn one.
+
+    Permissions are those of an ordinary ``open()``: a new file gets 0666 minus the user's umask, a replaced
+    file keeps its mode. A temp file left by a killed process is named ``.<name>.<random>.tmp``
+    (:func:`is_temp_file`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        keep_mode: Optional[int] = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        keep_mode = None
+    tmp_path = temp_path_for(path)
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        if keep_mode is not None:
+            os.fchmod(fd, keep_mode)
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_path, path)
     except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
         raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, lambda f: f.write(text.encode('utf-8')))
 
 

@@ -1,0 +1,282 @@
+"""Crash-safe training checkpoints: timm's ``CheckpointSaver`` with atomic rename-over, run-folder recovery after
+a kill, the newest complete checkpoint for ``--resume auto``, and resume with clear errors.
+
+timm 1.0.31's saver writes ``tmp.pth.tar`` and then *deletes* ``last.pth.tar`` before renaming the new file in
+(a Windows workaround), and copies ``model_best`` / ``checkpoint-N`` the same way: a kill in that gap leaves no
+``last.pth.tar``, and ``--resume auto`` silently restarted from epoch 0. :class:`AtomicCheckpointSaver` keeps
+timm's bookkeeping (history ranking, best metric, resumable saver state) and changes only the file operations:
+
+* every checkpoint file is written through :func:`cfl_timm.training.atomic_write_bytes` (a hidden temp file,
+  fsynced, then ``os.replace``): ``tmp.pth.tar`` exists only complete;
+* ``tmp.pth.tar`` -> ``last.pth.tar`` and the ``checkpoint-N`` / ``model_best`` copies are renamed *over* the
+  target (a hard link, or a copy, to a temp name, then ``os.replace``): the target never disappears.
+
+So at every moment the newest complete state is on disk as ``last.pth.tar`` (or, between the two renames, as
+``tmp.pth.tar``). :func:`recover_run_dir`, run when a run folder is opened, finishes what a kill interrupted:
+it deletes partial temp files, promotes a complete ``tmp.pth.tar`` newer than ``last.pth.tar``, and restores
+``model_best.pth.tar`` when the kill came before its copy. :func:`find_resume_checkpoint` then returns the
+newest complete checkpoint of the folder. Every file operation goes through the module functions
+:func:`_write_file`, :func:`_rename`, :func:`_link_or_copy` and :func:`_remove`, the points where the tests kill
+the process.
+"""
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, Optional
+
+import torch
+from timm.utils import CheckpointSaver
+
+from .io import atomic_write_bytes, is_temp_file, temp_path_for
+
+__all__ = ['CHECKPOINT_EXTENSION', 'AtomicCheckpointSaver', 'checkpoint_epoch', 'find_resume_checkpoint',
+           'load_training_checkpoint', 'recover_run_dir', 'restore_training_state', 'run_dir_in_use']
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_EXTENSION = '.pth.tar'
+LAST_NAME = 'last' + CHECKPOINT_EXTENSION
+TMP_NAME = 'tmp' + CHECKPOINT_EXTENSION  # timm's name of the freshly written state
+BEST_NAME = 'model_best' + CHECKPOINT_EXTENSION
+# Files whose presence means a folder already holds a run of train.py.
+RUN_FILES = ('args.yaml', 'summary.csv', LAST_NAME, TMP_NAME, BEST_NAME)
+
+
+# ------------------------------------------------------------------------------ file operations (kill points)
+
+def _write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Fill ``path`` through ``write(f)`` atomically: the file is complete or absent, never torn."""
+    atomic_write_bytes(path, write)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst`` in one step: ``dst`` is the old or the new file at every moment."""
+    os.replace(src, dst)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same content as ``src`` (hard link, else copy) through a temp name renamed over ``dst``."""
+    tmp = temp_path_for(dst)
+    try:
+        os.link(src, tmp)
+    except (OSError, NotImplementedError):
+        shutil.copyfile(src, tmp)
+    _rename(tmp, dst)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` if present."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------ the saver
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """timm's :class:`~timm.utils.CheckpointSaver` whose files are replaced atomically, never deleted first.
+
+    Same arguments, files and history as timm's saver; see the module docstring for what changes.
+    """
+
+    def _save(self, save_path, epoch, metric=None):
+        # timm builds the state and hands save_path to torch.save, which also takes an open file.
+        _write_file(Path(save_path), lambda f: super(AtomicCheckpointSaver, self)._save(f, epoch, metric))
+
+    def _replace(self, src, dst):
+        _rename(Path(src), Path(dst))
+
+    def _duplicate(self, src, dst):
+        _link_or_copy(Path(src), Path(dst))
+
+    def _cleanup_checkpoints(self, trim=0):
+        trim = min(len(self.checkpoint_files), trim)
+        delete_index = self.max_history - trim
+        if delete_index < 0 or len(self.checkpoint_files) <= delete_index:
+            return
+        for path, _ in self.checkpoint_files[delete_index:]:
+            _remove(Path(path))
+        self.checkpoint_files = self.checkpoint_files[:delete_index]
+
+
+# ------------------------------------------------------------------------------------------ reading and recovery
+
+def load_training_checkpoint(path: str | Path, flag: str = '--resume') -> dict[str, Any]:
+    """Load a train.py checkpoint (CPU tensors), with a clear ``ValueError`` for anything else.
+
+    Args:
+        path: The checkpoint file.
+        flag: The flag that named it, for the message.
+
+    Raises:
+        ValueError: Missing file, not a complete torch file (truncated, foreign), or not a training checkpoint
+            (no ``state_dict`` / ``epoch``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'{flag}: checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'{flag}: {path} is not a complete PyTorch checkpoint (truncated or another kind of '
+                         f'file): {reason[:200]}') from e
+    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint or 'epoch' not in checkpoint:
+        found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f'{flag}: {path} is not a train.py training checkpoint (expected the keys state_dict and '
+                         f'epoch, found {found}).')
+    if not isinstance(checkpoint['epoch'], int) or checkpoint['epoch'] < 0:
+        raise ValueError(f"{flag}: {path} has an invalid epoch {checkpoint['epoch']!r}.")
+    return checkpoint
+
+
+def checkpoint_epoch(path: str | Path) -> Optional[int]:
+    """The epoch of a complete training checkpoint, or None when it is missing, torn or foreign."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:
+        return None
+    epoch = checkpoint.get('epoch') if isinstance(checkpoint, dict) else None
+    return epoch if isinstance(epoch, int) and 'state_dict' in checkpoint else None
+
+
+def run_dir_in_use(output_dir: str | Path) -> list[str]:
+    """The run files (args.yaml, summary.csv, checkpoints) already in ``output_dir``: non-empty means a run."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return sorted(p.name for p in output_dir.iterdir() if p.name in RUN_FILES
+                  or (p.name.startswith('checkpoint-') and p.name.endswith(CHECKPOINT_EXTENSION)))
+
+
+def recover_run_dir(output_dir: str | Path) -> list[str]:
+    """Finish what a kill interrupted in a run folder; returns what was done (for the log).
+
+    * temp files of the atomic writer (``.<name>.<random>.tmp``) are partial: deleted;
+    * ``tmp.pth.tar`` complete and newer than ``last.pth.tar`` (killed between the two renames): renamed over
+      ``last.pth.tar``; otherwise (older, or torn by timm's own saver): deleted;
+    * ``model_best.pth.tar`` older than the best epoch recorded in ``last.pth.tar`` (killed before the copy):
+      copied again from ``last.pth.tar`` when that is the best epoch.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    done = []
+    for path in sorted(output_dir.iterdir()):
+        if is_temp_file(path) and path.is_file():
+            _remove(path)
+            done.append(f'removed the partial file {path.name}')
+    last, tmp = output_dir / LAST_NAME, output_dir / TMP_NAME
+    if tmp.exists():
+        tmp_epoch, last_epoch = checkpoint_epoch(tmp), checkpoint_epoch(last)
+        if tmp_epoch is not None and (last_epoch is None or tmp_epoch > last_epoch):
+            _rename(tmp, last)
+            done.append(f'completed the interrupted save of epoch {tmp_epoch} ({TMP_NAME} -> {LAST_NAME})')
+        else:
+            _remove(tmp)
+            done.append(f'removed the stale {TMP_NAME}')
+    last_epoch = checkpoint_epoch(last)
+    if last_epoch is not None:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            saver_state = torch.load(last, map_location='cpu', weights_only=True, mmap=True).get('saver') or {}
+        best = output_dir / BEST_NAME
+        if saver_state.get('best_epoch') == last_epoch and checkpoint_epoch(best) != last_epoch:
+            _link_or_copy(last, best)
+            done.append(f'restored {BEST_NAME} (epoch {last_epoch})')
+    return done
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run folder (``last.pth.tar`` first on a tie), or None.
+
+    Candidates are ``last.pth.tar``, ``checkpoint-N.pth.tar`` and ``model_best.pth.tar``; torn or foreign files
+    are skipped. Call :func:`recover_run_dir` first so an interrupted save is completed.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    candidates = [output_dir / LAST_NAME, *sorted(output_dir.glob('checkpoint-*' + CHECKPOINT_EXTENSION)),
+                  output_dir / BEST_NAME]
+    best_path, best_epoch = None, -1
+    for path in candidates:
+        epoch = checkpoint_epoch(path) if path.is_file() else None
+        if epoch is not None and epoch > best_epoch:
+            best_path, best_epoch = path, epoch
+    return best_path
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+# Flags that shape the state a checkpoint holds, named in the messages when the state does not fit.
+_MODEL_FLAGS = ('model', 'num_classes', 'img_size', 'in_chans', 'split_bn', 'aug_splits', 'model_kwargs')
+_LOSS_FLAGS = ('focal_loss', 'loss', 'jsd_loss', 'bce_loss', 'gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg',
+               'cyclical_factor', 'smoothing', 'soft_target_mode')
+
+
+def _saved_flags(checkpoint: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The checkpoint's values of ``names`` as command-line flags (only the ones it recorded)."""
+    saved = checkpoint.get('args')
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved if isinstance(saved, dict) else {}
+    parts = []
+    for name in names:
+        value = saved.get(name)
+        if value in (None, False, '', {}, 0) and name not in ('focal_loss', 'model'):
+            continue
+        flag = '--' + name.replace('_', '-')
+        parts.append(flag if value is True else f'{flag} {value}')
+    return ' '.join(parts) if parts else '(no flags recorded)'
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return ' '.join(text.split())[:300] if text else type(error).__name__
+
+
+def restore_training_state(checkpoint: dict[str, Any], path: str | Path, task, optimizer: torch.optim.Optimizer,
+                           loss_scaler=None, resume_opt: bool = True) -> int:
+    """Load a checkpoint of :func:`load_training_checkpoint` into the run; returns the next epoch.
+
+    Restores the model, the EMA, the criterion state (e.g. the cyclical loss epoch), the optimizer (keeping the
+    per-group fields this run's schedulers set up, such as the cyclical schedule's ``initial_weight_decay``,
+    when the checkpoint was saved without them) and the grad scaler.
+
+    Raises:
+        ValueError: The model, loss or optimizer of the checkpoint do not fit this run, naming the flags it
+            was saved with.
+    """
+    try:
+        task.load_checkpoint_state(checkpoint['state_dict'], None)
+    except RuntimeError as e:
+        raise ValueError(f'--resume: the model weights in {path} do not fit this model; the checkpoint was saved '
+                         f'with {_saved_flags(checkpoint, _MODEL_FLAGS)} ({_first_line(e)}).') from e
+    try:
+        task.load_task_state(checkpoint.get('task_state'))
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ValueError(f'--resume: the loss state in {path} does not fit this run\'s loss; the checkpoint was '
+                         f'saved with {_saved_flags(checkpoint, _LOSS_FLAGS)}: repeat its loss flags '
+                         f'({_first_line(e)}).') from e
+    if task.has_ema():
+        if 'state_dict_ema' not in checkpoint:
+            raise ValueError(f'--resume: {path} has no EMA weights but --model-ema is on.')
+        task.load_checkpoint_state(checkpoint['state_dict_ema'], checkpoint.get('task_state_ema'), ema=True)
+    if resume_opt and 'optimizer' in checkpoint:
+        fresh_groups = [dict(group) for group in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f'--resume: the optimizer state in {path} does not fit this run\'s optimizer (saved '
+                             f'with {_saved_flags(checkpoint, ("opt",))}); pass --no-resume-opt to start a fresh '
+                             f'optimizer ({_first_line(e)}).') from e
+        for group, fresh in zip(optimizer.param_groups, fresh_groups):
+            for key, value in fresh.items():
+                if key != 'params':
+                    group.setdefault(key, value)
+    if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
+        loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+    return int(checkpoint['epoch']) + 1
