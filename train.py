@@ -20,7 +20,6 @@ import functools
 import importlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.utils import (
-    CheckpointSaver,
     dispatch_clip_grad,
     distribute_bn,
     random_seed,
@@ -66,6 +64,7 @@ from cfl_timm.data.holdout import (
 )
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.training import (
+    AtomicCheckpointSaver,
     SUMMARY_COLUMNS,
     CountingScaler,
     EvalResult,
@@ -75,15 +74,21 @@ from cfl_timm.training import (
     TemperatureClassificationTask,
     atomic_write_bytes,
     atomic_write_text,
+    barrier,
     create_distillation_task,
     create_eval_loader,
     ddp_device_ids,
     distillation_kwargs,
     evaluate,
     evaluate_logits,
+    find_resume_checkpoint,
     gather_objects,
     init_process,
+    load_training_checkpoint,
     predict,
+    recover_run_dir,
+    restore_training_state,
+    run_dir_in_use,
     save_args_yaml,
 )
 from cfl_timm.training.args import UsageError, add_train_args, check_args, load_config, loss_name, mixup_active
@@ -193,7 +198,7 @@ class RunFiles:
 
     output_dir: Path
     start_epoch: int
-    saver: Optional[CheckpointSaver] = None
+    saver: Optional[AtomicCheckpointSaver] = None
     summary: Optional[SummaryWriter] = None
     reliability: Optional[ReliabilityLog] = None  # reliability.jsonl: the evaluation's bins of every epoch
     writers: MetricWriters = field(default_factory=MetricWriters)
@@ -264,6 +269,11 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     mixup_fn = build_mixup(args, num_classes)
     loader_train, loader_eval = build_loaders(args, dataset_train, dataset_eval, data_config, proc.device,
                                               proc.distributed)
+    if len(loader_train) == 0:
+        share = f' per process ({proc.world_size} processes)' if proc.distributed else ''
+        raise ValueError(f'The training set ({len(dataset_train)} images{share}) is smaller than one batch '
+                         f'(-b {args.batch_size}; the last partial batch is dropped): no training step would run. '
+                         'Lower -b or train on more images.')
     updates_per_epoch = max(1, (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps)
     lr = resolve_lr(args, proc.world_size)
     sched_kwargs = timm.scheduler.scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
@@ -347,13 +357,14 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
     exp_name = args.experiment or '-'.join([
         datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
     output_dir = Path(args.output or './output/train') / exp_name
-    resume_path = args.resume
-    if resume_path == 'auto':
-        resume_path = str(output_dir / 'last.pth.tar') if (output_dir / 'last.pth.tar').is_file() else ''
+    resume_path = resolve_resume(args.resume, output_dir, ctx.proc.is_primary)
     start_epoch = 0
     if resume_path:
-        start_epoch = resume_training(resume_path, ctx.task, ctx.optimizer, ctx.loss_scaler,
-                                      not args.no_resume_opt, ctx.proc.is_primary)
+        checkpoint = load_training_checkpoint(resume_path)
+        start_epoch = restore_training_state(checkpoint, resume_path, ctx.task, ctx.optimizer, ctx.loss_scaler,
+                                             not args.no_resume_opt)
+        if ctx.proc.is_primary:
+            _logger.info(f"Resumed from '{resume_path}' (epoch {checkpoint['epoch']}).")
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if start_epoch > 0:
@@ -366,7 +377,7 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
     if ctx.proc.is_primary:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_args_yaml(output_dir / 'args.yaml', effective_args)
-        run.saver = CheckpointSaver(
+        run.saver = AtomicCheckpointSaver(
             model=ctx.model, optimizer=ctx.optimizer, args=argparse.Namespace(**effective_args),
             amp_scaler=ctx.loss_scaler, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
             decreasing=checkpoint_metric_decreasing(args), max_history=args.checkpoint_hist, task=ctx.task)
@@ -575,6 +586,9 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
         raise ValueError(f'Empty dataset split: {len(dataset_train)} train / {len(dataset_eval)} validation images.')
     full_targets = dataset_targets(dataset_train)
     num_classes = args.num_classes or int(full_targets.max()) + 1
+    if num_classes < int(full_targets.max()) + 1:
+        raise ValueError(f'--num-classes {args.num_classes} is smaller than the training set, whose labels go up to '
+                         f'{int(full_targets.max())} ({int(full_targets.max()) + 1} classes).')
     subset = select_train_subset(
         full_targets, train_size=args.train_size, train_size_mode=args.train_size_mode,
         sampler_path=args.read_sampler, imbalance_ratio=args.imbalance_ratio, imbalance_max=args.imbalance_max)
@@ -790,26 +804,25 @@ def summary_columns(ctx: TrainContext) -> tuple[str, ...]:
     return SUMMARY_COLUMNS + extra + (('skipped_steps',) if ctx.loss_scaler is not None else ())
 
 
-def resume_training(path: str, task, optimizer, loss_scaler, resume_opt: bool, is_primary: bool) -> int:
-    """Restore model, EMA, criterion state, optimizer and scaler from a CheckpointSaver file; returns the next epoch."""
-    if not os.path.isfile(path):
-        raise ValueError(f'--resume: checkpoint not found: {path}')
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    if 'state_dict' not in checkpoint or 'epoch' not in checkpoint:
-        raise ValueError(f'--resume: {path} is not a training checkpoint (no state_dict / epoch).')
-    task.load_checkpoint_state(checkpoint['state_dict'], checkpoint.get('task_state'))
-    if task.has_ema():
-        if 'state_dict_ema' not in checkpoint:
-            raise ValueError(f'--resume: {path} has no EMA weights but --model-ema is on.')
-        task.load_checkpoint_state(checkpoint['state_dict_ema'], checkpoint.get('task_state_ema'), ema=True)
-    if resume_opt and 'optimizer' in checkpoint:
-        optimizer.load_state_dict(checkpoint['optimizer'])
-    if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
-        loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+def resolve_resume(resume: str, output_dir: Path, is_primary: bool) -> str:
+    """The checkpoint to resume from ('' for a new run), after refusing to overwrite an existing run.
+
+    A folder that already holds a run is only reused with ``--resume``. With ``--resume auto`` the primary process
+    first finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`), then every
+    process takes the newest complete checkpoint there.
+    """
+    in_use = run_dir_in_use(output_dir)
+    if in_use and not resume:
+        raise ValueError(f'--output/--experiment: {output_dir} already holds a run ({", ".join(in_use[:4])}); '
+                         'pass --resume auto to continue it, or choose another --experiment.')
+    if resume != 'auto':
+        return resume
     if is_primary:
-        _logger.info(f"Resumed from '{path}' (epoch {checkpoint['epoch']}).")
-    return int(checkpoint['epoch']) + 1
+        for action in recover_run_dir(output_dir):
+            _logger.info(f'{output_dir}: {action}.')
+    barrier()
+    found = find_resume_checkpoint(output_dir)
+    return str(found) if found else ''
 
 
 def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -> None:

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -263,5 +264,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """The command line: bad input (config, lists, images, run folder) ends as a usage error, one line
+    ``train.py: error: ...`` with exit status 2, before any training step."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        parser.error(str(error))
+
+
 if __name__ == '__main__':
-    main(get_args_parser().parse_args())
+    cli()

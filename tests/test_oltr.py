@@ -57,7 +57,7 @@ def test_list_errors_name_the_line(tmp_path):
 
 
 def test_missing_images_reported_with_first_offenders(tmp_path):
-    (tmp_path / 'img0.jpg').write_bytes(b'x')
+    (tmp_path / 'img0.jpg').write_bytes(b'\xff\xd8\xff\xe0' + bytes(12))  # a JPEG header
     samples = [('img0.jpg', 0)] + [(f'gone{i}.jpg', 0) for i in range(8)]
     with pytest.raises(FileNotFoundError) as info:
         check_images_exist(tmp_path, samples, list_name='train.txt', max_report=3)

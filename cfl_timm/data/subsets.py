@@ -115,6 +115,8 @@ def long_tailed_indices(targets: np.ndarray, imbalance_ratio: float, n_max: Opti
     available = class_counts(targets)
     if n_max is None:
         n_max = int(available.min())
+    if n_max < 1:
+        raise ValueError(f'--imbalance-max must be >= 1, got {n_max}.')
     counts = long_tailed_counts(n_max, len(available), imbalance_ratio)
     short = np.flatnonzero(counts > available)
     if short.size:
@@ -133,26 +135,34 @@ def read_sampler_indices(path: str | Path, num_samples: int) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f'--read_sampler: file not found: {path}')
     values: list[int] = []
-    with open(path, newline='') as f:
-        for row_num, row in enumerate(csv.reader(f), start=1):
-            for cell in row:
-                for token in cell.split():
-                    try:
-                        value = float(token) if any(ch in token for ch in '.eE') else int(token)
-                    except ValueError:
-                        raise ValueError(f'--read_sampler {path}: row {row_num}: {token!r} is not an integer '
-                                         'index.') from None
-                    if isinstance(value, float) and not value.is_integer():
-                        raise ValueError(f'--read_sampler {path}: row {row_num}: {token!r} is not an integer index.')
-                    values.append(int(value))
-    if not values:
+    outside: list[int] = []
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f'--read_sampler {path}: not a UTF-8 text file of indices (byte {e.start}: '
+                         f'{e.object[e.start:e.start + 1]!r}).') from None
+    for row_num, row in enumerate(rows, start=1):
+        for cell in row:
+            for token in cell.split():
+                try:
+                    value = float(token) if any(ch in token for ch in '.eE') else int(token)
+                except ValueError:
+                    raise ValueError(f'--read_sampler {path}: row {row_num}: {token!r} is not an integer '
+                                     'index.') from None
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f'--read_sampler {path}: row {row_num}: {token!r} is not an integer index.')
+                value = int(value)
+                # Checked here, as Python ints: a huge value never reaches (and overflows) the int64 array.
+                (outside if not 0 <= value < num_samples else values).append(value)
+    if not values and not outside:
         raise ValueError(f'--read_sampler {path}: the file holds no indices.')
-    indices = np.asarray(values, dtype=np.int64)
-    bad = (indices < 0) | (indices >= num_samples)
-    if bad.any():
-        first = int(indices[bad][0])
-        raise ValueError(f'--read_sampler {path}: {int(bad.sum())} indices outside [0, {num_samples - 1}] for a '
+    if outside:
+        first = str(outside[0])
+        first = first if len(first) <= 24 else first[:10] + '...' + first[-6:]
+        raise ValueError(f'--read_sampler {path}: {len(outside)} indices outside [0, {num_samples - 1}] for a '
                          f'training set of {num_samples} images (first: {first}); indices are 0-based.')
+    indices = np.asarray(values, dtype=np.int64)
     if len(np.unique(indices)) != len(indices):
         raise ValueError(f'--read_sampler {path}: duplicate indices ({len(indices) - len(np.unique(indices))}).')
     return indices
@@ -178,18 +188,21 @@ def select_train_subset(
         imbalance_max: Head-class count of the long-tailed subset.
     """
     chosen = [name for name, value in (('--train_size', train_size), ('--read_sampler', sampler_path),
-                                       ('--imbalance-ratio', imbalance_ratio)) if value]
+                                       ('--imbalance-ratio', imbalance_ratio)) if value is not None]
     if len(chosen) > 1:
         raise ValueError(f'Choose one training subset, got {" and ".join(chosen)}.')
     if train_size_mode not in SUBSET_MODES:
         raise ValueError(f'Unknown --train-size-mode {train_size_mode!r}, expected one of {SUBSET_MODES}.')
-    if train_size:
+    if imbalance_max is not None and imbalance_ratio is None:
+        raise ValueError('--imbalance-max sets the head-class count of the long-tailed subset; it needs '
+                         '--imbalance-ratio RHO (>= 1).')
+    if train_size is not None:
         if train_size_mode == 'first':
             return first_n_indices(len(targets), train_size)
         return stratified_indices(targets, train_size)
-    if sampler_path:
+    if sampler_path is not None:
         return read_sampler_indices(sampler_path, len(targets))
-    if imbalance_ratio:
+    if imbalance_ratio is not None:
         return long_tailed_indices(targets, imbalance_ratio, imbalance_max)
     return None
 

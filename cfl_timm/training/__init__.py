@@ -1,5 +1,13 @@
 """Training glue for train.py: the command line (args), temperature task, crash-safe run files and CPU-capable
 distributed helpers."""
+from .checkpoint import (
+    AtomicCheckpointSaver,
+    find_resume_checkpoint,
+    load_training_checkpoint,
+    recover_run_dir,
+    restore_training_state,
+    run_dir_in_use,
+)
 from .amp import CountingScaler
 from .distillation import create_distillation_task, distillation_kwargs
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process

@@ -45,6 +45,7 @@ from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .loggers import check_logger_extras
+from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 
 __all__ = [
     'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
@@ -602,18 +603,25 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
     if not os.path.isfile(path):
         raise UsageError(f'Config file not found: {path}')
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            cfg = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f'Config file {path} is not valid YAML: {" ".join(str(e).split())[:200]}') from None
     if not isinstance(cfg, dict):
         raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
-    dests = {a.dest for a in parser._actions}
+    actions = {a.dest: a for a in parser._actions}
     resolved, unknown = {}, []
     for key, value in cfg.items():
         dest = str(key).lstrip('-')
-        dest = dest if dest in dests else dest.replace('-', '_')
-        if dest not in dests:
+        dest = dest if dest in actions else dest.replace('-', '_')
+        if dest not in actions:
             unknown.append(key)
-        resolved[dest] = value
+            continue
+        try:
+            resolved[dest] = coerce_config_value(actions[dest], key, value, path)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if unknown:
         raise UsageError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
                          'batch_size, focal_loss, T_min.')
@@ -713,7 +721,7 @@ def check_subset_args(args: argparse.Namespace) -> None:
     if args.train_size is not None and args.train_size < 1:
         raise ValueError(f'--train_size must be >= 1, got {args.train_size}.')
     subsets = [f for f, v in (('--train_size', args.train_size), ('--read_sampler', args.read_sampler),
-                              ('--imbalance_ratio', args.imbalance_ratio)) if v]
+                              ('--imbalance_ratio', args.imbalance_ratio)) if v is not None]
     if len(subsets) > 1:
         raise ValueError(f'Choose one training subset, got {" and ".join(subsets)}.')
     if args.read_sampler and not os.path.isfile(args.read_sampler):
@@ -819,9 +827,9 @@ def check_distillation_args(args: argparse.Namespace) -> None:
 
 
 ARG_CHECKS: tuple[Callable[[argparse.Namespace], None], ...] = (
-    check_model_args, check_device_args, check_augmentation_args, check_loss_args, check_distillation_args,
-    check_cyclical_args, check_subset_args, check_misc_args, check_logging_args, check_naflex_args,
-    check_dataset_args,
+    check_model_args, check_number_args, check_device_args, check_augmentation_args, check_loss_args,
+    check_distillation_args, check_cyclical_args, check_subset_args, check_misc_args, check_logging_args,
+    check_naflex_args, check_dataset_args, check_name_args, check_file_args,
 )
 
 

@@ -33,7 +33,8 @@ from timm.utils import CheckpointSaver
 from .io import atomic_write_bytes, is_temp_file, temp_path_for
 
 __all__ = ['CHECKPOINT_EXTENSION', 'AtomicCheckpointSaver', 'checkpoint_epoch', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'recover_run_dir', 'restore_training_state', 'run_dir_in_use']
+           'load_training_checkpoint', 'recorded_best_epoch', 'recover_run_dir', 'restore_training_state',
+           'run_dir_in_use']
 
 _logger = logging.getLogger(__name__)
 
@@ -184,12 +185,25 @@ def recover_run_dir(output_dir: str | Path) -> list[str]:
     last_epoch = checkpoint_epoch(last)
     if last_epoch is not None:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            saver_state = torch.load(last, map_location='cpu', weights_only=True, mmap=True).get('saver') or {}
+            best_epoch = recorded_best_epoch(torch.load(last, map_location='cpu', weights_only=True, mmap=True))
         best = output_dir / BEST_NAME
-        if saver_state.get('best_epoch') == last_epoch and checkpoint_epoch(best) != last_epoch:
+        if best_epoch == last_epoch and checkpoint_epoch(best) != last_epoch:
             _link_or_copy(last, best)
             done.append(f'restored {BEST_NAME} (epoch {last_epoch})')
     return done
+
+
+def recorded_best_epoch(checkpoint: dict[str, Any]) -> Optional[int]:
+    """The best epoch once the checkpoint's own epoch is counted (timm's saver records its state just before
+    ranking the epoch being saved: ``best_epoch`` plus the ``pending`` epoch and metric)."""
+    state = checkpoint.get('saver') or {}
+    best_epoch, best_metric = state.get('best_epoch'), state.get('best_metric')
+    epoch, metric = state.get('pending') or (None, None)
+    args = checkpoint.get('args')
+    decreasing = 'loss' in str(getattr(args, 'eval_metric', '') or '')
+    if metric is not None and (best_metric is None or (metric < best_metric if decreasing else metric > best_metric)):
+        return epoch
+    return best_epoch
 
 
 def find_resume_checkpoint(output_dir: str | Path) -> Optional[Path]:

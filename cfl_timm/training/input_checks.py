@@ -1,0 +1,194 @@
+"""Checks of train.py's inputs that the per-group checks of :mod:`cfl_timm.training.args` do not cover: numbers
+(finite, in range), names timm resolves only when it builds (optimizer, scheduler, metric, device), files
+named by flags, the run folder, and the types of ``-c/--config`` values.
+
+Every function raises a ``ValueError`` naming the flag (or config key) and its valid range or choices; none
+builds anything heavier than a one-parameter optimizer, so all run before any data, model or process.
+"""
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ['EVAL_METRICS', 'InputError', 'check_file_args', 'check_name_args', 'check_number_args',
+           'coerce_config_value']
+
+
+class InputError(ValueError):
+    """Bad input found after the flags were parsed (in the data, the run folder or a checkpoint), before any
+    training step; train.py's command line reports it as a usage error."""
+
+
+# Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
+EVAL_METRICS = ('top1', 'top5', 'loss', 'nll', 'ece')
+
+# (dest, low, high, low inclusive, high inclusive); None = unbounded. Checked when the value is not None.
+_RANGES = (
+    ('lr', 0.0, None, False, True), ('lr_base', 0.0, None, False, True), ('weight_decay', 0.0, None, True, True),
+    ('momentum', 0.0, None, True, True), ('warmup_lr', 0.0, None, True, True), ('min_lr', 0.0, None, True, True),
+    ('clip_grad', 0.0, None, False, True), ('drop', 0.0, 1.0, True, False), ('drop_path', 0.0, 1.0, True, False),
+    ('drop_block', 0.0, 1.0, True, False), ('reprob', 0.0, 1.0, True, True), ('hflip', 0.0, 1.0, True, True),
+    ('vflip', 0.0, 1.0, True, True), ('mixup', 0.0, None, True, True), ('cutmix', 0.0, None, True, True),
+    ('mixup_prob', 0.0, 1.0, True, True), ('mixup_switch_prob', 0.0, 1.0, True, True),
+    ('color_jitter', 0.0, None, True, True), ('model_ema_decay', 0.0, 1.0, True, True),
+    ('crop_pct', 0.0, 1.0, False, True), ('decay_rate', 0.0, None, False, True),
+    ('decay_epochs', 0.0, None, False, True), ('aug_repeats', 0.0, None, True, True),
+)
+# (dest, minimum) for integers; checked when the value is not None.
+_MINIMUMS = (
+    ('num_classes', 1), ('img_size', 1), ('in_chans', 1), ('validation_batch_size', 1), ('workers', 0),
+    ('warmup_epochs', 0), ('cooldown_epochs', 0), ('start_epoch', 0), ('checkpoint_hist', 1),
+    ('log_interval', 1), ('recount', 1), ('patience_epochs', 0), ('lr_cycle_limit', 1), ('mixup_off_epoch', 0),
+    ('imbalance_max', 1),
+)
+_SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
+
+
+def _flag(dest: str) -> str:
+    return '--' + dest.replace('_', '-')
+
+
+def _range_text(low, high, low_inclusive, high_inclusive) -> str:
+    if high is None:
+        return f'{">=" if low_inclusive else ">"} {low:g}'
+    return f'in {"[" if low_inclusive else "("}{low:g}, {high:g}{"]" if high_inclusive else ")"}'
+
+
+def check_number_args(args: argparse.Namespace) -> None:
+    """Every float is finite; rates, probabilities and counts are in their ranges; the seed fits numpy."""
+    for dest, value in sorted(vars(args).items()):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f'{_flag(dest)} must be a finite number, got {item}.')
+    for dest, low, high, low_inclusive, high_inclusive in _RANGES:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        above = value >= low if low_inclusive else value > low
+        below = high is None or (value <= high if high_inclusive else value < high)
+        if not (above and below):
+            raise ValueError(f'{_flag(dest)} must be {_range_text(low, high, low_inclusive, high_inclusive)}, '
+                             f'got {value:g}.')
+    for dest, minimum in _MINIMUMS:
+        value = getattr(args, dest, None)
+        if value is not None and value < minimum:
+            raise ValueError(f'{_flag(dest)} must be >= {minimum}, got {value}.')
+    if not 0 <= args.seed <= _SEED_MAX:
+        raise ValueError(f'--seed must be in [0, {_SEED_MAX}], got {args.seed}.')
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise ValueError(f'--input-size must be three integers >= 1 (channels height width), got {args.input_size}.')
+    channels = (args.input_size[0] if args.input_size else None) or args.in_chans or 3
+    for dest in ('mean', 'std'):
+        value = getattr(args, dest)
+        if value is not None and len(value) not in (1, channels):
+            raise ValueError(f'{_flag(dest)} needs 1 or {channels} values (one per input channel), got {len(value)}.')
+    if args.std is not None and min(args.std) <= 0:
+        raise ValueError(f'--std values must be > 0, got {args.std}.')
+    if args.imbalance_max is not None and args.imbalance_ratio is None:
+        raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
+                         '--imbalance_ratio RHO (>= 1).')
+
+
+def check_name_args(args: argparse.Namespace) -> None:
+    """Names timm resolves only when it builds: optimizer, LR scheduler, checkpoint metric and device."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+    from timm.scheduler import create_scheduler_v2
+
+    if args.eval_metric not in EVAL_METRICS:
+        raise ValueError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}.')
+    probe = torch.nn.Linear(1, 1)
+    try:
+        optimizer = create_optimizer_v2(probe, opt=args.opt, lr=0.1)
+    except (ValueError, AssertionError, KeyError, TypeError) as e:
+        raise ValueError(f'--opt: unknown optimizer {args.opt!r}; valid names: timm.optim.list_optimizers() '
+                         f'(e.g. {", ".join(list_optimizers()[:12])}, ...). ({e})') from e
+    try:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=max(args.epochs, 1),
+                                           updates_per_epoch=1)
+    except ValueError as e:
+        raise ValueError(f'--sched: {e} timm\'s schedulers: cosine, tanh, step, multistep, plateau, poly, '
+                         'rsqrt.') from e
+    if scheduler is None:
+        raise ValueError('--sched none: train.py steps an LR scheduler every epoch; for a constant LR use '
+                         '--sched step --decay-rate 1.')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f'--device: {args.device!r} is not a device name (cpu, cuda, cuda:N, ...).') from e
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {args.device}: no CUDA device is available here; use --device cpu.')
+
+
+def check_file_args(args: argparse.Namespace) -> None:
+    """Files named by flags exist, and an explicit run folder is never reused without --resume."""
+    for dest in ('class_map', 'initial_checkpoint'):
+        path = getattr(args, dest)
+        if path and not os.path.isfile(path):
+            raise ValueError(f'{_flag(dest)}: file not found: {path}')
+    if args.resume and args.resume != 'auto' and not os.path.isfile(args.resume):
+        raise ValueError(f"--resume: checkpoint not found: {args.resume} (a file, or 'auto' for the run folder's "
+                         'newest complete checkpoint)')
+    output = Path(args.output or './output/train')
+    if output.exists() and not output.is_dir():
+        raise ValueError(f'--output: {output} is a file, not a folder.')
+    if args.experiment and not args.resume:
+        from .checkpoint import run_dir_in_use
+        in_use = run_dir_in_use(output / args.experiment)
+        if in_use:
+            raise ValueError(f'--output/--experiment: {output / args.experiment} already holds a run '
+                             f'({", ".join(in_use[:4])}); pass --resume auto to continue it, or choose another '
+                             '--experiment.')
+
+
+def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str) -> Any:
+    """A ``-c/--config`` value checked (and converted) as the flag ``action`` would read it on the command line.
+
+    Raises:
+        ValueError: Naming the config file, the key, the expected type or choices and the value found.
+    """
+    where = f'Config {path}: key {key!r}'
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ValueError(f'{where} is a switch: expected true or false, got {value!r}.')
+        return value
+    if action.nargs == 0 or isinstance(action.default, dict):  # key=value flags take a mapping
+        if isinstance(action.default, dict) and not isinstance(value, dict):
+            raise ValueError(f'{where} expects a mapping of names to values, got {value!r}.')
+        return value
+    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise ValueError(f'{where} expects {action.nargs} values, got {len(value)}.')
+        if action.nargs == '+' and not value:
+            raise ValueError(f'{where} expects at least one value.')
+        return [_coerce_scalar(action, where, item) for item in value]
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError(f'{where} expects one value, got {value!r}.')
+    return _coerce_scalar(action, where, value)
+
+
+def _coerce_scalar(action: argparse.Action, where: str, value: Any) -> Any:
+    kind = action.type or str
+    if kind in (int, float) and isinstance(value, bool):
+        raise ValueError(f'{where} expects a number ({kind.__name__}), got {value!r}.')
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f'{where} expects an integer, got {value!r}.')
+        value = int(value)
+    if kind is str and isinstance(value, (int, float)):
+        value = str(value)
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError) as e:
+        name = getattr(kind, '__name__', str(kind))
+        raise ValueError(f'{where} expects {name}, got {value!r}.') from e
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f'{where} must be one of {", ".join(map(str, action.choices))}, got {converted!r}.')
+    return converted

@@ -1,0 +1,400 @@
+"""Bad input never runs silently: one table of bad inputs to train.py, validate.py, the OLTR trainer and the
+library, each with the message fragment it must produce, all rejected before any training work.
+
+Command-line rows run the real entry point in-process (``train.cli_main``, ``validate.cli``, ``oltr.train.cli``)
+and expect a usage error: exit status 2 and one last line ``<prog>: error: ...`` holding the fragment; then no
+run folder, checkpoint or output file may exist. Library rows expect a ``ValueError`` holding the fragment.
+The README section ``bad-inputs`` is this table (``python tests/test_bad_inputs.py`` prints it).
+"""
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models import create_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DIGITS = ('--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '1', '-b', '32')
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bad input: where it enters, what it is (README wording), the arguments and the expected fragment."""
+
+    entry: str  # train.py, validate.py, oltr, library
+    what: str
+    args: tuple  # command-line arguments ({files} is the folder of prepared bad files), or a library call name
+    message: str
+
+
+def T(what, message, *args, base=DIGITS):  # noqa: N802  (a table constructor)
+    return Row('train.py', what, (*base, *args), message)
+
+
+TRAIN_ROWS = [
+    # numbers
+    T('`--lr nan`', '--lr must be a finite number', '--lr', 'nan'),
+    T('`--lr inf`', '--lr must be a finite number', '--lr', 'inf'),
+    T('`--lr 0`', '--lr must be > 0', '--lr', '0'),
+    T('`--lr -0.1`', '--lr must be > 0', '--lr=-0.1'),
+    T('`--lr-base 0`', '--lr-base must be > 0', '--lr-base', '0'),
+    T('`--weight-decay -1`', '--weight-decay must be >= 0', '--weight-decay=-1'),
+    T('`--momentum nan`', '--momentum must be a finite number', '--momentum', 'nan'),
+    T('`--warmup-lr -1`', '--warmup-lr must be >= 0', '--warmup-lr=-1'),
+    T('`--min-lr inf`', '--min-lr must be a finite number', '--min-lr', 'inf'),
+    T('`--drop 1`', '--drop must be in [0, 1)', '--drop', '1'),
+    T('`--drop-path 1.5`', '--drop-path must be in [0, 1)', '--drop-path', '1.5'),
+    T('`--reprob 2`', '--reprob must be in [0, 1]', '--reprob', '2'),
+    T('`--mixup -1`', '--mixup must be >= 0', '--mixup=-1'),
+    T('`--mixup-prob 1.5`', '--mixup-prob must be in [0, 1]', '--mixup-prob', '1.5'),
+    T('`--model-ema-decay 2`', '--model-ema-decay must be in [0, 1]', '--model-ema-decay', '2'),
+    T('`--clip-grad 0`', '--clip-grad must be > 0', '--clip-grad', '0'),
+    T('`--smoothing 1`', '--smoothing must be in [0, 1)', '--smoothing', '1'),
+    T('`--scale nan 1`', '--scale must be a finite number', '--scale', 'nan', '1'),
+    T('`--epochs 0`', '--epochs must be >= 1', '--epochs', '0'),
+    T('`-b 0`', '--batch-size and --grad-accum-steps must be >= 1', '-b', '0'),
+    T('`--grad-accum-steps 0`', '--batch-size and --grad-accum-steps must be >= 1', '--grad-accum-steps', '0'),
+    T('`--checkpoint-hist 0`', '--checkpoint-hist must be >= 1', '--checkpoint-hist', '0'),
+    T('`--log-interval 0`', '--log-interval must be >= 1', '--log-interval', '0'),
+    T('`-j -1`', '--workers must be >= 0', '-j', '-1'),
+    T('`--seed -1`', '--seed must be in [0, 4294967295]', '--seed=-1'),
+    T('`--num-classes 0`', '--num-classes must be >= 1', '--num-classes', '0'),
+    T('`--img-size 0`', '--img-size must be >= 1', '--img-size', '0'),
+    T('`--input-size 3 0 32`', '--input-size must be three integers >= 1', '--input-size', '3', '0', '32'),
+    T('`--mean 0.5 0.5` (2 values, 3 channels)', '--mean needs 1 or 3 values', '--mean', '0.5', '0.5'),
+    T('`--std 0 0 0`', '--std values must be > 0', '--std', '0', '0', '0'),
+    T('`--warmup-epochs -1`', '--warmup-epochs must be >= 0', '--warmup-epochs=-1'),
+    T('`--cooldown-epochs -1`', '--cooldown-epochs must be >= 0', '--cooldown-epochs=-1'),
+    # cyclical schedules and losses
+    T('`--T_min 3 --T_max 2`', 'min must not exceed max', '--T_min', '3', '--T_max', '2'),
+    T('`--wd_min -1e-4`', 'must be finite and >= 0', '--wd_min=-1e-4'),
+    T('`--cyclical_factor 0.5`', 'factor', '--cyclical_factor', '0.5'),
+    T('`--focal_loss sym --gamma -1`', '--gamma, --gamma_hc, --gamma_pos and --gamma_neg must be >= 0',
+      '--focal_loss', 'sym', '--gamma=-1'),
+    T('`--focal_loss asym --bce-loss`', 'cannot be combined with --bce-loss', '--focal_loss', 'asym', '--bce-loss'),
+    T('`--focal_loss focal` (unknown)', "invalid choice: 'focal'", '--focal_loss', 'focal'),
+    T('`--loss nope` (unknown)', "invalid choice: 'nope'", '--loss', 'nope'),
+    T('`--aug-splits 1`', '--aug-splits must be 0 or >= 2', '--aug-splits', '1'),
+    T('`--split-bn` without `--aug-splits`', '--split-bn needs --aug-splits >= 2', '--split-bn'),
+    T('`--jsd-loss` without `--aug-splits`', '--jsd-loss needs --aug-splits >= 2', '--jsd-loss'),
+    # names timm resolves late
+    T('`--model no_such_model`', "Unknown model 'no_such_model'", '--model', 'no_such_model'),
+    T('`--opt nosuchopt`', "--opt: unknown optimizer 'nosuchopt'", '--opt', 'nosuchopt'),
+    T('`--sched nosuchsched`', "--sched: Unknown scheduler 'nosuchsched'", '--sched', 'nosuchsched'),
+    T('`--sched none`', '--sched none: train.py steps an LR scheduler', '--sched', 'none'),
+    T('`--eval-metric acc`', "--eval-metric must be one of top1, top5, loss, nll, ece, got 'acc'",
+      '--eval-metric', 'acc'),
+    T('`--device nonsense`', "--device: 'nonsense' is not a device name", '--device', 'nonsense'),
+    T('`--model-kwargs depth` (no `=`)', 'expected key=value', '--model-kwargs', 'depth'),
+    T('`--epochs ten`', "invalid int value: 'ten'", '--epochs', 'ten'),
+    # subsets
+    T('`--imbalance_ratio 0`', '--imbalance-ratio must be a finite number >= 1', '--imbalance_ratio', '0'),
+    T('`--imbalance_ratio 0.5`', '--imbalance-ratio must be a finite number >= 1', '--imbalance_ratio', '0.5'),
+    T('`--imbalance_ratio nan`', '--imbalance-ratio must be a finite number', '--imbalance_ratio', 'nan'),
+    T('`--imbalance_max 40` without a ratio', '--imbalance_max sets the head-class count', '--imbalance_max', '40'),
+    T('`--imbalance_ratio 10 --imbalance_max 0`', '--imbalance-max must be >= 1',
+      '--imbalance_ratio', '10', '--imbalance_max', '0'),
+    T('`--imbalance_ratio 10 --imbalance_max 1000` (more than a class has)', 'fewer images than their n_c',
+      '--imbalance_ratio', '10', '--imbalance_max', '1000'),
+    T('`--train_size 0`', '--train_size must be >= 1', '--train_size', '0'),
+    T('`--train_size 100000` (more than the set)', r'--train_size must be an integer in [1, 1442]',
+      '--train_size', '100000'),
+    T('`--train_size 10` with `-b 32` (no full batch)', 'is smaller than one batch', '--train_size', '10'),
+    T('two subsets at once', 'Choose one training subset', '--train_size', '10', '--imbalance_ratio', '10'),
+    T('`--num-classes 5` below the data\'s 10 classes', '--num-classes 5 is smaller than the training set',
+      '--num-classes', '5'),
+    T('`--read_sampler` missing file', 'file not found', '--read_sampler', '{files}/absent.csv'),
+    T('sampler file empty', 'the file holds no indices', '--read_sampler', '{files}/empty.csv'),
+    T('sampler entry `x`', "'x' is not an integer index", '--read_sampler', '{files}/word.csv'),
+    T('sampler entry `1.5`', "'1.5' is not an integer index", '--read_sampler', '{files}/fraction.csv'),
+    T('sampler index 1442 (= set size)', '1 indices outside [0, 1441]', '--read_sampler', '{files}/too_big.csv'),
+    T('sampler index -1', '1 indices outside [0, 1441]', '--read_sampler', '{files}/negative.csv'),
+    T('sampler index 10^23 (beyond int64)', 'indices outside [0, 1441]', '--read_sampler', '{files}/huge.csv'),
+    T('sampler with non-UTF-8 bytes', 'not a UTF-8 text file', '--read_sampler', '{files}/binary.csv'),
+    T('sampler with a repeated index', 'duplicate indices (1)', '--read_sampler', '{files}/duplicate.csv'),
+    # config file
+    T('`-c` missing file', 'Config file not found', '-c', '{files}/absent.yaml'),
+    T('config not a mapping', 'must hold a mapping', '-c', '{files}/list.yaml'),
+    T('config with unknown key', "Unknown keys in config", '-c', '{files}/unknown_key.yaml'),
+    T('config that is not YAML', 'is not valid YAML', '-c', '{files}/broken.yaml'),
+    T('config `epochs: ten`', "key 'epochs' expects int, got 'ten'", '-c', '{files}/epochs_word.yaml'),
+    T('config `epochs: 1.5`', "key 'epochs' expects an integer, got 1.5", '-c', '{files}/epochs_fraction.yaml'),
+    T('config `lr: [1, 2]`', "key 'lr' expects one value", '-c', '{files}/lr_list.yaml'),
+    T('config `focal_loss: bogus`', "key 'focal_loss' must be one of sym, asym, asym-cyclical",
+      '-c', '{files}/focal_bogus.yaml'),
+    T('config `amp: "yes"`', "key 'amp' is a switch", '-c', '{files}/amp_string.yaml'),
+    T('config `model_kwargs: 3`', "key 'model_kwargs' expects a mapping", '-c', '{files}/kwargs_number.yaml'),
+    # dataset
+    T('`--data-dir` missing', 'Dataset path does not exist', '--model', 'test_resnet', '--data-dir', 'no/such/dir',
+      base=()),
+    T('no dataset at all', 'No dataset path', '--model', 'test_resnet', base=()),
+    T('folder without a `train/` folder', "no non-empty 'train' folder", '--model', 'test_resnet', '--data-dir',
+      '{files}/no_train', base=()),
+    T('`--class-map` missing file', '--class-map: file not found', '--class-map', '{files}/absent.txt'),
+    # checkpoints and the run folder
+    T('`--initial-checkpoint` missing', '--initial-checkpoint: file not found', '--initial-checkpoint',
+      '{files}/absent.pth.tar'),
+    T('`--resume` missing file', '--resume: checkpoint not found', '--resume', '{files}/absent.pth.tar'),
+    T('`--resume` truncated checkpoint', 'is not a complete PyTorch checkpoint', '--resume',
+      '{files}/truncated.pth.tar'),
+    T('`--resume` text file', 'is not a complete PyTorch checkpoint', '--resume', '{files}/text.pth.tar'),
+    T('`--resume` torch file of something else', 'is not a train.py training checkpoint', '--resume',
+      '{files}/foreign.pth.tar'),
+    T('`--resume` checkpoint of another model', 'do not fit this model; the checkpoint was saved with --model '
+      'test_efficientnet', '--resume', '{files}/other_model.pth.tar'),
+    T('`--resume` focal-loss checkpoint without the loss flags', "does not fit this run's loss; the checkpoint was "
+      'saved with --focal-loss asym-cyclical', '--resume', '{files}/focal.pth.tar'),
+    T('existing `--experiment` folder without `--resume`', 'already holds a run', '--output', '{files}/runs',
+      '--experiment', 'existing'),
+    T('`--output` is a file', 'is a file, not a folder', '--output', '{files}/empty.csv', '--experiment', 'x'),
+]
+
+
+def V(what, message, *args):  # noqa: N802
+    return Row('validate.py', what, args, message)
+
+
+VALIDATE_ROWS = [
+    V('`--checkpoint` missing file', '--checkpoint not found', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/absent.pth.tar'),
+    V('neither `--checkpoint` nor `--pretrained`', 'give --checkpoint PATH', '--dataset', 'sklearn/digits',
+      '--model', 'test_resnet'),
+    V('`--model no_such_model`', "unknown timm model 'no_such_model'", '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/focal.pth.tar', '--model', 'no_such_model'),
+    V('`--data-dir` missing', 'dataset folder not found', '--data-dir', '{files}/nothing', '--checkpoint',
+      '{files}/focal.pth.tar'),
+    V('`--ood-data-dir` missing', '--ood-data-dir not found', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/focal.pth.tar', '--ood-data-dir', '{files}/nothing'),
+    V('`--num-bins 0`', '--num-bins must be >= 1', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/focal.pth.tar', '--num-bins', '0'),
+    V('`--num-samples 0`', '--num-samples must be >= 1', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/focal.pth.tar', '--num-samples', '0'),
+    V('`-b 0`', '--batch-size must be >= 1', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/focal.pth.tar', '-b', '0'),
+    V('`--temperature-method ece` (unknown)', "invalid choice: 'ece'", '--temperature-method', 'ece'),
+    V('`--calibration-split test` (leaks test labels)', "Refusing to fit the temperature on the 'test' split",
+      '--dataset', 'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--calibration-split', 'test'),
+]
+
+
+def O(what, message, lists, *args):  # noqa: N802, E743
+    return Row('oltr', what, (lists, *args), message)
+
+
+OLTR_ROWS = [
+    O('list file with a duplicate line', 'duplicate of line 1', 'duplicate'),
+    O('list naming a non-image file (`.txt`)', 'is not an image file', 'text_entry'),
+    O('list naming a `.png` that is not an image', 'are not images', 'fake_png'),
+    O('list naming a missing image', 'do not exist under', 'missing'),
+    O('list line without a label', "expected 'relative/path label'", 'no_label'),
+    O('list label `x`', "label 'x' is not an integer", 'word_label'),
+    O('list label 9 with 3 classes', 'label 9 outside [0, 3)', 'big_label'),
+    O('list with non-UTF-8 bytes', 'not a UTF-8 text file', 'binary'),
+    O('empty list file', 'holds no samples', 'empty'),
+    O('`--set batch_size=64` above the training images', 'fewer than one batch', 'good', '--set', 'batch_size=64'),
+    O('`--set nosuchkey=1`', "unknown config key 'nosuchkey'", 'good', '--set', 'nosuchkey=1'),
+    O('`--set lr` (no `=`)', '--set expects key=value', 'good', '--set', 'lr'),
+    O('`--set loss=bogus`', "unknown loss 'bogus'", 'good', '--set', 'loss=bogus'),
+    O('`--set open_threshold=2`', 'open_threshold must be a probability in (0, 1)', 'good', '--set',
+      'open_threshold=2'),
+    O('`--resume` without an interrupted run', '--resume: no', 'good', '--resume'),
+    O('`--pretrained-file` missing', 'pretrained weights file not found', 'good', '--pretrained-file',
+      '{files}/absent.pth'),
+]
+
+
+def L(what, message, call):  # noqa: N802
+    return Row('library', what, (call,), message)
+
+
+LIBRARY_ROWS = [
+    L("`create_loss('bogus')`", "bogus", 'create_loss_unknown'),
+    L('`cyclical_eta(0, epochs=0, factor=2)`', 'epochs', 'eta_epochs'),
+    L('`cyclical_eta(0, epochs=10, factor=0.5)`', 'factor', 'eta_factor'),
+    L('`long_tailed_counts(100, 10, imbalance_ratio=0)`', '--imbalance-ratio must be a finite number >= 1',
+      'long_tailed_ratio'),
+    L('`select_train_subset(..., imbalance_max=5)` without a ratio', '--imbalance-max sets the head-class count',
+      'subset_max_without_ratio'),
+    L('`stratified_indices(targets, 0)`', '--train_size must be an integer in [1, ', 'stratified_zero'),
+    L('`SummaryWriter.append({"epochs": 2})`', 'Unknown summary columns', 'summary_column'),
+    L('`load_training_checkpoint(truncated file)`', 'is not a complete PyTorch checkpoint', 'load_truncated'),
+    L('`coerce_config_value(--epochs, "ten")`', "expects int, got 'ten'", 'coerce_word'),
+]
+
+ROWS = TRAIN_ROWS + VALIDATE_ROWS + OLTR_ROWS + LIBRARY_ROWS
+
+
+def _row_id(row: Row) -> str:
+    return f'{row.entry}:{re.sub(r"[^A-Za-z0-9_=.-]+", "_", row.what).strip("_")}'
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory, digits_dir) -> Path:
+    """The prepared bad files: samplers, configs, checkpoints, a folder holding a run, OLTR list folders."""
+    root = tmp_path_factory.mktemp('bad_inputs')
+    samplers = {'empty.csv': b'', 'word.csv': b'1\nx\n', 'fraction.csv': b'1.5\n', 'too_big.csv': b'0\n1442\n',
+                'negative.csv': b'-1\n3\n', 'huge.csv': b'3\n100000000000000000000000\n',
+                'binary.csv': b'\xff\xfe\x00\x81', 'duplicate.csv': b'1,2\n2\n'}
+    for name, content in samplers.items():
+        (root / name).write_bytes(content)
+    configs = {'list.yaml': '- 1\n- 2\n', 'unknown_key.yaml': 'modle: x\n', 'broken.yaml': 'epochs: [1\n',
+               'epochs_word.yaml': 'epochs: ten\n', 'epochs_fraction.yaml': 'epochs: 1.5\n',
+               'lr_list.yaml': 'lr: [1, 2]\n', 'focal_bogus.yaml': 'focal_loss: bogus\n',
+               'amp_string.yaml': 'amp: "yes"\n', 'kwargs_number.yaml': 'model_kwargs: 3\n'}
+    for name, content in configs.items():
+        (root / name).write_text(content)
+    (root / 'no_train' / 'val' / 'a').mkdir(parents=True)
+    # Checkpoints: a focal-loss one of test_resnet (10 classes), one of another model, broken ones.
+    from cfl_timm import CyclicalFocalLoss
+    torch.manual_seed(0)
+    focal_args = argparse.Namespace(model='test_resnet', num_classes=None, focal_loss='asym-cyclical', gamma_hc=3.0,
+                                    gamma_pos=2.0, gamma_neg=4.0, cyclical_factor=2.0, smoothing=None)
+    criterion = CyclicalFocalLoss(gamma_hc=3.0, gamma_pos=2.0, cyclical_factor=2.0, epochs=2)
+    torch.save({'epoch': 0, 'arch': 'test_resnet', 'args': focal_args,
+                'state_dict': create_model('test_resnet', num_classes=10).state_dict(),
+                'task_state': {'criterion': criterion.state_dict()}}, root / 'focal.pth.tar')
+    torch.save({'epoch': 0, 'arch': 'test_efficientnet', 'args': argparse.Namespace(model='test_efficientnet'),
+                'state_dict': create_model('test_efficientnet', num_classes=10).state_dict()},
+               root / 'other_model.pth.tar')
+    (root / 'truncated.pth.tar').write_bytes((root / 'focal.pth.tar').read_bytes()[:4000])
+    (root / 'text.pth.tar').write_text('not a checkpoint\n')
+    torch.save({'weights': torch.zeros(3)}, root / 'foreign.pth.tar')
+    existing = root / 'runs' / 'existing'
+    existing.mkdir(parents=True)
+    (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
+    _write_oltr_lists(root / 'oltr', digits_dir)
+    return root
+
+
+def _write_oltr_lists(root: Path, digits_dir: Path) -> None:
+    """OLTR list folders over the digits PNGs (3 classes, 8 training images each): 'good' and one per defect."""
+    images = {c: sorted((digits_dir / 'train' / str(c)).iterdir())[:12] for c in range(3)}
+    lines = {'train': [f'train/{c}/{p.name} {c}' for c in range(3) for p in images[c][:8]],
+             'val': [f'train/{c}/{p.name} {c}' for c in range(3) for p in images[c][8:10]],
+             'test': [f'train/{c}/{p.name} {c}' for c in range(3) for p in images[c][10:12]]}
+    (digits_dir / 'not_an_image.png').write_bytes(b'hello, not a PNG')
+    defects = {'good': None, 'duplicate': lines['train'][0], 'text_entry': 'train/0/notes.txt 0',
+               'fake_png': 'not_an_image.png 0', 'missing': 'train/0/absent.png 0', 'no_label': 'train/0/x.png',
+               'word_label': 'train/0/x.png x', 'big_label': 'train/0/x.png 9', 'binary': None, 'empty': None}
+    for name, extra in defects.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for split, split_lines in lines.items():
+            text = '\n'.join(split_lines) + '\n'
+            if split == 'train' and extra is not None:
+                text += extra + '\n'
+            (folder / f'Mini_LT_{split}.txt').write_text(text)
+    (root / 'binary' / 'Mini_LT_train.txt').write_bytes(b'train/0/a.png 0\n\xff\xfe\n')
+    (root / 'empty' / 'Mini_LT_train.txt').write_text('\n')
+
+
+# ------------------------------------------------------------------------------------------------ runners
+
+def _expand(args, files: Path) -> list[str]:
+    return [str(a).replace('{files}', str(files)) for a in args]
+
+
+def _usage_error(capsys, call) -> str:
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ''
+
+
+@pytest.mark.parametrize('row', TRAIN_ROWS, ids=_row_id)
+def test_train_py_rejects_bad_input_before_training(row, files, tmp_path, capsys):
+    import train
+    argv = _expand(row.args, files)
+    output = tmp_path / 'out'
+    if '--output' not in argv:
+        argv += ['--output', str(output), '--experiment', 'run']
+    argv += [] if '-j' in argv else ['-j', '0']
+    existing = files / 'runs' / 'existing'
+    before = sorted(p.name for p in existing.iterdir())
+    line = _usage_error(capsys, lambda: train.cli_main(argv))
+    assert line.startswith('train.py: error: ') and row.message in line, line
+    assert not output.exists()  # no run folder, no checkpoint, no summary
+    assert sorted(p.name for p in existing.iterdir()) == before  # the earlier run is untouched
+
+
+@pytest.mark.parametrize('row', VALIDATE_ROWS, ids=_row_id)
+def test_validate_py_rejects_bad_input_before_evaluating(row, files, tmp_path, capsys):
+    import validate
+    out_json = tmp_path / 'out' / 'result.json'
+    argv = _expand(row.args, files) + ['--output-json', str(out_json), '-j', '0']
+    line = _usage_error(capsys, lambda: validate.cli(argv))
+    assert 'error: ' in line and row.message in line, line
+    assert not out_json.exists()
+
+
+@pytest.mark.parametrize('row', OLTR_ROWS, ids=_row_id)
+def test_oltr_rejects_bad_input_before_training(row, files, digits_dir, tmp_path, capsys):
+    from oltr.train import cli
+    config = REPO_ROOT / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_1.yaml'
+    lists, *extra = _expand(row.args, files)
+    output = tmp_path / 'out'
+    argv = ['--config', str(config), '--data-root', str(digits_dir), '--list-dir', str(files / 'oltr' / lists),
+            '--output', str(output), '--device', 'cpu', '--set', 'dataset=Mini_LT', '--set', 'num_classes=3',
+            '--set', 'image_size=32', '--set', 'resize_size=32', '--set', 'batch_size=8', '--set', 'workers=0',
+            '--epochs', '1', *extra]
+    line = _usage_error(capsys, lambda: cli(argv))
+    assert 'error: ' in line and row.message in line, line
+    assert not output.exists()
+
+
+def _library_call(name: str, files: Path):
+    import numpy as np
+
+    from cfl_timm import create_loss, cyclical_eta
+    from cfl_timm.data import long_tailed_counts, select_train_subset, stratified_indices
+    from cfl_timm.training import SummaryWriter, load_training_checkpoint
+    from cfl_timm.training.input_checks import coerce_config_value
+    targets = np.repeat(np.arange(3), 10)
+    epochs_action = next(a for a in __import__('train').get_args_parser()._actions if a.dest == 'epochs')
+    return {
+        'create_loss_unknown': lambda: create_loss('bogus'),
+        'eta_epochs': lambda: cyclical_eta(0, 0, 2.0),
+        'eta_factor': lambda: cyclical_eta(0, 10, 0.5),
+        'long_tailed_ratio': lambda: long_tailed_counts(100, 10, 0.0),
+        'subset_max_without_ratio': lambda: select_train_subset(targets, imbalance_max=5),
+        'stratified_zero': lambda: stratified_indices(targets, 0),
+        'summary_column': lambda: SummaryWriter(files / 'lib' / 'summary.csv').append({'epochs': 2}),
+        'load_truncated': lambda: load_training_checkpoint(files / 'truncated.pth.tar'),
+        'coerce_word': lambda: coerce_config_value(epochs_action, 'epochs', 'ten', 'run.yaml'),
+    }[name]
+
+
+@pytest.mark.parametrize('row', LIBRARY_ROWS, ids=_row_id)
+def test_library_rejects_bad_input(row, files):
+    call = _library_call(row.args[0], files)
+    with pytest.raises(ValueError) as info:
+        call()
+    assert row.message in str(info.value), str(info.value)
+    assert not (files / 'lib' / 'summary.csv').exists()
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+def readme_table() -> str:
+    lines = ['| entry | bad input | message (fragment) |', '|---|---|---|']
+    for row in ROWS:
+        lines.append(f'| {row.entry} | {row.what} | `{row.message}` |'.replace('`` ', '` ').replace('``', '`'))
+    return '\n'.join(lines)
+
+
+def test_table_is_large_distinct_and_in_the_readme():
+    assert len(ROWS) >= 60 and len({(r.entry, r.what) for r in ROWS}) == len(ROWS)
+    text = (REPO_ROOT / 'README.md').read_text()
+    section = text.split('<!-- section:bad-inputs -->', 1)[1].split('<!-- /section:bad-inputs -->', 1)[0]
+    assert readme_table() in section, 'README table out of date: python tests/test_bad_inputs.py prints it'
+
+
+if __name__ == '__main__':
+    sys.stdout.write(readme_table() + '\n')
