@@ -64,8 +64,8 @@ from cfl_timm.data.holdout import (
 )
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.training import (
-    AtomicCheckpointSaver,
     SUMMARY_COLUMNS,
+    AtomicCheckpointSaver,
     CountingScaler,
     EvalResult,
     ProcessInfo,
@@ -93,6 +93,7 @@ from cfl_timm.training import (
 )
 from cfl_timm.training.args import UsageError, add_train_args, check_args, load_config, loss_name, mixup_active
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
+from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
@@ -277,7 +278,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     updates_per_epoch = max(1, (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps)
     lr = resolve_lr(args, proc.world_size)
     sched_kwargs = timm.scheduler.scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': lr}),
-                                                   decreasing_metric='loss' in args.eval_metric)
+                                                   decreasing_metric=args.eval_metric in DECREASING_EVAL_METRICS)
 
     # The loss needs the scheduled epoch count, the task wraps model and loss, and the optimizer takes the
     # task's trainable module (feature distillation adds a projection to train).
@@ -795,7 +796,7 @@ def checkpoint_metric_decreasing(args: argparse.Namespace) -> bool:
     """Whether lower is better for the metric that selects the best checkpoint."""
     if args.checkpoint_metric is not None:
         return HOLDOUT_METRICS[args.checkpoint_metric]
-    return 'loss' in args.eval_metric
+    return args.eval_metric in DECREASING_EVAL_METRICS
 
 
 def summary_columns(ctx: TrainContext) -> tuple[str, ...]:

@@ -1,11 +1,13 @@
 """Two torchrun processes on CPU (gloo) through distributed_train.sh: training completes, each rank trains on
 its disjoint share of the subset, and metrics / BN statistics are reduced across ranks."""
+import contextlib
 import csv
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from timm.data import create_loader, resolve_data_config
 from timm.models import create_model
@@ -46,16 +48,27 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
     checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
     assert not any(k.startswith('module.') for k in checkpoint['state_dict'])  # saved unwrapped from DDP
 
-    # Metrics were reduced over both ranks: the logged top-1 is the whole validation set's (355 images, each
-    # rank 178 with one padded duplicate), as evaluated here in one process from the saved weights.
+    # Exact distributed evaluation: every image of the 355-image validation split counted once (no sampler
+    # padding), and every logged metric equal to train.py's own evaluation in one process on the saved weights.
+    import train
+    from cfl_timm.training import create_eval_loader
     model = create_model('test_resnet', num_classes=10)
     model.load_state_dict(checkpoint['state_dict'])
     config = resolve_data_config({'img_size': 32}, model=model)
-    loader = create_loader(DigitsDataset('val'), input_size=config['input_size'], batch_size=64,
-                           interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
-                           crop_pct=config['crop_pct'], num_workers=0, device=torch.device('cpu'))
-    model.eval()
+    loader = create_eval_loader(DigitsDataset('val'), config, batch_size=32, num_workers=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the two processes ran
+    try:
+        one_process = train.validate(model, loader, torch.device('cpu'), contextlib.nullcontext, 10)
+    finally:
+        torch.set_num_threads(threads)
+    logged = {key: float(rows[-1][f'eval_{key}']) for key in ('loss', 'top1', 'top5', 'nll', 'ece')}
+    assert logged == pytest.approx(one_process, rel=1e-9, abs=1e-12)
+    correct = logged['top1'] * 355 / 100
+    assert abs(correct - round(correct)) < 1e-9  # a count out of 355 (the padded sampler gave counts out of 356)
     with torch.no_grad():
-        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
-    logged = float(rows[-1]['eval_top1'])
-    assert abs(logged - 100 * correct / 355) <= 100 / 356 + 1e-6
+        model.eval()
+        plain = create_loader(DigitsDataset('val'), input_size=config['input_size'], batch_size=64,
+                              interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
+                              crop_pct=config['crop_pct'], num_workers=0, device=torch.device('cpu'))
+        assert round(correct) == sum((model(x).argmax(1) == y).sum().item() for x, y in plain)

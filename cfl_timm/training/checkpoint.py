@@ -88,6 +88,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
         # timm builds the state and hands save_path to torch.save, which also takes an open file.
         _write_file(Path(save_path), lambda f: super(AtomicCheckpointSaver, self)._save(f, epoch, metric))
 
+    def state_dict(self, epoch=None, metric=None):
+        # Also record the ranking direction, so recover_run_dir can tell the best epoch from the file alone.
+        return {**super().state_dict(epoch, metric), 'decreasing': self.decreasing}
+
     def _replace(self, src, dst):
         _rename(Path(src), Path(dst))
 
@@ -199,8 +203,7 @@ def recorded_best_epoch(checkpoint: dict[str, Any]) -> Optional[int]:
     state = checkpoint.get('saver') or {}
     best_epoch, best_metric = state.get('best_epoch'), state.get('best_metric')
     epoch, metric = state.get('pending') or (None, None)
-    args = checkpoint.get('args')
-    decreasing = 'loss' in str(getattr(args, 'eval_metric', '') or '')
+    decreasing = bool(state.get('decreasing', False))
     if metric is not None and (best_metric is None or (metric < best_metric if decreasing else metric > best_metric)):
         return epoch
     return best_epoch

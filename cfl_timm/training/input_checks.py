@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['EVAL_METRICS', 'InputError', 'check_file_args', 'check_name_args', 'check_number_args',
-           'coerce_config_value']
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'InputError', 'check_file_args', 'check_name_args',
+           'check_number_args', 'coerce_config_value']
 
 
 class InputError(ValueError):
@@ -24,6 +24,7 @@ class InputError(ValueError):
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
 EVAL_METRICS = ('top1', 'top5', 'loss', 'nll', 'ece')
+DECREASING_EVAL_METRICS = ('loss', 'nll', 'ece')  # lower is better
 
 # (dest, low, high, low inclusive, high inclusive); None = unbounded. Checked when the value is not None.
 _RANGES = (
