@@ -73,7 +73,7 @@ TRAIN_ROWS = [
     T('`--T_min 3 --T_max 2`', 'min must not exceed max', '--T_min', '3', '--T_max', '2'),
     T('`--wd_min -1e-4`', 'must be finite and >= 0', '--wd_min=-1e-4'),
     T('`--cyclical_factor 0.5`', 'factor', '--cyclical_factor', '0.5'),
-    T('`--focal_loss sym --gamma -1`', '--gamma, --gamma_hc, --gamma_pos and --gamma_neg must be >= 0',
+    T('`--focal_loss sym --gamma -1`', 'gamma must be a finite number >= 0',
       '--focal_loss', 'sym', '--gamma=-1'),
     T('`--focal_loss asym --bce-loss`', 'cannot be combined with --bce-loss', '--focal_loss', 'asym', '--bce-loss'),
     T('`--focal_loss focal` (unknown)', "invalid choice: 'focal'", '--focal_loss', 'focal'),

@@ -123,7 +123,7 @@ def test_resnet20_cifar_trains_from_the_command_line_on_digits(tmp_path):
                '--img-size', '32', '--train-transform', 'cifar', '--epochs', '1', '--train_size', '128', '-b', '32',
                '-j', '0', '--warmup-epochs', '0', '--output', str(tmp_path), '--experiment', 'run']
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _summary(tmp_path / 'run')
     assert [r['epoch'] for r in rows] == ['0'] and 0 <= float(rows[0]['eval_top1']) <= 100

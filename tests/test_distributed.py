@@ -63,7 +63,10 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
     finally:
         torch.set_num_threads(threads)
     logged = {key: float(rows[-1][f'eval_{key}']) for key in ('loss', 'top1', 'top5', 'nll', 'ece')}
-    assert logged == pytest.approx(one_process, rel=1e-9, abs=1e-12)
+    # Equal up to float32 rounding of the logits (a conv kernel may round an image's logits differently in a
+    # batch of other images); the same top-1 / top-5 counts.
+    assert logged == pytest.approx(one_process, rel=1e-6, abs=1e-9)
+    assert (logged['top1'], logged['top5']) == (one_process['top1'], one_process['top5'])
     correct = logged['top1'] * 355 / 100
     assert abs(correct - round(correct)) < 1e-9  # a count out of 355 (the padded sampler gave counts out of 356)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from reproduce_runner import run_guarded  # noqa: E402
 
 THIS_FILE = Path(__file__).resolve()
 CELL = 'c10__ce__s0'
-WAIT_S = 120.0  # upper bound of every wait below; reached only when the behaviour under test is broken
+WAIT_S = 600.0  # upper bound of every wait below; reached only when the behaviour under test is broken
 
 # A child command that records its pid, waits for the 'go' file, then records that it finished.
 CHILD = """

@@ -190,15 +190,14 @@ def test_adafocal_holdout_run_writes_bin_lines_and_resumes_exactly_after_sigkill
     full_out, killed_out = tmp_path / 'full', tmp_path / 'killed'
     full = subprocess.Popen(_adafocal_command(full_out), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    victim = subprocess.Popen(_adafocal_command(killed_out), env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    # Kill -9 right after the first checkpoint is written: the log line "Epoch 0: ..." follows the save.
-    for line in victim.stderr:
-        if line.startswith('Epoch 0:'):
-            victim.send_signal(signal.SIGKILL)
-            break
-    victim.stderr.close()
-    assert victim.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
+    # Kill -9 at a fixed point (an event, not a time): just before the second checkpoint save, so the first
+    # checkpoint is on disk and epoch 1 has trained (tests/kill_at.py runs train.py and kills at that call).
+    victim_command = [sys.executable, str(REPO_ROOT / 'tests' / 'kill_at.py'),
+                      'cfl_timm.training.checkpoint:AtomicCheckpointSaver.save_checkpoint', '2', '--',
+                      *_adafocal_command(killed_out)[2:]]
+    victim = subprocess.run(victim_command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, timeout=600)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
     assert 1 <= len(_bins(killed_out / 'run')) < 3
 
     resumed = subprocess.run(_adafocal_command(killed_out, '--resume', 'auto'), env=_env(),
