@@ -59,10 +59,13 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the two processes ran
     try:
-        one_process = train.validate(model, loader, torch.device('cpu'), contextlib.nullcontext, 10)
+        result = train.validate(model, loader, torch.device('cpu'), contextlib.nullcontext, 10)
     finally:
         torch.set_num_threads(threads)
-    logged = {key: float(rows[-1][f'eval_{key}']) for key in ('loss', 'top1', 'top5', 'nll', 'ece')}
+    assert result.num_samples == 355
+    keys = ('loss', 'top1', 'top5', 'nll', 'ece')
+    one_process = {key: float(result.metrics[key]) for key in keys}
+    logged = {key: float(rows[-1][f'eval_{key}']) for key in keys}
     # Equal up to float32 rounding of the logits (a conv kernel may round an image's logits differently in a
     # batch of other images); the same top-1 / top-5 counts.
     assert logged == pytest.approx(one_process, rel=1e-6, abs=1e-9)
