@@ -14,13 +14,14 @@ Pairing: runs with the same seed share the initialisation and data order, so dif
 and only over the seeds both methods have finished.
 """
 import csv
+import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from reproduce_protocols import Protocol
+from reproduce_runner import _project_io  # the project's one atomic writer
 
 __all__ = ['METRICS', 'aggregate_study', 'mean_sd', 'paired', 'study_records', 'write_csv']
 
@@ -101,13 +102,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]], float_format: str = '.6g')
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (format(v, float_format) if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (format(v, float_format) if isinstance(v, float) else v) for k, v in row.items()})
+    _project_io().atomic_write_text(path, buffer.getvalue())
 
 
 def _fmt(row: dict[str, Any], metric: str, digits: int) -> str:
@@ -206,10 +206,10 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: i
             ax.set_xticklabels([r['method'] for r in group], rotation=60, ha='right', fontsize=7)
     fig.suptitle(f'{protocol.name}: mean ± sd over seeds ({num_done} of {num_cells} runs done)', fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        _project_io().atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=100, format='png'))
+    finally:
+        plt.close(fig)
 
 
 def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
@@ -228,8 +228,6 @@ def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
     write_csv(paths['runs'], records)
     write_csv(paths['summary'], rows)
     text = markdown(protocol, rows, num_done, len(names), machine)
-    tmp = paths['md'].with_name('.table.md.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, paths['md'])
+    _project_io().atomic_write_text(paths['md'], text)
     plot(protocol, rows, paths['png'], num_done, len(names))
     return paths
