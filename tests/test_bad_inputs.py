@@ -146,8 +146,9 @@ TRAIN_ROWS = [
       '{files}/foreign.pth.tar'),
     T('`--resume` checkpoint of another model', 'do not fit this model; the checkpoint was saved with --model '
       'test_efficientnet', '--resume', '{files}/other_model.pth.tar'),
-    T('`--resume` focal-loss checkpoint without the loss flags', "does not fit this run's loss; the checkpoint was "
-      'saved with --focal-loss asym-cyclical', '--resume', '{files}/focal.pth.tar'),
+    T('`--resume` focal-loss checkpoint without the loss flags', "holds training-loss state ['_extra_state'] but "
+      "this run's loss is LabelSmoothingCrossEntropy; resume with the loss flags", '--resume',
+      '{files}/focal.pth.tar'),
     T('existing `--experiment` folder without `--resume`', 'already holds a run', '--output', '{files}/runs',
       '--experiment', 'existing'),
     T('`--output` is a file', 'is a file, not a folder', '--output', '{files}/empty.csv', '--experiment', 'x'),
@@ -178,6 +179,22 @@ VALIDATE_ROWS = [
     V('`--temperature-method ece` (unknown)', "invalid choice: 'ece'", '--temperature-method', 'ece'),
     V('`--calibration-split test` (leaks test labels)', "Refusing to fit the temperature on the 'test' split",
       '--dataset', 'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--calibration-split', 'test'),
+    V('`--split test` on a folder without `test/`', "--split: no folder for split 'test'", '--data-dir',
+      '{files}/digits', '--checkpoint', '{files}/focal.pth.tar', '--split', 'test'),
+    V('`--calibration-split holdout` (no such folder)', "--calibration-split: no folder for split 'holdout'",
+      '--data-dir', '{files}/digits', '--checkpoint', '{files}/focal.pth.tar', '--split', 'val',
+      '--calibration-split', 'holdout'),
+    V('`--calibration-split` naming the evaluated split', 'selects the evaluated images', '--data-dir',
+      '{files}/digits', '--checkpoint', '{files}/focal.pth.tar', '--split', 'val', '--calibration-split',
+      'validation'),
+    V('`--tta 0`', 'must be in [1, 18]', '--dataset', 'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar',
+      '--tta', '0'),
+    V('`--num-gpu 2`', 'torchrun --nproc-per-node 2', '--dataset', 'sklearn/digits', '--checkpoint',
+      '{files}/focal.pth.tar', '--num-gpu', '2'),
+    V('`--checkpoint` that is not a checkpoint', 'is not a readable checkpoint', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/text.pth.tar'),
+    V('a corrupt image in the evaluated split', 'corrupt image', '--data-dir', '{files}/corrupt', '--checkpoint',
+      '{files}/focal.pth.tar', '--split', 'val'),
 ]
 
 
@@ -265,6 +282,12 @@ def files(tmp_path_factory, digits_dir) -> Path:
     (root / 'truncated.pth.tar').write_bytes((root / 'focal.pth.tar').read_bytes()[:4000])
     (root / 'text.pth.tar').write_text('not a checkpoint\n')
     torch.save({'weights': torch.zeros(3)}, root / 'foreign.pth.tar')
+    (root / 'digits').symlink_to(digits_dir, target_is_directory=True)
+    corrupt = root / 'corrupt' / 'val' / '0'
+    corrupt.mkdir(parents=True)
+    for image in sorted((digits_dir / 'val' / '0').iterdir())[:3]:
+        (corrupt / image.name).write_bytes(image.read_bytes())
+    (corrupt / 'bad.png').write_bytes(b'this is not an image' * 10)
     existing = root / 'runs' / 'existing'
     existing.mkdir(parents=True)
     (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
@@ -328,7 +351,7 @@ def test_train_py_rejects_bad_input_before_training(row, files, tmp_path, capsys
 def test_validate_py_rejects_bad_input_before_evaluating(row, files, tmp_path, capsys):
     import validate
     out_json = tmp_path / 'out' / 'result.json'
-    argv = _expand(row.args, files) + ['--output-json', str(out_json), '-j', '0']
+    argv = _expand(row.args, files) + ['--output-json', str(out_json), '-j', '0', '--no-plot']
     line = _usage_error(capsys, lambda: validate.cli(argv))
     assert 'error: ' in line and row.message in line, line
     assert not out_json.exists()

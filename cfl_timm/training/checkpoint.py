@@ -232,8 +232,6 @@ def find_resume_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 # Flags that shape the state a checkpoint holds, named in the messages when the state does not fit.
 _MODEL_FLAGS = ('model', 'num_classes', 'img_size', 'in_chans', 'split_bn', 'aug_splits', 'model_kwargs')
-_LOSS_FLAGS = ('focal_loss', 'loss', 'jsd_loss', 'bce_loss', 'gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg',
-               'cyclical_factor', 'smoothing', 'soft_target_mode')
 
 
 def _saved_flags(checkpoint: dict[str, Any], names: tuple[str, ...]) -> str:
@@ -268,16 +266,12 @@ def restore_training_state(checkpoint: dict[str, Any], path: str | Path, task, o
             was saved with.
     """
     try:
-        task.load_checkpoint_state(checkpoint['state_dict'], None)
+        # The model, then the task's own state: TemperatureClassificationTask.load_task_state refuses a loss
+        # state of another loss with the flags to repeat (a ValueError, passed on as it is).
+        task.load_checkpoint_state(checkpoint['state_dict'], checkpoint.get('task_state'))
     except RuntimeError as e:
         raise ValueError(f'--resume: the model weights in {path} do not fit this model; the checkpoint was saved '
                          f'with {_saved_flags(checkpoint, _MODEL_FLAGS)} ({_first_line(e)}).') from e
-    try:
-        task.load_task_state(checkpoint.get('task_state'))
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise ValueError(f'--resume: the loss state in {path} does not fit this run\'s loss; the checkpoint was '
-                         f'saved with {_saved_flags(checkpoint, _LOSS_FLAGS)}: repeat its loss flags '
-                         f'({_first_line(e)}).') from e
     if task.has_ema():
         if 'state_dict_ema' not in checkpoint:
             raise ValueError(f'--resume: {path} has no EMA weights but --model-ema is on.')
