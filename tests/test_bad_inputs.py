@@ -1,7 +1,7 @@
 """Bad input never runs silently: one table of bad inputs to train.py, validate.py, the OLTR trainer and the
 library, each with the message fragment it must produce, all rejected before any training work.
 
-Command-line rows run the real entry point in-process (``train.cli_main``, ``validate.cli``, ``oltr.train.cli``)
+Command-line rows run the real entry point in-process (``train.cli``, ``validate.cli``, ``oltr.train.cli``)
 and expect a usage error: exit status 2 and one last line ``<prog>: error: ...`` holding the fragment; then no
 run folder, checkpoint or output file may exist. Library rows expect a ``ValueError`` holding the fragment.
 The README section ``bad-inputs`` is this table (``python tests/test_bad_inputs.py`` prints it).
@@ -341,7 +341,7 @@ def test_train_py_rejects_bad_input_before_training(row, files, tmp_path, capsys
     argv += [] if '-j' in argv else ['-j', '0']
     existing = files / 'runs' / 'existing'
     before = sorted(p.name for p in existing.iterdir())
-    line = _usage_error(capsys, lambda: train.cli_main(argv))
+    line = _usage_error(capsys, lambda: train.cli(argv))
     assert line.startswith('train.py: error: ') and row.message in line, line
     assert not output.exists()  # no run folder, no checkpoint, no summary
     assert sorted(p.name for p in existing.iterdir()) == before  # the earlier run is untouched

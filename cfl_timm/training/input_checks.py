@@ -13,13 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'InputError', 'check_file_args', 'check_name_args',
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_name_args',
            'check_number_args', 'coerce_config_value']
-
-
-class InputError(ValueError):
-    """Bad input found after the flags were parsed (in the data, the run folder or a checkpoint), before any
-    training step; train.py's command line reports it as a usage error."""
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
