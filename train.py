@@ -92,8 +92,8 @@ from cfl_timm.training import (
     save_args_yaml,
 )
 from cfl_timm.training.args import UsageError, add_train_args, check_args, load_config, loss_name, mixup_active
-from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS
+from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.

@@ -1,5 +1,6 @@
 """Training glue for train.py: the command line (args), temperature task, crash-safe run files and CPU-capable
 distributed helpers."""
+from .amp import CountingScaler
 from .checkpoint import (
     AtomicCheckpointSaver,
     find_resume_checkpoint,
@@ -8,7 +9,6 @@ from .checkpoint import (
     restore_training_state,
     run_dir_in_use,
 )
-from .amp import CountingScaler
 from .distillation import create_distillation_task, distillation_kwargs
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process
 from .evaluate import EvalResult, EvalShard, create_eval_loader, evaluate, evaluate_logits, predict, shard_eval_dataset

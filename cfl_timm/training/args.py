@@ -44,8 +44,8 @@ from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
-from .loggers import check_logger_extras
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
+from .loggers import check_logger_extras
 
 __all__ = [
     'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
