@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -460,10 +461,21 @@ def results_row(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     return row
 
 
+def json_safe(value: Any) -> Any:
+    """Strict JSON: NaN (the mean confidence / accuracy of an empty reliability bin) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_results(path: str, row: dict[str, Any], results_format: str) -> None:
     """timm's results file: one CSV row under a header, or the row as a JSON object."""
     if results_format == 'json':
-        text = json.dumps(row, indent=4) + '\n'
+        text = json.dumps(json_safe(row), indent=4, allow_nan=False) + '\n'
     else:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator='\n')
@@ -602,7 +614,7 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 def write_outputs(args, result, metric_keys, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
     json_path = Path(args.output_json) if args.output_json else (
         Path(args.checkpoint).resolve().parent if args.checkpoint else Path('.')) / f'calibration-{args.split}.json'
-    atomic_write_text(json_path, json.dumps(result, indent=2) + '\n')
+    atomic_write_text(json_path, json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
     files = {'json': str(json_path)}
     if args.results_file:
         write_results(args.results_file, results_row({**result, 'metric_keys': metric_keys}, {

@@ -86,7 +86,7 @@ def test_two_processes_count_each_image_once_and_match_one_process(digits_run, t
     for key in METRIC_KEYS:
         assert two[key] == one[key], key
         assert two['tta'][key] == one['tta'][key], key
-    assert json.dumps(two['reliability']) == json.dumps(one['reliability'])  # NaN for empty bins
+    assert two['reliability'] == validate.json_safe(one['reliability'])  # empty bins: NaN in memory, null in JSON
     with open(tmp_path / 'two.csv', newline='') as stream:
         row = next(csv.DictReader(stream))
     assert float(row['top1']) == round(one['top1'], 4) and int(row['num_samples']) == 355
@@ -157,7 +157,10 @@ def test_cli_reports_tta_next_to_plain_and_timm_results_file(digits_run, tmp_pat
                   str(digits_run / 'model_best.pth.tar'), '--tta', '3', '--num-samples', '100', '--no-plot',
                   '--output-json', str(tmp_path / 'm.json'), '--results-file', str(tmp_path / 'r.json'),
                   '--results-format', 'json', '--metrics-avg', 'macro')
-    written = json.loads((tmp_path / 'm.json').read_text())
+    def strict(constant):
+        raise AssertionError(f'{constant} in a JSON output (not valid JSON)')
+    written = json.loads((tmp_path / 'm.json').read_text(), parse_constant=strict)
+    json.loads((tmp_path / 'r.json').read_text(), parse_constant=strict)
     assert written['tta']['num_views'] == 3 and written['tta']['views'][1] == 'hflip'
     assert set(METRIC_KEYS) <= set(written['tta']) and sum(written['tta']['reliability']['count']) == 100
     assert written['tta']['nll'] != written['nll']  # the flipped and shifted views change the probabilities
