@@ -133,6 +133,14 @@ def test_resnet20_cifar_trains_from_the_command_line_on_digits(tmp_path):
     loaded, data_config = train.build_model(args, 10, torch.device('cpu'), False, True)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
     assert data_config['input_size'] == (3, 32, 32) and data_config['crop_pct'] == 1.0
+    # --pretrained --pretrained-path FILE: timm's file loading, the classifier re-initialised for the new head
+    args = train.parse_args(['--model', 'resnet20_cifar', '--pretrained', '--pretrained-path', str(checkpoint)])
+    loaded, _ = train.build_model(args, 7, torch.device('cpu'), False, True)
+    body = {k: v for k, v in saved.items() if not k.startswith('fc.')}
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in body.items()) and loaded.fc.out_features == 7
+    with pytest.raises(ValueError, match='No pretrained weights exist'):
+        train.build_model(train.parse_args(['--model', 'resnet20_cifar', '--pretrained']), 10,
+                          torch.device('cpu'), False, True)
 
 
 def test_resnet20_cifar_trains_on_image_folders_and_resumes(image_folder, tmp_path):
@@ -145,3 +153,14 @@ def test_resnet20_cifar_trains_on_image_folders_and_resumes(image_folder, tmp_pa
     rows = _summary(tmp_path / 'run')
     assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0] == first[0]
     assert float(rows[1]['train_loss']) > 0 and 0 <= float(rows[1]['eval_top1']) <= 100
+
+
+def test_course_config_trains_a_short_run_on_digits(tmp_path):
+    # SE + stochastic depth + RandAugment + CutMix + random erasing + OneCycle, as configured, on real images
+    config = REPO / 'configs' / 'cifar10_resnet_se_onecycle.yaml'
+    args = train.parse_args(['-c', str(config), '--dataset', 'sklearn/digits', '--epochs', '1', '--train_size', '64',
+                             '-b', '32', '-j', '0', '--output', str(tmp_path), '--experiment', 'run',
+                             '--log-interval', '1000'])
+    train.main(args)
+    row = _summary(tmp_path / 'run')[0]
+    assert float(row['train_loss']) > 0 and float(row['lr']) > 0
