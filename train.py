@@ -346,6 +346,9 @@ def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
     every epoch (or update), and dynamo would recompile for each value until its recompile limit, then fall back
     to eager anyway (README, section train: the measured cost).
     """
+    # The losses' hyperparameters are constants: specialize Python floats (torch 2.14's symbolic floats fail a
+    # dynamo guard on the focal losses' eps / K at large K).
+    torch._dynamo.config.specialize_float = True
     task.compile(backend=backend, mode=mode)
     criterion = task.criterion
     if isinstance(criterion, nn.Module) and not hasattr(criterion, 'set_epoch') and not criterion._forward_pre_hooks:

@@ -10,7 +10,8 @@ ratio to the baseline's median. ``autograd-ref`` is the loss written as the form
 (target = arg-max), so the MMCE penalties, Dual focal's mask and AdaFocal's bins see both cases.
 
 ``--compile`` measures every loss wrapped in ``torch.compile`` (``--compile-backend``, default inductor)
-against the compiled baseline; compilation happens in the warm-up calls, outside the timed rounds.
+against the compiled baseline, configured as train.py builds them (no finiteness check); compilation happens
+in the warm-up calls, outside the timed rounds.
 
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
        [--losses NAME ...] [--clock wall|cpu] [--compile [--compile-backend inductor] [--compile-mode MODE]]
@@ -128,6 +129,12 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
     losses = make_losses(names=names)
     if compile_options is not None:
         torch._dynamo.reset()
+        # Loss hyperparameters are constants: specialize Python floats (as train.py's --torchcompile does); torch
+        # 2.14's symbolic floats fail a guard on the focal losses at K = 21843 (eps / K).
+        torch._dynamo.config.specialize_float = True
+        for fn in losses.values():  # as train.py builds them: no finiteness check (a .item() sync) in the loop
+            if hasattr(fn, 'check_finite'):
+                fn.check_finite = False
         losses = {name: torch.compile(fn, **compile_options) for name, fn in losses.items()}
     for fn in losses.values():  # warm-up
         for _ in range(3):
