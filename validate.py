@@ -605,22 +605,22 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 evaluation['logits'] / result['temperature'], ood_logits / result['temperature'])
 
     files: dict[str, str] = {}
+    row = results_row({**result, 'metric_keys': metric_keys}, {
+        'param_count': result['param_count'], 'img_size': data_config['input_size'][-1],
+        'crop_pct': data_config['crop_pct'], 'interpolation': data_config['interpolation']})
     if is_primary:
-        files = write_outputs(args, result, metric_keys, panels, dataset, evaluation, data_config, metric_classes)
+        files = write_outputs(args, result, row, panels, dataset, evaluation, data_config, metric_classes)
         log_summary(args, result, metric_keys)
-    return {**result, 'files': files}
+    return {**result, 'files': files, 'results_row': row}
 
 
-def write_outputs(args, result, metric_keys, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
+def write_outputs(args, result, row, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
     json_path = Path(args.output_json) if args.output_json else (
         Path(args.checkpoint).resolve().parent if args.checkpoint else Path('.')) / f'calibration-{args.split}.json'
     atomic_write_text(json_path, json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
     files = {'json': str(json_path)}
     if args.results_file:
-        write_results(args.results_file, results_row({**result, 'metric_keys': metric_keys}, {
-            'param_count': result['param_count'], 'img_size': data_config['input_size'][-1],
-            'crop_pct': data_config['crop_pct'], 'interpolation': data_config['interpolation']}),
-            args.results_format)
+        write_results(args.results_file, row, args.results_format)
         files['results'] = args.results_file
     if not args.no_plot:
         from cfl_timm.plotting import plot_reliability_diagrams
@@ -657,9 +657,11 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        main(args)
+        result = main(args)
     except (ValueError, ImportError) as error:
         parser.error(_one_line(error))
+    if result['files']:  # the primary process: timm's results row on stdout, after its '--result' delimiter
+        print(f'--result\n{json.dumps(json_safe(result["results_row"]), indent=4)}')
 
 
 if __name__ == '__main__':

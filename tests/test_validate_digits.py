@@ -87,6 +87,10 @@ def test_two_processes_count_each_image_once_and_match_one_process(digits_run, t
         assert two[key] == one[key], key
         assert two['tta'][key] == one['tta'][key], key
     assert two['reliability'] == validate.json_safe(one['reliability'])  # empty bins: NaN in memory, null in JSON
+    # timm's stdout protocol, from the primary process only: '--result' then the results row as JSON.
+    assert result.stdout.count('--result\n') == 1
+    printed = json.loads(result.stdout.split('--result\n', 1)[1])
+    assert printed['num_samples'] == 355 and printed['top1'] == round(one['top1'], 4)
     with open(tmp_path / 'two.csv', newline='') as stream:
         row = next(csv.DictReader(stream))
     assert float(row['top1']) == round(one['top1'], 4) and int(row['num_samples']) == 355
