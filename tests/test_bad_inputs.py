@@ -85,7 +85,6 @@ TRAIN_ROWS = [
     T('`--model no_such_model`', "Unknown model 'no_such_model'", '--model', 'no_such_model'),
     T('`--opt nosuchopt`', "--opt: unknown optimizer 'nosuchopt'", '--opt', 'nosuchopt'),
     T('`--sched nosuchsched`', "--sched: Unknown scheduler 'nosuchsched'", '--sched', 'nosuchsched'),
-    T('`--sched none`', '--sched none: train.py steps an LR scheduler', '--sched', 'none'),
     T('`--eval-metric acc`', "--eval-metric must be one of top1, top5, loss, nll, ece, got 'acc'",
       '--eval-metric', 'acc'),
     T('`--device nonsense`', "--device: 'nonsense' is not a device name", '--device', 'nonsense'),

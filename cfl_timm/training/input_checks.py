@@ -8,6 +8,7 @@ builds anything heavier than a one-parameter optimizer, so all run before any da
 import argparse
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def check_number_args(args: argparse.Namespace) -> None:
 def check_name_args(args: argparse.Namespace) -> None:
     """Names timm resolves only when it builds: optimizer, LR scheduler, checkpoint metric and device."""
     from timm.optim import create_optimizer_v2, list_optimizers
-    from timm.scheduler import create_scheduler_v2
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
     if args.eval_metric not in EVAL_METRICS:
         raise ValueError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}.')
@@ -102,15 +103,14 @@ def check_name_args(args: argparse.Namespace) -> None:
     except (ValueError, AssertionError, KeyError, TypeError) as e:
         raise ValueError(f'--opt: unknown optimizer {args.opt!r}; valid names: timm.optim.list_optimizers() '
                          f'(e.g. {", ".join(list_optimizers()[:12])}, ...). ({e})') from e
-    try:
-        scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=max(args.epochs, 1),
-                                           updates_per_epoch=1)
+    try:  # a dry construction with train.py's own keyword arguments: any error is one the run would meet
+        kwargs = scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': 0.1}))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # deprecation notices are for the real construction to show
+            create_scheduler_v2(optimizer, **kwargs, updates_per_epoch=1)
     except ValueError as e:
-        raise ValueError(f'--sched: {e} timm\'s schedulers: cosine, tanh, step, multistep, plateau, poly, '
-                         'rsqrt.') from e
-    if scheduler is None:
-        raise ValueError('--sched none: train.py steps an LR scheduler every epoch; for a constant LR use '
-                         '--sched step --decay-rate 1.')
+        raise ValueError(f'--sched: {e} Valid: cosine, tanh, step, multistep, plateau, poly, rsqrt, wsd, constant, '
+                         'onecycle, none.') from e
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
