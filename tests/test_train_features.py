@@ -249,3 +249,12 @@ def test_bfloat16_model_trains_on_cpu(tmp_path):
     checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
     dtypes = {v.dtype for v in checkpoint['state_dict'].values() if v.is_floating_point()}
     assert dtypes == {torch.bfloat16}
+
+
+def test_recovery_interval_and_save_images_write_into_the_run_folder(tmp_path):
+    _, run_dir = _run(tmp_path, '--recovery-interval', '1', '--save-images', '--log-interval', '1',
+                      '--train_size', '128', '-b', '64')
+    assert sorted(p.name for p in run_dir.glob('recovery-*.pth.tar'))  # timm's saver keeps the latest
+    images = sorted(run_dir.glob('train-batch-0-*.jpg'))
+    assert [p.name for p in images] == ['train-batch-0-0.jpg', 'train-batch-0-1.jpg']
+    assert images[0].read_bytes()[:2] == b'\xff\xd8'  # JPEG
