@@ -144,7 +144,7 @@ def import_device_modules(modules: Optional[Sequence[str]]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ValueError(f'--device-modules: cannot import {module!r}: {e}') from e
+            raise UsageError(f'--device-modules: cannot import {module!r}: {e}') from e
 
 
 @dataclass
