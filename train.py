@@ -271,7 +271,8 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     loader_train, loader_eval = build_loaders(args, dataset_train, dataset_eval, data_config, proc.device,
                                               proc.distributed)
     if len(loader_train) == 0:
-        share = f' per process ({proc.world_size} processes)' if proc.distributed else ''
+        share = (f', {-(-len(dataset_train) // proc.world_size)} per process of {proc.world_size}'
+                 if proc.distributed else '')
         raise ValueError(f'The training set ({len(dataset_train)} images{share}) is smaller than one batch '
                          f'(-b {args.batch_size}; the last partial batch is dropped): no training step would run. '
                          'Lower -b or train on more images.')

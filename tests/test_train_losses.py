@@ -229,7 +229,7 @@ def test_adafocal_holdout_run_writes_bin_lines_and_resumes_exactly_after_sigkill
 
 
 def test_two_gloo_ranks_end_with_identical_adafocal_state(tmp_path):
-    command = [str(REPO_ROOT / 'distributed_train.sh'), '2', *DIGITS, '--epochs', '2', '-b', '32',
+    command = [str(REPO_ROOT / 'distributed_train.sh'), '2', *DIGITS, '--epochs', '2', '-b', '16',
                '--train_size', '120', '--train-size-mode', 'stratified', '--loss', 'adafocal', '--holdout', '61',
                '--output', str(tmp_path), '--experiment', 'ddp']
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)

@@ -99,18 +99,21 @@ def check_name_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}.')
     probe = torch.nn.Linear(1, 1)
     try:
-        optimizer = create_optimizer_v2(probe, opt=args.opt, lr=0.1)
+        optimizer = create_optimizer_v2(probe, opt=args.opt, lr=0.1, weight_decay=args.weight_decay)
     except (ValueError, AssertionError, KeyError, TypeError) as e:
         raise ValueError(f'--opt: unknown optimizer {args.opt!r}; valid names: timm.optim.list_optimizers() '
                          f'(e.g. {", ".join(list_optimizers()[:12])}, ...). ({e})') from e
-    try:  # a dry construction with train.py's own keyword arguments: any error is one the run would meet
+    # The scheduler name, by a dry construction with train.py's own keyword arguments. Only an unknown name is
+    # reported here; other settings are checked by their own groups and, with context, by the real construction.
+    try:
         kwargs = scheduler_kwargs(argparse.Namespace(**{**vars(args), 'lr': 0.1}))
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # deprecation notices are for the real construction to show
             create_scheduler_v2(optimizer, **kwargs, updates_per_epoch=1)
     except ValueError as e:
-        raise ValueError(f'--sched: {e} Valid: cosine, tanh, step, multistep, plateau, poly, rsqrt, wsd, constant, '
-                         'onecycle, none.') from e
+        if 'Unknown scheduler' in str(e):
+            raise ValueError(f'--sched: {e} Valid: cosine, tanh, step, multistep, plateau, poly, rsqrt, wsd, '
+                             'constant, onecycle, none.') from e
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
