@@ -81,6 +81,7 @@ from cfl_timm.training import (
     distillation_kwargs,
     evaluate,
     evaluate_logits,
+    evaluate_temperature_scaled,
     find_resume_checkpoint,
     gather_objects,
     init_process,
@@ -98,6 +99,10 @@ from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metr
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
 ADAFOCAL_BINS_FILE = 'adafocal_bins.jsonl'
+# With --holdout: T fitted on the held-out split each evaluated epoch, and the evaluation split's metrics after
+# dividing its logits by T (summary.csv columns, after the held-out metrics).
+TEMPERATURE_SCALED_METRICS = ('nll', 'ece', 'brier')
+HOLDOUT_TS_COLUMNS = ('holdout_temperature', *(f'eval_{key}_ts' for key in TEMPERATURE_SCALED_METRICS))
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """timm's training flags (names, meanings, defaults) plus the cyclical focal loss / training flags.
@@ -244,8 +249,8 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
                                   model_dtype(args))
             eval_metrics = dict(evaluation.metrics)
             if ctx.loader_holdout is not None:
-                eval_metrics.update(evaluate_holdout(ctx, eval_model, run, epoch,
-                                                     update=holdout_update_every(ctx) == -1))
+                holdout = evaluate_holdout(ctx, eval_model, run, epoch, update=holdout_update_every(ctx) == -1)
+                eval_metrics.update(holdout_metrics(ctx, holdout, evaluation))
             ctx.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
             if proc.is_primary:
                 record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
@@ -763,16 +768,15 @@ def holdout_update_hook(ctx: TrainContext, run: RunFiles, epoch: int) -> Optiona
 
 @torch.no_grad()
 def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: int, update: bool = True,
-                     batch: Optional[int] = None) -> dict[str, float]:
-    """Predict the held-out split (each rank its shard, gathered exactly) and return its metrics; with ``update``
+                     batch: Optional[int] = None) -> EvalResult:
+    """Predict the held-out split (each rank its shard, gathered exactly) and return its evaluation; with ``update``
     feed a loss with ``update_from_validation`` (AdaFocal): every rank updates from the same gathered
     confidences, so all ranks hold identical state (checked), and the primary appends the update's bin
     statistics to ``adafocal_bins.jsonl`` (with the update number in the epoch as ``batch`` for per-batch
     updates)."""
     logits, targets = predict(model, ctx.loader_holdout, device=ctx.device, autocast=ctx.autocast,
                               channels_last=ctx.args.channels_last)
-    metrics = evaluate_logits(logits, targets, ctx.num_classes).metrics
-    metrics = {'holdout_top1': metrics['top1'], 'holdout_nll': metrics['nll'], 'holdout_ece': metrics['ece']}
+    holdout = evaluate_logits(logits, targets, ctx.num_classes)
     if update and holdout_update_every(ctx) is not None:
         probabilities = logits.double().softmax(1)
         confidences, predictions = probabilities.max(1)
@@ -782,7 +786,18 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
         if ctx.proc.is_primary:
             position = {'epoch': epoch} if batch is None else {'epoch': epoch, 'batch': batch}
             append_jsonl(run.output_dir / ADAFOCAL_BINS_FILE, {**position, **stats})
-    return metrics
+    return holdout
+
+
+def holdout_metrics(ctx: TrainContext, holdout: EvalResult, evaluation: EvalResult) -> dict[str, float]:
+    """The epoch's held-out columns: the held-out split's top-1, NLL and ECE, the temperature T fitted on its logits
+    (Guo et al. 2017, NLL over log T with LBFGS; the test split is never used), and the evaluation split's metrics
+    after temperature scaling, from its logits divided by T (the same T on every rank)."""
+    temperature, scaled = evaluate_temperature_scaled(holdout.logits, holdout.target, evaluation.logits,
+                                                      evaluation.target, ctx.num_classes, split='holdout')
+    return {'holdout_top1': holdout.metrics['top1'], 'holdout_nll': holdout.metrics['nll'],
+            'holdout_ece': holdout.metrics['ece'], 'holdout_temperature': temperature,
+            **{f'eval_{key}_ts': scaled.metrics[key] for key in TEMPERATURE_SCALED_METRICS}}
 
 
 def check_identical_on_ranks(ctx: TrainContext, what: str, state: dict[str, torch.Tensor]) -> None:
@@ -804,8 +819,9 @@ def checkpoint_metric_decreasing(args: argparse.Namespace) -> bool:
 
 
 def summary_columns(ctx: TrainContext) -> tuple[str, ...]:
-    """summary.csv's columns: the default set, plus the held-out metrics and the scaler's skipped steps when on."""
-    extra = tuple(HOLDOUT_METRICS) if ctx.loader_holdout is not None else ()
+    """summary.csv's columns: the default set, plus the held-out metrics with the temperature-scaled evaluation
+    metrics (``--holdout``) and the scaler's skipped steps when on."""
+    extra = tuple(HOLDOUT_METRICS) + HOLDOUT_TS_COLUMNS if ctx.loader_holdout is not None else ()
     return SUMMARY_COLUMNS + extra + (('skipped_steps',) if ctx.loss_scaler is not None else ())
 
 

@@ -11,7 +11,16 @@ from .checkpoint import (
 )
 from .distillation import create_distillation_task, distillation_kwargs
 from .distributed import ProcessInfo, barrier, ddp_device_ids, gather_objects, init_process
-from .evaluate import EvalResult, EvalShard, create_eval_loader, evaluate, evaluate_logits, predict, shard_eval_dataset
+from .evaluate import (
+    EvalResult,
+    EvalShard,
+    create_eval_loader,
+    evaluate,
+    evaluate_logits,
+    evaluate_temperature_scaled,
+    predict,
+    shard_eval_dataset,
+)
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
 from .reliability_log import ReliabilityLog, read_reliability_log
 from .task import TemperatureClassificationTask

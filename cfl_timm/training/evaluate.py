@@ -24,12 +24,12 @@ import torch.distributed as dist
 from timm.data import create_loader
 
 from cfl_timm.data.subsets import SubsetDataset
-from cfl_timm.metrics import CalibrationMeter
+from cfl_timm.metrics import CalibrationMeter, fit_temperature
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['EvalResult', 'EvalShard', 'create_eval_loader', 'evaluate', 'evaluate_logits', 'predict',
-           'shard_eval_dataset']
+__all__ = ['EvalResult', 'EvalShard', 'create_eval_loader', 'evaluate', 'evaluate_logits',
+           'evaluate_temperature_scaled', 'predict', 'shard_eval_dataset']
 
 
 def _world() -> tuple[int, int]:
@@ -211,3 +211,35 @@ def evaluate(model: torch.nn.Module, loader: Any, *, num_classes: int, device: t
     """:func:`predict` then :func:`evaluate_logits`: the metrics of the whole split, identical on every rank."""
     logits, target = predict(model, loader, device=device, autocast=autocast, channels_last=channels_last)
     return evaluate_logits(logits, target, num_classes, num_bins=num_bins)
+
+
+def evaluate_temperature_scaled(fit_logits: torch.Tensor, fit_target: torch.Tensor, logits: torch.Tensor,
+                                target: torch.Tensor, num_classes: int, *, split: str, method: str = 'nll',
+                                allow_test_split: bool = False, num_bins: int = 15) -> tuple[float, EvalResult]:
+    """Temperature scaling, fitted then scored: T from :func:`cfl_timm.metrics.fit_temperature` on a held-out
+    split's logits, then every metric of ``logits / T`` (:func:`evaluate_logits`; no model is run again).
+
+    Under torch.distributed every rank holds the same gathered logits; the fit runs on every rank and rank 0's T is
+    broadcast, so all ranks score with the identical float whatever the platform's arithmetic.
+
+    Args:
+        fit_logits: (N, K) logits of the split T is fitted on (held out; a test split is refused).
+        fit_target: (N,) its class indices.
+        logits: (M, K) logits of the split that is scored after scaling.
+        target: (M,) its class indices.
+        num_classes: Number of classes of the metrics.
+        split: Name of the fitted split (see :func:`cfl_timm.metrics.check_calibration_split`).
+        method: Fit method, one of ``cfl_timm.metrics.FIT_METHODS``.
+        allow_test_split: Explicitly allow fitting on a test split.
+        num_bins: Bins of the ECE (of the fit for ``'grid-ece'`` and of the scored metrics).
+
+    Returns:
+        (T, the :class:`EvalResult` of ``logits / T``).
+    """
+    temperature = fit_temperature(fit_logits, fit_target, method=method, split=split,
+                                  allow_test_split=allow_test_split, num_bins=num_bins)
+    if _world()[1] > 1:
+        shared = [temperature]
+        dist.broadcast_object_list(shared, src=0)
+        temperature = float(shared[0])
+    return temperature, evaluate_logits(logits / temperature, target, num_classes, num_bins=num_bins)
