@@ -364,9 +364,13 @@ class _FocalLossBase(nn.Module):
             _check_finite(flat_logits)
         scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / max(flat_logits.shape[0], 1)}[self.reduction]
         need_grad = torch.is_grad_enabled() and flat_logits.requires_grad
+        inputs = (flat_logits, target_index, target_dist, *self._loss_params(), self.eps, scale, need_grad)
+        if torch.compiler.is_compiling():
+            # A try block breaks a compiled graph; the clear out-of-range message is an eager-mode nicety.
+            loss, _ = _FocalLossFunction.apply(*inputs)
+            return loss.reshape(out_shape) if scale is None else loss
         try:
-            loss, _ = _FocalLossFunction.apply(
-                flat_logits, target_index, target_dist, *self._loss_params(), self.eps, scale, need_grad)
+            loss, _ = _FocalLossFunction.apply(*inputs)
         except RuntimeError:
             # On the CPU gather/scatter reject out-of-range indices; turn that into a clear error. (On CUDA an
             # out-of-range index is a device-side assert, as in torch's cross-entropy.)

@@ -168,19 +168,16 @@ def test_every_registered_loss_trains_compiled(name):
 
 
 @pytest.mark.parametrize('name', ['sym', 'asym', 'asym-cyclical'])
-def test_focal_losses_compile_with_at_most_the_documented_break(name):
-    # The training configuration (no finiteness check in the loop). The loss math is one graph; the only break
-    # allowed is the documented one at the try/except that turns a CPU index error into a clear message
-    # (README, section train), which costs one extra graph call per step.
+def test_focal_losses_compile_to_one_graph(name):
+    # The training configuration (no finiteness check in the loop): the loss traces as one graph, no break.
     import torch._dynamo as dynamo
 
     criterion = timm.loss.create_classification_loss(name, **({'epochs': 10} if name == 'asym-cyclical' else {}))
     if hasattr(criterion, 'check_finite'):
         criterion.check_finite = False
     explanation = dynamo.explain(criterion)(torch.randn(8, 5, requires_grad=True), torch.arange(8) % 5)
-    reasons = [str(b.reason) for b in explanation.break_reasons]
-    assert explanation.graph_break_count <= 1 and set(reasons) <= {'step_unsupported'}, reasons
-    assert explanation.graph_count == explanation.graph_break_count + 1
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
 
 
 def test_torchcompile_trains_a_tiny_model(tmp_path):
