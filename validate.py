@@ -52,8 +52,14 @@ from cfl_timm.data import (
     tta_views,
     verify_images,
 )
-from cfl_timm.metrics import FIT_METHODS, check_calibration_split, fit_temperature, msp_auroc
-from cfl_timm.training import atomic_write_text, create_eval_loader, evaluate_logits, predict
+from cfl_timm.metrics import FIT_METHODS, check_calibration_split, msp_auroc
+from cfl_timm.training import (
+    atomic_write_text,
+    create_eval_loader,
+    evaluate_logits,
+    evaluate_temperature_scaled,
+    predict,
+)
 
 _logger = logging.getLogger('validate')
 
@@ -584,11 +590,10 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         held_out = subsample(build_dataset(args, args.calibration_split, 'RGB' if in_chans == 3 else 'L'),
                              args.num_samples)
         fit_logits, fit_target = evaluator.logits(held_out)
-        temperature = fit_temperature(fit_logits[0], fit_target, method=args.temperature_method,
-                                      split=args.calibration_split, allow_test_split=args.allow_test_calibration,
-                                      num_bins=args.num_bins)
-        scaled = evaluate_logits(evaluation['logits'] / temperature, evaluation['target'], metric_classes,
-                                 num_bins=args.num_bins)
+        temperature, scaled = evaluate_temperature_scaled(
+            fit_logits[0], fit_target, evaluation['logits'], evaluation['target'], metric_classes,
+            split=args.calibration_split, method=args.temperature_method,
+            allow_test_split=args.allow_test_calibration, num_bins=args.num_bins)
         result.update({'temperature': temperature, 'temperature_method': args.temperature_method,
                        'temperature_split': args.calibration_split,
                        'after_temperature_scaling': {**{k: scaled.metrics[k] for k in metric_keys},

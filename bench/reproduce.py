@@ -199,7 +199,8 @@ def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, 
     scaling fitted on the run's held-out split (never on the scored split)."""
     from timm.data import create_dataset
 
-    from cfl_timm.metrics import fit_temperature
+    from cfl_timm.metrics import METRIC_KEYS
+    from cfl_timm.training import evaluate_temperature_scaled
 
     model, args, data_config, epoch = load_run_model(train_dir)
     dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=protocol.score_split,
@@ -211,17 +212,19 @@ def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, 
               'per_class_top1': per_class_top1(logits, targets, num_classes)}
     if protocol.temperature_scaling:
         holdout_logits, holdout_targets = predict(model, holdout_dataset(args, data_dir), data_config)
-        temperature = fit_temperature(holdout_logits, holdout_targets, split='holdout')
+        temperature, scaled = evaluate_temperature_scaled(holdout_logits, holdout_targets, logits, targets,
+                                                          num_classes, split='holdout')
         scored.update(temperature=temperature, num_holdout_images=int(holdout_targets.numel()),
                       holdout=calibration(holdout_logits, holdout_targets, num_classes),
                       holdout_ts=calibration(holdout_logits / temperature, holdout_targets, num_classes),
-                      test_ts=calibration(logits / temperature, targets, num_classes),
-                      per_class_top1_ts=per_class_top1(logits / temperature, targets, num_classes))
+                      test_ts={key: float(scaled.metrics[key]) for key in METRIC_KEYS},
+                      per_class_top1_ts=per_class_top1(scaled.logits, targets, num_classes))
     return scored
 
 
 CURVE_COLUMNS = ('epoch', 'train_loss', 'eval_top1', 'eval_nll', 'eval_ece', 'holdout_top1', 'holdout_nll',
-                 'holdout_ece', 'lr', 'eta', 'weight_decay', 'temperature', 'clip_grad')
+                 'holdout_ece', 'holdout_temperature', 'eval_nll_ts', 'eval_ece_ts', 'lr', 'eta', 'weight_decay',
+                 'temperature', 'clip_grad')
 
 
 def provenance() -> dict[str, Any]:

@@ -192,6 +192,11 @@ def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scal
     # The temperature minimises the held-out NLL: never worse there than T = 1.
     assert result['holdout_ts']['nll'] <= result['holdout']['nll'] + 1e-6
     assert result['holdout']['top1'] == pytest.approx(result['curve'][-1]['holdout_top1'], abs=0.01)
+    # train.py fitted the same T on the same held-out logits each epoch and scored its monitor split (here the
+    # scored split) after scaling: the study's scorer and train.py share one fit-then-score function.
+    assert result['temperature'] == pytest.approx(result['curve'][-1]['holdout_temperature'], rel=1e-3)
+    assert result['test_ts']['nll'] == pytest.approx(result['curve'][-1]['eval_nll_ts'], abs=1e-4)
+    assert result['test_ts']['ece'] == pytest.approx(result['curve'][-1]['eval_ece_ts'], abs=1e-4)
     assert set(result['test']) >= {'top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece'}
     assert result['provenance']['torch'] and result['command'][:3] == ['train.py', '--data-dir', '$DATA']
     assert not any(str(tmp_path) in arg for arg in result['command'])  # no path of this machine
