@@ -1,6 +1,7 @@
 """train.py --holdout N: temperature scaling fitted on the held-out split each evaluated epoch, and the evaluation
 split's metrics after scaling (summary.csv's holdout_temperature, eval_nll_ts, eval_ece_ts, eval_brier_ts), checked
-against an independent fit on the reloaded last checkpoint; no such column without --holdout."""
+against an independent fit on the reloaded last checkpoint; no such column without --holdout; under
+torch.distributed every rank scores with rank 0's T."""
 import csv
 
 import pytest
@@ -88,3 +89,32 @@ def test_no_temperature_columns_without_holdout(tmp_path):
     columns, rows = _summary(run_dir)
     assert len(rows) == 1 and 'eval_nll' in columns
     assert not set(TS_COLUMNS) & set(columns) and not set(TS_COLUMNS) & set(result['eval_metrics'])
+
+
+def _two_rank_fit(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        logits, target = torch.randn(64, 4, generator=generator), torch.arange(64) % 4
+        logits[torch.arange(64), target] += 2.0
+        # Rank 1 holds different held-out logits on purpose: every rank must still score with rank 0's T.
+        temperature, scaled = evaluate_temperature_scaled((3.0 + rank) * logits, target, logits, target, 4,
+                                                          split='holdout')
+        torch.save({'temperature': temperature, 'nll': scaled.metrics['nll']}, f'{out_dir}/rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_scores_with_rank_zeros_temperature(tmp_path):
+    # fork: the children skip re-importing train.py and timm (CPU only, no CUDA state to inherit).
+    torch.multiprocessing.start_processes(_two_rank_fit, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=2,
+                                          start_method='fork')
+    results = [torch.load(tmp_path / f'rank{rank}.pt') for rank in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(64, 4, generator=generator), torch.arange(64) % 4
+    logits[torch.arange(64), target] += 2.0
+    expected = fit_temperature(3.0 * logits, target)
+    assert fit_temperature(4.0 * logits, target) != pytest.approx(expected, rel=1e-3)  # rank 1 alone would differ
+    assert results[0] == results[1] and results[0]['temperature'] == expected
