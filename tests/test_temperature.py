@@ -34,3 +34,25 @@ def test_grid_ece_option_and_errors():
     assert fit_temperature(logits, target, split='test', allow_test_split=True) == pytest.approx(2.0, rel=0.01)
     with pytest.raises(ValueError, match=r"expected one of \('nll', 'grid-ece'\)"):
         fit_temperature(logits, target, method='ece')
+
+
+def test_nll_fit_is_the_minimum_of_a_dense_scan():
+    logits, target = planted(1.7, count=3000, seed=3)
+    fitted = fit_temperature(logits, target)
+    scan = torch.linspace(0.5, 5.0, 4501, dtype=torch.float64)
+    nll = torch.stack([torch.nn.functional.cross_entropy(logits / t, target) for t in scan])
+    assert fitted == pytest.approx(float(scan[nll.argmin()]), abs=1.5e-3)
+
+
+def test_nll_fit_is_bounded_with_a_warning():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 10, generator=generator, dtype=torch.float64)
+    worst_labels = logits.argmin(1)  # every label on the lowest logit: the NLL falls all the way to T -> inf
+    with pytest.warns(UserWarning, match='beyond the upper bound'):
+        assert fit_temperature(logits, worst_labels) == 100.0
+    separable = torch.eye(10, dtype=torch.float64).repeat(20, 1) * 5
+    with pytest.warns(UserWarning, match='beyond the lower bound'):
+        assert fit_temperature(separable, torch.arange(10).repeat(20), bounds=(0.5, 10.0)) == 0.5
+    for bad in [(0.0, 1.0), (2.0, 1.0), (1.0, float('inf'))]:
+        with pytest.raises(ValueError, match='bounds must satisfy 0 < lo < hi < inf'):
+            fit_temperature(logits, worst_labels, bounds=bad)

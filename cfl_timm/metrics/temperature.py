@@ -5,6 +5,7 @@ The ECE grid search reproduces tables that pick T by the lowest validation ECE (
 "Calibrating Deep Neural Networks using Focal Loss", https://arxiv.org/abs/2002.09437).
 """
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,9 @@ __all__ = ['FIT_METHODS', 'fit_temperature', 'check_calibration_split', 'is_test
 
 FIT_METHODS = ('nll', 'grid-ece')
 DEFAULT_GRID = tuple(round(0.1 * i, 10) for i in range(1, 101))  # 0.1, 0.2, ..., 10.0
+# The NLL fit searches T in this range: a model near chance drives the unbounded optimum to T -> inf (and a
+# perfectly separable split to T -> 0), which no user wants reported as a fitted temperature.
+DEFAULT_BOUNDS = (0.01, 100.0)
 
 
 def is_test_split(split: str) -> bool:
@@ -32,11 +36,13 @@ def check_calibration_split(split: str, allow_test_split: bool = False) -> None:
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'nll', *, split: str = 'validation',
                     allow_test_split: bool = False, num_bins: int = 15, grid: Sequence[float] = DEFAULT_GRID,
-                    max_iter: int = 100) -> float:
+                    bounds: tuple[float, float] = DEFAULT_BOUNDS) -> float:
     """Fit one scalar T > 0 so that softmax(logits / T) is calibrated on a held-out split.
 
-    ``'nll'`` (default, Guo et al.): minimise the mean NLL of softmax(z / T) over u = log T with LBFGS (strong-Wolfe
-    line search, float64). The NLL is convex in 1 / T, so the optimum is unique; optimising log T keeps T > 0.
+    ``'nll'`` (default, Guo et al.): minimise the mean NLL of softmax(b z) over b = 1 / T in [1 / hi, 1 / lo]
+    (float64). The NLL is convex in b, so its derivative  mean_i (sum_k softmax(b z_i)_k z_ik - z_iy)  increases
+    with b and the bounded optimum is found exactly by bisection on it (a bound when the derivative keeps its sign
+    there; a warning then says the temperature was clipped).
 
     ``'grid-ece'``: the T of ``grid`` (default 0.1, 0.2, ..., 10.0, 100 values) with the lowest equal-width ECE of
     ``num_bins`` bins; ties go to the first (smallest) T.
@@ -49,7 +55,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
         allow_test_split: Explicitly allow fitting on a test split.
         num_bins: Bins of the ECE for ``'grid-ece'``.
         grid: Temperatures tried by ``'grid-ece'``.
-        max_iter: LBFGS iterations for ``'nll'``.
+        bounds: (lo, hi) range of T for ``'nll'``, 0 < lo < hi (default 0.01 to 100).
 
     Returns:
         The temperature T (divide the logits by it).
@@ -75,18 +81,35 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
                 best = (temperature, ece)
         return best[0]
 
-    log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12,
-                                  tolerance_change=1e-14, line_search_fn='strong_wolfe')
+    low, high = (float(b) for b in bounds)
+    if not (0 < low < high < math.inf):
+        raise ValueError(f'bounds must satisfy 0 < lo < hi < inf, got {tuple(bounds)}.')
+    target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
 
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits * torch.exp(-log_temperature), target)
-        loss.backward()
-        return loss
+    def slope(beta: float) -> float:  # d/db of the mean NLL of softmax(b z)
+        return float((torch.softmax(logits * beta, dim=1) * logits).sum(1).sub_(target_logit).mean())
 
-    optimizer.step(closure)
-    return math.exp(log_temperature.item())
+    beta_low, beta_high = 1.0 / high, 1.0 / low
+    if slope(beta_low) >= 0:
+        return _clipped(high, 'upper')
+    if slope(beta_high) <= 0:
+        return _clipped(low, 'lower')
+    for _ in range(200):  # the bracket shrinks by half each step: float64 resolution long before 200
+        middle = 0.5 * (beta_low + beta_high)
+        if middle in (beta_low, beta_high):
+            break
+        if slope(middle) > 0:
+            beta_high = middle
+        else:
+            beta_low = middle
+    return 1.0 / (0.5 * (beta_low + beta_high))
+
+
+def _clipped(temperature: float, side: str) -> float:
+    warnings.warn(f'The NLL-optimal temperature lies beyond the {side} bound; returning T = {temperature:g}. The '
+                  'logits are (nearly) uninformative (upper) or perfectly separated (lower) on this split.',
+                  stacklevel=3)
+    return temperature
 
 
 def _ece(logits: torch.Tensor, target: torch.Tensor, num_bins: int) -> float:
