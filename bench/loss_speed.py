@@ -127,14 +127,14 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
     target[::2] = logits[::2].argmax(1)  # half of the rows correct
     logits, target = logits.to(device).requires_grad_(), target.to(device)
     losses = make_losses(names=names)
+    for fn in losses.values():  # as train.py builds them: no finiteness check (a host sync) in the loop
+        if hasattr(fn, 'check_finite'):
+            fn.check_finite = False
     if compile_options is not None:
         torch._dynamo.reset()
         # Loss hyperparameters are constants: specialize Python floats (as train.py's --torchcompile does); torch
         # 2.14's symbolic floats fail a guard on the focal losses at K = 21843 (eps / K).
         torch._dynamo.config.specialize_float = True
-        for fn in losses.values():  # as train.py builds them: no finiteness check (a .item() sync) in the loop
-            if hasattr(fn, 'check_finite'):
-                fn.check_finite = False
         losses = {name: torch.compile(fn, **compile_options) for name, fn in losses.items()}
     for fn in losses.values():  # warm-up
         for _ in range(3):
