@@ -8,8 +8,9 @@ passed that check cannot be decoded.
 """
 from typing import Any
 
-import torch.utils.data
 from PIL import Image
+
+from .wrapped import WrappedDataset
 
 __all__ = ['CorruptImageError', 'StrictImageDataset', 'verify_images']
 
@@ -39,7 +40,7 @@ def verify_images(dataset: Any) -> int:
     return len(reader)
 
 
-class StrictImageDataset(torch.utils.data.Dataset):
+class StrictImageDataset(WrappedDataset):
     """A timm ``ImageDataset`` whose unreadable images raise :class:`CorruptImageError` (naming the file).
 
     ``transform`` and ``targets`` / ``reader`` are those of the wrapped dataset, so timm's loaders and
@@ -47,16 +48,8 @@ class StrictImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.reader = _reader(dataset)
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -18,6 +18,8 @@ from typing import Any, Optional
 import numpy as np
 import torch.utils.data
 
+from .wrapped import WrappedDataset
+
 __all__ = [
     'SUBSET_MODES', 'SubsetDataset', 'class_counts', 'dataset_targets', 'first_n_indices', 'log_class_counts',
     'long_tailed_counts', 'long_tailed_indices', 'read_sampler_indices', 'select_train_subset',
@@ -214,7 +216,7 @@ def log_class_counts(counts: Sequence[int], title: str, logger: logging.Logger =
                 f'max {int(counts.max())}: {counts.tolist()}')
 
 
-class SubsetDataset(torch.utils.data.Dataset):
+class SubsetDataset(WrappedDataset):
     """A view of a map-style dataset restricted to ``indices``; ``transform`` reads and writes the base's.
 
     timm's loader sets ``dataset.transform``; forwarding it keeps the base dataset's transform pipeline, and
@@ -222,17 +224,9 @@ class SubsetDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.targets = dataset_targets(dataset)[self.indices]
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.indices)
