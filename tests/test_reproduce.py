@@ -185,7 +185,10 @@ def test_stale_locks_taken_over_by_exactly_one_of_two_processes(tmp_path):
     assert [w.returncode for w in workers] == [0, 0], outputs
     names = [name for name, _ in _log_lines(tmp_path)]
     assert sorted(names) == sorted(c.name for c in cells)  # each stale cell run once, none twice
-    assert sum(err.count('took over a stale lock') for _, err in outputs) == len(cells)
+    # Every stale lock is taken over (removed) once; a worker that moved it aside can still lose the fresh lock to
+    # the other worker's plain create in between, which then runs the cell without logging a takeover.
+    takeovers = sum(err.count('took over a stale lock') for _, err in outputs)
+    assert 0 < takeovers <= len(cells)
     assert not list(runs_dir.glob('*/lock*'))
 
 
