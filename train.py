@@ -67,11 +67,11 @@ from cfl_timm.training import (
     SUMMARY_COLUMNS,
     AtomicCheckpointSaver,
     CountingScaler,
+    CriterionStateClassificationTask,
     EvalResult,
     ProcessInfo,
     ReliabilityLog,
     SummaryWriter,
-    TemperatureClassificationTask,
     atomic_write_bytes,
     atomic_write_text,
     barrier,
@@ -179,7 +179,7 @@ class TrainContext:
     args: argparse.Namespace
     proc: ProcessInfo
     model: nn.Module
-    task: TemperatureClassificationTask
+    task: CriterionStateClassificationTask
     optimizer: torch.optim.Optimizer
     lr_scheduler: CyclicalScheduler
     criterion: nn.Module
@@ -334,7 +334,7 @@ def scheduled_epochs(sched_kwargs: dict[str, Any], updates_per_epoch: int) -> in
 def build_task(args: argparse.Namespace, model: nn.Module, criterion: nn.Module, proc: ProcessInfo) -> nn.Module:
     """timm's classification task, or a distillation task (``--kd-model-name``) whose task loss is ``criterion``."""
     if args.kd_model_name is None:
-        return TemperatureClassificationTask(model, criterion, device=proc.device, verbose=proc.is_primary)
+        return CriterionStateClassificationTask(model, criterion, device=proc.device, verbose=proc.is_primary)
     try:
         return create_distillation_task(student=model, criterion=criterion, device=proc.device,
                                         dtype=model_dtype(args), verbose=proc.is_primary, **distillation_kwargs(args))

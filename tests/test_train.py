@@ -6,12 +6,13 @@ import shlex
 from pathlib import Path
 
 import pytest
+import timm.scheduler
 import torch
 import yaml
 
 import train
 from cfl_timm import cyclical_eta
-from cfl_timm.training import TemperatureClassificationTask
+from cfl_timm.training import CriterionStateClassificationTask
 
 # The published flags (cfl.md) with a non-default value each: (underscore spelling, value, parsed value).
 PUBLISHED_FLAGS = [
@@ -154,18 +155,23 @@ def test_per_update_stepping_moves_within_the_epoch(tmp_path):
 
 
 def test_temperature_divides_the_training_logits_only():
+    # train.py's route: the cyclical scheduler's pre-hook divides the task loss's logits by the temperature.
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4)
+    plain = torch.nn.CrossEntropyLoss()
     criterion = torch.nn.CrossEntropyLoss()
-    task = TemperatureClassificationTask(model, criterion, verbose=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(optimizer, sched='cosine', num_epochs=4, t_min=0.5, t_max=2.5)
+    scheduler.attach_loss(criterion)
+    task = CriterionStateClassificationTask(model, criterion, verbose=False)
     x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
-    task.temperature = 2.5
+    scheduler.step(1)
+    temperature = scheduler.temperature
+    assert 0.5 < temperature < 2.5
     out = task(x, y)
-    torch.testing.assert_close(out['loss'], criterion(model(x) / 2.5, y))
+    torch.testing.assert_close(out['loss'], plain(model(x) / temperature, y))
     torch.testing.assert_close(out['output'], model(x))  # raw logits go to metrics
     assert task.get_eval_model() is model  # evaluation bypasses the task's forward
-    task.temperature = None
-    torch.testing.assert_close(task(x, y)['loss'], criterion(model(x), y))
 
 
 def test_amp_on_cpu_uses_bfloat16():

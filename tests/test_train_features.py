@@ -15,7 +15,7 @@ from timm.models import create_model
 
 import train
 from cfl_timm import ALL_LOSS_TYPES
-from cfl_timm.training import ProcessInfo, TemperatureClassificationTask
+from cfl_timm.training import CriterionStateClassificationTask, ProcessInfo
 from cfl_timm.training import args as train_args
 
 DIGITS = ['--dataset', 'sklearn/digits', '--img-size', '32', '-b', '64', '-j', '0', '--train_size', '128',
@@ -152,13 +152,11 @@ def test_every_registered_loss_trains_compiled(name):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     x = torch.randn(8, 3, 2, 2)
     criterion, target = _loss_and_target(name, 5, 8)
-    eager_task = TemperatureClassificationTask(model, criterion, verbose=False)
-    eager_task.temperature = 1.5
+    eager_task = CriterionStateClassificationTask(model, criterion, verbose=False)
     eager = eager_task(x, target)['loss']
     eager_grad, = torch.autograd.grad(eager, model[1].weight)
 
-    task = TemperatureClassificationTask(model, criterion, verbose=False)
-    task.temperature = 1.5
+    task = CriterionStateClassificationTask(model, criterion, verbose=False)
     train.compile_task(task, 'aot_eager', None)
     assert task.trainable_module is not model  # compiled
     loss = task(x, target)['loss']

@@ -23,4 +23,4 @@ from .evaluate import (
 )
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
 from .reliability_log import ReliabilityLog, read_reliability_log
-from .task import TemperatureClassificationTask
+from .task import CriterionStateClassificationTask

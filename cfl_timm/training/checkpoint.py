@@ -266,7 +266,7 @@ def restore_training_state(checkpoint: dict[str, Any], path: str | Path, task, o
             was saved with.
     """
     try:
-        # The model, then the task's own state: TemperatureClassificationTask.load_task_state refuses a loss
+        # The model, then the task's own state: CriterionStateClassificationTask.load_task_state refuses a loss
         # state of another loss with the flags to repeat (a ValueError, passed on as it is).
         task.load_checkpoint_state(checkpoint['state_dict'], checkpoint.get('task_state'))
     except RuntimeError as e:

@@ -18,37 +18,20 @@ import torch
 import torch.nn as nn
 from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
 
+from .task import CriterionStateMixin
+
 __all__ = ['DISTILLATION_TASKS', 'create_distillation_task', 'distillation_kwargs']
 
 
-class _CriterionState:
-    """Mixin for timm's distillation tasks: the task loss's state (e.g. the cyclical loss epoch, AdaFocal's
-    gammas) is task state that timm's checkpoint saver writes and resume restores, as in
-    :class:`~cfl_timm.training.TemperatureClassificationTask`."""
-
-    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> dict[str, Any]:
-        state = dict(super().get_task_state(module=module, ema=ema))
-        if not ema and module is None and isinstance(self.criterion, nn.Module):
-            if criterion_state := self.criterion.state_dict():
-                state['criterion'] = criterion_state
-        return state
-
-    def load_task_state(self, state: Optional[dict[str, Any]], strict: bool = True,
-                        module: Optional[nn.Module] = None, ema: bool = False) -> None:
-        super().load_task_state(state, strict=strict, module=module, ema=ema)
-        if not ema and module is None and state and 'criterion' in state:
-            self.criterion.load_state_dict(state['criterion'], strict=strict)
-
-
-class CyclicalLogitDistillationTask(_CriterionState, LogitDistillationTask):
+class CyclicalLogitDistillationTask(CriterionStateMixin, LogitDistillationTask):
     """timm's logit distillation; the task loss's state is checkpointed."""
 
 
-class CyclicalFeatureDistillationTask(_CriterionState, FeatureDistillationTask):
+class CyclicalFeatureDistillationTask(CriterionStateMixin, FeatureDistillationTask):
     """timm's feature distillation; the task loss's state is checkpointed."""
 
 
-class CyclicalTokenDistillationTask(_CriterionState, TokenDistillationTask):
+class CyclicalTokenDistillationTask(CriterionStateMixin, TokenDistillationTask):
     """timm's token distillation; the task loss's state is checkpointed."""
 
 

@@ -1,41 +1,32 @@
-"""Classification task with a training-only softmax temperature and checkpointed criterion state.
+"""Training tasks whose loss state is checkpointed with the model.
 
-Paper: L. N. Smith, "General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835
-(cyclical softmax temperature), and "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 (the epoch-aware
-criterion whose state must survive a resume).
+Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 (the epoch-aware criterion whose
+state must survive a resume); the same holds for AdaFocal's per-bin gammas (Ghosh et al., NeurIPS 2022).
+The cyclical softmax temperature is not task state: the scheduler's pre-hook on the loss applies it
+(:meth:`cfl_timm.scheduler.CyclicalScheduler.attach_loss`).
 """
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 from timm.task import ClassificationTask
 
-__all__ = ['TemperatureClassificationTask']
+__all__ = ['CriterionStateMixin', 'CriterionStateClassificationTask']
 
 
-class TemperatureClassificationTask(ClassificationTask):
-    """timm's :class:`~timm.task.ClassificationTask` whose training loss sees ``logits / temperature``.
+class CriterionStateMixin:
+    """Mixin for timm tasks: the criterion's ``state_dict`` is task state.
 
-    loss = criterion(model(x) / T, y) when ``temperature`` T is set, criterion(model(x), y) when it is None.
-    The returned ``output`` stays the raw logits, and evaluation never goes through this forward, so the
-    temperature acts on training only. The criterion's ``state_dict`` (e.g. the cyclical loss epoch) is task
-    state, so timm's ``CheckpointSaver(task=...)`` writes it and :meth:`load_task_state` restores it.
+    timm's ``CheckpointSaver(task=...)`` writes ``get_task_state()`` into every checkpoint and resume calls
+    :meth:`load_task_state`; a checkpoint of another loss gives a clear ValueError instead of a raw state_dict
+    error. The task's own state (e.g. a distillation projection) is kept beside it.
     """
 
-    def __init__(self, model: nn.Module, criterion: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, criterion=criterion, **kwargs)
-        self.temperature: Optional[float] = None
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        output = self.trainable_module(input)
-        logits = output if self.temperature is None else output / self.temperature
-        return {'loss': self.criterion(logits, target), 'output': output}
-
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> dict[str, Any]:
-        if ema or not isinstance(self.criterion, nn.Module):
-            return {}
-        state = self.criterion.state_dict()
-        return {'criterion': state} if state else {}
+        state = dict(super().get_task_state(module=module, ema=ema))
+        if not ema and module is None and isinstance(self.criterion, nn.Module):
+            if criterion_state := self.criterion.state_dict():
+                state['criterion'] = criterion_state
+        return state
 
     def load_task_state(
             self,
@@ -44,8 +35,10 @@ class TemperatureClassificationTask(ClassificationTask):
             module: Optional[nn.Module] = None,
             ema: bool = False,
     ) -> None:
-        """Restore the criterion state of a checkpoint; a clear ValueError when it belongs to another loss."""
-        if ema:
+        """Restore the task and criterion state of a checkpoint; a clear ValueError when it belongs to another
+        loss."""
+        super().load_task_state(state, strict=strict, module=module, ema=ema)
+        if ema or module is not None:
             return
         saved = (state or {}).get('criterion', {})
         current = self.criterion.state_dict() if isinstance(self.criterion, nn.Module) else {}
@@ -60,3 +53,7 @@ class TemperatureClassificationTask(ClassificationTask):
             self.criterion.load_state_dict(saved, strict=strict)
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f'--resume: the checkpoint\'s training-loss state does not fit: {hint} ({e})') from e
+
+
+class CriterionStateClassificationTask(CriterionStateMixin, ClassificationTask):
+    """timm's :class:`~timm.task.ClassificationTask` whose criterion state is checkpointed."""
