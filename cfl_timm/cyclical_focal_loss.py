@@ -267,8 +267,12 @@ class _FocalLossFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale,
-                need_grad):
+    def forward(*inputs):
+        # One variadic parameter: with a separate setup_context, torch binds the arguments to forward's signature
+        # on every call, and inspecting eleven named parameters cost about 35 us a call (a third of the loss at
+        # 256 x 10).
+        (logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale,
+         need_grad) = inputs
         logp = F.log_softmax(logits, dim=1)
         row_scale = 1.0 if scale is None else scale
         if target_dist is None and (eps == 0 or not symmetric):
