@@ -18,8 +18,11 @@ Usage::
         --jobs 2                                      # or: --executor slurm --partition P --time 60
     python bench/reproduce.py status --protocol study-cpu --work-dir bench/_work
     python bench/reproduce.py aggregate --protocol study-cpu --work-dir bench/_work
+    python bench/reproduce.py pilot --protocol study-cpu --data-setting c10_4k --epochs 40 \
+        --data-dir bench/_work/cifar10 --work-dir bench/_work --name c10_4k_e40   # choose a setting's epochs
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,9 +34,9 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # cfl_timm and train.py of this checkout
 from executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec  # noqa: E402
-from reproduce_aggregate import aggregate_study, mean_sd, write_csv  # noqa: E402
+from reproduce_aggregate import aggregate_study, last_fifth_gain, mean_sd, write_csv  # noqa: E402
 from reproduce_protocols import METHODS, PROTOCOLS, RANK_GROUPS, Protocol  # noqa: E402
-from reproduce_runner import Cell, CellFailed, GridRunner, load_cell_fn, run_guarded  # noqa: E402
+from reproduce_runner import Cell, CellFailed, GridRunner, _project_io, load_cell_fn, run_guarded  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,6 +327,59 @@ def tail(path: Path, num_chars: int = 4000) -> str:
     return data.decode(errors='replace')
 
 
+# ---------------------------------------------------------------------------------------------- pilot
+
+PILOT_COLUMNS = ('epoch', 'train_loss', 'eval_top1', 'holdout_top1', 'lr')
+
+
+def run_pilot(protocol: Protocol, data_setting: str, epochs: int, data_dir: Path, work_dir: Path,
+              results_dir: Path, name: str, extra_flags: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """A CE pilot for choosing a setting's epochs; returns its record ``results_dir/<protocol>/pilots/<name>.json``.
+
+    The protocol's ``ce`` cell of ``data_setting`` with ``epochs`` (and ``extra_flags`` after the setting's data
+    flags, e.g. another ``--sched``) trains in ``work_dir/<protocol>/pilots/<name>/`` (resumed if it stopped).
+    The record holds the per-epoch curve and the last-fifth gain of held-out and monitor top-1; the protocols
+    want the held-out gain under one point. An existing record is never overwritten.
+    """
+    record_path = Path(results_dir) / protocol.name / 'pilots' / f'{name}.json'
+    if record_path.exists():
+        raise ValueError(f'pilot {name!r}: {record_path} exists; a pilot record is never overwritten '
+                         '(pick another --name).')
+    pilot = dataclasses.replace(protocol, epochs={**protocol.epochs, data_setting: epochs},
+                                data={**protocol.data, data_setting: [*protocol.data[data_setting], *extra_flags]})
+    cell = Cell('ce', data_setting, seed)
+    run_dir = Path(work_dir).resolve() / protocol.name / 'pilots' / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if protocol.threads:
+        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
+    data_dir = Path(data_dir).resolve()
+    command = train_command(pilot, cell, data_dir, run_dir)
+    from cfl_timm.training import read_summary
+    summary = run_dir / 'train' / 'summary.csv'
+    epochs_before = len(read_summary(summary)) if summary.exists() else 0
+    start, cpu_start = time.time(), _children_cpu_seconds()
+    returncode = run_guarded(command, run_dir, run_dir / 'train.log', should_stop=lambda: False, env=env,
+                             cwd=REPO_ROOT)
+    if returncode != 0:
+        raise CellFailed(returncode, tail(run_dir / 'train.log'))
+    wall_seconds, cpu_seconds = time.time() - start, _children_cpu_seconds() - cpu_start
+    curve = [{k: _number(row.get(k)) for k in PILOT_COLUMNS if row.get(k) not in (None, '')}
+             for row in read_summary(summary)]
+    gains = {key: last_fifth_gain(curve, key) for key in ('holdout_top1', 'eval_top1')}
+    record = {'protocol': protocol.name, 'data_setting': data_setting, 'method': 'ce', 'seed': seed,
+              'epochs': epochs, 'extra_flags': list(extra_flags),
+              'command': portable_command(command[1:], data_dir, run_dir), 'last_fifth_gain': gains,
+              'meets_criterion': gains['holdout_top1'] is not None and gains['holdout_top1'] < 1.0,
+              'curve': curve, 'provenance': provenance()}
+    # Seconds only for the epochs trained by this call (a resumed run's earlier epochs were not timed here).
+    record.update(epochs_trained_here=len(curve) - epochs_before,
+                  wall_seconds=wall_seconds if epochs_before == 0 else None,
+                  cpu_seconds=cpu_seconds if epochs_before == 0 else None)
+    _project_io().atomic_write_text(record_path, json.dumps(record, indent=1) + '\n')
+    return record_path
+
+
 # ------------------------------------------------------------------------------------------- aggregate
 
 
@@ -466,6 +522,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep.add_argument('--monitor-per-class', type=int, default=None,
                       help='also link the first N val images per class into monitor/ (study protocols: 100)')
 
+    pilot = commands.add_parser('pilot', help="a CE pilot for a setting's epochs (curve and last-fifth gain)")
+    pilot.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
+    pilot.add_argument('--data-setting', required=True, help="one of the protocol's data settings")
+    pilot.add_argument('--epochs', type=int, required=True)
+    pilot.add_argument('--name', required=True, help='the pilot record is RESULTS_DIR/<protocol>/pilots/NAME.json')
+    pilot.add_argument('--data-dir', type=Path, required=True)
+    pilot.add_argument('--work-dir', type=Path, required=True)
+    pilot.add_argument('--results-dir', type=Path, default=REPO_ROOT / 'bench' / 'results')
+    pilot.add_argument('--seed', type=int, default=0)
+    pilot.add_argument('extra_flags', nargs=argparse.REMAINDER,
+                       help="train.py flags after '--', appended after the setting's data flags")
+
     for name in ('run', 'status', 'aggregate'):
         sub = commands.add_parser(name)
         sub.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
@@ -518,11 +586,25 @@ def make_executor(args: argparse.Namespace, runs_dir: Path):
     return LocalExecutor(args.jobs)
 
 
+def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
+    if args.data_setting not in protocol.data:
+        raise ValueError(f'--data-setting {args.data_setting!r}: protocol {protocol.name} has '
+                         f'{sorted(protocol.data)}')
+    if args.epochs < 5:
+        raise ValueError(f'--epochs must be >= 5 for a last fifth to exist, got {args.epochs}.')
+    extra = args.extra_flags[1:] if args.extra_flags[:1] == ['--'] else args.extra_flags
+    print(run_pilot(protocol, args.data_setting, args.epochs, args.data_dir, args.work_dir, args.results_dir,
+                    args.name, tuple(extra), args.seed))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
         print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class, args.monitor_per_class))
         return 0
     protocol = PROTOCOLS[args.protocol]
+    if args.command == 'pilot':
+        return _pilot(protocol, args)
     runs_dir = args.work_dir / protocol.name / 'runs'
     cells = protocol.cells()
     if getattr(args, 'seeds', None):
@@ -557,4 +639,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main(get_args_parser().parse_args()))
+    parser = get_args_parser()
+    try:
+        sys.exit(main(parser.parse_args()))
+    except ValueError as error:  # bad input: one usage line, exit 2, no traceback
+        parser.error(str(error))

@@ -6,7 +6,8 @@ beside them, in ``bench/results/<protocol>/``:
 - ``runs.csv``: one row per run (every metric before and after temperature scaling, shot groups);
 - ``summary.csv``: per (data setting, method): the number of seeds, mean and sd of each metric, and the
   seed-paired differences against each baseline (mean, sd, t = mean / (sd / sqrt(n)) with n - 1 degrees of
-  freedom) and between each cyclical schedule and its constant counterpart;
+  freedom), between each cyclical schedule and its constant counterpart, and between each focus method (the
+  method the study asks about) and every other method of its setting;
 - ``table.md``: the same as markdown tables (mean +- sd), headed by how many runs of the grid are done;
 - ``plot.png``: top-1 and ECE before / after temperature scaling per method.
 
@@ -23,11 +24,27 @@ from typing import Any, Optional
 from reproduce_protocols import Protocol
 from reproduce_runner import _project_io  # the project's one atomic writer
 
-__all__ = ['METRICS', 'aggregate_study', 'mean_sd', 'paired', 'study_records', 'write_csv']
+__all__ = ['METRICS', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'study_records', 'write_csv']
 
 # Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
 METRICS = ('top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece')
 DIFF_METRICS = ('top1', 'nll', 'ece', 'ece_ts', 'classwise_ece')
+LABELS = {'top1': 'top-1', 'nll': 'NLL', 'ece': 'ECE', 'ece_ts': 'ECE TS'}
+
+
+def last_fifth_gain(curve: list[dict[str, Any]], key: str = 'holdout_top1') -> Optional[float]:
+    """The study's convergence check: ``key`` after the last epoch minus after four fifths of the epochs.
+
+    The protocols pick their epochs so that this is under one point of held-out top-1 for CE. ``curve`` is a
+    result's per-epoch list (``epoch`` counts from 0); with ``--val-interval`` the reference is the last evaluated
+    epoch within the first four fifths. None when the curve does not have ``key`` at both points.
+    """
+    rows = [row for row in curve if isinstance(row.get(key), (int, float))]
+    if not rows:
+        return None
+    num_epochs = rows[-1]['epoch'] + 1
+    earlier = [row for row in rows[:-1] if row['epoch'] + 1 <= 0.8 * num_epochs]
+    return rows[-1][key] - earlier[-1][key] if earlier else None
 
 
 def study_records(protocol: Protocol, runs_dir: Path) -> list[dict[str, Any]]:
@@ -37,7 +54,9 @@ def study_records(protocol: Protocol, runs_dir: Path) -> list[dict[str, Any]]:
         payload = json.loads(path.read_text())
         cell, result = payload['cell'], payload['result']
         record: dict[str, Any] = {'method': cell['loss'], 'data': cell['data'], 'seed': cell['seed'],
-                                  'epochs': result.get('epochs'), 'train_s': result.get('train_seconds')}
+                                  'epochs': result.get('epochs'), 'train_s': result.get('train_seconds'),
+                                  'train_cpu_s': result.get('train_cpu_seconds'),
+                                  'last_fifth_gain': last_fifth_gain(result.get('curve', []))}
         for key in METRICS:
             record[key] = result['test'][key]
             if 'test_ts' in result:
@@ -85,6 +104,8 @@ def _summary_rows(protocol: Protocol, records: list[dict[str, Any]]) -> list[dic
                 values = [r[metric] for r in group if isinstance(r.get(metric), (int, float))]
                 row[f'{metric}_mean'], row[f'{metric}_sd'] = mean_sd(values)
             others = list(protocol.baselines) + [c for cyc, c in protocol.pairs if cyc == method]
+            if method in protocol.focus:
+                others += [m for m in methods if m not in others and m not in protocol.cyclical_methods]
             for other in others:
                 if other == method:
                     continue
@@ -128,17 +149,35 @@ def _fmt_diff(row: dict[str, Any], metric: str, other: str, digits: int) -> str:
     return text
 
 
-def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_cells: int, machine: str) -> str:
+def _cpu_hours(protocol: Protocol, records: list[dict[str, Any]]) -> str:
+    """The finished runs' train.py CPU time, and the whole grid's projected from each setting's mean run."""
+    timed = [r for r in records if isinstance(r.get('train_cpu_s'), (int, float))]
+    if not timed:
+        return ''
+    projected = 0.0
+    for data, methods in protocol.grid.items():
+        group = [r['train_cpu_s'] for r in timed if r['data'] == data]
+        if not group:
+            return f'train.py CPU time of the finished runs: {sum(r["train_cpu_s"] for r in timed) / 3600:.2f} h. '
+        projected += sum(group) / len(group) * len(methods) * len(protocol.seeds)
+    return (f'train.py CPU time of the finished runs: {sum(r["train_cpu_s"] for r in timed) / 3600:.2f} h; the '
+            f'whole grid at each setting\'s mean per run: {projected / 3600:.2f} h. ')
+
+
+def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_cells: int, machine: str,
+             records: Optional[list[dict[str, Any]]] = None) -> str:
     lines = [f'Protocol `{protocol.name}`: {protocol.description}; epochs '
              + ', '.join(f'{d} {e}' for d, e in protocol.epochs.items()) + '.'
              + (f' Machine: {machine}.' if machine else ''), '',
              f'**Runs done: {num_done} of {num_cells}** ({len(protocol.seeds)} seeds x '
-             f'{sum(len(m) for m in protocol.grid.values())} cells). Mean ± sd over the finished seeds (n); Δ = '
+             f'{sum(len(m) for m in protocol.grid.values())} cells). ' + _cpu_hours(protocol, records or [])
+             + 'Mean ± sd over the finished seeds (n); Δ = '
              'seed-paired difference (method minus reference, same initialisation and data order), ± its sd over '
              'seeds, t = mean / (sd / sqrt(n)) with n - 1 degrees of freedom (|t| > 4.30 for p < 0.05 at n = 3). '
              'Last checkpoint, scored on the '
              f'{protocol.score_split} split; TS = after temperature scaling fitted on the held-out split. Top-1 and '
-             'shot groups in %, ECE 15 equal-width bins, adaptive ECE 15 equal-mass bins.', '']
+             'shot groups in %, ECE 15 equal-width bins, adaptive ECE 15 equal-mass bins. Last fifth = held-out '
+             'top-1 after the last epoch minus after four fifths of the epochs (the convergence check).', '']
     baselines = [b for b in protocol.baselines]
     for data in protocol.grid:
         group = [r for r in rows if r['data'] == data]
@@ -147,7 +186,7 @@ def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_
         shots = tuple(protocol.shot_groups.get(data, {}))
         header = (['method', 'n', 'top-1'] + [f'Δ top-1 vs {b}' for b in baselines]
                   + ['NLL', 'NLL TS', 'ECE', 'ECE TS'] + [f'Δ ECE vs {b}' for b in baselines]
-                  + ['adaptive ECE', 'classwise ECE', 'Brier', 'T'] + list(shots))
+                  + ['adaptive ECE', 'classwise ECE', 'Brier', 'T', 'last fifth'])
         lines += [f'**{data}**', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
         for row in group:
             cells = [row['method'], str(row['n_seeds']), _fmt(row, 'top1', 2)]
@@ -155,14 +194,34 @@ def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_
             cells += [_fmt(row, 'nll', 3), _fmt(row, 'nll_ts', 3), _fmt(row, 'ece', 3), _fmt(row, 'ece_ts', 3)]
             cells += [_fmt_diff(row, 'ece', b, 3) for b in baselines]
             cells += [_fmt(row, 'adaptive_ece', 3), _fmt(row, 'classwise_ece', 4), _fmt(row, 'brier', 3),
-                      _fmt(row, 'temperature', 2)]
-            cells += [_fmt(row, s, 1) for s in shots]
+                      _fmt(row, 'temperature', 2), _fmt(row, 'last_fifth_gain', 1)]
             lines.append('| ' + ' | '.join(cells) + ' |')
         lines.append('')
         if shots:
             lines += [f'Shot groups of {data} (classes by training images): '
                       + '; '.join(f'{s} = classes {", ".join(map(str, c))}'
                                   for s, c in protocol.shot_groups[data].items()) + '.', '']
+            header = (['method', 'n'] + list(shots)
+                      + [f'Δ {s} vs {b}' for b in baselines for s in shots])
+            lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+            for row in group:
+                cells = [row['method'], str(row['n_seeds'])] + [_fmt(row, s, 1) for s in shots]
+                cells += [_fmt_diff(row, s, b, 1) for b in baselines for s in shots]
+                lines.append('| ' + ' | '.join(cells) + ' |')
+            lines.append('')
+        focus_rows = [row for row in group if row['method'] in protocol.focus]
+        if focus_rows:
+            metrics = (('top1', 2), ('nll', 3), ('ece', 3), ('ece_ts', 3)) + tuple((s, 1) for s in shots)
+            lines += [f'**{data}: each focus method minus every other loss** (seed-paired)', '',
+                      '| method | minus | n | ' + ' | '.join(f'Δ {LABELS.get(m, m)}' for m, _ in metrics) + ' |',
+                      '|' + '---|' * (3 + len(metrics))]
+            for row in focus_rows:
+                for other in (r['method'] for r in group):
+                    if other == row['method'] or f'd_top1_vs_{other}_n' not in row:
+                        continue
+                    lines.append(f"| {row['method']} | {other} | {row[f'd_top1_vs_{other}_n']} | "
+                                 + ' | '.join(_fmt_diff(row, m, other, d) for m, d in metrics) + ' |')
+            lines.append('')
     pair_rows = [(cyc, const, r) for cyc, const in protocol.pairs for r in rows if r['method'] == cyc]
     if pair_rows:
         lines += ['**Cyclical schedule minus its constant counterpart** (seed-paired)', '',
@@ -227,7 +286,7 @@ def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
              'png': out_dir / 'plot.png'}
     write_csv(paths['runs'], records)
     write_csv(paths['summary'], rows)
-    text = markdown(protocol, rows, num_done, len(names), machine)
+    text = markdown(protocol, rows, num_done, len(names), machine, records)
     _project_io().atomic_write_text(paths['md'], text)
     plot(protocol, rows, paths['png'], num_done, len(names))
     return paths

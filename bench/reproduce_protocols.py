@@ -54,6 +54,7 @@ METHODS: dict[str, list[str]] = {
 CYCLICAL_PAIRS: tuple[tuple[str, str], ...] = (
     ('ce_cyc_wd', 'ce_const_wd'), ('ce_cyc_temp', 'ce_const_temp'), ('ce_cyc_clip', 'ce_const_clip'))
 
+CFL_METHODS = ('cfl_authors', 'cfl_oltr')
 STUDY_LOSSES = ('ce', 'ce_ls0.1', 'fl3', 'flsd', 'dual_focal', 'adafocal', 'mbls', 'cfl_authors', 'cfl_oltr')
 STUDY_CYCLICAL = tuple(name for pair in CYCLICAL_PAIRS for name in pair)
 LEGACY_LOSSES = ('ce', 'ce_ls0.1', 'focal_g2', 'asym', 'cfl_authors', 'cfl_oltr')
@@ -93,6 +94,7 @@ class Protocol:
         temperature_scaling: fit a temperature on the ``--holdout`` split and score before and after it.
         baselines: the methods every other method is compared with (seed-paired differences).
         pairs: (cyclical, constant) method pairs compared with each other.
+        focus: the methods the study asks about, each compared (seed-paired) with every other loss of its setting.
         notes: free-form facts for the README (pilot, timing).
     """
     name: str
@@ -108,6 +110,7 @@ class Protocol:
     temperature_scaling: bool = False
     baselines: tuple[str, ...] = ('ce', 'ce_ls0.1')
     pairs: tuple[tuple[str, str], ...] = ()
+    focus: tuple[str, ...] = ()
     notes: str = ''
 
     def __post_init__(self):
@@ -116,6 +119,14 @@ class Protocol:
             if setting not in self.data or setting not in self.epochs or unknown:
                 raise ValueError(f'protocol {self.name}: data setting {setting!r} needs data flags and epochs, '
                                  f'methods must be in METHODS (unknown: {unknown})')
+        stray = [m for m in self.focus if m not in self.methods]
+        if stray:
+            raise ValueError(f'protocol {self.name}: focus methods {stray} are in no data setting of the grid')
+
+    @property
+    def cyclical_methods(self) -> tuple[str, ...]:
+        """The methods of the cyclical/constant pairs (a question of their own, not a loss to compare with)."""
+        return tuple(m for pair in self.pairs for m in pair)
 
     @property
     def data_settings(self) -> tuple[str, ...]:
@@ -201,6 +212,7 @@ PROTOCOLS: dict[str, Protocol] = {
         score_split='validation',
         temperature_scaling=True,
         pairs=CYCLICAL_PAIRS,
+        focus=CFL_METHODS,
     ),
     # The published CIFAR recipe (cfl.md section 6) on the full data: tresnet_m at 224 px, 200 + 1 epochs.
     'study-gpu': Protocol(
@@ -221,6 +233,7 @@ PROTOCOLS: dict[str, Protocol] = {
         score_split='validation',
         temperature_scaling=True,
         pairs=CYCLICAL_PAIRS,
+        focus=CFL_METHODS,
     ),
     'study-gpu-c100': Protocol(
         name='study-gpu-c100',
@@ -236,6 +249,7 @@ PROTOCOLS: dict[str, Protocol] = {
         score_split='validation',
         temperature_scaling=True,
         pairs=CYCLICAL_PAIRS,
+        focus=CFL_METHODS,
     ),
     # Two tiny real cells (a tiny network, one epoch on 20 images per class) for checking an executor end to end.
     'smoke': Protocol(

@@ -19,7 +19,7 @@ BENCH_DIR = REPO_ROOT / 'bench'
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from reproduce_aggregate import aggregate_study  # noqa: E402
+from reproduce_aggregate import aggregate_study, last_fifth_gain  # noqa: E402
 from reproduce_protocols import PROTOCOLS  # noqa: E402
 
 THIS_FILE = Path(__file__).resolve()
@@ -66,10 +66,13 @@ def test_per_run_result_files_carry_the_grid_to_another_machine(tmp_path):
     assert done.returncode == 0 and 'ran 1, failed 0, done before 17' in done.stderr, done.stderr
 
 
-def _result(top1, nll, ece, ece_ts, per_class=None, temperature=1.5):
+def _result(top1, nll, ece, ece_ts, per_class=None, temperature=1.5, holdout_curve=(50.0, 60.0)):
     metrics = {'top1': top1, 'top5': 99.0, 'nll': nll, 'brier': 0.5, 'ece': ece, 'adaptive_ece': ece,
                'classwise_ece': ece / 10, 'mce': 0.2, 'smooth_ece': ece}
-    return {'epochs': 30, 'train_seconds': 100.0, 'test': metrics,
+    # A 5-epoch curve: held-out top-1 after epoch 4 (index 3) and after the last epoch are the last-fifth check.
+    curve = [{'epoch': e, 'holdout_top1': 10.0 * e} for e in range(3)]
+    curve += [{'epoch': 3, 'holdout_top1': holdout_curve[0]}, {'epoch': 4, 'holdout_top1': holdout_curve[1]}]
+    return {'epochs': 30, 'train_seconds': 100.0, 'train_cpu_seconds': 360.0, 'curve': curve, 'test': metrics,
             'test_ts': {**metrics, 'nll': nll - 0.1, 'ece': ece_ts, 'adaptive_ece': ece_ts},
             'temperature': temperature, 'per_class_top1': per_class or [top1] * 10}
 
@@ -86,13 +89,16 @@ def test_aggregate_of_a_partial_grid(tmp_path):
     ce = {0: 70.0, 1: 72.0, 2: 71.0}
     cfl = {0: 71.0, 1: 72.5, 2: 72.5}  # paired differences +1.0, +0.5, +1.5: mean 1, sd 0.5, t = 2 sqrt(3)
     for seed in range(3):
-        _write(runs, 'c10_4k', 'ce', seed, _result(ce[seed], 1.0, 0.10, 0.02))
+        _write(runs, 'c10_4k', 'ce', seed, _result(ce[seed], 1.0, 0.10, 0.02, holdout_curve=(60.0, 60.5 + seed)))
         _write(runs, 'c10_4k', 'cfl_authors', seed, _result(cfl[seed], 0.9, 0.05, 0.03))
+        _write(runs, 'c10_4k', 'fl3', seed, _result(cfl[seed] - 2 + seed, 0.9, 0.05, 0.03))
         _write(runs, 'c10_4k', 'ce_cyc_wd', seed, _result(ce[seed] + 0.2 * seed, 1.0, 0.10, 0.02))
         _write(runs, 'c10_4k', 'ce_const_wd', seed, _result(ce[seed], 1.0, 0.10, 0.02))
     groups = protocol.shot_groups['c10lt100']
     lt_per_class = [80.0 if c in groups['many'] else 40.0 if c in groups['medium'] else 10.0 for c in range(10)]
     _write(runs, 'c10lt100', 'ce', 0, _result(40.0, 2.0, 0.3, 0.1, per_class=lt_per_class))
+    fewer = [p - 4.0 if c in groups['few'] else p for c, p in enumerate(lt_per_class)]
+    _write(runs, 'c10lt100', 'cfl_oltr', 0, _result(39.0, 2.0, 0.3, 0.1, per_class=fewer))
     paths = aggregate_study(protocol, tmp_path, machine='test machine')
 
     rows = {(r['data'], r['method']): r for r in csv.DictReader(open(paths['summary']))}
@@ -107,14 +113,38 @@ def test_aggregate_of_a_partial_grid(tmp_path):
     assert float(cyc['d_top1_vs_ce_const_wd_mean']) == pytest.approx(0.2)  # 0, 0.2, 0.4
     lt = rows[('c10lt100', 'ce')]
     assert (float(lt['many_mean']), float(lt['medium_mean']), float(lt['few_mean'])) == (80.0, 40.0, 10.0)
+    # The convergence check per run: CE's held-out top-1 gained 0.5, 1.5 and 2.5 points in its last fifth.
+    assert float(row['last_fifth_gain_mean']) == pytest.approx(10.0)
+    assert float(rows[('c10_4k', 'ce')]['last_fifth_gain_mean']) == pytest.approx(1.5)
+    # A focus method (CFL) is compared with every other loss of its setting, not only with the baselines; the
+    # cyclical-schedule runs are not losses and stay out of it.
+    assert float(row['d_top1_vs_fl3_mean']) == pytest.approx(1.0)  # cfl - (cfl - 2 + seed) = 2, 1, 0
+    assert row.get('d_top1_vs_ce_cyc_wd_mean') in (None, '')  # CSV rows share one header: empty, not absent
+    assert rows[('c10_4k', 'fl3')].get('d_top1_vs_cfl_authors_mean') in (None, '')
+    assert float(rows[('c10lt100', 'cfl_oltr')]['d_few_vs_ce_mean']) == pytest.approx(-4.0)
 
     table = paths['md'].read_text()
-    assert '**Runs done: 13 of 72**' in table and 'test machine' in table
+    assert '**Runs done: 17 of 72**' in table and 'test machine' in table
+    # 17 runs of 360 CPU-s; projected: (15 + 9 cells) x 3 seeds x 360 s = 7.2 h
+    assert 'finished runs: 1.70 h; the whole grid at each setting\'s mean per run: 7.20 h' in table
     assert '| cfl_authors | 3 | 72.00 ± 0.87 | +1.00 ± 0.50 (t +3.5) |' in table
+    assert '| 1.50 ± 0.00 | 1.5 ± 1.0 |' in table  # CE's T and last-fifth columns
+    assert '| cfl_authors | fl3 | 3 | +1.00 ± 1.00 (t +1.7) |' in table
+    assert '| cfl_oltr | ce | 1 | -1.00 |' in table and '| -4.0 |' in table  # LT focus row with Δ few
     assert '| c10_4k | ce_cyc_wd | ce_const_wd | 3 | +0.20 ± 0.20 (t +1.7) |' in table
     assert 'few = classes 6, 7, 8, 9' in table and '(t -' not in table  # constant differences get no t
-    assert len(list(csv.DictReader(open(paths['runs'])))) == 13
+    assert len(list(csv.DictReader(open(paths['runs'])))) == 17
     assert paths['png'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_last_fifth_gain_is_the_convergence_check():
+    curve = [{'epoch': e, 'holdout_top1': float(v), 'eval_top1': 1.0} for e, v in enumerate(range(50, 60))]
+    assert last_fifth_gain(curve) == 59.0 - 57.0  # after epoch 10 minus after epoch 8 (index 7)
+    # --val-interval 3: evaluated after epochs 3, 6, 9 and the last; the reference is the last within 8 epochs.
+    sparse = [row for row in curve if (row['epoch'] + 1) % 3 == 0 or row['epoch'] == 9]
+    assert last_fifth_gain(sparse) == 59.0 - 55.0
+    assert last_fifth_gain(curve, 'eval_top1') == 0.0
+    assert last_fifth_gain(curve, 'missing') is None and last_fifth_gain(curve[-1:]) is None
 
 
 def test_study_protocol_cells_and_flags():
@@ -221,3 +251,39 @@ def test_a_result_file_is_never_overwritten(tmp_path):
     assert summary['failed'] == [cell.name]
     assert json.loads((results / f'{cell.name}.json').read_text()) == {'earlier': True}
     assert not (tmp_path / 'runs' / cell.name / 'done.json').exists() and len(list(results.iterdir())) == 1
+
+
+def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
+    """``reproduce.py pilot``: the protocol's CE cell with other epochs (and extra flags), trained for real on digits;
+    its record holds the per-epoch curve and the convergence check, and is never overwritten."""
+    from reproduce import Protocol, run_pilot
+
+    data = tmp_path / 'data'
+    data.mkdir()
+    for split, source in (('train', 'train'), ('val', 'val'), ('monitor', 'val')):
+        (data / split).symlink_to(digits_dir / source, target_is_directory=True)
+    smoke = PROTOCOLS['smoke']
+    protocol = Protocol(name='tiny-study', description='test', common=smoke.common + ['--val-split', 'monitor'],
+                        data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
+                        epochs={'tiny': 2}, grid={'tiny': ('ce',)}, threads=1, score_split='validation')
+    path = run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5', ('--lr', '0.02'))
+    assert path == tmp_path / 'results' / 'tiny-study' / 'pilots' / 'p5.json'
+    record = json.loads(path.read_text())
+    assert [row['epoch'] for row in record['curve']] == list(range(5))
+    assert record['epochs_trained_here'] == 5 and record['cpu_seconds'] > 0 and record['wall_seconds'] > 0
+    held_out = [row['holdout_top1'] for row in record['curve']]
+    assert record['last_fifth_gain']['holdout_top1'] == pytest.approx(held_out[4] - held_out[3])
+    assert record['meets_criterion'] == (held_out[4] - held_out[3] < 1.0)
+    command = record['command']
+    last_lr = len(command) - 1 - command[::-1].index('--lr')  # the extra flag comes last, so it wins in argparse
+    assert command[command.index('--epochs') + 1] == '5' and command[last_lr + 1] == '0.02'
+    assert '$DATA' in command and str(tmp_path) not in ' '.join(command)  # no machine path in a committed record
+    with pytest.raises(ValueError, match='never overwritten'):
+        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5')
+    # A bad data setting is a usage error of the command line, before anything runs.
+    done = subprocess.run([sys.executable, str(BENCH_DIR / 'reproduce.py'), 'pilot', '--protocol', 'study-cpu',
+                           '--data-setting', 'c10', '--epochs', '40', '--name', 'x', '--data-dir', str(data),
+                           '--work-dir', str(tmp_path / 'work2'), '--results-dir', str(tmp_path / 'results2')],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--data-setting 'c10': protocol study-cpu has ['c10_4k', 'c10lt100']" in done.stderr
+    assert 'Traceback' not in done.stderr and not (tmp_path / 'work2').exists()
