@@ -287,3 +287,16 @@ def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--data-setting 'c10': protocol study-cpu has ['c10_4k', 'c10lt100']" in done.stderr
     assert 'Traceback' not in done.stderr and not (tmp_path / 'work2').exists()
+
+
+def test_data_share_bench_times_the_data_loop_and_the_whole_epoch(digits_dir, tmp_path):
+    """bench/study_data_share.py on digits: both loops run over the same loader; the data loop is a part of the
+    whole epoch, so its share lies in (0, 1)."""
+    import study_data_share
+
+    result = study_data_share.main(['--data-dir', str(digits_dir), '--repeats', '2', '--images', '320',
+                                    '--json', str(tmp_path / 'share.json')])
+    assert result['repeats_kept'] == 1 and 0 < result['data_share'] < 1
+    assert json.loads((tmp_path / 'share.json').read_text()) == result
+    with pytest.raises(SystemExit):  # more images than the folder holds: a usage error
+        study_data_share.main(['--data-dir', str(digits_dir), '--images', '100000'])
