@@ -192,11 +192,10 @@ def test_every_protocol_cell_is_a_valid_train_command(name, tmp_path):
     assert len(checked) == sum(len(m) for m in protocol.grid.values())
 
 
-def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scaling(digits_dir, tmp_path):
-    """A real study cell on digits PNGs: train.py with --holdout, the last checkpoint scored on the test split and
-    calibrated with a temperature fitted on the held-out split only."""
-    from reproduce import Protocol, make_train_cell
-    from reproduce_runner import Cell, GridRunner
+def _tiny_study(digits_dir, tmp_path):
+    """A data folder of digits PNGs (its test split doubles as the monitor split) and a one-cell study protocol
+    on it: the smoke protocol's tiny network, 240 training images plus 60 held out."""
+    from reproduce import Protocol
 
     data = tmp_path / 'data'
     data.mkdir()
@@ -207,6 +206,16 @@ def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scal
                         data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
                         epochs={'tiny': 2}, grid={'tiny': ('ce',)}, threads=1, score_split='validation',
                         temperature_scaling=True)
+    return data, protocol
+
+
+def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scaling(digits_dir, tmp_path):
+    """A real study cell on digits PNGs: train.py with --holdout, the last checkpoint scored on the test split and
+    calibrated with a temperature fitted on the held-out split only."""
+    from reproduce import make_train_cell
+    from reproduce_runner import Cell, GridRunner
+
+    data, protocol = _tiny_study(digits_dir, tmp_path)
     cell = Cell('ce', 'tiny', 0)
     summary = GridRunner([cell], tmp_path / 'runs', make_train_cell(protocol, data), heartbeat_interval=1,
                          stale_after=30, results_dir=tmp_path / 'results').run()
@@ -256,16 +265,9 @@ def test_a_result_file_is_never_overwritten(tmp_path):
 def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
     """``reproduce.py pilot``: the protocol's CE cell with other epochs (and extra flags), trained for real on digits;
     its record holds the per-epoch curve and the convergence check, and is never overwritten."""
-    from reproduce import Protocol, run_pilot
+    from reproduce import run_pilot
 
-    data = tmp_path / 'data'
-    data.mkdir()
-    for split, source in (('train', 'train'), ('val', 'val'), ('monitor', 'val')):
-        (data / split).symlink_to(digits_dir / source, target_is_directory=True)
-    smoke = PROTOCOLS['smoke']
-    protocol = Protocol(name='tiny-study', description='test', common=smoke.common + ['--val-split', 'monitor'],
-                        data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
-                        epochs={'tiny': 2}, grid={'tiny': ('ce',)}, threads=1, score_split='validation')
+    data, protocol = _tiny_study(digits_dir, tmp_path)
     path = run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5', ('--lr', '0.02'))
     assert path == tmp_path / 'results' / 'tiny-study' / 'pilots' / 'p5.json'
     record = json.loads(path.read_text())
