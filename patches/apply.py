@@ -86,6 +86,11 @@ class FilePlan:
 # Source helpers
 
 
+def _relative_imports(tree: ast.Module) -> list[ast.ImportFrom]:
+    """The module-level ``from .x import ...`` statements of a parsed file (where new imports are inserted)."""
+    return [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+
+
 def read_text(path: Path) -> str:
     with open(path, newline='') as f:  # line endings kept as they are, so a revert is byte for byte
         return f.read()
@@ -198,7 +203,7 @@ def uses_name(func: ast.AST, name: str) -> bool:
 def plan_loss_init(source: str) -> FilePlan:
     plan = FilePlan()
     tree = ast.parse(source)
-    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    imports = _relative_imports(tree)
     if not imports:
         plan.missing.append(f'{LOSS_INIT}: a module-level relative import (from .x import ...)')
         return plan
@@ -215,7 +220,7 @@ def plan_loss_factory(source: str) -> FilePlan:
     plan = FilePlan()
     tree = ast.parse(source)
     lines = split_lines(source)
-    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    imports = _relative_imports(tree)
     if imports:
         plan.inserts.append(Insert(imports[-1].end_lineno, '', [
             'from .cfl_loss_factory import LOSS_TYPES as CFL_LOSS_TYPES, create_loss as create_cfl_loss']))
@@ -261,7 +266,7 @@ def plan_loss_factory(source: str) -> FilePlan:
 def plan_scheduler_init(source: str) -> FilePlan:
     plan = FilePlan()
     tree = ast.parse(source)
-    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
+    imports = _relative_imports(tree)
     if not any(n.module == 'scheduler_factory' for n in imports):
         plan.missing.append(f'{SCHEDULER_INIT}: the module-level "from .scheduler_factory import ..."')
         return plan
