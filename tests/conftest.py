@@ -85,6 +85,18 @@ def write_digits_folder(dest: Path, image_size: int = 32, per_class: Optional[in
     return dest
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test, restored after it. On the shared 2-core CI machine thread
+    contention makes the default two threads several times slower for tiny batches, and one thread gives one
+    fixed reduction order, so two runs in one process are bit-identical."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope='session')
 def cifar10_archive() -> Path:
     """The CIFAR-10 JPEG archive in ``$CFL_TIMM_DATA`` (skips when absent)."""

@@ -32,12 +32,7 @@ def _train(output: Path, *extra: str) -> dict:
     return train.main(train.parse_args([*ARGS, '--output', str(output), *extra]))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # one fixed reduction order: runs in this process are bit-identical
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread per test
 
 
 def _operations_of_save(monkeypatch, output: Path, kill_at=None) -> list[str]:

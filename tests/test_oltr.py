@@ -233,17 +233,6 @@ def oltr_lists(image_folder, tmp_path):
     return list_dir
 
 
-@pytest.fixture
-def one_thread():
-    """Run the tiny trainings on one intra-op thread: on the shared 2-core CI machine, thread contention makes
-    the default two threads several times slower for 32 px batches of 16."""
-    import torch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _run_args(config, data_root, list_dir, output, *extra):
     from oltr.train import get_args_parser
     return get_args_parser().parse_args([

@@ -27,12 +27,7 @@ LOGGED_KEYS = {'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'eval_
                'weight_decay', 'temperature', 'clip_grad'}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread per test
 
 
 def _run(tmp_path, *argv, model='test_efficientnet'):

@@ -17,12 +17,7 @@ DIGITS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size',
 TS_COLUMNS = ('holdout_temperature', 'eval_nll_ts', 'eval_ece_ts', 'eval_brier_ts')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread per test
 
 
 def _run(tmp_path, argv):
