@@ -255,22 +255,29 @@ def _cpu_model() -> Optional[str]:
     return None
 
 
+def train_cell(protocol: Protocol, cell: Cell, data_dir: Path, run_dir: Path,
+               should_stop=lambda: False) -> tuple[list[str], float, float]:
+    """Run (or resume) train.py for ``cell`` in ``run_dir/train``; returns its command line and the wall and CPU
+    seconds it took. train.py runs in its own process group and is killed with this worker (never left running).
+    """
+    env = dict(os.environ)
+    if protocol.threads:
+        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
+    command = train_command(protocol, cell, data_dir, run_dir)
+    log_path = run_dir / 'train.log'
+    start, cpu_start = time.time(), _children_cpu_seconds()
+    returncode = run_guarded(command, run_dir, log_path, should_stop=should_stop, env=env, cwd=REPO_ROOT)
+    if returncode != 0:
+        raise CellFailed(returncode, tail(log_path))
+    return command, time.time() - start, _children_cpu_seconds() - cpu_start
+
+
 def make_train_cell(protocol: Protocol, data_dir: Path):
     """The default cell function: train.py in a subprocess, then the per-class evaluation of its checkpoint."""
     data_dir = Path(data_dir).resolve()
 
     def run_cell(cell: Cell, run_dir: Path, should_stop=lambda: False) -> dict[str, Any]:
-        env = dict(os.environ)
-        if protocol.threads:
-            env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
-        command = train_command(protocol, cell, data_dir, run_dir)
-        log_path = run_dir / 'train.log'
-        start, cpu_start = time.time(), _children_cpu_seconds()
-        # train.py runs in its own process group and is killed with this worker (never left running).
-        returncode = run_guarded(command, run_dir, log_path, should_stop=should_stop, env=env, cwd=REPO_ROOT)
-        train_seconds, train_cpu_seconds = time.time() - start, _children_cpu_seconds() - cpu_start
-        if returncode != 0:
-            raise CellFailed(returncode, tail(log_path))
+        command, train_seconds, train_cpu_seconds = train_cell(protocol, cell, data_dir, run_dir, should_stop)
         train_dir = run_dir / 'train'
         from cfl_timm.training import read_summary
         rows = read_summary(train_dir / 'summary.csv')
@@ -341,6 +348,8 @@ def run_pilot(protocol: Protocol, data_setting: str, epochs: int, data_dir: Path
     The record holds the per-epoch curve and the last-fifth gain of held-out and monitor top-1; the protocols
     want the held-out gain under one point. An existing record is never overwritten.
     """
+    if not name or Path(name).name != name or name in ('.', '..'):
+        raise ValueError(f'pilot name {name!r} must be a plain file name (no folders).')
     record_path = Path(results_dir) / protocol.name / 'pilots' / f'{name}.json'
     if record_path.exists():
         raise ValueError(f'pilot {name!r}: {record_path} exists; a pilot record is never overwritten '
@@ -350,20 +359,11 @@ def run_pilot(protocol: Protocol, data_setting: str, epochs: int, data_dir: Path
     cell = Cell('ce', data_setting, seed)
     run_dir = Path(work_dir).resolve() / protocol.name / 'pilots' / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if protocol.threads:
-        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(protocol.threads)
     data_dir = Path(data_dir).resolve()
-    command = train_command(pilot, cell, data_dir, run_dir)
     from cfl_timm.training import read_summary
     summary = run_dir / 'train' / 'summary.csv'
     epochs_before = len(read_summary(summary)) if summary.exists() else 0
-    start, cpu_start = time.time(), _children_cpu_seconds()
-    returncode = run_guarded(command, run_dir, run_dir / 'train.log', should_stop=lambda: False, env=env,
-                             cwd=REPO_ROOT)
-    if returncode != 0:
-        raise CellFailed(returncode, tail(run_dir / 'train.log'))
-    wall_seconds, cpu_seconds = time.time() - start, _children_cpu_seconds() - cpu_start
+    command, wall_seconds, cpu_seconds = train_cell(pilot, cell, data_dir, run_dir)
     curve = [{k: _number(row.get(k)) for k in PILOT_COLUMNS if row.get(k) not in (None, '')}
              for row in read_summary(summary)]
     gains = {key: last_fifth_gain(curve, key) for key in ('holdout_top1', 'eval_top1')}

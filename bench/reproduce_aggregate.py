@@ -154,14 +154,13 @@ def _cpu_hours(protocol: Protocol, records: list[dict[str, Any]]) -> str:
     timed = [r for r in records if isinstance(r.get('train_cpu_s'), (int, float))]
     if not timed:
         return ''
-    projected = 0.0
-    for data, methods in protocol.grid.items():
-        group = [r['train_cpu_s'] for r in timed if r['data'] == data]
-        if not group:
-            return f'train.py CPU time of the finished runs: {sum(r["train_cpu_s"] for r in timed) / 3600:.2f} h. '
-        projected += sum(group) / len(group) * len(methods) * len(protocol.seeds)
-    return (f'train.py CPU time of the finished runs: {sum(r["train_cpu_s"] for r in timed) / 3600:.2f} h; the '
-            f'whole grid at each setting\'s mean per run: {projected / 3600:.2f} h. ')
+    text = f'train.py CPU time of the finished runs: {sum(r["train_cpu_s"] for r in timed) / 3600:.2f} h'
+    per_setting = {data: [r['train_cpu_s'] for r in timed if r['data'] == data] for data in protocol.grid}
+    if all(per_setting.values()):  # a projection needs at least one timed run of every setting
+        projected = sum(sum(t) / len(t) * len(protocol.grid[data]) * len(protocol.seeds)
+                        for data, t in per_setting.items())
+        text += f'; the whole grid at each setting\'s mean per run: {projected / 3600:.2f} h'
+    return text + '. '
 
 
 def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_cells: int, machine: str,

@@ -282,6 +282,9 @@ def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
     assert '$DATA' in command and str(tmp_path) not in ' '.join(command)  # no machine path in a committed record
     with pytest.raises(ValueError, match='never overwritten'):
         run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5')
+    with pytest.raises(ValueError, match='must be a plain file name'):  # before anything runs or is written
+        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', '../p6')
+    assert not (tmp_path / 'results' / 'tiny-study' / 'p6.json').exists()
     # A bad data setting is a usage error of the command line, before anything runs.
     done = subprocess.run([sys.executable, str(BENCH_DIR / 'reproduce.py'), 'pilot', '--protocol', 'study-cpu',
                            '--data-setting', 'c10', '--epochs', '40', '--name', 'x', '--data-dir', str(data),
