@@ -275,6 +275,7 @@ def check_args(args: argparse.Namespace) -> None:
             import sklearn.metrics  # noqa: F401
         except ImportError:
             raise ImportError('--metrics-avg needs scikit-learn: pip install scikit-learn') from None
+    check_output_paths(args)
     if not args.no_plot or args.prediction_grid:
         from cfl_timm.plotting import require_matplotlib
         require_matplotlib()
@@ -619,9 +620,34 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     return {**result, 'files': files, 'results_row': row}
 
 
-def write_outputs(args, result, row, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Every file this command writes, by the flag that names it (defaults resolved): the one place they are
+    computed, for the collision check and for the writers."""
     json_path = Path(args.output_json) if args.output_json else (
         Path(args.checkpoint).resolve().parent if args.checkpoint else Path('.')) / f'calibration-{args.split}.json'
+    paths = {'--output-json': json_path}
+    if args.results_file:
+        paths['--results-file'] = Path(args.results_file)
+    if not args.no_plot:
+        paths['--plot'] = Path(args.plot) if args.plot else json_path.with_suffix('.png')
+    if args.prediction_grid:
+        paths['--prediction-grid'] = Path(args.prediction_grid)
+    return paths
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """ValueError when two outputs of this command are the same file (one would overwrite the other)."""
+    seen: dict[Path, str] = {}
+    for flag, path in output_paths(args).items():
+        resolved = path.expanduser().resolve()
+        if resolved in seen:
+            raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
+        seen[resolved] = flag
+
+
+def write_outputs(args, result, row, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
+    paths = output_paths(args)
+    json_path = paths['--output-json']
     atomic_write_text(json_path, json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
     files = {'json': str(json_path)}
     if args.results_file:
@@ -629,8 +655,7 @@ def write_outputs(args, result, row, panels, dataset, evaluation, data_config, n
         files['results'] = args.results_file
     if not args.no_plot:
         from cfl_timm.plotting import plot_reliability_diagrams
-        plot_path = Path(args.plot) if args.plot else json_path.with_suffix('.png')
-        files['plot'] = str(plot_reliability_diagrams(panels, plot_path))
+        files['plot'] = str(plot_reliability_diagrams(panels, paths['--plot']))
     if args.prediction_grid:
         files['prediction_grid'] = draw_prediction_grid(args, dataset, evaluation, data_config, num_classes,
                                                         args.prediction_grid)

@@ -85,6 +85,27 @@ def write_digits_folder(dest: Path, image_size: int = 32, per_class: Optional[in
     return dest
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _temp_folder_inside_basetemp(tmp_path_factory):
+    """Point TMPDIR (and :mod:`tempfile`) at a folder inside pytest's base temp folder for the whole session.
+
+    torchrun (torchelastic_* folders), W&B and every other subprocess inherit it, so a suite run leaves nothing in
+    the system temp folder; the base temp folder itself is ``--basetemp`` (pyproject's addopts: inside the
+    checkout, emptied by pytest at the start of the next run)."""
+    import tempfile
+    folder = tmp_path_factory.getbasetemp() / 'tmpdir'
+    folder.mkdir(exist_ok=True)
+    previous = os.environ.get('TMPDIR')
+    os.environ['TMPDIR'] = str(folder)
+    tempfile.tempdir = None  # gettempdir() caches its answer: make it read TMPDIR again
+    yield
+    if previous is None:
+        os.environ.pop('TMPDIR', None)
+    else:
+        os.environ['TMPDIR'] = previous
+    tempfile.tempdir = None
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test, restored after it. On the shared 2-core CI machine thread

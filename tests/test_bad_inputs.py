@@ -192,6 +192,9 @@ VALIDATE_ROWS = [
       '{files}/focal.pth.tar', '--num-gpu', '2'),
     V('`--checkpoint` that is not a checkpoint', 'is not a readable checkpoint', '--dataset', 'sklearn/digits',
       '--checkpoint', '{files}/text.pth.tar'),
+    V('two outputs naming one file (`--results-file` = `--prediction-grid`)', 'name the same file', '--dataset',
+      'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--results-file', '{files}/same.png',
+      '--prediction-grid', '{files}/same.png'),
     V('a corrupt image in the evaluated split', 'corrupt image', '--data-dir', '{files}/corrupt', '--checkpoint',
       '{files}/focal.pth.tar', '--split', 'val'),
 ]
