@@ -1,0 +1,51 @@
+"""Eager input checks shared by the model-free evaluation metrics (one place, so every metric words errors alike)."""
+import torch
+
+__all__ = ['check_logits', 'check_scores', 'check_targets']
+
+
+def check_logits(logits: torch.Tensor, name: str = 'logits') -> torch.Tensor:
+    """Return ``logits`` detached as float64 on the CPU after checking it is a finite, non-empty (N, K >= 2) tensor."""
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f'{name} must be a torch.Tensor of shape (N, K), got {type(logits).__name__}.')
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f'{name} must have shape (N, K) with K >= 2, got {tuple(logits.shape)}.')
+    if logits.shape[0] == 0:
+        raise ValueError(f'{name} is empty (N = 0); at least one sample is needed.')
+    if not logits.is_floating_point():
+        raise ValueError(f'{name} must be a floating-point tensor, got {logits.dtype}.')
+    logits = logits.detach().cpu().double()
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(f'{name} contains NaN or infinite values.')
+    return logits
+
+
+def check_targets(targets: torch.Tensor, num_samples: int, num_classes: int, name: str = 'targets') -> torch.Tensor:
+    """Return ``targets`` as int64 on the CPU after checking it is (N,) integer class indices in [0, K)."""
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError(f'{name} must be a torch.Tensor of class indices, got {type(targets).__name__}.')
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(f'{name} must hold integer class indices (e.g. torch.int64), got {targets.dtype}.')
+    if targets.shape != (num_samples,):
+        raise ValueError(f'{name} must have shape ({num_samples},) to match the logits, got {tuple(targets.shape)}.')
+    targets = targets.detach().cpu().long()
+    if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
+        raise ValueError(f'{name} class indices must lie in [0, {num_classes}), got values in '
+                         f'[{int(targets.min())}, {int(targets.max())}].')
+    return targets
+
+
+def check_scores(scores: torch.Tensor, name: str = 'scores') -> torch.Tensor:
+    """Return ``scores`` as a float64 CPU vector after checking it is a finite, non-empty 1-D tensor."""
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f'{name} must be a 1-D torch.Tensor, got {type(scores).__name__}.')
+    if scores.dim() != 1:
+        raise ValueError(f'{name} must be 1-D, got shape {tuple(scores.shape)}.')
+    if scores.numel() == 0:
+        raise ValueError(f'{name} is empty; at least one score is needed.')
+    if not (scores.is_floating_point() or scores.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f'{name} must be a real-valued tensor, got {scores.dtype}.')
+    scores = scores.detach().cpu().double()
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f'{name} contains NaN or infinite values.')
+    return scores
