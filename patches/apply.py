@@ -28,12 +28,19 @@ What it does (see patches/README.md):
 Insertion points are found from the code's structure with :mod:`ast` (a named statement or function), never
 from line numbers. Every inserted line carries the marker ``# cfl-timm`` and no upstream line is changed, so
 ``--revert`` (dropping the marked lines and deleting the copied files) restores each file byte for byte, and a
-second run changes nothing. Every anchor is resolved before anything is written: if one is missing, nothing
-is written and each missing anchor is named.
+second run changes nothing. Every problem (a missing anchor, source file or checkout file, a read-only target,
+a foreign file at a copy destination) is found before anything is written: then nothing is written and each
+problem is named.
+
+Standard library only, and nothing imported from this project: the tool runs with a bare ``python3`` (3.10+)
+that has neither torch nor cfl-timm installed.
 """
 import argparse
 import ast
 import difflib
+import os
+import secrets
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,8 +98,34 @@ def _relative_imports(tree: ast.Module) -> list[ast.ImportFrom]:
     return [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically: a temp file in the same folder is
+    fsynced, then moved over ``path`` with ``os.replace``, so a crash leaves the old file or the new one, never a
+    torn one. A replaced file keeps its mode; a new one gets 0666 minus the umask, as with ``open()``.
+
+    Deliberately not cfl_timm's writer: this script has to run where cfl-timm (and torch) is not installed.
+    """
+    try:
+        keep_mode: Optional[int] = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        keep_mode = None
+    tmp = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        if keep_mode is not None:
+            os.fchmod(fd, keep_mode)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(text.encode('utf-8'))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read_text(path: Path) -> str:
-    with open(path, newline='') as f:  # line endings kept as they are, so a revert is byte for byte
+    with open(path, newline='', encoding='utf-8') as f:  # line endings kept as they are, so a revert is byte for byte
         return f.read()
 
 
@@ -380,18 +413,33 @@ def check_self_contained(relpath: str, text: str) -> list[str]:
     return problems
 
 
-def copied_sources() -> dict[str, str]:
-    sources = {}
-    for dest, src in COPIED_FILES.items():
-        path = REPO_ROOT / src
-        if not path.is_file():
-            raise PatchError(f'source file {src} is missing from this repository')
-        sources[dest] = read_text(path)
-    return sources
+def copied_sources() -> tuple[dict[str, str], list[str]]:
+    """({destination: text} of the copied modules, a problem for each source missing from this repository)."""
+    missing = [src for src in COPIED_FILES.values() if not (REPO_ROOT / src).is_file()]
+    sources = {dest: read_text(REPO_ROOT / src) for dest, src in COPIED_FILES.items() if src not in missing}
+    return sources, [f'source file {src} is missing from this repository' for src in missing]
 
 
-def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str, tuple[Optional[str], Optional[str]]]:
-    """{relative path: (current text or None, new text or None)} for every file that changes."""
+def write_problems(checkout: Path, changes: dict[str, tuple[Optional[str], Optional[str]]]) -> list[str]:
+    """Why a planned change could not be written: a read-only file (its mode is respected, even where the user
+    could replace it, e.g. as root) or a folder where no file can be created or removed."""
+    problems = []
+    for rel, (old, _) in changes.items():
+        path = checkout / rel
+        if old is not None and (not os.stat(path).st_mode & 0o222 or not os.access(path, os.W_OK)):
+            problems.append(f'{rel} is read-only')
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            problems.append(f'{Path(rel).parent} is not a writable folder')
+    return problems
+
+
+def build_plan(checkout: Path, *, revert: bool, library_only: bool,
+               writing: bool = True) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """{relative path: (current text or None, new text or None)} for every file that changes.
+
+    Raises :class:`PatchError` naming every problem found, before anything is written; with ``writing`` (a real
+    run or its dry run) that includes files or folders that could not be written.
+    """
     if not (checkout / LOSS_INIT).is_file():
         raise PatchError(f'{checkout} is not a timm checkout: {LOSS_INIT} is missing')
     if not (checkout / SCHEDULER_INIT).is_file():
@@ -406,7 +454,11 @@ def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str,
     changes: dict[str, tuple[Optional[str], Optional[str]]] = {}
     was_patched = False
     for rel in targets:
-        current = read_text(checkout / rel)
+        try:
+            current = read_text(checkout / rel)
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f'{rel} cannot be read ({e})')
+            continue
         original = strip_marked(current)
         was_patched |= original != current
         if revert:
@@ -422,11 +474,16 @@ def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str,
         if new != current:
             changes[rel] = (current, new)
 
-    sources = copied_sources()
+    sources, missing = copied_sources()
+    problems += missing
     for dest, text in sources.items():
         problems += check_self_contained(dest, text)
         path = checkout / dest
-        current = read_text(path) if path.is_file() else None
+        try:
+            current = read_text(path) if path.is_file() else None
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f'{dest} cannot be read ({e})')
+            continue
         ours = was_patched or current is None or current == text
         if current is not None and not ours:
             problems.append(f'{dest} already exists and was not written by this tool; move it away first')
@@ -434,32 +491,38 @@ def build_plan(checkout: Path, *, revert: bool, library_only: bool) -> dict[str,
             changes[dest] = (current, None)
         elif not revert and current != text:
             changes[dest] = (current, text)
+    if writing:
+        problems += write_problems(checkout, changes)
     if problems:
         action = 'revert' if revert else 'patch'
+        if len(problems) == 1:
+            raise PatchError(f'cannot {action} {checkout}: {problems[0]}; nothing was changed')
         listing = '\n'.join(f'  - {p}' for p in problems)
         raise PatchError(f'cannot {action} {checkout}; nothing was changed:\n{listing}')
     return changes
 
 
 def write_changes(checkout: Path, changes: dict[str, tuple[Optional[str], Optional[str]]]) -> None:
-    """Write every change atomically per file; on any failure restore the files already written."""
-    from cfl_timm.training.io import atomic_write_bytes
+    """Write every change atomically per file; on any failure restore the files already written. Called only
+    after :func:`build_plan` found nothing in the way, so a failure here is the system's (disk full, ...)."""
     done: list[tuple[Path, Optional[str]]] = []
+    rel = ''
     try:
         for rel, (old, new) in changes.items():
             path = checkout / rel
             if new is None:
                 path.unlink()
             else:
-                # The project's one atomic writer: a replaced file keeps its mode, a new one follows the umask.
-                atomic_write_bytes(path, lambda f, text=new: f.write(text.encode('utf-8')))
+                atomic_write_text(path, new)
             done.append((path, old))
-    except BaseException:
+    except BaseException as e:
         for path, old in reversed(done):
             if old is None:
                 path.unlink(missing_ok=True)
             else:
-                path.write_text(old, newline='')
+                atomic_write_text(path, old)
+        if isinstance(e, OSError):
+            raise PatchError(f'writing {rel} failed ({e}); the files written before it were restored') from e
         raise
 
 
@@ -496,15 +559,17 @@ def refresh_diffs(directory: Path) -> list[Path]:
     """Rewrite the copied files' sections of every ``timm-*-library.diff`` in ``directory`` from the current
     sources (no timm checkout needed: a copied file's diff is its whole text). Sections of files the tool no longer
     copies are dropped and newly copied files are added, in the tool's order. Returns the files rewritten."""
-    sources = copied_sources()
+    sources, missing = copied_sources()
+    if missing:
+        raise PatchError('; '.join(missing))
     rewritten = []
     for path in sorted(directory.glob('timm-*-library.diff')):
-        text = path.read_text()
+        text = read_text(path)
         inserted = {rel: section for rel, section in split_diff(text) if '\nnew file mode ' not in section}
         sections = {**inserted, **{rel: unified_diff(rel, None, source) for rel, source in sources.items()}}
         new = ''.join(sections[rel] for rel in sorted(sections, key=lambda r: (r == TRAIN, r)))
         if new != text:
-            path.write_text(new)
+            atomic_write_text(path, new)
             rewritten.append(path)
     return rewritten
 
@@ -522,37 +587,45 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help='after a change to a copied module: rewrite its part of the committed patches/*.diff')
     args = parser.parse_args(argv)
     if args.refresh_diffs:
-        for path in refresh_diffs(Path(__file__).resolve().parent):
+        try:
+            rewritten = refresh_diffs(Path(__file__).resolve().parent)
+        except PatchError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
+        for path in rewritten:
             print(f'rewrote {path.name}')
         return 0
     if args.checkout is None:
         parser.error('the timm checkout path is required')
     if args.revert and args.write_diffs:
         parser.error('--write-diffs cannot be combined with --revert')
+    if args.write_diffs and not Path(args.write_diffs).resolve().parent.is_dir():
+        parser.error(f'--write-diffs {args.write_diffs}: the folder {Path(args.write_diffs).parent} does not exist')
     checkout = args.checkout.resolve()
     try:
-        if args.write_diffs:
-            if build_plan(checkout, revert=True, library_only=args.library_only):
+        if args.write_diffs:  # reads the checkout only
+            if build_plan(checkout, revert=True, library_only=args.library_only, writing=False):
                 raise PatchError(f'{checkout} is patched already; diffs are made from an unpatched checkout '
                                  '(run --revert first)')
-            changes = build_plan(checkout, revert=False, library_only=args.library_only)
+            changes = build_plan(checkout, revert=False, library_only=args.library_only, writing=False)
             for kind, text in diffs(changes).items():
                 if text:
-                    Path(f'{args.write_diffs}-{kind}.diff').write_text(text)
+                    atomic_write_text(Path(f'{args.write_diffs}-{kind}.diff'), text)
                     print(f'wrote {args.write_diffs}-{kind}.diff')
             return 0
+        # A dry run checks exactly what a real run checks, so it fails where the real run would.
         changes = build_plan(checkout, revert=args.revert, library_only=args.library_only)
+        if not changes:
+            print(f'{checkout}: already {"unpatched" if args.revert else "patched"}, nothing to do')
+            return 0
+        if args.dry_run:
+            sys.stdout.write(''.join(diffs(changes).values()))
+            print(f'dry run: {len(changes)} file(s) would change', file=sys.stderr)
+            return 0
+        write_changes(checkout, changes)
     except PatchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    if not changes:
-        print(f'{checkout}: already {"unpatched" if args.revert else "patched"}, nothing to do')
-        return 0
-    if args.dry_run:
-        sys.stdout.write(''.join(diffs(changes).values()))
-        print(f'dry run: {len(changes)} file(s) would change', file=sys.stderr)
-        return 0
-    write_changes(checkout, changes)
     verb = 'reverted' if args.revert else 'patched'
     for rel, (old, new) in changes.items():
         print(f'{verb}: {rel}' + (' (removed)' if new is None else ' (created)' if old is None else ''))

@@ -6,6 +6,7 @@ for the installed timm must equal what the tool produces now; the committed v1.0
 the copied files and the lines the tool inserts today (their upstream context was checked against the real
 v1.0.28 tag with ``git apply --check``, see patches/README.md).
 """
+import ast
 import csv
 import hashlib
 import json
@@ -148,6 +149,89 @@ def test_missing_anchors_change_nothing_and_are_all_named(checkout, capsys):
     assert 'timm/loss/_loss_factory.py: the module-level assignment LOSS_TYPES = (...)' in err
     assert 'train.py: train_one_epoch(): "lr_scheduler.step_update(...)"' in err
     assert tree_digest(checkout) == before  # the anchors that were found were not applied either
+
+
+def bare_python(cwd: Path) -> list[str]:
+    """A Python 3.10+ that can import neither torch nor cfl_timm: the system python3 where it has neither, else
+    this interpreter with -S (no site-packages). -I keeps out PYTHON* variables, the user site and the script's
+    folder."""
+    probe = ('import importlib.util, sys; print(sys.version_info >= (3, 10) and not any('
+             'importlib.util.find_spec(m) for m in ("torch", "cfl_timm")))')
+    system = shutil.which('python3', path=os.defpath)
+    for command in ([[system, '-I']] if system else []) + [[sys.executable, '-I', '-S']]:
+        result = subprocess.run([*command, '-c', probe], cwd=cwd, env={'PATH': os.defpath}, capture_output=True,
+                                text=True, timeout=60)
+        if result.stdout.strip() == 'True':
+            return command
+    raise AssertionError(f'no Python without torch and cfl_timm: {result.stdout} {result.stderr}')
+
+
+def test_apply_imports_the_standard_library_only():
+    tree = ast.parse((PATCHES / 'apply.py').read_text())  # every import, deferred ones included
+    modules = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert None not in modules  # no relative import
+    assert {m for m in modules if m.split('.')[0] not in sys.stdlib_module_names} == set()
+
+
+def run_bare(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """patches/apply.py run by a bare Python, from a folder outside this repository."""
+    return subprocess.run([*bare_python(cwd), str(PATCHES / 'apply.py'), *map(str, argv)], cwd=cwd,
+                          env={'PATH': os.defpath}, capture_output=True, text=True, timeout=300)
+
+
+def test_bare_python_patches_and_reverts(checkout, tmp_path, capsys):
+    reference = tmp_path / 'reference'
+    shutil.copytree(checkout, reference)
+    assert run_tool(reference, capsys=capsys)[0] == 0  # the same tool, run inside the test environment
+    before = tree_digest(checkout)
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+
+    dry = run_bare(checkout, '--dry-run', cwd=outside)
+    assert dry.returncode == 0 and 'would change' in dry.stderr, dry.stderr
+    assert tree_digest(checkout) == before
+    result = run_bare(checkout, cwd=outside)
+    assert result.returncode == 0, result.stderr
+    assert tree_digest(checkout) == tree_digest(reference)
+    for dest, src in apply.COPIED_FILES.items():  # the project's modules, byte for byte
+        assert (checkout / dest).read_bytes() == (REPO_ROOT / src).read_bytes(), dest
+    assert 'already patched' in run_bare(checkout, cwd=outside).stdout
+    result = run_bare(checkout, '--revert', cwd=outside)
+    assert result.returncode == 0, result.stderr
+    assert tree_digest(checkout) == before
+
+
+@pytest.mark.parametrize('problem', ['read-only file', 'missing anchor'])
+def test_bare_python_reports_a_problem_in_one_line_and_writes_nothing(problem, checkout, tmp_path):
+    if problem == 'read-only file':
+        target = checkout / apply.SCHEDULER_INIT
+        target.chmod(0o444)
+        expected = f'{apply.SCHEDULER_INIT} is read-only'
+    else:
+        train = checkout / 'train.py'
+        train.write_text(train.read_text().replace('lr_scheduler.step_update(', 'lr_scheduler.step('))
+        expected = 'train.py: train_one_epoch(): "lr_scheduler.step_update(...)"'
+    modes = {p: p.stat().st_mode for p in checkout.rglob('*')}
+    before = tree_digest(checkout)
+    for argv in (['--dry-run'], []):  # the dry run fails exactly where the real run would
+        result = run_bare(checkout, *argv, cwd=tmp_path)
+        assert result.returncode == 1 and result.stdout == '', result.stderr
+        line, = result.stderr.splitlines()
+        assert line.startswith(f'error: cannot patch {checkout}: ') and expected in line, line
+        assert line.endswith('nothing was changed'), line
+        assert tree_digest(checkout) == before
+        assert {p: p.stat().st_mode for p in checkout.rglob('*')} == modes
+
+
+def test_missing_source_file_is_found_before_writing(checkout, monkeypatch, capsys):
+    monkeypatch.setitem(apply.COPIED_FILES, 'timm/loss/extra.py', 'cfl_timm/not_there.py')
+    before = tree_digest(checkout)
+    code, _, err = run_tool(checkout, capsys=capsys)
+    assert code == 1
+    assert err.strip() == (f'error: cannot patch {checkout}: source file cfl_timm/not_there.py is missing from this '
+                           'repository; nothing was changed')
+    assert tree_digest(checkout) == before
 
 
 def test_foreign_file_at_a_copy_destination_is_refused(checkout, capsys):
