@@ -234,6 +234,25 @@ def test_missing_source_file_is_found_before_writing(checkout, monkeypatch, caps
     assert tree_digest(checkout) == before
 
 
+def test_a_failed_write_restores_the_files_written_before_it(checkout, monkeypatch, capsys):
+    real_write, calls = apply.atomic_write_text, []
+
+    def disk_full_at_the_third_file(path: Path, text: str) -> None:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, 'No space left on device')
+        real_write(path, text)
+
+    monkeypatch.setattr(apply, 'atomic_write_text', disk_full_at_the_third_file)
+    before = tree_digest(checkout)
+    code, out, err = run_tool(checkout, capsys=capsys)
+    assert code == 1 and out == ''
+    rel = calls[2].relative_to(checkout).as_posix()
+    assert err.strip() == (f'error: writing {rel} failed ([Errno 28] No space left on device); the files written '
+                           'before it were restored')
+    assert tree_digest(checkout) == before
+
+
 def test_foreign_file_at_a_copy_destination_is_refused(checkout, capsys):
     foreign = checkout / 'timm' / 'scheduler' / 'cyclical.py'
     foreign.write_text('# a user file\n')
