@@ -119,7 +119,7 @@ class _AffineScaling(PosthocCalibrator):
     regularise = True
 
     def __init__(self, grid: Sequence[float] = DEFAULT_ODIR_GRID, folds: int = DEFAULT_FOLDS,
-                 max_iter: int = 500) -> None:
+                 max_iter: int = 200) -> None:
         super().__init__()
         if not grid or min(grid) < 0:
             raise ValueError(f'the ODIR grid must be non-empty and non-negative, got {tuple(grid)}.')
@@ -154,8 +154,8 @@ class _AffineScaling(PosthocCalibrator):
 
         with torch.no_grad():
             start = (float(objective()), weight.clone(), bias.clone())
-        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-10,
-                                      tolerance_change=1e-14, history_size=20, line_search_fn='strong_wolfe')
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-9,
+                                      tolerance_change=1e-12, history_size=20, line_search_fn='strong_wolfe')
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
