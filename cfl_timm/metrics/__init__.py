@@ -16,6 +16,7 @@ from .ood import (
     neg_entropy,
     ood_metrics,
 )
+from .posthoc import POSTHOC_METHODS, PosthocCalibrator, fit_posthoc, posthoc_from_state
 from .selective import aurc, eaurc, optimal_aurc, risk_coverage_curve
 from .smooth_ece import smooth_ece, smooth_ece_at_bandwidth
 from .temperature import FIT_METHODS, check_calibration_split, fit_temperature, is_test_split
