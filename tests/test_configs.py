@@ -146,3 +146,11 @@ def test_unknown_flag_far_from_every_flag_keeps_argparse_message(capsys):
         train.parse_args(['--zzqqxxy', '3'])
     assert e.value.code == 2
     assert 'train.py: error: unrecognized arguments: --zzqqxxy' in capsys.readouterr().err.splitlines()
+
+
+def test_config_key_near_miss_names_the_right_key(tmp_path):
+    config = tmp_path / 'typo.yaml'
+    config.write_text('clIp_max: 3.0\nmodle: resnet18\n', encoding='utf-8')
+    with pytest.raises(ValueError, match=r"\['clIp_max', 'modle'\] \(clIp_max: did you mean clip_max\?\) "
+                                         r"\(modle: did you mean model\?\)"):
+        train.parse_args(['-c', str(config)])

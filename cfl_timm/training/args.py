@@ -662,7 +662,9 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         except ValueError as e:
             raise UsageError(str(e)) from None
     if unknown:
-        raise UsageError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
+        hints = {key: suggest_flag(str(key), list(actions)) for key in unknown}
+        hints = ''.join(f' ({key}: did you mean {hint}?)' for key, hint in hints.items() if hint)
+        raise UsageError(f'Unknown keys in config {path}: {unknown}{hints}; keys are flag names such as model, '
                          'batch_size, focal_loss, T_min.')
     return resolved
 
