@@ -92,7 +92,15 @@ from cfl_timm.training import (
     run_dir_in_use,
     save_args_yaml,
 )
-from cfl_timm.training.args import UsageError, add_train_args, check_args, load_config, loss_name, mixup_active
+from cfl_timm.training.args import (
+    TrainArgumentParser,
+    UsageError,
+    add_train_args,
+    check_args,
+    load_config,
+    loss_name,
+    mixup_active,
+)
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 
@@ -109,7 +117,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     The groups live in :mod:`cfl_timm.training.args` (one ``add_<group>_args`` function each).
     """
-    parser = argparse.ArgumentParser(prog='train.py', add_help=add_help,
+    parser = TrainArgumentParser(prog='train.py', add_help=add_help,
                                      description='cfl-timm training (timm command line + cyclical training)')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config file; its values become defaults that explicit flags override')

@@ -26,6 +26,7 @@ Structure (add a flag to the group function of its area, and its check to the ma
 This module only describes and checks the command line; it builds nothing (train.py does).
 """
 import argparse
+import difflib
 import os
 from collections.abc import Callable
 from typing import Any, Optional
@@ -52,7 +53,7 @@ __all__ = [
     'add_augmentation_args', 'add_batchnorm_args', 'add_cyclical_args', 'add_dataset_args', 'add_device_args',
     'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
     'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
-    'UsageError',
+    'suggest_flag', 'TrainArgumentParser', 'UsageError',
     'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
 ]
 
@@ -74,6 +75,38 @@ def both_spellings(name: str) -> list[str]:
     dashed = name[:2] + name[2:].replace('_', '-')
     underscored = name[:2] + name[2:].replace('-', '_')
     return list(dict.fromkeys([name, underscored, dashed]))
+
+
+def _flag_key(flag: str) -> str:
+    return flag.lower().replace('_', '-')
+
+
+def suggest_flag(flag: str, option_strings: list[str]) -> Optional[str]:
+    """The known flag an unknown ``flag`` most likely meant: first one equal but for case and '-'/'_', else
+    ``difflib``'s closest (``--clIp_max`` -> ``--clip_max``); None when nothing is close."""
+    exact = [option for option in option_strings if _flag_key(option) == _flag_key(flag)]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(flag, option_strings, n=1)
+    return close[0] if close else None
+
+
+class TrainArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose error for an unknown flag names the closest known one (a one-line usage error,
+    exit status 2), so a mistyped flag is neither silently dropped nor left to guesswork."""
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [item.split('=', 1)[0] for item in extras if item.startswith('-') and item != '-']
+            options = [option for action in self._actions for option in action.option_strings
+                       if option.startswith('--')]
+            for flag in flags:
+                suggestion = suggest_flag(flag, options)
+                if suggestion:
+                    self.error(f'unrecognized argument {flag}; did you mean {suggestion}?')
+            self.error(f'unrecognized arguments: {" ".join(extras)}')
+        return args
 
 
 class KeyValueArgs(ParseKwargs):
@@ -465,7 +498,8 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
     for key, value in LOSS_FLAG_KWARGS.items():
         defaults = ', '.join(f'{defaults[key]} for {name}' for name, defaults in CALIBRATION_LOSS_DEFAULTS.items()
                              if key in defaults)
-        group.add_argument(*both_spellings('--' + key), dest=key, type=type(value), default=None,
+        aliases = both_spellings(ADAFOCAL_FLAG_ALIASES[key]) if key in ADAFOCAL_FLAG_ALIASES else []
+        group.add_argument(*both_spellings('--' + key), *aliases, dest=key, type=type(value), default=None,
                            metavar=type(value).__name__.upper(), help=f'(default: {defaults})')
     group.add_argument('--holdout', type=int, default=None, metavar='N',
                        help='carve a stratified held-out calibration split of N images (fixed by --seed, eval '
@@ -477,6 +511,11 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                             'needs --holdout; the evaluation/test split is never used for it) instead of '
                             '--eval-metric (default: --eval-metric)')
 
+
+# The spellings of AdaFocal's flags in the multi-loss CIFAR seed script (ML), accepted as aliases of ours; its
+# --adafocal-lambda, --adafocal-gamma-max/-min and --adafocal-update-every already are our spellings.
+ADAFOCAL_FLAG_ALIASES = {'adafocal_bins': '--adafocal-num-bins', 'adafocal_gamma_init': '--adafocal-gamma-initial',
+                         'adafocal_switch': '--adafocal-switch-pt'}
 
 # The calibration losses' factory keywords with their official defaults (one CLI flag each).
 LOSS_FLAG_KWARGS = {key: value for defaults in CALIBRATION_LOSS_DEFAULTS.values() for key, value in defaults.items()}
@@ -623,7 +662,9 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         except ValueError as e:
             raise UsageError(str(e)) from None
     if unknown:
-        raise UsageError(f'Unknown keys in config {path}: {unknown}; keys are flag names such as model, '
+        hints = {key: suggest_flag(str(key), list(actions)) for key in unknown}
+        hints = ''.join(f' ({key}: did you mean {hint}?)' for key, hint in hints.items() if hint)
+        raise UsageError(f'Unknown keys in config {path}: {unknown}{hints}; keys are flag names such as model, '
                          'batch_size, focal_loss, T_min.')
     return resolved
 
