@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution',
-           'plot_training_curves', 'require_matplotlib']
+           'plot_training_curves', 'require_matplotlib', 'training_curves_figure']
 
 # summary.csv columns drawn by plot_training_curves: (panel title, columns, second-axis columns).
 _CURVE_PANELS = (
@@ -192,20 +192,23 @@ def _read_summary_columns(path: Path) -> dict[str, list[float]]:
     return columns
 
 
-def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
-                         labels: Optional[Sequence[str]] = None) -> Path:
-    """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
-    threshold on a second axis, logarithmic when they span more than a factor 50) against the epoch, for one or
-    several runs, as one PNG.
+def _set_schedule_scale(axis, values: Sequence[float]) -> None:
+    """A logarithmic y-axis when the positive values span more than a factor 50, so that weight decay (1e-4 ..
+    1e-3) shows beside eta, T (~1) and clip thresholds (~10-100). A cyclical eta reaches exactly 0, where a log
+    axis is undefined: then symlog, linear below the smallest positive value and logarithmic above it."""
+    finite = [v for v in values if not math.isnan(v)]
+    positive = [v for v in finite if v > 0]
+    if not positive or max(positive) / min(positive) <= 50 or min(finite) < 0:
+        return
+    if min(finite) > 0:
+        axis.set_yscale('log')
+        return
+    axis.set_yscale('symlog', linthresh=min(positive), linscale=0.5)
+    axis.set_ylim(0, max(positive) * 2)
 
-    Args:
-        summaries: ``summary.csv`` files or train.py run folders holding one.
-        path: Output PNG path.
-        labels: One label per run (default: the run folder names).
 
-    Returns:
-        The path written.
-    """
+def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Sequence[str]] = None):
+    """The matplotlib figure of :func:`plot_training_curves` (for callers that inspect or restyle it)."""
     if not summaries:
         raise ValueError('plot_training_curves needs at least one summary.csv.')
     files = [Path(s) / 'summary.csv' if Path(s).is_dir() else Path(s) for s in summaries]
@@ -237,16 +240,31 @@ def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
         handles, names = axis.get_legend_handles_labels()
         if twin is not None:
             # The schedules span orders of magnitude (weight decay 1e-4, eta and T ~1, clip thresholds ~10-100).
-            values = [v for run in runs for key in right for v in run.get(key, []) if not math.isnan(v)]
-            if values and min(values) > 0 and max(values) / min(values) > 50:
-                twin.set_yscale('log')
+            _set_schedule_scale(twin, [v for run in runs for key in right for v in run.get(key, [])])
             twin.set_ylabel(' / '.join(k for k in right if any(k in run for run in runs)), fontsize=8)
             more_handles, more_names = twin.get_legend_handles_labels()
             handles, names = handles + more_handles, names + more_names
         if handles:
             axis.legend(handles, names, fontsize=6, loc='best')
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
+
+
+def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
+                         labels: Optional[Sequence[str]] = None) -> Path:
+    """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
+    threshold on a second axis, logarithmic, or symlog when eta reaches 0, when they span more than a factor 50)
+    against the epoch, for one or several runs, as one PNG.
+
+    Args:
+        summaries: ``summary.csv`` files or train.py run folders holding one.
+        path: Output PNG path.
+        labels: One label per run (default: the run folder names).
+
+    Returns:
+        The path written.
+    """
+    return _save(training_curves_figure(summaries, labels), path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
