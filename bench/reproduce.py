@@ -472,7 +472,8 @@ def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str 
     return '\n'.join(lines) + '\n'
 
 
-def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
+def summary_figure(protocol: Protocol, rows: list[dict[str, Any]]):
+    """The first study's figure: top-1 bars (± sd) per loss, one panel per data setting."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -485,16 +486,23 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
         ax.bar(x, [r['top1_mean'] for r in group], yerr=[r['top1_sd'] for r in group], capsize=3,
                color=['#888888' if r['loss'].startswith('ce') else '#4477aa' if 'cfl' not in r['loss']
                       else '#cc6677' for r in group])
-        lows = [r['top1_mean'] - 2 * (r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0) for r in group]
         highs = [r['top1_mean'] + 2 * (r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0) for r in group]
-        ax.set_ylim(max(0.0, min(lows) - 2), max(highs) + 2)
+        ax.set_ylim(0, max(highs) + 2)  # a bar's length is its value: the axis starts at 0
         ax.set_xticks(list(x))
         ax.set_xticklabels([r['loss'] for r in group], rotation=45, ha='right', fontsize=8)
         ax.set_title(data)
         ax.set_ylabel('top-1 (%)')
     fig.suptitle(f'protocol {protocol.name}: mean ± sd over seeds', fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
+    """:func:`summary_figure` written to ``path`` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
     from cfl_timm.training.io import atomic_write_bytes
+    fig = summary_figure(protocol, rows)
     try:
         atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=110, format='png'))
     finally:

@@ -24,7 +24,8 @@ from typing import Any, Optional
 from reproduce_protocols import Protocol
 from reproduce_runner import _project_io  # the project's one atomic writer
 
-__all__ = ['METRICS', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'study_records', 'write_csv']
+__all__ = ['METRICS', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'plot', 'study_figure',
+           'study_records', 'write_csv']
 
 # Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
 METRICS = ('top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece')
@@ -234,7 +235,8 @@ def markdown(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_
     return '\n'.join(lines)
 
 
-def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: int, num_cells: int) -> None:
+def study_figure(protocol: Protocol, rows: list[dict[str, Any]], num_done: int, num_cells: int):
+    """The aggregate's figure: per data setting, top-1 bars (± sd) above ECE bars (after TS as markers)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -249,14 +251,14 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: i
         sd = [r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0.0 for r in group]
         top, bottom = axes[0][col], axes[1][col]
         top.bar(x, [r['top1_mean'] for r in group], yerr=sd, capsize=3, color=colours)
-        low = min(r['top1_mean'] - s for r, s in zip(group, sd))
-        high = max(r['top1_mean'] + s for r, s in zip(group, sd))
-        top.set_ylim(max(0.0, low - 2), high + 1)
+        # A bar's length is its value: the axis starts at 0, never at the lowest bar.
+        top.set_ylim(0, max(r['top1_mean'] + s for r, s in zip(group, sd)) + 1)
         top.set_title(data)
         top.set_ylabel('test top-1 (%)')
         bottom.bar(x, [r['ece_mean'] for r in group], color=colours, label='before TS')
         if 'ece_ts_mean' in group[0]:
             bottom.plot(x, [r['ece_ts_mean'] for r in group], 'kD', markersize=4, label='after TS')
+        bottom.set_ylim(bottom=0)
         bottom.set_ylabel('test ECE')
         bottom.legend(fontsize=7)
         for ax in (top, bottom):
@@ -264,6 +266,13 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: i
             ax.set_xticklabels([r['method'] for r in group], rotation=60, ha='right', fontsize=7)
     fig.suptitle(f'{protocol.name}: mean ± sd over seeds ({num_done} of {num_cells} runs done)', fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: int, num_cells: int) -> None:
+    """:func:`study_figure` written to ``path`` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+    fig = study_figure(protocol, rows, num_done, num_cells)
     try:
         _project_io().atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=100, format='png'))
     finally:
