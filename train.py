@@ -265,8 +265,11 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
                 run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
     finally:
         run.writers.close()
-    if proc.is_primary and run.saver is not None and run.saver.best_metric is not None:
-        _logger.info(f'*** Best metric: {run.saver.best_metric} (epoch {run.saver.best_epoch})')
+    if proc.is_primary and run.saver is not None:
+        if run.saver.checkpoint_files:
+            _logger.info(run.saver.checkpoints_summary())
+        if run.saver.best_metric is not None:
+            _logger.info(f'*** Best metric: {run.saver.best_metric} (epoch {run.saver.best_epoch})')
     return {'output_dir': str(run.output_dir), 'eval_metrics': eval_metrics, 'num_epochs': ctx.num_epochs,
             'train_images_per_second': train_speed}
 

@@ -173,3 +173,18 @@ def test_resume_with_a_schedule_the_checkpoint_lacked_and_without_the_loss_flags
     with pytest.raises(ValueError, match=r"holds training-loss state \['_extra_state'\] but this run's loss is "
                                          r'LabelSmoothingCrossEntropy; resume with the loss flags'):
         train.main(train.parse_args([*argv, '--output', str(tmp_path), '--epochs', '3', '--resume', 'auto']))
+
+
+def test_the_checkpoint_list_is_logged_once_at_the_end_and_per_save_only_at_debug(tmp_path, caplog):
+    caplog.set_level('INFO')
+    _train(tmp_path, '--checkpoint-hist', '2')
+    infos = [r for r in caplog.records if r.getMessage().startswith('Current checkpoints:')]
+    assert len(infos) == 1, [r.name for r in infos]  # timm's saver would log it after each of the 3 epochs
+    assert infos[0].name == train._logger.name  # train.py's summary, not timm's per-save line
+    assert infos[0].getMessage().count('checkpoint-') == 2  # the two kept epochs, best first
+    caplog.clear()
+    caplog.set_level('DEBUG', logger=ckpt.__name__)
+    _train(tmp_path / 'again')
+    debugs = [r for r in caplog.records if r.getMessage().startswith('Current checkpoints:')
+              and r.levelname == 'DEBUG']
+    assert len(debugs) == EPOCHS and all(r.name == ckpt.__name__ for r in debugs)

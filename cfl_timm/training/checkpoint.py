@@ -37,6 +37,11 @@ __all__ = ['CHECKPOINT_EXTENSION', 'AtomicCheckpointSaver', 'checkpoint_epoch', 
            'run_dir_in_use']
 
 _logger = logging.getLogger(__name__)
+_TIMM_SAVER_LOGGER = logging.getLogger('timm.utils.checkpoint_saver')
+
+
+def _not_the_checkpoint_list(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Current checkpoints:')
 
 CHECKPOINT_EXTENSION = '.pth.tar'
 LAST_NAME = 'last' + CHECKPOINT_EXTENSION
@@ -91,6 +96,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def state_dict(self, epoch=None, metric=None):
         # Also record the ranking direction, so recover_run_dir can tell the best epoch from the file alone.
         return {**super().state_dict(epoch, metric), 'decreasing': self.decreasing}
+
+    def _track_checkpoint(self, save_path, epoch, metric=None, update_best_file=True):
+        # timm logs the whole history at INFO on every save (max_history lines each epoch); here it is DEBUG per
+        # save, and train.py logs checkpoints_summary() once at the end.
+        _TIMM_SAVER_LOGGER.addFilter(_not_the_checkpoint_list)
+        try:
+            super()._track_checkpoint(save_path, epoch, metric, update_best_file)
+        finally:
+            _TIMM_SAVER_LOGGER.removeFilter(_not_the_checkpoint_list)
+        _logger.debug(self.checkpoints_summary())
+
+    def checkpoints_summary(self) -> str:
+        """The kept checkpoints, best first, one ``(path, metric)`` per line."""
+        return 'Current checkpoints:\n' + ''.join(f' {entry}\n' for entry in self.checkpoint_files)
 
     def _replace(self, src, dst):
         _rename(Path(src), Path(dst))
