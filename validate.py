@@ -52,7 +52,7 @@ from cfl_timm.data import (
     tta_views,
     verify_images,
 )
-from cfl_timm.metrics import FIT_METHODS, check_calibration_split, msp_auroc
+from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc
 from cfl_timm.training import (
     atomic_write_text,
     create_eval_loader,
@@ -663,13 +663,16 @@ def write_outputs(args, result, row, panels, dataset, evaluation, data_config, n
 
 
 def log_summary(args: argparse.Namespace, result: dict[str, Any], metric_keys: list[str]) -> None:
-    _logger.info(f'{args.split} ({result["num_samples"]} images): '
-                 + ' '.join(f'{key} {result[key]:.4f}' for key in metric_keys))
+    lines = [(f'{args.split} ({result["num_samples"]} images)', result)]
     if 'tta' in result:
-        _logger.info(f'TTA ({args.tta} views): ' + ' '.join(f'{key} {result["tta"][key]:.4f}' for key in metric_keys))
+        lines.append((f'TTA ({args.tta} views)', result['tta']))
     if 'temperature' in result:
-        after = result['after_temperature_scaling']
-        _logger.info(f'T = {result["temperature"]:.4f}: ' + ' '.join(f'{key} {after[key]:.4f}' for key in metric_keys))
+        lines.append((f'T = {result["temperature"]:.4f}', result['after_temperature_scaling']))
+    for title, metrics in lines:
+        _logger.info(f'{title}: ' + ' '.join(f'{key} {metrics[key]:.4f}' for key in metric_keys))
+        note = coinciding_ece_note(metrics)
+        if note:
+            _logger.info(f'  {note}')
     if 'ood_auroc' in result:
         _logger.info(f'OOD AUROC (max softmax probability): {result["ood_auroc"]:.4f}')
 

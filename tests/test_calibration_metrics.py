@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from cfl_timm.metrics import METRIC_KEYS, CalibrationMeter, bin_indices
+from cfl_timm.metrics import METRIC_KEYS, CalibrationMeter, bin_indices, coinciding_ece_note
 
 
 def logits_with_confidence(confidence: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -105,3 +105,35 @@ def test_half_precision_logits_are_computed_in_float64():
     exact.update(logits.double(), target)  # the same values, upcast first
     assert low.compute() == exact.compute()
     assert set(low.compute()) == set(METRIC_KEYS)
+
+
+def _miscalibrated(shift: float, n: int = 5000, k: int = 10):
+    """Logits and targets whose top-label accuracy is confidence + shift at every confidence (in expectation)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, k, dtype=torch.float64, generator=generator) * 1.5
+    predicted = logits.argmax(1)
+    confidence = logits.softmax(1).max(1).values
+    hit = torch.rand(n, dtype=torch.float64, generator=generator) < (confidence + shift).clamp(0, 1)
+    wrong = (predicted + 1 + torch.randint(0, k - 1, (n,), generator=generator)) % k
+    target = torch.where(hit, predicted, wrong)
+    meter = CalibrationMeter(k, 15)
+    meter.update(logits, target)
+    return meter.compute(), abs((predicted == target).double().mean() - confidence.mean()).item()
+
+
+@pytest.mark.parametrize('shift', [0.25, -0.1])
+def test_ece_adaptive_and_smooth_ece_coincide_when_the_gap_has_one_sign(shift):
+    # Under-confident (+) or over-confident (-) at every confidence: each metric's sum of |bin gaps| is |sum of
+    # gaps| = |accuracy - mean confidence|, whatever the bins or the kernel bandwidth.
+    metrics, gap = _miscalibrated(shift)
+    for key in ('ece', 'adaptive_ece', 'smooth_ece'):
+        assert metrics[key] == pytest.approx(gap, rel=1e-12, abs=0), key
+    note = coinciding_ece_note(metrics)
+    assert note is not None and f'{metrics["ece"]:.6f}' in note and '|accuracy - mean confidence|' in note
+
+
+def test_ece_adaptive_and_smooth_ece_differ_when_the_gap_changes_sign():
+    metrics, gap = _miscalibrated(0.0)  # calibrated in expectation: the noise gives gaps of both signs
+    assert len({round(metrics[key], 9) for key in ('ece', 'adaptive_ece', 'smooth_ece')}) == 3
+    assert metrics['ece'] > gap and coinciding_ece_note(metrics) is None
+    assert coinciding_ece_note({'ece': 0.0, 'adaptive_ece': 0.0, 'smooth_ece': 0.0}) is None

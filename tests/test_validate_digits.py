@@ -305,3 +305,17 @@ def test_prediction_grid_and_missing_matplotlib(digits_run, tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         plotting_main(['curves', str(digits_run), '--out', str(tmp_path / 'c.png')])
     assert 'pip install matplotlib' in capsys.readouterr().err
+
+
+def test_summary_log_explains_coinciding_ece_metrics(caplog):
+    import argparse
+    caplog.set_level('INFO', logger=validate._logger.name)
+    keys = ['top1', 'ece', 'adaptive_ece', 'smooth_ece']
+    same = {'top1': 90.0, 'ece': 0.0421, 'adaptive_ece': 0.0421 + 1e-17, 'smooth_ece': 0.0421}
+    apart = {'top1': 91.0, 'ece': 0.031, 'adaptive_ece': 0.029, 'smooth_ece': 0.027}
+    validate.log_summary(argparse.Namespace(split='val'),
+                         {'num_samples': 360, **same, 'temperature': 0.8, 'after_temperature_scaling': apart}, keys)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith('val (360 images): top1 90.0000 ece 0.0421')
+    assert 'coincide (0.042100)' in messages[1] and messages[2].startswith('T = 0.8000: top1 91.0000')
+    assert len(messages) == 3  # no note after temperature scaling, where the three differ

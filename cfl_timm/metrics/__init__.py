@@ -1,5 +1,5 @@
 from .bootstrap import BOOTSTRAP_METRIC_KEYS, bootstrap_auroc, bootstrap_intervals
-from .calibration import METRIC_KEYS, CalibrationMeter, bin_indices
+from .calibration import METRIC_KEYS, CalibrationMeter, bin_indices, coinciding_ece_note
 from .direction import CalibrationDirection, calibration_direction
 from .ood import (
     OOD_METRIC_KEYS,

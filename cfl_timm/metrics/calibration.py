@@ -5,6 +5,7 @@ J. Nixon et al., "Measuring Calibration in Deep Learning", https://arxiv.org/abs
 classwise ECE); J. Mukhoti et al., "Calibrating Deep Neural Networks using Focal Loss",
 https://arxiv.org/abs/2002.09437; J. Blasiok and P. Nakkiran, "Smooth ECE", https://arxiv.org/abs/2309.12236.
 """
+from collections.abc import Mapping
 from typing import Optional
 
 import torch
@@ -12,7 +13,7 @@ import torch.distributed as dist
 
 from .smooth_ece import smooth_ece
 
-__all__ = ['CalibrationMeter', 'bin_indices', 'METRIC_KEYS']
+__all__ = ['CalibrationMeter', 'bin_indices', 'coinciding_ece_note', 'METRIC_KEYS']
 
 METRIC_KEYS = ('top1', 'top5', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece', 'mce', 'smooth_ece')
 
@@ -200,3 +201,20 @@ class CalibrationMeter:
             'mce': float((gap[bin_count > 0] / bin_count[bin_count > 0]).max()),
             'smooth_ece': smooth_ece(confidence, correct),
         }
+
+
+def coinciding_ece_note(metrics: Mapping[str, float], rel_tol: float = 1e-9) -> Optional[str]:
+    """A one-line explanation when ECE, adaptive ECE and smooth ECE agree (to ``rel_tol``), else None.
+
+    Each of the three sums |sum of (confidence - correct)| over bins (or, for smooth ECE, over kernel-smoothed
+    positions). When that sum has one sign everywhere (a model under-confident, or over-confident, at every
+    confidence) the absolute values add up to the absolute value of the total, |mean confidence - accuracy|,
+    whatever the bins or the bandwidth: the three coincide up to rounding. See docs/metrics-notes.md.
+    """
+    values = [metrics.get(key) for key in ('ece', 'adaptive_ece', 'smooth_ece')]
+    if any(v is None for v in values) or max(values) <= 0:
+        return None
+    if max(values) - min(values) > rel_tol * max(values):
+        return None
+    return (f'ECE, adaptive ECE and smooth ECE coincide ({values[0]:.6f}): the gap between accuracy and confidence '
+            'has one sign at every confidence, so each equals |accuracy - mean confidence| (docs/metrics-notes.md).')
