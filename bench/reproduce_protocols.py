@@ -202,7 +202,7 @@ PROTOCOLS: dict[str, Protocol] = {
                     '(10,000 images)',
         common=_STUDY_CPU_COMMON,
         data=_STUDY_CPU_DATA,
-        # Epochs from the CE pilots (bench/results/study-cpu/pilots.json, README): with these steps the last fifth
+        # Epochs from the CE pilots (bench/results/study-cpu/pilots/, README): with these steps the last fifth
         # of training changes held-out top-1 by -0.4 (c10_4k) and 0.0 points (c10lt100), under the 1 point allowed;
         # cosine schedules of 30, 50 and 60 epochs still gained 3 to 4 points there.
         epochs={'c10_4k': 40, 'c10lt100': 60},
