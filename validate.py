@@ -52,8 +52,9 @@ from cfl_timm.data import (
     tta_views,
     verify_images,
 )
-from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc
+from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc, save_logits_npz
 from cfl_timm.training import (
+    atomic_write_bytes,
     atomic_write_text,
     create_eval_loader,
     evaluate_logits,
@@ -170,6 +171,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-plot', action='store_true', help='do not draw the reliability diagram')
     group.add_argument('--prediction-grid', default=None, metavar='PATH',
                        help='PNG grid of evaluated images with true / predicted class, confidence, right or wrong')
+    group.add_argument('--save-logits', default=None, metavar='FILE.npz',
+                       help='save the logits (TTA-averaged with --tta), targets, class names, split and checkpoint '
+                            '(plus ood_logits with --ood-data-dir) as a numpy .npz; see docs/evaluation.md')
     group.add_argument('--prediction-grid-size', type=int, default=32, metavar='N',
                        help='images in the prediction grid (evenly spaced over the split)')
     return parser
@@ -602,8 +606,10 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         panels.append((f'{args.split}: after temperature scaling (T = {temperature:.3f})', scaled.reliability,
                        scaled.metrics))
 
+    ood_view_logits = None
     if args.ood_data_dir is not None:
-        ood_logits = evaluator.logits(ood_dataset)[0][0]
+        ood_view_logits = evaluator.logits(ood_dataset)[0]
+        ood_logits = ood_view_logits[0]
         result['ood_auroc'] = msp_auroc(evaluation['logits'], ood_logits)
         result['ood_num_samples'] = len(ood_logits)
         if 'temperature' in result:
@@ -615,7 +621,8 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         'param_count': result['param_count'], 'img_size': data_config['input_size'][-1],
         'crop_pct': data_config['crop_pct'], 'interpolation': data_config['interpolation']})
     if is_primary:
-        files = write_outputs(args, result, row, panels, dataset, evaluation, data_config, metric_classes)
+        files = write_outputs(args, result, row, panels, dataset, evaluation, data_config, metric_classes,
+                              ood_view_logits=ood_view_logits)
         log_summary(args, result, metric_keys)
     return {**result, 'files': files, 'results_row': row}
 
@@ -632,6 +639,8 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
         paths['--plot'] = Path(args.plot) if args.plot else json_path.with_suffix('.png')
     if args.prediction_grid:
         paths['--prediction-grid'] = Path(args.prediction_grid)
+    if args.save_logits:
+        paths['--save-logits'] = Path(args.save_logits)
     return paths
 
 
@@ -643,9 +652,27 @@ def check_output_paths(args: argparse.Namespace) -> None:
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
         seen[resolved] = flag
+    if args.save_logits:
+        check_writable_file(args.save_logits, '--save-logits', '.npz')
 
 
-def write_outputs(args, result, row, panels, dataset, evaluation, data_config, num_classes) -> dict[str, str]:
+def check_writable_file(path: str, flag: str, suffix: str) -> None:
+    """ValueError unless ``path`` ends in ``suffix``, is not a folder, and its folder exists writable or can be
+    created (checked before any work, so that a long evaluation does not fail at its last step)."""
+    target = Path(path).expanduser()
+    if target.suffix.lower() != suffix:
+        raise ValueError(f'{flag} {path}: the file name must end in {suffix}.')
+    if target.is_dir():
+        raise ValueError(f'{flag} {path} is a folder: give a file name ending in {suffix}.')
+    folder = target.resolve().parent
+    while not folder.exists():  # the nearest existing ancestor must let us create the missing folders
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f'{flag} {path}: cannot write into {folder} (not a writable folder).')
+
+
+def write_outputs(args, result, row, panels, dataset, evaluation, data_config, num_classes,
+                  ood_view_logits=None) -> dict[str, str]:
     paths = output_paths(args)
     json_path = paths['--output-json']
     atomic_write_text(json_path, json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
@@ -659,6 +686,15 @@ def write_outputs(args, result, row, panels, dataset, evaluation, data_config, n
     if args.prediction_grid:
         files['prediction_grid'] = draw_prediction_grid(args, dataset, evaluation, data_config, num_classes,
                                                         args.prediction_grid)
+    if args.save_logits:
+        # The logits behind the reported metrics: the TTA-averaged ones (float64) when --tta > 1, and the OOD
+        # set's averaged the same way (average_softmax returns a single view unchanged).
+        logits = evaluation['tta'].logits if 'tta' in evaluation else evaluation['logits']
+        ood_logits = average_softmax(ood_view_logits) if ood_view_logits is not None else None
+        data = save_logits_npz(logits, evaluation['target'], class_names(dataset, num_classes), split=args.split,
+                               checkpoint=result['checkpoint'] or '', ood_logits=ood_logits)
+        atomic_write_bytes(paths['--save-logits'], lambda f: f.write(data))
+        files['logits'] = str(paths['--save-logits'])
     return files
 
 

@@ -1,6 +1,7 @@
 from .bootstrap import BOOTSTRAP_METRIC_KEYS, bootstrap_auroc, bootstrap_intervals
 from .calibration import METRIC_KEYS, CalibrationMeter, bin_indices, coinciding_ece_note
 from .direction import CalibrationDirection, calibration_direction
+from .logits_file import LOGITS_FILE_KEYS, LogitsFile, load_logits_npz, save_logits_npz
 from .ood import (
     OOD_METRIC_KEYS,
     OOD_SCORES,
