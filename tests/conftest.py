@@ -143,6 +143,37 @@ def digits_dir(tmp_path_factory) -> Path:
     return write_digits_folder(tmp_path_factory.mktemp('digits'))
 
 
+def validate_usage_error(capsys, *argv: str) -> str:
+    """validate.py's command line must stop with a one-line usage error (exit 2); returns that line."""
+    import validate
+    with pytest.raises(SystemExit) as exit_info:
+        validate.cli([*argv, '-j', '0'])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('validate.py: error:')]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory) -> Path:
+    """Two epochs of test_resnet on sklearn digits through train.py (one thread), trained once per session: the run
+    folder with model_best.pth.tar, summary.csv and reliability.jsonl."""
+    import torch
+
+    import train
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    output = tmp_path_factory.mktemp('train')
+    try:
+        train.main(train.get_args_parser().parse_args([
+            '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '2',
+            '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output),
+            '--experiment', 'run', '--log-interval', '1000', '--checkpoint-hist', '1']))
+    finally:
+        torch.set_num_threads(previous)
+    return output / 'run'
+
+
 @pytest.fixture(params=['digits', 'cifar10'])
 def image_folder(request) -> Path:
     """A real-image timm folder dataset: scikit-learn's digits, then the CIFAR-10 subset (skipped when absent)."""

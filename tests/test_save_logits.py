@@ -6,44 +6,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import validate_usage_error, write_digits_folder
 
-import train
 import validate
 from cfl_timm.data import DigitsDataset
 from cfl_timm.metrics import LOGITS_FILE_KEYS, load_logits_npz, save_logits_npz
 from cfl_timm.training import evaluate_logits
-from conftest import write_digits_folder
 
 METRICS = ('top1', 'top5', 'nll', 'brier', 'ece')
 
 
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory) -> Path:
-    """One epoch of test_resnet on sklearn digits through train.py."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    output = tmp_path_factory.mktemp('train')
-    train.main(train.get_args_parser().parse_args([
-        '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '1',
-        '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output),
-        '--experiment', 'run', '--log-interval', '1000', '--checkpoint-hist', '1']))
-    torch.set_num_threads(previous)
-    return output / 'run' / 'model_best.pth.tar'
+@pytest.fixture
+def checkpoint(digits_run) -> Path:
+    return digits_run / 'model_best.pth.tar'
 
 
 def _run(checkpoint: Path, tmp_path: Path, *argv: str) -> dict:
     return validate.main(validate.get_args_parser().parse_args([
         '--dataset', 'sklearn/digits', '--split', 'val', '--checkpoint', str(checkpoint), '--no-plot',
         '--output-json', str(tmp_path / 'metrics.json'), '-j', '0', '-b', '64', '--log-freq', '1000', *argv]))
-
-
-def _usage_error(capsys, *argv: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        validate.cli([*argv, '-j', '0'])
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('validate.py: error:')]
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_saved_logits_reproduce_the_reported_metrics(checkpoint, tmp_path, one_thread):
@@ -85,16 +66,17 @@ def test_tta_saves_the_averaged_logits_and_ood_logits(checkpoint, tmp_path, one_
 def test_save_logits_collision_and_bad_suffix_are_usage_errors(checkpoint, tmp_path, capsys):
     common = ['--dataset', 'sklearn/digits', '--split', 'val', '--checkpoint', str(checkpoint), '--no-plot']
     same = tmp_path / 'out.npz'
-    line = _usage_error(capsys, *common, '--output-json', str(same), '--save-logits', str(same))
+    line = validate_usage_error(capsys, *common, '--output-json', str(same), '--save-logits', str(same))
     assert '--save-logits' in line and '--output-json' in line
-    line = _usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
+    line = validate_usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
                         '--save-logits', str(tmp_path / 'logits.npy'))
     assert '--save-logits' in line and '.npz' in line
-    line = _usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'), '--save-logits', str(tmp_path))
+    line = validate_usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
+                                '--save-logits', str(tmp_path))
     assert '--save-logits' in line
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
-    line = _usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
+    line = validate_usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
                         '--save-logits', str(blocker / 'x.npz'))
     assert '--save-logits' in line and 'writable' in line
     assert not (tmp_path / 'm.json').exists() and not same.exists()

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import validate_usage_error as _usage_error
 from PIL import Image
 from timm.data import resolve_data_config
 from timm.models import create_model
 
-import train
 import validate
 from cfl_timm.data import DigitsDataset, TTAView, average_softmax, tta_views
 from cfl_timm.metrics import METRIC_KEYS
@@ -22,18 +22,7 @@ from cfl_timm.training import create_eval_loader, evaluate_logits, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLAGS_FILE = REPO_ROOT / 'tests' / 'fixtures' / 'timm_validate_flags_v1.0.28.txt'
-
-
-@pytest.fixture(scope='module')
-def digits_run(tmp_path_factory):
-    """Two epochs of test_resnet on sklearn digits through train.py: checkpoint, summary.csv, reliability.jsonl."""
-    torch.set_num_threads(1)
-    output = tmp_path_factory.mktemp('train')
-    train.main(train.get_args_parser().parse_args([
-        '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '2',
-        '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output),
-        '--experiment', 'run', '--log-interval', '1000', '--checkpoint-hist', '1']))
-    return output / 'run'
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread per test, as before the move
 
 
 @pytest.fixture(scope='module')
@@ -54,16 +43,6 @@ def digits_folder(tmp_path_factory):
 
 def _run(*argv):
     return validate.main(validate.get_args_parser().parse_args([*argv, '-j', '0', '-b', '64', '--log-freq', '1000']))
-
-
-def _usage_error(capsys, *argv) -> str:
-    """validate.py's command line must stop with a one-line usage error (exit 2); returns that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        validate.cli([*argv, '-j', '0'])
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('validate.py: error:')]
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_two_processes_count_each_image_once_and_match_one_process(digits_run, tmp_path):
