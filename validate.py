@@ -5,7 +5,8 @@ Metrics (``cfl_timm.metrics``): top-1/top-5, NLL, Brier, ECE, adaptive ECE, clas
 optionally the same metrics of the averaged softmax over ``--tta N`` deterministic views (identity, horizontal
 flip, then flips x small shifts), a temperature fitted on a named held-out split (C. Guo et al.,
 https://arxiv.org/abs/1706.04599) with every metric reported again after scaling, a reliability diagram PNG
-(before / after side by side), a grid of evaluated images with their predictions, and the out-of-distribution
+(before / after side by side), a grid of evaluated images with their predictions, the logits behind the metrics
+as an ``.npz`` (``--save-logits``, :mod:`cfl_timm.metrics.logits_file`), and the out-of-distribution
 AUROC of the maximum softmax probability against a second image folder (Hendrycks & Gimpel,
 https://arxiv.org/abs/1610.02136).
 
