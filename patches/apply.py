@@ -12,7 +12,7 @@ Usage::
 The checkout is timm's repository layout: ``train.py`` at its root and the ``timm/`` package beside it
 (``--library-only`` patches the ``timm/`` package alone, e.g. an installed wheel laid out as a checkout).
 
-What it does (see patches/README.md):
+What it does (see docs/patches.md):
 
 - copies self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` and
   ``timm/loss/calibration_losses.py`` (this project's loss modules, verbatim), ``timm/loss/cfl_loss_factory.py``

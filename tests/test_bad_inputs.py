@@ -4,7 +4,7 @@ library, each with the message fragment it must produce, all rejected before any
 Command-line rows run the real entry point in-process (``train.cli``, ``validate.cli``, ``oltr.train.cli``)
 and expect a usage error: exit status 2 and one last line ``<prog>: error: ...`` holding the fragment; then no
 run folder, checkpoint or output file may exist. Library rows expect a ``ValueError`` holding the fragment.
-The README section ``bad-inputs`` is this table (``python tests/test_bad_inputs.py`` prints it).
+The ``bad-inputs`` section of docs/bad-input.md is this table (``python tests/test_bad_inputs.py`` prints it).
 """
 import argparse
 import re
@@ -405,7 +405,7 @@ def test_library_rejects_bad_input(row, files):
     assert not (files / 'lib' / 'summary.csv').exists()
 
 
-# ------------------------------------------------------------------------------------------------ README
+# ------------------------------------------------------------------------------------- docs/bad-input.md
 
 def readme_table() -> str:
     lines = ['| entry | bad input | message (fragment) |', '|---|---|---|']
@@ -414,11 +414,11 @@ def readme_table() -> str:
     return '\n'.join(lines)
 
 
-def test_table_is_large_distinct_and_in_the_readme():
+def test_table_is_large_distinct_and_in_the_docs():
     assert len(ROWS) >= 60 and len({(r.entry, r.what) for r in ROWS}) == len(ROWS)
-    text = (REPO_ROOT / 'README.md').read_text()
+    text = (REPO_ROOT / 'docs' / 'bad-input.md').read_text()
     section = text.split('<!-- section:bad-inputs -->', 1)[1].split('<!-- /section:bad-inputs -->', 1)[0]
-    assert readme_table() in section, 'README table out of date: python tests/test_bad_inputs.py prints it'
+    assert readme_table() in section, 'docs/bad-input.md table out of date: python tests/test_bad_inputs.py prints it'
 
 
 if __name__ == '__main__':

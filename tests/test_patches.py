@@ -4,7 +4,7 @@ CI has no upstream timm checkout: the tool runs on a copy of the installed timm 
 (``timm/`` at its root, plus the structural sample as ``train.py``). The committed diffs of timm's library files
 for the installed timm must equal what the tool produces now; the committed v1.0.28 diffs must carry exactly
 the copied files and the lines the tool inserts today (their upstream context was checked against the real
-v1.0.28 tag with ``git apply --check``, see patches/README.md).
+v1.0.28 tag with ``git apply --check``, see docs/patches.md).
 """
 import ast
 import csv

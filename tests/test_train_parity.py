@@ -7,7 +7,7 @@ import pytest
 import train
 
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'timm_train_flags.txt'
-# Defaults that differ on purpose (README, section train: the parity table).
+# Defaults that differ on purpose (docs/training.md: the parity table).
 DEFAULT_EXCEPTIONS = {
     # 'cuda' fails on a machine without CUDA; here it is 'cuda' where available, else 'cpu'.
     'device',
