@@ -361,7 +361,7 @@ def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
     they are. A loss that follows the cyclical position stays eager: the cyclical focal loss (``set_epoch``) and
     a loss under the temperature schedule (the scheduler's forward pre-hook) read a Python float that changes
     every epoch (or update), and dynamo would recompile for each value until its recompile limit, then fall back
-    to eager anyway (README, section train: the measured cost).
+    to eager anyway (docs/training.md: the measured cost).
     """
     # The losses' hyperparameters are constants: specialize Python floats (torch 2.14's symbolic floats fail a
     # dynamo guard on the focal losses' eps / K at large K).

@@ -95,7 +95,7 @@ class Protocol:
         baselines: the methods every other method is compared with (seed-paired differences).
         pairs: (cyclical, constant) method pairs compared with each other.
         focus: the methods the study asks about, each compared (seed-paired) with every other loss of its setting.
-        notes: free-form facts for the README (pilot, timing).
+        notes: free-form facts for docs/study.md (pilot, timing).
     """
     name: str
     description: str
@@ -202,7 +202,7 @@ PROTOCOLS: dict[str, Protocol] = {
                     '(10,000 images)',
         common=_STUDY_CPU_COMMON,
         data=_STUDY_CPU_DATA,
-        # Epochs from the CE pilots (bench/results/study-cpu/pilots/, README): with these steps the last fifth
+        # Epochs from the CE pilots (bench/results/study-cpu/pilots/, docs/study.md): with these steps the last fifth
         # of training changes held-out top-1 by -0.4 (c10_4k) and 0.0 points (c10lt100), under the 1 point allowed;
         # cosine schedules of 30, 50 and 60 epochs still gained 3 to 4 points there.
         epochs={'c10_4k': 40, 'c10lt100': 60},

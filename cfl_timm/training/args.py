@@ -11,7 +11,7 @@ Structure (add a flag to the group function of its area, and its check to the ma
   :func:`add_logging_args`, :func:`add_naflex_args`, :func:`add_loss_args`, :func:`add_distillation_args`,
   :func:`add_cyclical_args`, :func:`add_subset_args`. :data:`ARG_GROUPS` lists them and :func:`add_train_args`
   adds them all. Every flag of upstream timm's train.py is here with timm's name, meaning and default (the
-  README lists the two defaults that differ and the flags refused with their reason;
+  docs/training.md lists the two defaults that differ and the flags refused with their reason;
   ``tests/fixtures/timm_train_flags.txt``, checked by ``tests/test_train_parity.py``); the published cyclical
   flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``).
 * :func:`load_config` reads a YAML ``-c/--config`` file whose values become parser defaults.
@@ -494,7 +494,8 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        choices=SOFT_TARGET_MODES,
                        help='focal losses with Mixup/CutMix: use the soft distribution, or collapse it with '
                             'argmax as published (default: distribution)')
-    group = parser.add_argument_group('Calibration losses (one flag per factory keyword; see the README table)')
+    group = parser.add_argument_group(
+        'Calibration losses (one flag per factory keyword; see docs/calibration-losses.md)')
     for key, value in LOSS_FLAG_KWARGS.items():
         defaults = ', '.join(f'{defaults[key]} for {name}' for name, defaults in CALIBRATION_LOSS_DEFAULTS.items()
                              if key in defaults)
