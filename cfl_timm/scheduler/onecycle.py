@@ -40,10 +40,7 @@ class OneCycleLRScheduler(Scheduler):
         final_div_factor: lr_initial / lr_final, > 0.
         anneal_strategy: 'cos' or 'linear'.
         t_in_epochs: Step per epoch (``step``) or per optimizer update (``step_update``).
-        noise_range_t: timm's LR noise: the steps it applies to (see :class:`timm.scheduler.Scheduler`).
-        noise_pct: timm's LR noise: its maximum relative size.
-        noise_std: timm's LR noise: its standard deviation.
-        noise_seed: timm's LR noise: its seed.
+        noise_range_t, noise_pct, noise_std, noise_seed: timm's LR noise (see :class:`timm.scheduler.Scheduler`).
         initialize: Record each group's ``initial_lr`` (timm's convention).
     """
 
