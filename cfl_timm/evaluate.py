@@ -1,10 +1,11 @@
 """Model-free evaluation of saved logits: calibration, post-hoc calibrators, OOD detection, selective
 classification and bootstrap intervals, as one JSON document.
 
-Run as ``python -m cfl_timm.evaluate --logits TEST.npz [--fit HOLDOUT.npz] [--ood NAME=FILE.npz ...]``. Each
-``.npz`` holds ``logits`` (N, K) floats and ``targets`` (N,) integer class indices (an OOD file's ``targets`` are
-ignored but must be present and (N,)). The definitions are those of :mod:`cfl_timm.metrics`; see
-``docs/evaluation.md`` ("Evaluating saved logits") for the JSON layout.
+Run as ``python -m cfl_timm.evaluate --logits TEST.npz [--fit HOLDOUT.npz] [--ood NAME=FILE.npz ...]``. Every
+file is a saved-logits file (``validate.py --save-logits``, :mod:`cfl_timm.metrics.logits_file`); an OOD file's
+``logits`` are used, and the ``ood_logits`` saved in the ``--logits`` file form the OOD set ``saved``. The
+definitions are those of :mod:`cfl_timm.metrics`; see ``docs/evaluation.md`` ("Evaluating saved logits") for the
+JSON layout.
 
 References: C. Guo et al., "On Calibration of Modern Neural Networks", ICML 2017, https://arxiv.org/abs/1706.04599;
 M. Kull et al., "Beyond temperature scaling", NeurIPS 2019, https://arxiv.org/abs/1910.12656; D. Hendrycks and
@@ -15,64 +16,32 @@ import argparse
 import hashlib
 import json
 import math
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from cfl_timm.metrics import (
     POSTHOC_METHODS,
     CalibrationMeter,
+    LogitsFile,
     aurc,
     bootstrap_auroc,
     bootstrap_intervals,
     calibration_direction,
     eaurc,
     fit_posthoc,
+    load_logits_npz,
     msp,
     ood_metrics,
 )
 from cfl_timm.metrics.checks import check_logits, check_targets
 from cfl_timm.training.io import atomic_write_text
 
-__all__ = ['evaluate_logits', 'load_logits_npz', 'get_args_parser', 'main', 'cli']
+__all__ = ['SAVED_OOD_NAME', 'evaluate_logits', 'get_args_parser', 'main', 'cli', 'posthoc_logits']
 
-
-def load_logits_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read ``logits`` (N, K) and ``targets`` (N,) from an ``.npz`` file and check them (every error names the file).
-
-    Returns float64 logits and int64 targets; raises ``ValueError`` for a missing or unreadable file, a missing
-    key, wrong shapes or dtypes, NaN / infinite logits and targets outside [0, K).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f'{path}: no such file.')
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f'{path}: not an .npz archive (numpy.savez); expected arrays "logits" and "targets".')
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            found = sorted(archive.files)
-            arrays = {key: archive[key] for key in ('logits', 'targets') if key in found}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # damaged archive, pickled arrays
-        raise ValueError(f'{path}: not a readable .npz archive ({error}).') from None
-    missing = [key for key in ('logits', 'targets') if key not in arrays]
-    if missing:
-        raise ValueError(f'{path}: missing array(s) {missing}; an evaluation file holds "logits" (N, K) and '
-                         f'"targets" (N,), found {found}.')
-    logits, targets = arrays['logits'], arrays['targets']
-    if not np.issubdtype(logits.dtype, np.floating):
-        raise ValueError(f'{path}: logits must be floating point, got {logits.dtype}.')
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f'{path}: targets must be integer class indices, got {targets.dtype}.')
-    try:
-        logits = check_logits(torch.from_numpy(logits))
-        targets = check_targets(torch.from_numpy(targets), logits.shape[0], logits.shape[1])
-    except ValueError as error:
-        raise ValueError(f'{path}: {error}') from None
-    return logits, targets
+SAVED_OOD_NAME = 'saved'  # the OOD set stored in the --logits file itself
 
 
 def _fingerprint(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[int, ...], str]:
@@ -241,7 +210,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(flag: str, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load(flag: str, path: str) -> LogitsFile:
     try:
         return load_logits_npz(path)
     except ValueError as error:
@@ -251,16 +220,20 @@ def _load(flag: str, path: str) -> tuple[torch.Tensor, torch.Tensor]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Load and check every input file first, then evaluate; write ``--output-json`` when given."""
     names = [name for name, _ in args.ood]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted({name for name in names if names.count(name) > 1 or name == SAVED_OOD_NAME})
     if repeated:
-        raise ValueError(f'--ood names must be distinct, got {repeated} more than once.')
-    logits, targets = _load('--logits', args.logits)
-    fit = _load('--fit', args.fit) if args.fit else None
-    ood = {name: _load(f'--ood {name}', path)[0] for name, path in args.ood}
+        raise ValueError(f'--ood names must be distinct and not {SAVED_OOD_NAME!r} (the --logits file\'s own '
+                         f'ood_logits), got {repeated}.')
     if args.output_json and Path(args.output_json).is_dir():
         raise ValueError(f'--output-json {args.output_json} is a folder; give a file path.')
-    result = evaluate_logits(logits, targets, fit=fit, ood=ood, posthoc=args.posthoc, bootstrap=args.bootstrap,
-                             seed=args.seed, num_bins=args.num_bins)
+    evaluated = _load('--logits', args.logits)
+    fit = _load('--fit', args.fit) if args.fit else None
+    ood = {name: _load(f'--ood {name}', path).logits for name, path in args.ood}
+    if evaluated.ood_logits is not None:
+        ood[SAVED_OOD_NAME] = evaluated.ood_logits
+    result = evaluate_logits(evaluated.logits, evaluated.targets, fit=(fit.logits, fit.targets) if fit else None,
+                             ood=ood,
+                             posthoc=args.posthoc, bootstrap=args.bootstrap, seed=args.seed, num_bins=args.num_bins)
     text = json.dumps(result, indent=2, allow_nan=False) + '\n'
     if args.output_json:
         atomic_write_text(args.output_json, text)

@@ -19,8 +19,10 @@ from cfl_timm.metrics import (
     eaurc,
     fit_posthoc,
     fit_temperature,
+    load_logits_npz,
     msp,
     ood_metrics,
+    save_logits_npz,
 )
 
 NUM_CLASSES = 10
@@ -35,10 +37,12 @@ def synthetic(count: int, seed: int, scale: float = 2.0, num_classes: int = NUM_
     return logits * scale, targets
 
 
-def write(path, logits, targets=None, **extra):
-    arrays = {key: value for key, value in {'logits': logits, 'targets': targets, **extra}.items()
-              if value is not None}
-    np.savez(path, **arrays)
+def write(path, logits, targets=None, drop=(), **extra):
+    """A saved-logits file as ``validate.py --save-logits`` writes it, with keys dropped or replaced,
+    written with plain numpy so that malformed files can be made too."""
+    arrays = {'logits': logits, 'targets': targets, 'class_names': np.array([str(k) for k in range(logits.shape[1])]),
+              'split': np.array('validation'), 'checkpoint': np.array(''), **extra}
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None and key not in drop})
     return str(path)
 
 
@@ -50,8 +54,8 @@ def files(tmp_path):
 
 
 def tensors(path):
-    with np.load(path) as archive:
-        return torch.from_numpy(archive['logits']), torch.from_numpy(archive['targets'])
+    saved = load_logits_npz(path)
+    return saved.logits, saved.targets
 
 
 def direct_metrics(logits, targets, num_bins=15):
@@ -150,13 +154,13 @@ def _bad_inputs(tmp_path, files):
         'missing file': (['--logits', str(tmp_path / 'absent.npz')], 'absent.npz'),
         'not an npz': (['--logits', str(tmp_path / 'not_npz.npz')], 'not_npz.npz'),
         'no targets': (['--logits', write(tmp_path / 'no_targets.npz', logits)], 'targets'),
-        'no logits': (['--logits', write(tmp_path / 'no_logits.npz', None, targets=targets, scores=logits)],
-                      'logits'),
+        'no logits': (['--logits', write(tmp_path / 'no_logits.npz', logits, targets, drop=('logits',))], 'logits'),
         'shape mismatch': (['--logits', write(tmp_path / 'short.npz', logits, targets[:-1])], 'short.npz'),
         'NaN logits': (['--logits', write(tmp_path / 'nan.npz', nan_logits, targets)], 'NaN'),
         'target out of range': (['--logits', write(tmp_path / 'range.npz', logits, targets + NUM_CLASSES)],
                                 'range.npz'),
         'float targets': (['--logits', write(tmp_path / 'float.npz', logits, targets.astype(float))], 'float.npz'),
+        'ood name taken': (['--logits', files['test'], '--ood', f'saved={files["ood"]}'], 'saved'),
         'ood K differs': (['--logits', files['test'], '--ood',
                            f'k7={write(tmp_path / "k7.npz", *synthetic(50, 6, num_classes=7))}'], 'k7'),
         'fit K differs': (['--logits', files['test'], '--posthoc', 'ts', '--fit',
@@ -171,7 +175,7 @@ def _bad_inputs(tmp_path, files):
 
 BAD_CASES = ('missing file', 'not an npz', 'no targets', 'no logits', 'shape mismatch', 'NaN logits',
              'target out of range', 'float targets', 'ood K differs', 'fit K differs', 'ood not NAME=FILE',
-             'unknown posthoc', 'negative bootstrap', 'zero bins')
+             'ood name taken', 'unknown posthoc', 'negative bootstrap', 'zero bins')
 
 
 @pytest.mark.parametrize('case', BAD_CASES)
@@ -206,3 +210,15 @@ def test_without_options_sections_are_empty_and_printed(files, capsys):
     result = cli(['--logits', files['test']])
     assert result['posthoc'] == {} and result['ood'] == {} and result['bootstrap'] == {}
     assert json.loads(capsys.readouterr().out) == result
+
+
+def test_saved_ood_logits_are_the_set_saved(files, tmp_path):
+    logits, targets = synthetic(200, 9)
+    ood_logits, _ = synthetic(100, 10, scale=0.3)
+    path = tmp_path / 'with_ood.npz'
+    path.write_bytes(save_logits_npz(torch.from_numpy(logits), torch.from_numpy(targets),
+                                     [str(k) for k in range(NUM_CLASSES)], split='test',
+                                     ood_logits=torch.from_numpy(ood_logits)))
+    result = cli(['--logits', str(path), '--ood', f'far={files["ood"]}', '--output-json', str(tmp_path / 'r.json')])
+    assert set(result['ood']) == {'far', 'saved'}
+    assert result['ood']['saved'] == ood_metrics(torch.from_numpy(logits), torch.from_numpy(ood_logits))
