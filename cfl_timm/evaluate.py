@@ -86,6 +86,36 @@ def posthoc_logits(probs: torch.Tensor) -> torch.Tensor:
     return probs.clamp_min(torch.finfo(torch.float64).tiny).log()
 
 
+def _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins):
+    """Every input of :func:`evaluate_logits` checked before any work; returns the float64 / int64 tensors."""
+    logits = check_logits(logits)
+    targets = check_targets(targets, logits.shape[0], logits.shape[1])
+    ood = {name: check_logits(values, f'ood logits {name!r}') for name, values in (ood or {}).items()}
+    for name, values in ood.items():
+        if values.shape[1] != logits.shape[1]:
+            raise ValueError(f'ood logits {name!r} have K = {values.shape[1]} classes, the evaluated logits '
+                             f'K = {logits.shape[1]}.')
+    unknown = [name for name in posthoc if name not in POSTHOC_METHODS]
+    if unknown:
+        raise ValueError(f'unknown post-hoc method(s) {unknown}: expected from {tuple(POSTHOC_METHODS)}.')
+    if posthoc and fit is None:
+        raise ValueError('post-hoc calibration needs a held-out fitting split: give --fit (fit=(logits, targets)).')
+    if fit is not None:
+        fit_logits = check_logits(fit[0], 'fit logits')
+        fit_targets = check_targets(fit[1], fit_logits.shape[0], fit_logits.shape[1], 'fit targets')
+        if fit_logits.shape[1] != logits.shape[1]:
+            raise ValueError(f'--fit logits have K = {fit_logits.shape[1]} classes, the evaluated logits '
+                             f'K = {logits.shape[1]}.')
+        if _fingerprint(fit_logits, fit_targets) == _fingerprint(logits, targets):
+            raise ValueError('--fit holds the evaluated split itself: fit post-hoc methods on a held-out split.')
+        fit = (fit_logits, fit_targets)
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1:
+        raise ValueError(f'bootstrap must be 0 (no intervals) or an integer >= 2, got {bootstrap!r}.')
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f'num_bins must be an integer >= 1, got {num_bins!r}.')
+    return logits, targets, fit, ood
+
+
 def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
                     fit: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                     ood: Optional[Mapping[str, torch.Tensor]] = None, posthoc: Sequence[str] = (),
@@ -108,38 +138,14 @@ def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
         seed: Seed of the bootstrap resampling.
         num_bins: Equal-width bins of every binned metric (>= 1).
     """
-    logits = check_logits(logits)
-    targets = check_targets(targets, logits.shape[0], logits.shape[1])
-    ood = {name: check_logits(values, f'ood logits {name!r}') for name, values in (ood or {}).items()}
-    for name, values in ood.items():
-        if values.shape[1] != logits.shape[1]:
-            raise ValueError(f'ood logits {name!r} have K = {values.shape[1]} classes, the evaluated logits '
-                             f'K = {logits.shape[1]}.')
-    unknown = [name for name in posthoc if name not in POSTHOC_METHODS]
-    if unknown:
-        raise ValueError(f'unknown post-hoc method(s) {unknown}: expected from {tuple(POSTHOC_METHODS)}.')
-    if posthoc and fit is None:
-        raise ValueError('post-hoc calibration needs a held-out fitting split: give --fit (fit=(logits, targets)).')
-    if fit is not None:
-        fit_logits = check_logits(fit[0], 'fit logits')
-        fit_targets = check_targets(fit[1], fit_logits.shape[0], fit_logits.shape[1], 'fit targets')
-        if fit_logits.shape[1] != logits.shape[1]:
-            raise ValueError(f'--fit logits have K = {fit_logits.shape[1]} classes, the evaluated logits '
-                             f'K = {logits.shape[1]}.')
-        if _fingerprint(fit_logits, fit_targets) == _fingerprint(logits, targets):
-            raise ValueError('--fit holds the evaluated split itself: fit post-hoc methods on a held-out split.')
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1:
-        raise ValueError(f'bootstrap must be 0 (no intervals) or an integer >= 2, got {bootstrap!r}.')
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f'num_bins must be an integer >= 1, got {num_bins!r}.')
-
+    logits, targets, fit, ood = _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins)
     result: dict[str, Any] = {
         'num_samples': logits.shape[0], 'num_classes': logits.shape[1], 'num_bins': num_bins,
         'raw': _metrics(logits, targets, num_bins),
         'selective': {'aurc': aurc(logits, targets), 'eaurc': eaurc(logits, targets)},
         'posthoc': {}, 'ood': {}, 'bootstrap': {}}
     for name in posthoc:
-        calibrator = fit_posthoc(name, fit_logits, fit_targets)
+        calibrator = fit_posthoc(name, *fit)
         params = {key: _summarise(value) for key, value in calibrator.state_dict().items()
                   if key not in ('name', 'num_classes', 'cv_grid', 'cv_nll')}
         calibrated = posthoc_logits(calibrator.predict_proba(logits))
@@ -172,7 +178,7 @@ def _ood_entry(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _non_negative(text: str) -> int:
+def _resample_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -202,7 +208,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='an out-of-distribution set (repeatable)')
     parser.add_argument('--posthoc', type=_posthoc_list, default=[], metavar='LIST',
                         help=f'comma-separated post-hoc methods from {",".join(POSTHOC_METHODS)} (needs --fit)')
-    parser.add_argument('--bootstrap', type=_non_negative, default=0, metavar='B',
+    parser.add_argument('--bootstrap', type=_resample_count, default=0, metavar='B',
                         help='bootstrap resamples for 95%% intervals (0: none, else >= 2)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the bootstrap resampling')
     parser.add_argument('--num-bins', type=_positive, default=15, help='equal-width bins of the binned metrics')
