@@ -6,7 +6,9 @@ on balanced and long-tailed data; cyclical weight decay, temperature and clippin
 
 A study is a grid of (method x data setting x seed) defined by a protocol (:mod:`reproduce_protocols`). Every cell
 is one run of this project's ``train.py`` in a subprocess, in its own directory ``WORK/<protocol>/runs/<cell>/``,
-followed by the scoring of its last checkpoint; the result goes to ``bench/results/<protocol>/runs/<cell>.json``.
+followed by the scoring of its last checkpoint; the result goes to ``RESULTS/<protocol>/runs/<cell>.json``, where
+``RESULTS`` is ``WORK/results`` unless ``--results-dir`` names another folder (``--results-dir bench/results`` to
+read or extend the project's committed results; a fresh work folder never counts them as done).
 The grid runner (:mod:`reproduce_runner`) makes the grid resumable and safe to share between workers and hosts;
 the executors (:mod:`executors`) run it with local worker processes or one Slurm job per cell.
 
@@ -518,11 +520,33 @@ def make_cell_fn(protocol: str, data_dir: str, cell_fn: Optional[str] = None):
     return load_cell_fn(cell_fn) if cell_fn else make_train_cell(PROTOCOLS[protocol], Path(data_dir))
 
 
+GRID_COMMANDS = {
+    'run': ('run every cell of a protocol that is not done yet',
+            'Run every cell of the protocol not yet done (in WORK_DIR or RESULTS_DIR), with local workers or one '
+            'Slurm job per cell; resumable, safe to start on many hosts sharing WORK_DIR.'),
+    'status': ('count done, running and failed cells of a protocol',
+               'Print how many cells of the protocol are done, running (lock present) and failed, with the last '
+               'error of each failed cell.'),
+    'aggregate': ("build a protocol's tables and figure from its results",
+                  "Rebuild the protocol's per-run CSV, summary CSV, markdown table and figure in RESULTS_DIR from "
+                  'the result files there (the legacy cpu protocol: from the done.json files of WORK_DIR).'),
+}
+
+
+def default_results_dir(args: argparse.Namespace) -> Path:
+    """``--results-dir`` if given, else ``WORK_DIR/results``: a user's runs never mix with the committed ones."""
+    return args.results_dir if args.results_dir is not None else args.work_dir / 'results'
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
 
-    prep = commands.add_parser('prepare-data', help='extract the CIFAR-10 JPEG archive (and a capped val copy)')
+    parser.epilog = ('Results go to WORK_DIR/results/ unless --results-dir says otherwise; the committed results '
+                     'of this project (bench/results/) are only read or extended with --results-dir bench/results.')
+    prep = commands.add_parser('prepare-data', help='extract the CIFAR-10 JPEG archive (and capped copies)',
+                               description='Extract the CIFAR-10 JPEG archive into OUT/train and OUT/val; with '
+                                           'caps, a balanced copy of links; with --monitor-per-class, monitor/.')
     prep.add_argument('--archive', type=Path, required=True)
     prep.add_argument('--out', type=Path, required=True)
     prep.add_argument('--train-per-class', type=int, default=None)
@@ -530,26 +554,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep.add_argument('--monitor-per-class', type=int, default=None,
                       help='also link the first N val images per class into monitor/ (study protocols: 100)')
 
-    pilot = commands.add_parser('pilot', help="a CE pilot for a setting's epochs (curve and last-fifth gain)")
+    pilot = commands.add_parser('pilot', help="a CE pilot for a setting's epochs (curve and last-fifth gain)",
+                                description="Train one CE run of a data setting for EPOCHS epochs and record its "
+                                            "curve and last-fifth gain in RESULTS_DIR/<protocol>/pilots/NAME.json.")
     pilot.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
     pilot.add_argument('--data-setting', required=True, help="one of the protocol's data settings")
     pilot.add_argument('--epochs', type=int, required=True)
     pilot.add_argument('--name', required=True, help='the pilot record is RESULTS_DIR/<protocol>/pilots/NAME.json')
     pilot.add_argument('--data-dir', type=Path, required=True)
     pilot.add_argument('--work-dir', type=Path, required=True)
-    pilot.add_argument('--results-dir', type=Path, default=REPO_ROOT / 'bench' / 'results')
+    pilot.add_argument('--results-dir', type=Path, default=None,
+                       help='default WORK_DIR/results; pass bench/results to add to the committed results')
     pilot.add_argument('--seed', type=int, default=0)
     pilot.add_argument('extra_flags', nargs=argparse.REMAINDER,
                        help="train.py flags after '--', appended after the setting's data flags")
 
-    for name in ('run', 'status', 'aggregate'):
-        sub = commands.add_parser(name)
+    for name, (summary, description) in GRID_COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=description)
         sub.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
         sub.add_argument('--work-dir', type=Path, required=True, help='runs go to WORK_DIR/<protocol>/runs/')
         sub.add_argument('--results-dir', type=Path, default=None,
-                         help='per-run result files go to RESULTS_DIR/<protocol>/runs/ (run: default none for '
-                              'the legacy cpu protocol, bench/results otherwise); aggregate writes its tables '
-                              'there (default bench/results)')
+                         help='per-run result files go to RESULTS_DIR/<protocol>/runs/ and aggregate writes its '
+                              'tables there (default WORK_DIR/results; the legacy cpu protocol writes no per-run '
+                              'files unless given); pass bench/results to use the committed results')
         if name == 'run':
             sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
             sub.add_argument('--executor', default='local', choices=tuple(EXECUTORS),
@@ -581,9 +608,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def results_dir_for(protocol: Protocol, args: argparse.Namespace) -> Optional[Path]:
     """Where ``run`` writes per-run result files (None: only done.json in the work dir)."""
-    if args.results_dir is not None:
-        return args.results_dir / protocol.name / 'runs'
-    return None if protocol.name == 'cpu' else REPO_ROOT / 'bench' / 'results' / protocol.name / 'runs'
+    if args.results_dir is None and protocol.name == 'cpu':
+        return None
+    return default_results_dir(args) / protocol.name / 'runs'
 
 
 def make_executor(args: argparse.Namespace, runs_dir: Path):
@@ -601,7 +628,7 @@ def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
     if args.epochs < 5:
         raise ValueError(f'--epochs must be >= 5 for a last fifth to exist, got {args.epochs}.')
     extra = args.extra_flags[1:] if args.extra_flags[:1] == ['--'] else args.extra_flags
-    print(run_pilot(protocol, args.data_setting, args.epochs, args.data_dir, args.work_dir, args.results_dir,
+    print(run_pilot(protocol, args.data_setting, args.epochs, args.data_dir, args.work_dir, default_results_dir(args),
                     args.name, tuple(extra), args.seed))
     return 0
 
@@ -627,7 +654,7 @@ def main(args: argparse.Namespace) -> int:
         GridRunner(cells, runs_dir, cell_fn=None, results_dir=results_dir_for(protocol, args)).print_status()
         return 0
     if args.command == 'aggregate':
-        results_dir = args.results_dir or REPO_ROOT / 'bench' / 'results'
+        results_dir = default_results_dir(args)
         if protocol.score_split is None:  # the first study: from the work dir's done.json files
             paths = aggregate(protocol, runs_dir, results_dir, args.machine)
         else:

@@ -305,3 +305,42 @@ def test_data_share_bench_times_the_data_loop_and_the_whole_epoch(digits_dir, tm
     assert json.loads((tmp_path / 'share.json').read_text()) == result
     with pytest.raises(SystemExit):  # more images than the folder holds: a usage error
         study_data_share.main(['--data-dir', str(digits_dir), '--images', '100000'])
+
+
+def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
+    """Without --results-dir the results go to WORK_DIR/results: the committed bench/results never count as done,
+    and a user's runs never land among them."""
+    data = tmp_path / 'data'
+    for split in ('train', 'val'):
+        (data / split).mkdir(parents=True)
+    cell = PROTOCOLS['study-cpu'].cells()[0]
+    total = len(PROTOCOLS['study-cpu'].cells())
+    committed = BENCH_DIR / 'results' / 'study-cpu' / 'runs'
+    before = sorted(committed.glob('*.json')) if committed.is_dir() else []
+    base = [sys.executable, str(BENCH_DIR / 'reproduce.py')]
+    work = ['--protocol', 'study-cpu', '--work-dir', str(tmp_path / 'work')]
+    status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and status.stdout.startswith(f'0/{total} done'), status.stdout + status.stderr
+    done = subprocess.run([*base, 'run', *work, '--data-dir', str(data), '--only', cell.name,
+                           '--cell-fn', f'{THIS_FILE}:logging_cell'],
+                          env={**os.environ, 'STUDY_LOG': str(tmp_path / 'cells.log')},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and 'ran 1, failed 0, done before 0' in done.stderr, done.stderr
+    result = tmp_path / 'work' / 'results' / 'study-cpu' / 'runs' / f'{cell.name}.json'
+    assert json.loads(result.read_text())['result'] == {'value': len(cell.loss)}
+    assert (sorted(committed.glob('*.json')) if committed.is_dir() else []) == before
+    status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
+    assert status.stdout.startswith(f'1/{total} done'), status.stdout
+
+
+def test_every_subcommand_has_a_described_help():
+    base = [sys.executable, str(BENCH_DIR / 'reproduce.py')]
+    top = subprocess.run([*base, '--help'], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0
+    commands = ('prepare-data', 'pilot', 'run', 'status', 'aggregate')
+    for name in commands:
+        line = next((ln for ln in top.stdout.splitlines() if ln.strip().startswith(name + ' ')), '')
+        assert len(line.split()) > 2, f'{name!r} has no one-line summary in the top-level help:\n{top.stdout}'
+        sub = subprocess.run([*base, name, '--help'], capture_output=True, text=True, timeout=120)
+        paragraphs = sub.stdout.split('\n\n')
+        assert sub.returncode == 0 and len(paragraphs) > 2 and not paragraphs[1].startswith('options'), sub.stdout
