@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import tarfile
 import time
@@ -37,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # cfl_timm and train.py of this checkout
 from executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec  # noqa: E402
 from reproduce_aggregate import aggregate_study, last_fifth_gain, mean_sd, write_csv  # noqa: E402
-from reproduce_protocols import METHODS, PROTOCOLS, RANK_GROUPS, Protocol  # noqa: E402
+from reproduce_grid import load_grid  # noqa: E402
+from reproduce_protocols import PROTOCOLS, RANK_GROUPS, Protocol  # noqa: E402
 from reproduce_runner import Cell, CellFailed, GridRunner, _project_io, load_cell_fn, run_guarded  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +290,7 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
             import torch
             torch.set_num_threads(protocol.threads)
         if protocol.score_split is not None:
-            return {'protocol': protocol.name, 'method_flags': METHODS[cell.loss],
+            return {'protocol': protocol.name, 'method_flags': protocol.flags_of(cell.loss),
                     'command': portable_command(command[1:], data_dir, run_dir),
                     'train_seconds': train_seconds, 'train_cpu_seconds': train_cpu_seconds, 'epochs': len(rows),
                     'curve': [{k: _number(row.get(k)) for k in CURVE_COLUMNS if row.get(k) not in (None, '')}
@@ -514,13 +516,30 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def make_cell_fn(protocol: str, data_dir: str, cell_fn: Optional[str] = None):
+def make_cell_fn(protocol: str, data_dir: str, cell_fn: Optional[str] = None, grid: Optional[str] = None):
     """The cell function of a worker (the factory named in its :class:`executors.WorkerSpec`): ``cell_fn``
-    (``FILE.py:NAME`` or ``MODULE:NAME``) when given, else train.py under ``protocol`` on ``data_dir``."""
-    return load_cell_fn(cell_fn) if cell_fn else make_train_cell(PROTOCOLS[protocol], Path(data_dir))
+    (``FILE.py:NAME`` or ``MODULE:NAME``) when given, else train.py under ``protocol`` (or the grid file ``grid``)
+    on ``data_dir``."""
+    if cell_fn:
+        return load_cell_fn(cell_fn)
+    return make_train_cell(load_grid(Path(grid)) if grid else PROTOCOLS[protocol], Path(data_dir))
+
+
+def protocol_of(args: argparse.Namespace) -> Protocol:
+    """The study protocol named by ``--protocol``, or the checked grid file of ``--grid``."""
+    if getattr(args, 'grid', None) is None:
+        return PROTOCOLS[args.protocol]
+    protocol = load_grid(args.grid)
+    if protocol.name in PROTOCOLS:
+        raise ValueError(f'--grid {args.grid}: name {protocol.name!r} is a study protocol\'s; choose another '
+                         f'(taken: {sorted(PROTOCOLS)})')
+    return protocol
 
 
 GRID_COMMANDS = {
+    'list': ("print each cell's name and exact train.py command, running nothing",
+             "A dry run: print every cell of the protocol or grid file with its train.py command line, as run "
+             "would start it (whether done or not); nothing runs and nothing is written."),
     'run': ('run every cell of a protocol that is not done yet',
             'Run every cell of the protocol not yet done (in WORK_DIR or RESULTS_DIR), with local workers or one '
             'Slurm job per cell; resumable, safe to start on many hosts sharing WORK_DIR.'),
@@ -571,14 +590,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     for name, (summary, description) in GRID_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=description)
-        sub.add_argument('--protocol', required=True, choices=tuple(PROTOCOLS))
+        grid = sub.add_mutually_exclusive_group(required=True)
+        grid.add_argument('--protocol', choices=tuple(PROTOCOLS), help='one of the study protocols')
+        grid.add_argument('--grid', type=Path, metavar='FILE.yaml',
+                          help="a grid file of one's own (models, losses, data, seeds, epochs; docs/grid.md)")
         sub.add_argument('--work-dir', type=Path, required=True, help='runs go to WORK_DIR/<protocol>/runs/')
         sub.add_argument('--results-dir', type=Path, default=None,
                          help='per-run result files go to RESULTS_DIR/<protocol>/runs/ and aggregate writes its '
                               'tables there (default WORK_DIR/results; the legacy cpu protocol writes no per-run '
                               'files unless given); pass bench/results to use the committed results')
-        if name == 'run':
+        if name in ('run', 'list'):
             sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
+            sub.add_argument('--only', default=None, help='comma-separated cell names (default: all)')
+            sub.add_argument('--seeds', type=int, nargs='+', default=None, help='subset of the seeds')
+        if name == 'run':
             sub.add_argument('--executor', default='local', choices=tuple(EXECUTORS),
                              help='local: worker processes on this host; slurm: one Slurm job per cell (submitit)')
             sub.add_argument('--jobs', type=int, default=1, help='local executor: worker processes on this host')
@@ -587,8 +612,6 @@ def get_args_parser() -> argparse.ArgumentParser:
             sub.add_argument('--heartbeat', type=float, default=10.0, help='heartbeat interval in seconds')
             sub.add_argument('--cell-fn', default=None,
                              help='FILE.py:function or module:function replacing the train.py cell (for tests)')
-            sub.add_argument('--only', default=None, help='comma-separated cell names to run (default: all)')
-            sub.add_argument('--seeds', type=int, nargs='+', default=None, help='subset of the seeds')
             slurm = sub.add_argument_group('Slurm executor (--executor slurm)')
             slurm.add_argument('--partition', default=None, help='Slurm partition (default: the cluster default)')
             slurm.add_argument('--time', type=int, default=60, metavar='MINUTES', help='time limit per job')
@@ -637,7 +660,7 @@ def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
         print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class, args.monitor_per_class))
         return 0
-    protocol = PROTOCOLS[args.protocol]
+    protocol = protocol_of(args)
     if args.command == 'pilot':
         return _pilot(protocol, args)
     runs_dir = args.work_dir / protocol.name / 'runs'
@@ -650,6 +673,11 @@ def main(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f'--only: unknown cells {sorted(unknown)}; valid: {[c.name for c in cells]}')
         cells = [c for c in cells if c.name in wanted]
+    if args.command == 'list':
+        for cell in cells:
+            command = train_command(protocol, cell, args.data_dir.resolve(), (runs_dir / cell.name).resolve())
+            print(f'{cell.name}: {shlex.join(command)}')
+        return 0
     if args.command == 'status':
         GridRunner(cells, runs_dir, cell_fn=None, results_dir=results_dir_for(protocol, args)).print_status()
         return 0
@@ -667,7 +695,8 @@ def main(args: argparse.Namespace) -> int:
                          '(see the prepare-data command).')
     spec = WorkerSpec(runs_dir=runs_dir.resolve(), factory=f'{Path(__file__).resolve()}:make_cell_fn',
                       factory_kwargs={'protocol': protocol.name, 'data_dir': str(args.data_dir.resolve()),
-                                      'cell_fn': args.cell_fn},
+                                      'cell_fn': args.cell_fn,
+                                      'grid': str(args.grid.resolve()) if args.grid else None},
                       results_dir=results_dir_for(protocol, args), stale_after=args.stale_after,
                       heartbeat=args.heartbeat)
     return make_executor(args, runs_dir).run(spec, cells)

@@ -96,6 +96,8 @@ class Protocol:
         pairs: (cyclical, constant) method pairs compared with each other.
         focus: the methods the study asks about, each compared (seed-paired) with every other loss of its setting.
         notes: free-form facts for docs/study.md (pilot, timing).
+        method_flags: the protocol's own methods (name -> train.py flags), looked up before :data:`METHODS`
+            (a user's grid file defines its methods here).
     """
     name: str
     description: str
@@ -112,10 +114,11 @@ class Protocol:
     pairs: tuple[tuple[str, str], ...] = ()
     focus: tuple[str, ...] = ()
     notes: str = ''
+    method_flags: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         for setting, methods in self.grid.items():
-            unknown = [m for m in methods if m not in METHODS]
+            unknown = [m for m in methods if m not in METHODS and m not in self.method_flags]
             if setting not in self.data or setting not in self.epochs or unknown:
                 raise ValueError(f'protocol {self.name}: data setting {setting!r} needs data flags and epochs, '
                                  f'methods must be in METHODS (unknown: {unknown})')
@@ -144,10 +147,14 @@ class Protocol:
         return [Cell(loss=method, data=data, seed=seed)
                 for seed in self.seeds for data, methods in self.grid.items() for method in methods]
 
+    def flags_of(self, method: str) -> list[str]:
+        """The train.py flags of ``method`` (the protocol's own methods first)."""
+        return self.method_flags[method] if method in self.method_flags else METHODS[method]
+
     def train_flags(self, cell: Cell) -> list[str]:
         """The cell's train.py flags after ``--data-dir``: common, epochs, data subset, method, seed."""
-        return [*self.common, '--epochs', str(self.epochs[cell.data]), *self.data[cell.data], *METHODS[cell.loss],
-                '--seed', str(cell.seed)]
+        return [*self.common, '--epochs', str(self.epochs[cell.data]), *self.data[cell.data],
+                *self.flags_of(cell.loss), '--seed', str(cell.seed)]
 
 
 _CPU_COMMON = ['--model', 'test_resnet', '--img-size', '32', '-b', '64', '--opt', 'sgd', '--lr', '0.1',

@@ -337,7 +337,7 @@ def test_every_subcommand_has_a_described_help():
     base = [sys.executable, str(BENCH_DIR / 'reproduce.py')]
     top = subprocess.run([*base, '--help'], capture_output=True, text=True, timeout=120)
     assert top.returncode == 0
-    commands = ('prepare-data', 'pilot', 'run', 'status', 'aggregate')
+    commands = ('prepare-data', 'pilot', 'list', 'run', 'status', 'aggregate')
     for name in commands:
         line = next((ln for ln in top.stdout.splitlines() if ln.strip().startswith(name + ' ')), '')
         assert len(line.split()) > 2, f'{name!r} has no one-line summary in the top-level help:\n{top.stdout}'
