@@ -20,6 +20,7 @@ Usage::
         --jobs 2                                      # or: --executor slurm --partition P --time 60
     python bench/reproduce.py status --protocol study-cpu --work-dir bench/_work
     python bench/reproduce.py aggregate --protocol study-cpu --work-dir bench/_work
+    python bench/reproduce.py list --grid my_grid.yaml --data-dir DATA --work-dir WORK   # your own grid, dry run
     python bench/reproduce.py pilot --protocol study-cpu --data-setting c10_4k --epochs 40 \
         --data-dir bench/_work/cifar10 --work-dir bench/_work --name c10_4k_e40   # choose a setting's epochs
 """

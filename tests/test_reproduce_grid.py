@@ -88,3 +88,20 @@ def test_a_bad_grid_file_is_one_usage_line_before_any_work(tmp_path, change, key
     errors = [line for line in done.stderr.splitlines() if 'error:' in line]
     assert done.returncode == 2 and len(errors) == 1 and key in errors[0], done.stderr
     assert 'Traceback' not in done.stderr and not (tmp_path / 'work').exists()
+
+
+def test_the_smoke_protocol_as_a_grid_file_runs_the_same_train_py_arguments():
+    """bench/grids/smoke.yaml and the `smoke` protocol give every cell the same parsed train.py arguments."""
+    sys.path.insert(0, str(REPO_ROOT / 'bench'))
+    try:
+        from reproduce_grid import load_grid
+        from reproduce_protocols import PROTOCOLS
+    finally:
+        sys.path.remove(str(REPO_ROOT / 'bench'))
+    import train
+
+    grid, protocol = load_grid(REPO_ROOT / 'bench' / 'grids' / 'smoke.yaml'), PROTOCOLS['smoke']
+    assert grid.cells() == protocol.cells() and grid.threads == protocol.threads
+    for cell in protocol.cells():
+        expected = train.parse_args(['--data-dir', 'DATA', *protocol.train_flags(cell)])
+        assert train.parse_args(['--data-dir', 'DATA', *grid.train_flags(cell)]) == expected, cell.name
