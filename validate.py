@@ -62,6 +62,8 @@ from cfl_timm.training import (
     evaluate_temperature_scaled,
     predict,
 )
+from cfl_timm.training.arg_types import INTERPOLATIONS, finite_float, positive_float, positive_int, seed
+from cfl_timm.training.input_checks import check_mean_std
 
 _logger = logging.getLogger('validate')
 
@@ -107,16 +109,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument('--valid-labels', default='', metavar='FILENAME',
                        help='text file of the class indices to keep (one per line): partial label space')
     group = parser.add_argument_group('Input (timm)')
-    group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
+    group.add_argument('--img-size', type=positive_int, default=None, metavar='N', help='input image size')
     group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
     group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'), help='input size')
     group.add_argument('--use-train-size', action='store_true', help="use the model's train input size")
     group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='input center crop percent')
     group.add_argument('--crop-mode', default=None, metavar='MODE', help='crop mode (center, squash, border)')
     group.add_argument('--crop-border-pixels', type=int, default=None, metavar='N', help='crop pixels at the border')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
-    group.add_argument('--interpolation', default='', metavar='NAME', help='resize interpolation')
+    group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
+    group.add_argument('--std', type=positive_float, nargs='+', default=None, metavar='STD', help='dataset std')
+    group.add_argument('--interpolation', default='', metavar='NAME', choices=INTERPOLATIONS,
+                       help='resize interpolation')
     group = parser.add_argument_group('Runtime (timm)')
     group.add_argument('-b', '--batch-size', type=int, default=256, metavar='N', help='batch size')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loader workers')
@@ -142,7 +145,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument('--retry', action='store_true', help='not available (lower --batch-size instead)')
     group.add_argument('--naflex-loader', action='store_true', help='not available (NaFlex models)')
     group.add_argument('--naflex-max-seq-len', type=int, default=576, help='NaFlex sequence length (unused)')
-    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed')
+    group.add_argument('--seed', type=seed, default=42, metavar='S', help='random seed')
     group.add_argument('--log-freq', type=int, default=10, metavar='N', help='log every N batches')
     group.add_argument('--metrics-avg', default=None, choices=('micro', 'macro', 'weighted'),
                        help='also report precision, recall and F1 with this averaging (needs scikit-learn)')
@@ -235,6 +238,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f'{flag} must be >= {low}, got {value}.')
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError(f'--num-samples must be >= 1, got {args.num_samples}.')
+    check_mean_std(args)
     if not 1 <= args.tta <= MAX_TTA_VIEWS:
         raise ValueError(f'--tta must be in [1, {MAX_TTA_VIEWS}] views, got {args.tta}.')
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),

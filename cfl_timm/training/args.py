@@ -45,6 +45,18 @@ from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
+from .arg_types import (
+    INTERPOLATIONS,
+    Ascending,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    relative_name,
+    seed,
+)
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 from .loggers import check_logger_extras
 
@@ -169,7 +181,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='number of label classes (default: from the training set)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL',
                        help='global pool type, one of (fast, avg, max, avgmax, avgmaxc); model default if None')
-    group.add_argument('--img-size', type=int, default=None, metavar='N',
+    group.add_argument('--img-size', type=positive_int, default=None, metavar='N',
                        help='image size (default: None => model default)')
     group.add_argument('--in-chans', type=int, default=None, metavar='N',
                        help='image input channels (default: None => 3)')
@@ -177,11 +189,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='input all image dimensions (d h w, e.g. --input-size 3 224 224), model default if None')
     group.add_argument('--crop-pct', default=None, type=float, metavar='N',
                        help='input image center crop percent (for validation only)')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+    group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN',
                        help='override mean pixel value of dataset')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+    group.add_argument('--std', type=positive_float, nargs='+', default=None, metavar='STD',
                        help='override std deviation of dataset')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME', choices=INTERPOLATIONS,
                        help='image resize interpolation type (overrides model)')
     group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
                        help='input batch size for training (default: 128)')
@@ -272,17 +284,18 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='learning rate, overrides lr-base if set (default: None)')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
                        help='base learning rate: lr = lr_base * global_batch_size / base_size')
-    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
+    group.add_argument('--lr-base-size', type=positive_int, default=256, metavar='DIV',
                        help='base learning rate batch size (divisor, default: 256)')
     group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
                        help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+    group.add_argument('--lr-noise', type=non_negative_float, nargs='+', action=Ascending, default=None,
+                       metavar='pct, pct',
                        help='learning rate noise on/off epoch percentages')
     group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
                        help='learning rate noise limit percent (default: 0.67)')
     group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
                        help='learning rate noise std-dev (default: 1.0)')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
+    group.add_argument('--lr-cycle-mul', type=positive_float, default=1.0, metavar='MULT',
                        help='learning rate cycle len multiplier (default: 1.0)')
     group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
                        help='amount to decay each learning rate cycle (default: 0.5)')
@@ -300,7 +313,8 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='epoch repeat multiplier of an iterable dataset (number of passes per epoch)')
     group.add_argument('--start-epoch', default=None, type=int, metavar='N',
                        help='manual epoch number (useful on restarts)')
-    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=non_negative_int, nargs='+',
+                       action=Ascending, metavar='MILESTONES',
                        help='list of decay epoch indices for multistep lr. must be increasing')
     group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
                        help='epoch interval to decay LR')
@@ -340,19 +354,21 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
     group.add_argument('--train-crop-mode', type=str, default=None,
                        help="training crop mode of timm's transforms (e.g. 'rrc', 'rkrc', 'rkrr')")
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+    group.add_argument('--scale', type=positive_float, nargs='+', action=Ascending, default=[0.08, 1.0],
+                       metavar='PCT',
                        help='random resize scale (default: 0.08 1.0)')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+    group.add_argument('--ratio', type=positive_float, nargs='+', action=Ascending, default=[3. / 4., 4. / 3.],
+                       metavar='RATIO',
                        help='random resize aspect ratio (default: 0.75 1.33)')
     group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip training aug probability')
     group.add_argument('--vflip', type=float, default=0., help='vertical flip training aug probability')
     group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
                        help='color jitter factor (default: 0.4)')
-    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+    group.add_argument('--color-jitter-prob', type=probability, default=None, metavar='PCT',
                        help='probability of applying color jitter (default: None = always)')
-    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+    group.add_argument('--grayscale-prob', type=probability, default=None, metavar='PCT',
                        help='probability of random grayscale conversion (default: None = never)')
-    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+    group.add_argument('--gaussian-blur-prob', type=probability, default=None, metavar='PCT',
                        help='probability of random gaussian blur (default: None = never)')
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
                        help='use AutoAugment policy. "v0" or "original". (default: None)')
@@ -369,7 +385,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha, mixup enabled if > 0. (default: 0.)')
     group.add_argument('--cutmix', type=float, default=0.0,
                        help='cutmix alpha, cutmix enabled if > 0. (default: 0.)')
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+    group.add_argument('--cutmix-minmax', type=probability, nargs='+', action=Ascending, default=None,
                        help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
     group.add_argument('--mixup-prob', type=float, default=1.0,
                        help='probability of performing mixup or cutmix when either/both is enabled')
@@ -420,7 +436,7 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
 def add_misc_args(parser: argparse.ArgumentParser) -> None:
     """Seed, logging, workers, output folder and the checkpoint metric (timm)."""
     group = parser.add_argument_group('Miscellaneous parameters')
-    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--seed', type=seed, default=42, metavar='S', help='random seed (default: 42)')
     group.add_argument('--worker-seeding', type=str, default='all',
                        help="data-loader worker seeding mode, 'all' or 'part' (default: all)")
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
@@ -440,7 +456,7 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
     group.add_argument('--output', default='', type=str, metavar='PATH',
                        help='path to output folder (default: none, current dir)')
-    group.add_argument('--experiment', default='', type=str, metavar='NAME',
+    group.add_argument('--experiment', default='', type=relative_name, metavar='NAME',
                        help='name of train experiment, name of sub-folder for output')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
                        help='best metric (default: "top1")')
@@ -461,7 +477,7 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        help='enable BCE loss w/ Mixup/CutMix use.')
     group.add_argument('--bce-sum', action='store_true', default=False,
                        help='sum over classes when using BCE loss.')
-    group.add_argument('--bce-target-thresh', type=float, default=None,
+    group.add_argument('--bce-target-thresh', type=probability, default=None,
                        help='threshold for binarizing softened BCE targets (default: None, disabled).')
     group.add_argument('--bce-pos-weight', type=float, default=None,
                        help='positive-class weight of the BCE loss (default: None)')
@@ -639,17 +655,42 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f'duplicate key {key!r}')
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
     if not os.path.isfile(path):
         raise UsageError(f'Config file not found: {path}')
     try:
         with open(path, encoding='utf-8') as f:
-            cfg = yaml.safe_load(f) or {}
+            cfg = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as e:
+        raise UsageError(f'Config file {path}: key {e.key!r} appears twice (line {e.line}); give each key once.') \
+            from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f'Config file {path} is not valid YAML: {" ".join(str(e).split())[:200]}') from None
     if not isinstance(cfg, dict):
         raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
+    if 'config' in cfg:
+        raise UsageError(f"Config file {path}: key 'config' is not allowed inside a config file (configs do not "
+                         'include other configs).')
     actions = {a.dest: a for a in parser._actions}
     resolved, unknown = {}, []
     for key, value in cfg.items():
@@ -678,6 +719,8 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--epochs must be >= 1, got {args.epochs}.')
     if args.batch_size < 1 or args.grad_accum_steps < 1:
         raise ValueError('--batch-size and --grad-accum-steps must be >= 1.')
+    if args.start_epoch is not None and not 0 <= args.start_epoch < args.epochs:
+        raise ValueError(f'--start-epoch must be in [0, --epochs) = [0, {args.epochs}), got {args.start_epoch}.')
 
 
 def check_augmentation_args(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_name_args',
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_name_args',
            'check_number_args', 'coerce_config_value']
 
 
@@ -36,12 +36,11 @@ _RANGES = (
 )
 # (dest, minimum) for integers; checked when the value is not None.
 _MINIMUMS = (
-    ('num_classes', 1), ('img_size', 1), ('in_chans', 1), ('validation_batch_size', 1), ('workers', 0),
+    ('num_classes', 1), ('in_chans', 1), ('validation_batch_size', 1), ('workers', 0),
     ('warmup_epochs', 0), ('cooldown_epochs', 0), ('start_epoch', 0), ('checkpoint_hist', 1),
     ('log_interval', 1), ('recount', 1), ('patience_epochs', 0), ('lr_cycle_limit', 1), ('mixup_off_epoch', 0),
     ('imbalance_max', 1),
 )
-_SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
 
 
 def _flag(dest: str) -> str:
@@ -55,7 +54,8 @@ def _range_text(low, high, low_inclusive, high_inclusive) -> str:
 
 
 def check_number_args(args: argparse.Namespace) -> None:
-    """Every float is finite; rates, probabilities and counts are in their ranges; the seed fits numpy."""
+    """Every float is finite; rates, probabilities and counts are in their ranges (flags declared with a
+    :mod:`cfl_timm.training.arg_types` converter are checked by argparse itself)."""
     for dest, value in sorted(vars(args).items()):
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
@@ -74,20 +74,21 @@ def check_number_args(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None and value < minimum:
             raise ValueError(f'{_flag(dest)} must be >= {minimum}, got {value}.')
-    if not 0 <= args.seed <= _SEED_MAX:
-        raise ValueError(f'--seed must be in [0, {_SEED_MAX}], got {args.seed}.')
     if args.input_size is not None and min(args.input_size) < 1:
         raise ValueError(f'--input-size must be three integers >= 1 (channels height width), got {args.input_size}.')
+    check_mean_std(args)
+    if args.imbalance_max is not None and args.imbalance_ratio is None:
+        raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
+                         '--imbalance_ratio RHO (>= 1).')
+
+
+def check_mean_std(args: argparse.Namespace) -> None:
+    """``--mean`` and ``--std`` give 1 value or one per input channel (``--input-size``/``--in-chans``, else 3)."""
     channels = (args.input_size[0] if args.input_size else None) or args.in_chans or 3
     for dest in ('mean', 'std'):
         value = getattr(args, dest)
         if value is not None and len(value) not in (1, channels):
             raise ValueError(f'{_flag(dest)} needs 1 or {channels} values (one per input channel), got {len(value)}.')
-    if args.std is not None and min(args.std) <= 0:
-        raise ValueError(f'--std values must be > 0, got {args.std}.')
-    if args.imbalance_max is not None and args.imbalance_ratio is None:
-        raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
-                         '--imbalance_ratio RHO (>= 1).')
 
 
 def check_name_args(args: argparse.Namespace) -> None:
@@ -103,6 +104,14 @@ def check_name_args(args: argparse.Namespace) -> None:
     except (ValueError, AssertionError, KeyError, TypeError) as e:
         raise ValueError(f'--opt: unknown optimizer {args.opt!r}; valid names: timm.optim.list_optimizers() '
                          f'(e.g. {", ".join(list_optimizers()[:12])}, ...). ({e})') from e
+    if args.opt_kwargs:
+        try:
+            create_optimizer_v2(probe, opt=args.opt, lr=0.1, weight_decay=args.weight_decay, **args.opt_kwargs)
+        except TypeError as e:
+            raise ValueError(f'--opt-kwargs {_kwargs_text(args.opt_kwargs)}: not accepted by the {args.opt!r} '
+                             f'optimizer ({e}).') from e
+    if args.model_kwargs:
+        _check_model_kwargs(args.model, args.model_kwargs)
     # The scheduler name, by a dry construction with train.py's own keyword arguments. Only an unknown name is
     # reported here; other settings are checked by their own groups and, with context, by the real construction.
     try:
@@ -120,6 +129,24 @@ def check_name_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--device: {args.device!r} is not a device name (cpu, cuda, cuda:N, ...).') from e
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {args.device}: no CUDA device is available here; use --device cpu.')
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ' '.join(f'{k}={v!r}' for k, v in kwargs.items())
+
+
+def _check_model_kwargs(model: str, kwargs: dict) -> None:
+    """The model's constructor accepts ``kwargs``: a dry build on the meta device (no memory, no weights)."""
+    from timm.models import create_model, is_model
+    if not is_model(model):
+        return  # reported by the model check
+    try:
+        with torch.device('meta'):
+            create_model(model, **kwargs)
+    except TypeError as e:
+        raise ValueError(f'--model-kwargs {_kwargs_text(kwargs)}: not accepted by model {model!r} ({e}).') from e
+    except Exception:  # noqa: BLE001  (a model that cannot be built on meta: the real build reports its own errors)
+        pass
 
 
 def check_file_args(args: argparse.Namespace) -> None:
@@ -167,7 +194,14 @@ def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str
             raise ValueError(f'{where} expects {action.nargs} values, got {len(value)}.')
         if action.nargs == '+' and not value:
             raise ValueError(f'{where} expects at least one value.')
-        return [_coerce_scalar(action, where, item) for item in value]
+        items = [_coerce_scalar(action, where, item) for item in value]
+        check = getattr(action, 'check', None)  # a declared post-check (e.g. arg_types.Ascending)
+        if check is not None:
+            try:
+                check(items)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f'{where}: {e}.') from None
+        return items
     if isinstance(value, (list, tuple, dict)):
         raise ValueError(f'{where} expects one value, got {value!r}.')
     return _coerce_scalar(action, where, value)
@@ -185,6 +219,8 @@ def _coerce_scalar(action: argparse.Action, where: str, value: Any) -> Any:
         value = str(value)
     try:
         converted = kind(value)
+    except argparse.ArgumentTypeError as e:  # a arg_types converter: its message names the valid range
+        raise ValueError(f'{where} {e}.') from None
     except (TypeError, ValueError) as e:
         name = getattr(kind, '__name__', str(kind))
         raise ValueError(f'{where} expects {name}, got {value!r}.') from e

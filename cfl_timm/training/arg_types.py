@@ -1,0 +1,128 @@
+"""Argparse ``type=`` converters and actions that carry each flag's valid range with its declaration.
+
+A flag declared with one of these cannot be parsed out of range: argparse reports the bad value as a one-line
+usage error naming the flag (``train.py: error: argument --grayscale-prob: must be in [0, 1], got 2.0``, exit
+status 2). ``-c/--config`` values go through the same converters (:func:`cfl_timm.training.input_checks.
+coerce_config_value`), and :class:`Ascending`'s order check through :meth:`Ascending.check`.
+"""
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ['INTERPOLATIONS', 'Ascending', 'existing_file', 'finite_float', 'non_negative_float', 'non_negative_int',
+           'positive_float', 'positive_int', 'probability', 'relative_name', 'seed']
+
+SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
+# timm's resize interpolation names for --interpolation ('' = the model's own).
+INTERPOLATIONS = ('', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f'expected a number, got {value!r}')
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f'expected a number, got {value!r}') from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f'must be a finite number, got {value}')
+    return number
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f'expected an integer, got {value!r}')
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f'expected an integer, got {value!r}') from None
+
+
+def finite_float(value: Any) -> float:
+    """A finite float (no nan, no inf)."""
+    return _float(value)
+
+
+def probability(value: Any) -> float:
+    """A probability in [0, 1]."""
+    number = _float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be a probability in [0, 1], got {number:g}')
+    return number
+
+
+def positive_float(value: Any) -> float:
+    """A finite float > 0."""
+    number = _float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f'must be > 0, got {number:g}')
+    return number
+
+
+def non_negative_float(value: Any) -> float:
+    """A finite float >= 0."""
+    number = _float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {number:g}')
+    return number
+
+
+def positive_int(value: Any) -> int:
+    """An integer >= 1."""
+    number = _int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {number}')
+    return number
+
+
+def non_negative_int(value: Any) -> int:
+    """An integer >= 0."""
+    number = _int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f'must be an integer >= 0, got {number}')
+    return number
+
+
+def seed(value: Any) -> int:
+    """A random seed numpy accepts: an integer in [0, 2**32 - 1]."""
+    number = _int(value)
+    if not 0 <= number <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f'must be an integer in [0, {SEED_MAX}], got {number}')
+    return number
+
+
+def existing_file(value: Any) -> str:
+    """The path of an existing file ('' = none given)."""
+    path = str(value)
+    if path and not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f'file not found: {path}')
+    return path
+
+
+def relative_name(value: Any) -> str:
+    """A relative folder name that stays inside its parent (no absolute path, no '..')."""
+    name = str(value)
+    if os.path.isabs(name) or '..' in name.replace('\\', '/').split('/'):
+        raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no '
+                                         f'..), got {name!r}')
+    return name
+
+
+class Ascending(argparse.Action):
+    """A list of values in non-decreasing order (a ``low high`` pair, or increasing milestones)."""
+
+    @staticmethod
+    def check(values: Sequence[Any]) -> None:
+        """Raise ``argparse.ArgumentTypeError`` when ``values`` decrease anywhere."""
+        if any(b < a for a, b in zip(values, values[1:])):
+            raise argparse.ArgumentTypeError(
+                f'values must be in increasing order (low <= high), got {" ".join(f"{v:g}" for v in values)}')
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            self.check(values)
+        except argparse.ArgumentTypeError as e:
+            parser.error(f'argument {option_string}: {e}')
+        setattr(namespace, self.dest, values)
