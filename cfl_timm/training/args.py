@@ -48,6 +48,7 @@ from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .arg_types import (
     INTERPOLATIONS,
     Ascending,
+    existing_file,
     finite_float,
     non_negative_float,
     non_negative_int,
@@ -149,7 +150,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                        help='number of validation samples of an iterable dataset (hfids/, wds/, tfds/)')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='allow download of dataset for torch/ and tfds/ datasets that support it')
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+    group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
     group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
     group.add_argument('--input-key', default=None, type=str,
@@ -170,7 +171,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--pretrained-path', default=None, type=str, metavar='PATH',
                        help='load the --pretrained weights from this file instead of the hub (the classifier is '
                             'adapted to --num-classes)')
-    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+    group.add_argument('--initial-checkpoint', default='', type=existing_file, metavar='PATH',
                        help='load this checkpoint into model after initialization (default: none)')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
                        help="resume full model and optimizer state from checkpoint; 'auto' uses last.pth.tar "

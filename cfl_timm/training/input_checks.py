@@ -150,11 +150,8 @@ def _check_model_kwargs(model: str, kwargs: dict) -> None:
 
 
 def check_file_args(args: argparse.Namespace) -> None:
-    """Files named by flags exist, and an explicit run folder is never reused without --resume."""
-    for dest in ('class_map', 'initial_checkpoint'):
-        path = getattr(args, dest)
-        if path and not os.path.isfile(path):
-            raise ValueError(f'{_flag(dest)}: file not found: {path}')
+    """The resume checkpoint exists, and an explicit run folder is never reused without --resume (the other files
+    named by flags are checked by their ``arg_types.existing_file`` declaration)."""
     if args.resume and args.resume != 'auto' and not os.path.isfile(args.resume):
         raise ValueError(f"--resume: checkpoint not found: {args.resume} (a file, or 'auto' for the run folder's "
                          'newest complete checkpoint)')
