@@ -53,36 +53,30 @@ def probability(value: Any) -> float:
     return number
 
 
+def _at_least(number, low, strict: bool, kind: str = ''):
+    if number < low or (strict and number == low):
+        raise argparse.ArgumentTypeError(f'must be {kind}{">" if strict else ">="} {low}, got {number:g}')
+    return number
+
+
 def positive_float(value: Any) -> float:
     """A finite float > 0."""
-    number = _float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f'must be > 0, got {number:g}')
-    return number
+    return _at_least(_float(value), 0, strict=True)
 
 
 def non_negative_float(value: Any) -> float:
     """A finite float >= 0."""
-    number = _float(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {number:g}')
-    return number
+    return _at_least(_float(value), 0, strict=False)
 
 
 def positive_int(value: Any) -> int:
     """An integer >= 1."""
-    number = _int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {number}')
-    return number
+    return _at_least(_int(value), 1, strict=False, kind='an integer ')
 
 
 def non_negative_int(value: Any) -> int:
     """An integer >= 0."""
-    number = _int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f'must be an integer >= 0, got {number}')
-    return number
+    return _at_least(_int(value), 0, strict=False, kind='an integer ')
 
 
 def seed(value: Any) -> int:

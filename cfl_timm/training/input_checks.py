@@ -144,7 +144,9 @@ def _check_model_kwargs(model: str, kwargs: dict) -> None:
         with torch.device('meta'):
             create_model(model, **kwargs)
     except TypeError as e:
-        raise ValueError(f'--model-kwargs {_kwargs_text(kwargs)}: not accepted by model {model!r} ({e}).') from e
+        if any(repr(str(key)) in str(e) for key in kwargs):  # the constructor named one of the keys
+            raise ValueError(f'--model-kwargs {_kwargs_text(kwargs)}: not accepted by model {model!r} ({e}).') \
+                from e
     except Exception:  # noqa: BLE001  (a model that cannot be built on meta: the real build reports its own errors)
         pass
 
