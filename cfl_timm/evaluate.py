@@ -37,6 +37,7 @@ from cfl_timm.metrics import (
     ood_metrics,
 )
 from cfl_timm.metrics.checks import check_logits, check_targets
+from cfl_timm.training import arg_types
 from cfl_timm.training.io import atomic_write_text
 
 __all__ = ['SAVED_OOD_NAME', 'evaluate_logits', 'get_args_parser', 'main', 'cli', 'posthoc_logits']
@@ -210,7 +211,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f'comma-separated post-hoc methods from {",".join(POSTHOC_METHODS)} (needs --fit)')
     parser.add_argument('--bootstrap', type=_resample_count, default=0, metavar='B',
                         help='bootstrap resamples for 95%% intervals (0: none, else >= 2)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the bootstrap resampling')
+    parser.add_argument('--seed', type=arg_types.seed, default=0, help='seed of the bootstrap resampling')
     parser.add_argument('--num-bins', type=_positive, default=15, help='equal-width bins of the binned metrics')
     parser.add_argument('--output-json', metavar='PATH', help='write the results here (atomically)')
     return parser

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from cfl_timm import FOCAL_LOSS_TYPES
+from cfl_timm.training.arg_types import SEED_MAX
 
 from .metrics import SHOT_RULES
 
@@ -65,6 +66,9 @@ def _check(config: dict[str, Any], source: str) -> None:
     threshold = config['open_threshold']
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f'{source}: open_threshold must be a probability in (0, 1), got {threshold!r}.')
+    seed = config['seed']
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f'{source}: seed must be an integer in [0, {SEED_MAX}], got {seed!r}.')
     for key in ('feature_lr', 'classifier_lr', 'momentum', 'weight_decay', 'lr_gamma'):
         if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
             raise ValueError(f'{source}: {key} must be a number >= 0, got {config[key]!r}.')

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from cfl_timm import create_loss
-from cfl_timm.training import atomic_write_bytes
+from cfl_timm.training import arg_types, atomic_write_bytes
 
 from .config import apply_overrides, load_config, loss_kwargs, run_name
 from .data import ListDataset, eval_transform, train_transform
@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     for name in ('gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg', 'cyclical_factor', 'smoothing'):
         parser.add_argument(f'--{name}', type=float, default=None)
     parser.add_argument('--workers', type=int, default=None)
-    parser.add_argument('--seed', type=int, default=None)
+    parser.add_argument('--seed', type=arg_types.seed, default=None)
     parser.add_argument('--shot-rule', dest='shot_rule', choices=SHOT_RULES, default=None,
                         help="many/few thresholds: 'code' (>= 100 / <= 20, OLTR's code, the config default) or "
                              "'paper' (> 100 / < 20)")

@@ -263,6 +263,8 @@ OLTR_ROWS = [
     O('`--set loss=bogus`', "unknown loss 'bogus'", 'good', '--set', 'loss=bogus'),
     O('`--set open_threshold=2`', 'open_threshold must be a probability in (0, 1)', 'good', '--set',
       'open_threshold=2'),
+    O('`--seed -1`', 'argument --seed: must be an integer in [0, 4294967295]', 'good', '--seed=-1'),
+    O('`--set seed=-1`', 'seed must be an integer in [0, 4294967295]', 'good', '--set', 'seed=-1'),
     O('`--resume` without an interrupted run', '--resume: no', 'good', '--resume'),
     O('`--pretrained-file` missing', 'pretrained weights file not found', 'good', '--pretrained-file',
       '{files}/absent.pth'),

@@ -11,8 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ['INTERPOLATIONS', 'Ascending', 'existing_file', 'finite_float', 'non_negative_float', 'non_negative_int',
-           'positive_float', 'positive_int', 'probability', 'relative_name', 'seed']
+__all__ = ['INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'existing_file', 'finite_float', 'non_negative_float',
+           'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed']
 
 SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
 # timm's resize interpolation names for --interpolation ('' = the model's own).
