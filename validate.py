@@ -63,7 +63,7 @@ from cfl_timm.training import (
     predict,
 )
 from cfl_timm.training.arg_types import INTERPOLATIONS, finite_float, positive_float, positive_int, seed
-from cfl_timm.training.input_checks import check_mean_std
+from cfl_timm.training.input_checks import check_mean_std, check_model_kwargs
 
 _logger = logging.getLogger('validate')
 
@@ -369,6 +369,8 @@ def build_model(args: argparse.Namespace, run: dict[str, Any], num_classes: int,
     if not model_name:
         raise ValueError('the checkpoint names no architecture: give --model NAME.')
     model_kwargs = {**(run.get('model_kwargs') or {}), **args.model_kwargs}
+    if args.model_kwargs:
+        check_model_kwargs(model_name, args.model_kwargs)
     model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans,
                          global_pool=args.gp, scriptable=args.torchscript, **model_kwargs)
     if args.checkpoint:

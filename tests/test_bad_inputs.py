@@ -229,6 +229,8 @@ VALIDATE_ROWS = [
     V('`--img-size 0`', 'argument --img-size: must be an integer >= 1', '--img-size', '0'),
     V('`--seed -1`', 'argument --seed: must be an integer in [0, 4294967295]', '--seed=-1'),
     V('`--interpolation bogus`', "argument --interpolation: invalid choice: 'bogus'", '--interpolation', 'bogus'),
+    V('`--model-kwargs foo=1`', "--model-kwargs foo=1: not accepted by model 'test_resnet'", '--dataset',
+      'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--model-kwargs', 'foo=1'),
     V('`--tta 0`', 'must be in [1, 18]', '--dataset', 'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar',
       '--tta', '0'),
     V('`--num-gpu 2`', 'torchrun --nproc-per-node 2', '--dataset', 'sklearn/digits', '--checkpoint',

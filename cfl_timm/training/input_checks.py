@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_name_args',
-           'check_number_args', 'coerce_config_value']
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
+           'check_name_args', 'check_number_args', 'coerce_config_value']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -111,7 +111,7 @@ def check_name_args(args: argparse.Namespace) -> None:
             raise ValueError(f'--opt-kwargs {_kwargs_text(args.opt_kwargs)}: not accepted by the {args.opt!r} '
                              f'optimizer ({e}).') from e
     if args.model_kwargs:
-        _check_model_kwargs(args.model, args.model_kwargs)
+        check_model_kwargs(args.model, args.model_kwargs)
     # The scheduler name, by a dry construction with train.py's own keyword arguments. Only an unknown name is
     # reported here; other settings are checked by their own groups and, with context, by the real construction.
     try:
@@ -135,7 +135,7 @@ def _kwargs_text(kwargs: dict) -> str:
     return ' '.join(f'{k}={v!r}' for k, v in kwargs.items())
 
 
-def _check_model_kwargs(model: str, kwargs: dict) -> None:
+def check_model_kwargs(model: str, kwargs: dict) -> None:
     """The model's constructor accepts ``kwargs``: a dry build on the meta device (no memory, no weights)."""
     from timm.models import create_model, is_model
     if not is_model(model):
