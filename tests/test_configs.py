@@ -154,3 +154,15 @@ def test_config_key_near_miss_names_the_right_key(tmp_path):
     with pytest.raises(ValueError, match=r"\['clIp_max', 'modle'\] \(clIp_max: did you mean clip_max\?\) "
                                          r"\(modle: did you mean model\?\)"):
         train.parse_args(['-c', str(config)])
+
+
+def test_a_runs_args_yaml_is_reusable_as_a_config(tmp_path):
+    """A train.py run's args.yaml records its source as ``config`` ('' without -c): it parses back as a config;
+    a named one is refused (configs do not include other configs; see the bad-input table)."""
+    from cfl_timm.training.args import save_args_yaml
+    args = train.parse_args(['-c', str(CONFIGS / 'cifar10_cfl_published.yaml')])
+    saved = tmp_path / 'args.yaml'
+    save_args_yaml(saved, {**vars(args), 'config': ''})
+    again = train.parse_args(['-c', str(saved)])
+    assert (again.focal_loss, again.gamma_neg, again.cyclical_factor) == (args.focal_loss, args.gamma_neg,
+                                                                          args.cyclical_factor)

@@ -689,9 +689,13 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise UsageError(f'Config file {path} is not valid YAML: {" ".join(str(e).split())[:200]}') from None
     if not isinstance(cfg, dict):
         raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
-    if 'config' in cfg:
-        raise UsageError(f"Config file {path}: key 'config' is not allowed inside a config file (configs do not "
-                         'include other configs).')
+    # A run's args.yaml records its own source as 'config' ('' without -c): reusable as it is. A named config is
+    # refused, never followed or ignored: configs do not include other configs.
+    if cfg.get('config'):
+        raise UsageError(f"Config file {path}: key 'config' is not allowed inside a config file (it names "
+                         f"{cfg['config']!r}; configs do not include other configs): delete the line (a run's "
+                         'args.yaml already holds every value of the config it names).')
+    cfg.pop('config', None)
     actions = {a.dest: a for a in parser._actions}
     resolved, unknown = {}, []
     for key, value in cfg.items():
