@@ -56,24 +56,23 @@ from cfl_timm.data import (
     patch_timm_posterize,
     select_train_subset,
 )
-from cfl_timm.data.holdout import (
-    HOLDOUT_METRICS,
+from cfl_timm.data.holdout import HOLDOUT_METRICS, holdout_split
+from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
+from cfl_timm.files import (
+    SUMMARY_COLUMNS,
+    ReliabilityLog,
+    SummaryCSV,
     append_jsonl,
-    holdout_split,
+    atomic_write_bytes,
+    atomic_write_text,
     trim_jsonl,
 )
-from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.training import (
-    SUMMARY_COLUMNS,
     AtomicCheckpointSaver,
     CountingScaler,
     CriterionStateClassificationTask,
     EvalResult,
     ProcessInfo,
-    ReliabilityLog,
-    SummaryWriter,
-    atomic_write_bytes,
-    atomic_write_text,
     barrier,
     create_distillation_task,
     create_eval_loader,
@@ -213,7 +212,7 @@ class RunFiles:
     output_dir: Path
     start_epoch: int
     saver: Optional[AtomicCheckpointSaver] = None
-    summary: Optional[SummaryWriter] = None
+    summary: Optional[SummaryCSV] = None
     reliability: Optional[ReliabilityLog] = None  # reliability.jsonl: the evaluation's bins of every epoch
     writers: MetricWriters = field(default_factory=MetricWriters)
 
@@ -404,7 +403,7 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
             decreasing=checkpoint_metric_decreasing(args), max_history=args.checkpoint_hist, task=ctx.task)
         if resume_path and Path(resume_path).resolve().parent == output_dir.resolve():
             run.saver.load_state_dict_from_checkpoint(resume_path)
-        run.summary = SummaryWriter(output_dir / 'summary.csv', columns=summary_columns(ctx), start_epoch=start_epoch)
+        run.summary = SummaryCSV(output_dir / 'summary.csv', columns=summary_columns(ctx), start_epoch=start_epoch)
         run.reliability = ReliabilityLog(output_dir / 'reliability.jsonl', start_epoch=start_epoch)
         # Bin-statistics lines of epochs after the checkpoint (or torn by a kill) are rewritten by this run.
         trim_jsonl(output_dir / ADAFOCAL_BINS_FILE, lambda record: record.get('epoch', -1) < start_epoch)

@@ -53,10 +53,9 @@ from cfl_timm.data import (
     tta_views,
     verify_images,
 )
+from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc, save_logits_npz
 from cfl_timm.training import (
-    atomic_write_bytes,
-    atomic_write_text,
     create_eval_loader,
     evaluate_logits,
     evaluate_temperature_scaled,

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm  # noqa: E402
 
+from cfl_timm.files import atomic_write_text  # noqa: E402
 from cfl_timm.models import CIFAR_MODELS  # noqa: E402  (importing cfl_timm registers the models)
-from cfl_timm.training import atomic_write_text  # noqa: E402
 
 BASELINE = 'resnet18'
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}

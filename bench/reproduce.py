@@ -284,7 +284,7 @@ def make_train_cell(protocol: Protocol, data_dir: Path):
     def run_cell(cell: Cell, run_dir: Path, should_stop=lambda: False) -> dict[str, Any]:
         command, train_seconds, train_cpu_seconds = train_cell(protocol, cell, data_dir, run_dir, should_stop)
         train_dir = run_dir / 'train'
-        from cfl_timm.training import read_summary
+        from cfl_timm.files import read_summary
         rows = read_summary(train_dir / 'summary.csv')
         last = rows[-1]
         if protocol.threads:
@@ -365,7 +365,7 @@ def run_pilot(protocol: Protocol, data_setting: str, epochs: int, data_dir: Path
     run_dir = Path(work_dir).resolve() / protocol.name / 'pilots' / name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir).resolve()
-    from cfl_timm.training import read_summary
+    from cfl_timm.files import read_summary
     summary = run_dir / 'train' / 'summary.csv'
     epochs_before = len(read_summary(summary)) if summary.exists() else 0
     command, wall_seconds, cpu_seconds = train_cell(pilot, cell, data_dir, run_dir)
@@ -506,7 +506,7 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
     """:func:`summary_figure` written to ``path`` as a PNG, atomically."""
     import matplotlib.pyplot as plt
 
-    from cfl_timm.training.io import atomic_write_bytes
+    from cfl_timm.files import atomic_write_bytes
     fig = summary_figure(protocol, rows)
     try:
         atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=110, format='png'))

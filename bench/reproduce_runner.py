@@ -68,15 +68,15 @@ class CellFailed(Exception):
 
 
 def _project_io():
-    """The project's one atomic writer (``cfl_timm.training.io``), loaded without importing torch: the runner
-    coordinates workers and must start in a fraction of a second."""
-    module = sys.modules.get('cfl_timm.training.io')
+    """The project's one atomic writer (``cfl_timm.files``, standard library only), loaded from its file without
+    running ``cfl_timm/__init__`` (which imports torch): the runner coordinates workers and must start in a
+    fraction of a second."""
+    module = sys.modules.get('cfl_timm.files')
     if module is None:
-        spec = importlib.util.spec_from_file_location('_cfl_timm_training_io',
-                                                      REPO_ROOT / 'cfl_timm' / 'training' / 'io.py')
+        spec = importlib.util.spec_from_file_location('_cfl_timm_files', REPO_ROOT / 'cfl_timm' / 'files.py')
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        sys.modules['cfl_timm.training.io'] = module
+        sys.modules['cfl_timm.files'] = module
     return module
 
 

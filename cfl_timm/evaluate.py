@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from cfl_timm.files import atomic_write_text
 from cfl_timm.metrics import (
     POSTHOC_METHODS,
     CalibrationMeter,
@@ -38,7 +39,6 @@ from cfl_timm.metrics import (
 )
 from cfl_timm.metrics.checks import check_logits, check_targets
 from cfl_timm.training import arg_types
-from cfl_timm.training.io import atomic_write_text
 
 __all__ = ['SAVED_OOD_NAME', 'evaluate_logits', 'get_args_parser', 'main', 'cli', 'posthoc_logits']
 

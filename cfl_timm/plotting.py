@@ -23,6 +23,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from cfl_timm.files import atomic_write_bytes, read_summary
+from cfl_timm.files import read_reliability_log as read_reliability_records
+
 __all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution',
            'plot_training_curves', 'require_matplotlib', 'training_curves_figure']
 
@@ -50,7 +53,6 @@ def require_matplotlib():
 
 def _save(figure, path: os.PathLike, dpi: int = 110) -> Path:
     """Render the figure to PNG bytes and write them atomically (temp file + rename); close the figure."""
-    from cfl_timm.training.io import atomic_write_bytes
     plt = require_matplotlib()
     path = Path(path)
     buffer = io.BytesIO()
@@ -119,9 +121,9 @@ def plot_reliability_diagrams(panels: Sequence[tuple[str, Mapping, Mapping]], pa
 
 def read_reliability_log(path: os.PathLike) -> dict[int, dict[str, Any]]:
     """The per-epoch reliability records of a run's ``reliability.jsonl`` (or of the run folder), by epoch."""
-    from cfl_timm.training.reliability_log import read_reliability_log as read
     path = Path(path)
-    return {int(record['epoch']): record for record in read(path / 'reliability.jsonl' if path.is_dir() else path)}
+    records = read_reliability_records(path / 'reliability.jsonl' if path.is_dir() else path)
+    return {int(record['epoch']): record for record in records}
 
 
 def plot_reliability_evolution(runs: Sequence[os.PathLike], path: os.PathLike, epochs: Optional[Sequence[int]] = None,
@@ -180,7 +182,6 @@ def plot_reliability_evolution(runs: Sequence[os.PathLike], path: os.PathLike, e
 # Training curves
 
 def _read_summary_columns(path: Path) -> dict[str, list[float]]:
-    from cfl_timm.training.io import read_summary
     rows = read_summary(path)
     if not rows:
         raise ValueError(f'no rows in {path} (a train.py summary.csv).')

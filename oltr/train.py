@@ -23,7 +23,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from cfl_timm import create_loss
-from cfl_timm.training import arg_types, atomic_write_bytes
+from cfl_timm.files import atomic_write_bytes
+from cfl_timm.training import arg_types
 
 from .config import apply_overrides, load_config, loss_kwargs, run_name
 from .data import ListDataset, eval_transform, train_transform

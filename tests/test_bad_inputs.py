@@ -286,7 +286,7 @@ LIBRARY_ROWS = [
     L('`select_train_subset(..., imbalance_max=5)` without a ratio', '--imbalance-max sets the head-class count',
       'subset_max_without_ratio'),
     L('`stratified_indices(targets, 0)`', '--train_size must be an integer in [1, ', 'stratified_zero'),
-    L('`SummaryWriter.append({"epochs": 2})`', 'Unknown summary columns', 'summary_column'),
+    L('`SummaryCSV.append({"epochs": 2})`', 'Unknown summary columns', 'summary_column'),
     L('`load_training_checkpoint(truncated file)`', 'is not a complete PyTorch checkpoint', 'load_truncated'),
     L('`coerce_config_value(--epochs, "ten")`', "expects int, got 'ten'", 'coerce_word'),
 ]
@@ -428,7 +428,8 @@ def _library_call(name: str, files: Path):
 
     from cfl_timm import create_loss, cyclical_eta
     from cfl_timm.data import long_tailed_counts, select_train_subset, stratified_indices
-    from cfl_timm.training import SummaryWriter, load_training_checkpoint
+    from cfl_timm.files import SummaryCSV
+    from cfl_timm.training import load_training_checkpoint
     from cfl_timm.training.input_checks import coerce_config_value
     targets = np.repeat(np.arange(3), 10)
     epochs_action = next(a for a in __import__('train').get_args_parser()._actions if a.dest == 'epochs')
@@ -439,7 +440,7 @@ def _library_call(name: str, files: Path):
         'long_tailed_ratio': lambda: long_tailed_counts(100, 10, 0.0),
         'subset_max_without_ratio': lambda: select_train_subset(targets, imbalance_max=5),
         'stratified_zero': lambda: stratified_indices(targets, 0),
-        'summary_column': lambda: SummaryWriter(files / 'lib' / 'summary.csv').append({'epochs': 2}),
+        'summary_column': lambda: SummaryCSV(files / 'lib' / 'summary.csv').append({'epochs': 2}),
         'load_truncated': lambda: load_training_checkpoint(files / 'truncated.pth.tar'),
         'coerce_word': lambda: coerce_config_value(epochs_action, 'epochs', 'ten', 'run.yaml'),
     }[name]

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import roc_auc_score
 
-from cfl_timm.metrics import CalibrationMeter, auroc, msp_auroc, plot_reliability_diagrams, smooth_ece
+from cfl_timm.metrics import CalibrationMeter, auroc, msp_auroc, smooth_ece
+from cfl_timm.plotting import plot_reliability_diagrams
 
 
 def calibrated_sample(count: int, seed: int, power: float = 1.0):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import train
+from cfl_timm.files import atomic_write_text, is_temp_file
 from cfl_timm.training import checkpoint as ckpt
-from cfl_timm.training.io import atomic_write_text, is_temp_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3

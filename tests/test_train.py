@@ -282,15 +282,16 @@ def test_resume_auto_continues_in_the_run_directory(tmp_path):
 
 
 def test_summary_write_is_atomic(tmp_path, monkeypatch):
-    from cfl_timm.training import SummaryWriter, io
+    from cfl_timm import files
+    from cfl_timm.files import SummaryCSV
 
-    writer = SummaryWriter(tmp_path / 'summary.csv')
+    writer = SummaryCSV(tmp_path / 'summary.csv')
     writer.append({'epoch': 0, 'train_loss': 1.5, 'temperature': None})
     before = (tmp_path / 'summary.csv').read_text()
 
     def crash(_fd):
         raise OSError('disk full')
-    monkeypatch.setattr(io.os, 'fsync', crash)
+    monkeypatch.setattr(files.os, 'fsync', crash)
     with pytest.raises(OSError, match='disk full'):
         writer.append({'epoch': 1, 'train_loss': 1.2})
     assert (tmp_path / 'summary.csv').read_text() == before  # the old file is intact

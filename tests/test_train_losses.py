@@ -17,7 +17,8 @@ import torch
 import train
 from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, SOFT_TARGET_LOSSES
 from cfl_timm.data import DigitsDataset
-from cfl_timm.data.holdout import holdout_split, trim_jsonl
+from cfl_timm.data.holdout import holdout_split
+from cfl_timm.files import trim_jsonl
 from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES
 from cfl_timm.training.args import LOSS_FLAG_KWARGS
 

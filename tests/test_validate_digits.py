@@ -226,8 +226,8 @@ def _check_png(path: Path, size: tuple[int, int]) -> None:
 
 
 def test_reliability_jsonl_each_epoch_and_its_evolution(digits_run, tmp_path):
+    from cfl_timm.files import read_reliability_log, read_summary
     from cfl_timm.plotting import main as plotting_main
-    from cfl_timm.training import read_reliability_log, read_summary
     records = read_reliability_log(digits_run / 'reliability.jsonl')
     summary = read_summary(digits_run / 'summary.csv')
     assert [r['epoch'] for r in records] == [0, 1] == [int(row['epoch']) for row in summary]
@@ -246,7 +246,7 @@ def test_reliability_jsonl_each_epoch_and_its_evolution(digits_run, tmp_path):
 
 
 def test_reliability_log_resume_drops_repeated_and_torn_lines(tmp_path):
-    from cfl_timm.training import ReliabilityLog, read_reliability_log
+    from cfl_timm.files import ReliabilityLog, read_reliability_log
     bins = {'edges': [0.0, 0.5, 1.0], 'count': [0.0, 4.0], 'confidence': [float('nan'), 0.8],
             'accuracy': [float('nan'), 0.75]}
     log = ReliabilityLog(tmp_path / 'reliability.jsonl')

@@ -11,15 +11,9 @@ from the images trained on. train.py predicts it with :mod:`cfl_timm.training.ev
 its unpadded strided shard, the logits gathered back in split order on every rank), so all ranks compute
 identical metrics and identical AdaFocal updates.
 """
-import json
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-__all__ = ['HOLDOUT_METRICS', 'holdout_split', 'append_jsonl', 'trim_jsonl']
+__all__ = ['HOLDOUT_METRICS', 'holdout_split']
 
 # Metrics of the held-out split (summary.csv columns; --checkpoint-metric choices) and whether lower is better.
 HOLDOUT_METRICS = {'holdout_top1': False, 'holdout_nll': True, 'holdout_ece': True}
@@ -65,45 +59,3 @@ def holdout_split(targets: np.ndarray, size: int, seed: int) -> tuple[np.ndarray
     holdout = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(len(targets)), holdout, assume_unique=True)
     return train, holdout
-
-
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line: a single ``write`` on an O_APPEND file, then fsync.
-
-    A kill can leave at most a torn last line, which :func:`trim_jsonl` drops on the next start. The file is
-    created with mode 0o666 less the user's umask.
-    """
-    data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f'short write to {path}: {written} of {len(data)} bytes')
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def trim_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
-    """Keep the complete JSON lines of ``path`` for which ``keep(record)`` holds (atomic rewrite).
-
-    Used on resume: the lines written after the checkpoint's epoch, and a line torn by a kill, are dropped so
-    that the resumed run appends them exactly once. Returns the number of lines kept (0 if there is no file).
-    """
-    from ..training import atomic_write_text
-
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept = []
-    for line in path.read_text(encoding='utf-8').splitlines(keepends=True):
-        if not line.endswith('\n'):
-            continue  # torn by a kill
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if keep(record):
-            kept.append(line)
-    atomic_write_text(path, ''.join(kept))
-    return len(kept)

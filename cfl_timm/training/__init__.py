@@ -1,6 +1,7 @@
-"""Training glue for train.py: the command line (args), temperature task, crash-safe run files and CPU-capable
-distributed helpers."""
+"""Training glue for train.py: the command line (args), the temperature task, crash-safe checkpoints and
+CPU-capable distributed helpers."""
 from .amp import CountingScaler
+from .args import save_args_yaml
 from .checkpoint import (
     AtomicCheckpointSaver,
     find_resume_checkpoint,
@@ -21,6 +22,4 @@ from .evaluate import (
     predict,
     shard_eval_dataset,
 )
-from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
-from .reliability_log import ReliabilityLog, read_reliability_log
 from .task import CriterionStateClassificationTask

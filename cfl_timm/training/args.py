@@ -28,7 +28,8 @@ This module only describes and checks the command line; it builds nothing (train
 import argparse
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -41,6 +42,7 @@ from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
+from ..files import atomic_write_text
 from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
@@ -67,7 +69,7 @@ __all__ = [
     'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
     'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
     'suggest_flag', 'TrainArgumentParser', 'UsageError',
-    'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS',
+    'loss_name', 'mixup_active', 'LOSS_FLAG_KWARGS', 'save_args_yaml',
 ]
 
 MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
@@ -654,6 +656,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for add_group in ARG_GROUPS:
         add_group(parser)
     return parser
+
+
+def save_args_yaml(path: str | Path, args: Mapping[str, Any]) -> None:
+    """Save the effective arguments (plain values only) as YAML, atomically."""
+    plain = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, list, tuple, dict, type(None)))}
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}
+    atomic_write_text(path, yaml.safe_dump(plain, default_flow_style=False, sort_keys=True))
 
 
 class _DuplicateKey(yaml.YAMLError):

@@ -6,7 +6,7 @@ timm 1.0.31's saver writes ``tmp.pth.tar`` and then *deletes* ``last.pth.tar`` b
 ``last.pth.tar``, and ``--resume auto`` silently restarted from epoch 0. :class:`AtomicCheckpointSaver` keeps
 timm's bookkeeping (history ranking, best metric, resumable saver state) and changes only the file operations:
 
-* every checkpoint file is written through :func:`cfl_timm.training.atomic_write_bytes` (a hidden temp file,
+* every checkpoint file is written through :func:`cfl_timm.files.atomic_write_bytes` (a hidden temp file,
   fsynced, then ``os.replace``): ``tmp.pth.tar`` exists only complete;
 * ``tmp.pth.tar`` -> ``last.pth.tar`` and the ``checkpoint-N`` / ``model_best`` copies are renamed *over* the
   target (a hard link, or a copy, to a temp name, then ``os.replace``): the target never disappears.
@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Optional
 import torch
 from timm.utils import CheckpointSaver
 
-from .io import atomic_write_bytes, is_temp_file, temp_path_for
+from ..files import atomic_write_bytes, is_temp_file, temp_path_for
 
 __all__ = ['CHECKPOINT_EXTENSION', 'AtomicCheckpointSaver', 'checkpoint_epoch', 'find_resume_checkpoint',
            'load_training_checkpoint', 'recorded_best_epoch', 'recover_run_dir', 'restore_training_state',

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .checkpoint import run_dir_in_use
+
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
            'check_name_args', 'check_number_args', 'coerce_config_value']
 
@@ -161,7 +163,6 @@ def check_file_args(args: argparse.Namespace) -> None:
     if output.exists() and not output.is_dir():
         raise ValueError(f'--output: {output} is a file, not a folder.')
     if args.experiment and not args.resume:
-        from .checkpoint import run_dir_in_use
         in_use = run_dir_in_use(output / args.experiment)
         if in_use:
             raise ValueError(f'--output/--experiment: {output / args.experiment} already holds a run '

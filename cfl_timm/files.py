@@ -1,0 +1,216 @@
+"""Crash-safe run files, standard library only: atomic writes, JSON-lines logs and the per-epoch summary CSV.
+
+The bottom floor of the package: every other module may import it, it imports nothing of ``cfl_timm``.
+
+A reader (or a resumed run) only ever sees a complete old file or a complete new one: every write goes to a
+temporary file in the same directory, is flushed to disk, then replaces the target with ``os.replace``.
+"""
+import csv
+import io
+import json
+import math
+import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Optional
+
+__all__ = ['SUMMARY_COLUMNS', 'ReliabilityLog', 'SummaryCSV', 'append_jsonl', 'atomic_write_bytes',
+           'atomic_write_text', 'is_temp_file', 'read_reliability_log', 'read_summary', 'temp_path_for',
+           'trim_jsonl']
+
+# timm's columns first, then the calibration metrics and the cyclical values in force during the epoch.
+SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'eval_nll', 'eval_ece',
+                   'eta', 'weight_decay', 'temperature', 'clip_grad')
+
+
+TEMP_SUFFIX = '.tmp'
+
+
+def temp_path_for(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.<name>.<random>.tmp`` (hidden, recognisable for clean-up)."""
+    path = Path(path)
+    return path.with_name(f'.{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}')
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_write_bytes` (left behind only by a killed process)."""
+    name = Path(path).name
+    return name.startswith('.') and name.endswith(TEMP_SUFFIX)
+
+
+def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temp file in the same directory, which is fsynced and then
+    moved over ``path`` with os.replace, so a crash leaves either the old file or the new one, never a torn one.
+
+    Permissions are those of an ordinary ``open()``: a new file gets 0666 minus the user's umask, a replaced
+    file keeps its mode. A temp file left by a killed process is named ``.<name>.<random>.tmp``
+    (:func:`is_temp_file`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        keep_mode: Optional[int] = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        keep_mode = None
+    tmp_path = temp_path_for(path)
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        if keep_mode is not None:
+            os.fchmod(fd, keep_mode)
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ''
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def read_summary(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a summary CSV as dicts of strings (empty list when absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+class SummaryCSV:
+    """The per-epoch ``summary.csv``, rewritten atomically on every row.
+
+    Args:
+        path: The CSV file.
+        columns: Column order (default :data:`SUMMARY_COLUMNS`).
+        start_epoch: Rows of epochs >= start_epoch already in the file are dropped (a resumed run rewrites
+            them); 0 starts a new file.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str] = SUMMARY_COLUMNS, start_epoch: int = 0) -> None:
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        self.rows = [r for r in read_summary(self.path) if r.get('epoch') and int(r['epoch']) < start_epoch]
+        self.rows = [{c: r.get(c, '') for c in self.columns} for r in self.rows]
+
+    def append(self, row: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> None:
+        """Append one epoch's row (missing or None values are written empty) and rewrite the file."""
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f'Unknown summary columns {sorted(unknown)}, expected a subset of {self.columns}.')
+        self.rows.append({c: _format(row.get(c)) for c in self.columns})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line: a single ``write`` on an O_APPEND file, then fsync.
+
+    A kill can leave at most a torn last line, which :func:`trim_jsonl` drops on the next start. The file is
+    created with mode 0o666 less the user's umask.
+    """
+    data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f'short write to {path}: {written} of {len(data)} bytes')
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def trim_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Keep the complete JSON lines of ``path`` for which ``keep(record)`` holds (atomic rewrite).
+
+    Used on resume: the lines written after the checkpoint's epoch, and a line torn by a kill, are dropped so
+    that the resumed run appends them exactly once. Returns the number of lines kept (0 if there is no file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept = []
+    for line in path.read_text(encoding='utf-8').splitlines(keepends=True):
+        if not line.endswith('\n'):
+            continue  # torn by a kill
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if keep(record):
+            kept.append(line)
+    atomic_write_text(path, ''.join(kept))
+    return len(kept)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ``reliability.jsonl``: the evaluation's reliability-diagram bins of every epoch, one JSON object a line:
+# ``epoch``, the equal-width bin ``edges`` (B + 1), per bin the ``count``, mean ``confidence`` and ``accuracy``
+# (null for an empty bin) as ``CalibrationMeter.reliability()`` returns them, plus the epoch's scalar metrics.
+# ``python -m cfl_timm.plotting reliability RUN_DIR ...`` draws their evolution. A resumed run drops the lines of
+# the epochs it repeats (and a line torn by a kill), like ``summary.csv``.
+
+def _plain(value: Any) -> Any:
+    """JSON-safe value: NaN (an empty bin) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def read_reliability_log(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``reliability.jsonl`` in file order (null bins read back as NaN); empty list when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'{path}:{number}: not a JSON line ({error.msg}).') from None
+        for key in ('confidence', 'accuracy'):
+            record[key] = [math.nan if v is None else v for v in record.get(key, [])]
+        records.append(record)
+    return records
+
+
+class ReliabilityLog:
+    """Appends one epoch's reliability bins to ``reliability.jsonl`` (one fsynced write per line).
+
+    Args:
+        path: The JSONL file.
+        start_epoch: Lines of epochs >= start_epoch already in the file, and a line torn by a kill, are dropped
+            (a resumed run writes them again).
+    """
+
+    def __init__(self, path: str | Path, start_epoch: int = 0) -> None:
+        self.path = Path(path)
+        trim_jsonl(self.path, lambda record: record.get('epoch', -1) < start_epoch)
+
+    def append(self, epoch: int, reliability: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Record ``reliability`` (``CalibrationMeter.reliability()``) and the scalar ``metrics`` of ``epoch``."""
+        record = {'epoch': int(epoch), **{k: _plain(v) for k, v in reliability.items()},
+                  **{k: _plain(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))}}
+        append_jsonl(self.path, record)
