@@ -23,4 +23,5 @@ from .evaluate import (
 )
 from .io import SUMMARY_COLUMNS, SummaryWriter, atomic_write_bytes, atomic_write_text, read_summary, save_args_yaml
 from .reliability_log import ReliabilityLog, read_reliability_log
+from .run_owner import RunLock, claim_run
 from .task import CriterionStateClassificationTask
