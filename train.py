@@ -383,50 +383,55 @@ def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
 def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dict[str, Any]) -> RunFiles:
     """The output folder and run files; resumes (``--resume PATH`` or ``auto``) and positions the LR scheduler.
 
-    The primary process locks the folder first (:class:`cfl_timm.training.RunLock`, released by
-    :meth:`RunFiles.close` or process exit) and refuses a checkpoint of another run
-    (:func:`cfl_timm.training.claim_run`) before anything is written.
+    A run already in the folder without ``--resume``, or an explicit checkpoint of another run
+    (:func:`cfl_timm.training.claim_run`) or that does not fit, is refused before anything is written; then the
+    primary process locks the folder (:class:`cfl_timm.training.RunLock`, released by :meth:`RunFiles.close` or
+    process exit) and writes the run files.
     """
     args = ctx.args
     exp_name = args.experiment or '-'.join([
         datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
     output_dir = Path(args.output or './output/train') / exp_name
-    # The refusals that need no lock come first, so a refused command leaves no folder and no lock file behind.
+    # Refusals come first, so a refused command leaves no folder and no lock file behind: the run files, and an
+    # explicit checkpoint (its run, its model, loss and optimizer state; restoring it writes nothing).
     refuse_unresumed_run(output_dir, run_dir_in_use(output_dir), args.resume)
-    checkpoint = None
+    checkpoint, start_epoch = None, None
     if args.resume and args.resume != 'auto':
         checkpoint = load_training_checkpoint(args.resume)
         if ctx.proc.is_primary:
             claim_run(output_dir, run_dir_in_use(output_dir), args.resume, checkpoint)
+        start_epoch = restore_checkpoint(ctx, args.resume, checkpoint)
     lock = RunLock.acquire(output_dir) if ctx.proc.is_primary else None
     try:
-        return _open_locked_run(ctx, effective_args, exp_name, output_dir, lock, checkpoint)
+        return _open_locked_run(ctx, effective_args, exp_name, output_dir, lock, checkpoint, start_epoch)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
+def restore_checkpoint(ctx: TrainContext, path: str, checkpoint: dict[str, Any]) -> int:
+    """Restore a loaded checkpoint into the run (model, EMA, loss, optimizer, scaler); returns the next epoch."""
+    start_epoch = restore_training_state(checkpoint, path, ctx.task, ctx.optimizer, ctx.loss_scaler,
+                                         not ctx.args.no_resume_opt)
+    if ctx.proc.is_primary:
+        _logger.info(f"Resumed from '{path}' (epoch {checkpoint['epoch']}).")
+    return start_epoch
+
+
 def _open_locked_run(ctx: TrainContext, effective_args: dict[str, Any], exp_name: str, output_dir: Path,
-                     lock: Optional[RunLock], checkpoint: Optional[dict[str, Any]]) -> RunFiles:
-    """:func:`open_run` once the folder is locked: the folder's state is read again, as another process may have
-    written it before the lock was taken."""
+                     lock: Optional[RunLock], checkpoint: Optional[dict[str, Any]],
+                     start_epoch: Optional[int]) -> RunFiles:
+    """:func:`open_run` once the folder is locked (``checkpoint`` and ``start_epoch``: an explicit ``--resume``
+    already restored). The folder's state is read again: another process may have written it before the lock."""
     args = ctx.args
     in_use = run_dir_in_use(output_dir)
     resume_path = resolve_resume(args.resume, output_dir, in_use, ctx.proc.is_primary)
-    start_epoch = 0
-    claim = None
-    if resume_path:
-        if checkpoint is None:
-            checkpoint = load_training_checkpoint(resume_path)
-        if ctx.proc.is_primary:
-            claim = claim_run(output_dir, in_use, resume_path, checkpoint)
-        start_epoch = restore_training_state(checkpoint, resume_path, ctx.task, ctx.optimizer, ctx.loss_scaler,
-                                             not args.no_resume_opt)
-        if ctx.proc.is_primary:
-            _logger.info(f"Resumed from '{resume_path}' (epoch {checkpoint['epoch']}).")
-    elif ctx.proc.is_primary:
-        claim = claim_run(output_dir, in_use, '', None)
+    if resume_path and checkpoint is None:  # --resume auto found a checkpoint in the folder
+        checkpoint = load_training_checkpoint(resume_path)
+    claim = claim_run(output_dir, in_use, resume_path, checkpoint) if ctx.proc.is_primary else None
+    if start_epoch is None:
+        start_epoch = restore_checkpoint(ctx, resume_path, checkpoint) if resume_path else 0
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if start_epoch > 0:
