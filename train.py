@@ -73,7 +73,9 @@ from cfl_timm.training import (
     CriterionStateClassificationTask,
     EvalResult,
     ProcessInfo,
+    RunLock,
     barrier,
+    claim_run,
     create_distillation_task,
     create_eval_loader,
     ddp_device_ids,
@@ -215,6 +217,13 @@ class RunFiles:
     summary: Optional[SummaryCSV] = None
     reliability: Optional[ReliabilityLog] = None  # reliability.jsonl: the evaluation's bins of every epoch
     writers: MetricWriters = field(default_factory=MetricWriters)
+    lock: Optional[RunLock] = None  # the primary process's lock on output_dir
+
+    def close(self) -> None:
+        """Close the metric writers and unlock the folder."""
+        self.writers.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: ProcessInfo) -> dict[str, Any]:
@@ -229,12 +238,11 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
         raise
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if args.log_shard_indices:
-        _log_shard_indices(loader_train, run.output_dir, run.start_epoch, proc.is_primary)
-
     eval_metrics: dict[str, float] = {}
     train_speed: list[float] = []
     try:
+        if args.log_shard_indices:
+            _log_shard_indices(loader_train, run.output_dir, run.start_epoch, proc.is_primary)
         for epoch in range(run.start_epoch, ctx.num_epochs):
             used = start_epoch(ctx, loader_train, epoch)
             train_metrics = train_one_epoch(ctx, loader_train, epoch, run,
@@ -263,7 +271,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
                 record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
                 run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
     finally:
-        run.writers.close()
+        run.close()
     if proc.is_primary and run.saver is not None:
         if run.saver.checkpoint_files:
             _logger.info(run.saver.checkpoints_summary())
@@ -372,19 +380,57 @@ def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
 
 
 def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dict[str, Any]) -> RunFiles:
-    """The output folder and run files; resumes (``--resume PATH`` or ``auto``) and positions the LR scheduler."""
+    """The output folder and run files; resumes (``--resume PATH`` or ``auto``) and positions the LR scheduler.
+
+    A run already in the folder without ``--resume``, or an explicit checkpoint of another run
+    (:func:`cfl_timm.training.claim_run`) or that does not fit, is refused before anything is written; then the
+    primary process locks the folder (:class:`cfl_timm.training.RunLock`, released by :meth:`RunFiles.close` or
+    process exit) and writes the run files.
+    """
     args = ctx.args
     exp_name = args.experiment or '-'.join([
         datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
     output_dir = Path(args.output or './output/train') / exp_name
-    resume_path = resolve_resume(args.resume, output_dir, ctx.proc.is_primary)
-    start_epoch = 0
-    if resume_path:
-        checkpoint = load_training_checkpoint(resume_path)
-        start_epoch = restore_training_state(checkpoint, resume_path, ctx.task, ctx.optimizer, ctx.loss_scaler,
-                                             not args.no_resume_opt)
+    # Refusals come first, so a refused command leaves no folder and no lock file behind: the run files, and an
+    # explicit checkpoint (its run, its model, loss and optimizer state; restoring it writes nothing).
+    refuse_unresumed_run(output_dir, run_dir_in_use(output_dir), args.resume)
+    checkpoint, start_epoch = None, None
+    if args.resume and args.resume != 'auto':
+        checkpoint = load_training_checkpoint(args.resume)
         if ctx.proc.is_primary:
-            _logger.info(f"Resumed from '{resume_path}' (epoch {checkpoint['epoch']}).")
+            claim_run(output_dir, run_dir_in_use(output_dir), args.resume, checkpoint)
+        start_epoch = restore_checkpoint(ctx, args.resume, checkpoint)
+    lock = RunLock.acquire(output_dir) if ctx.proc.is_primary else None
+    try:
+        return _open_locked_run(ctx, effective_args, exp_name, output_dir, lock, checkpoint, start_epoch)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def restore_checkpoint(ctx: TrainContext, path: str, checkpoint: dict[str, Any]) -> int:
+    """Restore a loaded checkpoint into the run (model, EMA, loss, optimizer, scaler); returns the next epoch."""
+    start_epoch = restore_training_state(checkpoint, path, ctx.task, ctx.optimizer, ctx.loss_scaler,
+                                         not ctx.args.no_resume_opt)
+    if ctx.proc.is_primary:
+        _logger.info(f"Resumed from '{path}' (epoch {checkpoint['epoch']}).")
+    return start_epoch
+
+
+def _open_locked_run(ctx: TrainContext, effective_args: dict[str, Any], exp_name: str, output_dir: Path,
+                     lock: Optional[RunLock], checkpoint: Optional[dict[str, Any]],
+                     start_epoch: Optional[int]) -> RunFiles:
+    """:func:`open_run` once the folder is locked (``checkpoint`` and ``start_epoch``: an explicit ``--resume``
+    already restored). The folder's state is read again: another process may have written it before the lock."""
+    args = ctx.args
+    in_use = run_dir_in_use(output_dir)
+    resume_path = resolve_resume(args.resume, output_dir, in_use, ctx.proc.is_primary)
+    if resume_path and checkpoint is None:  # --resume auto found a checkpoint in the folder
+        checkpoint = load_training_checkpoint(resume_path)
+    claim = claim_run(output_dir, in_use, resume_path, checkpoint) if ctx.proc.is_primary else None
+    if start_epoch is None:
+        start_epoch = restore_checkpoint(ctx, resume_path, checkpoint) if resume_path else 0
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if start_epoch > 0:
@@ -393,14 +439,15 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
         else:
             ctx.lr_scheduler.step(start_epoch)
 
-    run = RunFiles(output_dir=output_dir, start_epoch=start_epoch)
+    run = RunFiles(output_dir=output_dir, start_epoch=start_epoch, lock=lock)
     if ctx.proc.is_primary:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        claim.write(output_dir)
         save_args_yaml(output_dir / 'args.yaml', effective_args)
         run.saver = AtomicCheckpointSaver(
             model=ctx.model, optimizer=ctx.optimizer, args=argparse.Namespace(**effective_args),
             amp_scaler=ctx.loss_scaler, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
-            decreasing=checkpoint_metric_decreasing(args), max_history=args.checkpoint_hist, task=ctx.task)
+            decreasing=checkpoint_metric_decreasing(args), max_history=args.checkpoint_hist, task=ctx.task,
+            run_id=claim.run_id)
         if resume_path and Path(resume_path).resolve().parent == output_dir.resolve():
             run.saver.load_state_dict_from_checkpoint(resume_path)
         run.summary = SummaryCSV(output_dir / 'summary.csv', columns=summary_columns(ctx), start_epoch=start_epoch)
@@ -409,7 +456,8 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
         trim_jsonl(output_dir / ADAFOCAL_BINS_FILE, lambda record: record.get('epoch', -1) < start_epoch)
         run.writers = create_metric_writers(run_name=exp_name, output_dir=output_dir, config=effective_args,
                                             **metric_writers_kwargs(args))
-        _logger.info(f'Output in {output_dir}; scheduled epochs {ctx.num_epochs}, '
+        source = f' (new run from {claim.resumed_from["checkpoint"]})' if claim.resumed_from else ''
+        _logger.info(f'Output in {output_dir}, run {claim.run_id}{source}; scheduled epochs {ctx.num_epochs}, '
                      f'{ctx.updates_per_epoch} updates per epoch.')
     return run
 
@@ -835,17 +883,21 @@ def summary_columns(ctx: TrainContext) -> tuple[str, ...]:
     return SUMMARY_COLUMNS + extra + (('skipped_steps',) if ctx.loss_scaler is not None else ())
 
 
-def resolve_resume(resume: str, output_dir: Path, is_primary: bool) -> str:
+def refuse_unresumed_run(output_dir: Path, in_use: list[str], resume: str) -> None:
+    """A folder that already holds a run (``in_use``: its run files) is only reused with ``--resume``."""
+    if in_use and not resume:
+        raise ValueError(f'--output/--experiment: {output_dir} already holds a run ({", ".join(in_use[:4])}); '
+                         'pass --resume auto to continue it, or choose another --experiment.')
+
+
+def resolve_resume(resume: str, output_dir: Path, in_use: list[str], is_primary: bool) -> str:
     """The checkpoint to resume from ('' for a new run), after refusing to overwrite an existing run.
 
     A folder that already holds a run is only reused with ``--resume``. With ``--resume auto`` the primary process
     first finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`), then every
     process takes the newest complete checkpoint there.
     """
-    in_use = run_dir_in_use(output_dir)
-    if in_use and not resume:
-        raise ValueError(f'--output/--experiment: {output_dir} already holds a run ({", ".join(in_use[:4])}); '
-                         'pass --resume auto to continue it, or choose another --experiment.')
+    refuse_unresumed_run(output_dir, in_use, resume)
     if resume != 'auto':
         return resume
     if is_primary:

@@ -183,6 +183,8 @@ TRAIN_ROWS = [
       '{files}/focal.pth.tar'),
     T('existing `--experiment` folder without `--resume`', 'already holds a run', '--output', '{files}/runs',
       '--experiment', 'existing'),
+    T('`--resume` of another run into a folder holding a run', 'belongs to run 00c0ffee00c0ffee, but', '--resume',
+      '{files}/other_run.pth.tar', '--output', '{files}/runs', '--experiment', 'existing'),
     T('`--output` is a file', 'is a file, not a folder', '--output', '{files}/empty.csv', '--experiment', 'x'),
     T('`--experiment` an absolute path', 'argument --experiment: must be a relative name inside --output',
       '--output', '{files}/runs', '--experiment', '{files}/elsewhere'),
@@ -330,6 +332,9 @@ def files(tmp_path_factory, digits_dir) -> Path:
     torch.save({'epoch': 0, 'arch': 'test_efficientnet', 'args': argparse.Namespace(model='test_efficientnet'),
                 'state_dict': create_model('test_efficientnet', num_classes=10).state_dict()},
                root / 'other_model.pth.tar')
+    torch.save({'epoch': 0, 'arch': 'test_resnet', 'args': argparse.Namespace(model='test_resnet'),
+                'state_dict': create_model('test_resnet', num_classes=10).state_dict(),
+                'saver': {'run_id': '00c0ffee00c0ffee'}}, root / 'other_run.pth.tar')
     (root / 'truncated.pth.tar').write_bytes((root / 'focal.pth.tar').read_bytes()[:4000])
     (root / 'text.pth.tar').write_text('not a checkpoint\n')
     torch.save({'weights': torch.zeros(3)}, root / 'foreign.pth.tar')
@@ -342,6 +347,7 @@ def files(tmp_path_factory, digits_dir) -> Path:
     existing = root / 'runs' / 'existing'
     existing.mkdir(parents=True)
     (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
+    (existing / 'run.json').write_text('{"run_id": "0123456789abcdef", "resumed_from": null}\n')
     _write_oltr_lists(root / 'oltr', digits_dir)
     return root
 

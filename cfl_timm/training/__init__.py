@@ -22,4 +22,5 @@ from .evaluate import (
     predict,
     shard_eval_dataset,
 )
+from .run_owner import RunLock, claim_run
 from .task import CriterionStateClassificationTask

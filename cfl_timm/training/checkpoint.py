@@ -48,7 +48,7 @@ LAST_NAME = 'last' + CHECKPOINT_EXTENSION
 TMP_NAME = 'tmp' + CHECKPOINT_EXTENSION  # timm's name of the freshly written state
 BEST_NAME = 'model_best' + CHECKPOINT_EXTENSION
 # Files whose presence means a folder already holds a run of train.py.
-RUN_FILES = ('args.yaml', 'summary.csv', LAST_NAME, TMP_NAME, BEST_NAME)
+RUN_FILES = ('args.yaml', 'run.json', 'summary.csv', LAST_NAME, TMP_NAME, BEST_NAME)
 
 
 # ------------------------------------------------------------------------------ file operations (kill points)
@@ -86,16 +86,23 @@ def _remove(path: Path) -> None:
 class AtomicCheckpointSaver(CheckpointSaver):
     """timm's :class:`~timm.utils.CheckpointSaver` whose files are replaced atomically, never deleted first.
 
-    Same arguments, files and history as timm's saver; see the module docstring for what changes.
+    Same arguments, files and history as timm's saver; see the module docstring for what changes. ``run_id``
+    (keyword only) is recorded in every checkpoint (``checkpoint['saver']['run_id']``, see
+    :mod:`cfl_timm.training.run_owner`).
     """
+
+    def __init__(self, *args, run_id: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_id = run_id
 
     def _save(self, save_path, epoch, metric=None):
         # timm builds the state and hands save_path to torch.save, which also takes an open file.
         _write_file(Path(save_path), lambda f: super(AtomicCheckpointSaver, self)._save(f, epoch, metric))
 
     def state_dict(self, epoch=None, metric=None):
-        # Also record the ranking direction, so recover_run_dir can tell the best epoch from the file alone.
-        return {**super().state_dict(epoch, metric), 'decreasing': self.decreasing}
+        # Also record the ranking direction, so recover_run_dir can tell the best epoch from the file alone, and
+        # the run the checkpoint belongs to, so --resume continues only that run.
+        return {**super().state_dict(epoch, metric), 'decreasing': self.decreasing, 'run_id': self.run_id}
 
     def _track_checkpoint(self, save_path, epoch, metric=None, update_best_file=True):
         # timm logs the whole history at INFO on every save (max_history lines each epoch); here it is DEBUG per
