@@ -393,7 +393,10 @@ def open_run(ctx: TrainContext, effective_args: dict[str, Any], data_config: dic
     output_dir = Path(args.output or './output/train') / exp_name
     # Refusals come first, so a refused command leaves no folder and no lock file behind: the run files, and an
     # explicit checkpoint (its run, its model, loss and optimizer state; restoring it writes nothing).
-    refuse_unresumed_run(output_dir, run_dir_in_use(output_dir), args.resume)
+    # Only the primary process judges the folder: another rank reading it could see the files the primary has
+    # just written and refuse its own run (a usage error on one rank that ended two-rank runs at random).
+    if ctx.proc.is_primary:
+        refuse_unresumed_run(output_dir, run_dir_in_use(output_dir), args.resume)
     checkpoint, start_epoch = None, None
     if args.resume and args.resume != 'auto':
         checkpoint = load_training_checkpoint(args.resume)
@@ -897,7 +900,8 @@ def resolve_resume(resume: str, output_dir: Path, in_use: list[str], is_primary:
     first finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`), then every
     process takes the newest complete checkpoint there.
     """
-    refuse_unresumed_run(output_dir, in_use, resume)
+    if is_primary:  # see open_run: the primary alone judges the folder
+        refuse_unresumed_run(output_dir, in_use, resume)
     if resume != 'auto':
         return resume
     if is_primary:

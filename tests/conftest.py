@@ -178,3 +178,11 @@ def digits_run(tmp_path_factory) -> Path:
 def image_folder(request) -> Path:
     """A real-image timm folder dataset: scikit-learn's digits, then the CIFAR-10 subset (skipped when absent)."""
     return request.getfixturevalue(f'{request.param}_dir')
+
+
+def every_rank_log(stderr: str, tail: int = 3000) -> str:
+    """A torchrun failure message that keeps every rank's error: the lines of all ranks that name an error
+    (torchrun prints the first failing rank's traceback, which may be a consequence of another rank's exit),
+    then the tail of the whole log."""
+    errors = [line for line in stderr.splitlines() if 'error' in line.lower() or 'exitcode' in line.lower()]
+    return 'error lines of every rank:\n' + '\n'.join(errors[-40:]) + '\n--- tail ---\n' + stderr[-tail:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import every_rank_log
 
 import train
 from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, SOFT_TARGET_LOSSES
@@ -234,7 +235,7 @@ def test_two_gloo_ranks_end_with_identical_adafocal_state(tmp_path):
                '--train_size', '120', '--train-size-mode', 'stratified', '--loss', 'adafocal', '--holdout', '61',
                '--output', str(tmp_path), '--experiment', 'ddp']
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, every_rank_log(result.stderr)
     # Every epoch each rank gathers the whole held-out split, updates, then the ranks compare their full loss
     # state bit for bit (train.py raises if they differ).
     assert result.stderr.count('adafocal state identical on 2 ranks') == 2, result.stderr[-3000:]
