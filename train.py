@@ -54,6 +54,7 @@ from cfl_timm.data import (
     class_counts,
     dataset_targets,
     is_digits_dataset,
+    is_image_folder_name,
     log_class_counts,
     patch_timm_posterize,
     select_train_subset,
@@ -655,7 +656,7 @@ def resolve_amp(args: argparse.Namespace, device: torch.device) -> tuple[Optiona
 def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any, int]:
     """Training set (restricted to the selected subset) and validation set, plus the number of classes."""
     root = args.data_dir or args.data
-    if not args.dataset and root and Path(root).is_dir():
+    if is_image_folder_name(args.dataset) and root and Path(root).is_dir():
         check_folder_tree(root)  # before timm's reader walks it (it follows symlinks, loops included)
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)

@@ -52,6 +52,7 @@ from cfl_timm.data import (
     dataset_targets,
     digits_split,
     is_digits_dataset,
+    is_image_folder_name,
     strict_folder_dataset,
     tta_views,
 )
@@ -73,7 +74,6 @@ MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 # timm's split synonyms (timm.data.dataset_factory): a folder dataset looks for the first that exists.
 _TRAIN_SPLITS = ('train', 'training')
 _EVAL_SPLITS = ('val', 'valid', 'validation', 'eval', 'evaluation')
-_REMOTE_PREFIXES = ('tfds/', 'hfds/', 'hfids/', 'wds/')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -193,10 +193,6 @@ def _data_root(args: argparse.Namespace) -> Optional[str]:
     return args.data_dir or args.data
 
 
-def _is_folder_dataset(name: str) -> bool:
-    return not is_digits_dataset(name) and not name.startswith(('torch/', *_REMOTE_PREFIXES))
-
-
 def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
     """What a split name selects, so that two names can be compared: the folder of a folder dataset (timm's
     synonyms; the dataset root itself only for ``--split ''``), 'train' / 'val' for sklearn/digits, 'train' /
@@ -214,7 +210,7 @@ def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
             return 'test'
         raise ValueError(f'{flag}: unknown split {split!r} of {name} (torchvision has a train and a test set): '
                          f'expected one of {sorted({*_TRAIN_SPLITS, *_EVAL_SPLITS, "test"})}.')
-    if not _is_folder_dataset(name):
+    if not is_image_folder_name(name):
         return split
     root = Path(_data_root(args))
     if root.is_file():  # a tar archive: timm's reader selects the split
@@ -271,7 +267,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.valid_labels and not os.path.isfile(args.valid_labels):
         raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
-    if _is_folder_dataset(args.dataset):
+    if is_image_folder_name(args.dataset):
         if not root or not Path(root).exists():
             raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
     evaluated = resolve_split(args, args.split, '--split')
@@ -319,7 +315,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
     if is_digits_dataset(args.dataset):
         return DigitsDataset(split)
     root = _data_root(args)
-    if _is_folder_dataset(args.dataset) and root and os.path.isdir(root):
+    if is_image_folder_name(args.dataset) and root and os.path.isdir(root):
         check_folder_tree(root)
     try:
         dataset = create_dataset(
@@ -336,7 +332,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
 def check_split_classes(args: argparse.Namespace, splits: dict[str, Any]) -> None:
     """The evaluated (and calibration) split against each other and against the training folder of the same
     root when there is one: a class missing from a split would shift every label after it."""
-    if args.class_map or not _is_folder_dataset(args.dataset) or not os.path.isdir(_data_root(args) or ''):
+    if args.class_map or not is_image_folder_name(args.dataset) or not os.path.isdir(_data_root(args) or ''):
         return
     root = Path(_data_root(args))
     train = next((root / name for name in _TRAIN_SPLITS if (root / name).is_dir()), None)

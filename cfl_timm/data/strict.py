@@ -19,10 +19,11 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
 __all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_same_classes',
-           'strict_folder_dataset', 'verify_images']
+           'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ def _reader(dataset: Any) -> Any:
     if reader is None or not hasattr(reader, 'filename'):
         raise ValueError(f'{type(dataset).__name__} has no timm file reader.')
     return reader
+
+
+def is_image_folder_name(name: str) -> bool:
+    """True when timm's ``create_dataset(name, ...)`` reads a folder (or tar) of images: not the offline digits,
+    a torchvision or a remote (``tfds/``, ``hfds/``, ``hfids/``, ``wds/``) dataset."""
+    return not is_digits_dataset(name) and not name.startswith(('torch/', 'tfds/', 'hfds/', 'hfids/', 'wds/'))
 
 
 def is_folder_dataset(dataset: Any) -> bool:
