@@ -49,12 +49,16 @@ from cfl_timm import LOSS_TYPES, CyclicalScheduler, create_loss, loss_kwargs
 from cfl_timm.data import (
     DigitsDataset,
     SubsetDataset,
+    check_folder_tree,
+    check_same_classes,
     class_counts,
     dataset_targets,
     is_digits_dataset,
+    is_image_folder_name,
     log_class_counts,
     patch_timm_posterize,
     select_train_subset,
+    strict_folder_dataset,
 )
 from cfl_timm.data.holdout import HOLDOUT_METRICS, holdout_split
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
@@ -604,12 +608,14 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, num_class
 
 
 def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
-    """The named timm dataset, or the offline ``sklearn/digits`` set."""
+    """The named timm dataset, or the offline ``sklearn/digits`` set; folder images are verified first (see
+    :func:`cfl_timm.data.strict_folder_dataset`): unreadable ones are refused (or left out with
+    ``--skip-bad-images``), never replaced by another image."""
     if is_digits_dataset(args.dataset):
         return DigitsDataset(split)
     root = args.data_dir or args.data
     try:
-        return create_dataset(
+        dataset = create_dataset(
             args.dataset, root=root, split=split, is_training=is_training, class_map=args.class_map,
             download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
             repeats=args.epoch_repeats if is_training else 0, input_img_mode=args.input_img_mode or 'RGB',
@@ -619,6 +625,7 @@ def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
     except (OSError, RuntimeError) as e:  # e.g. no network for --dataset-download, a corrupt torchvision set
         raise ValueError(f"Could not load the {split!r} split of dataset {args.dataset or 'folder'!r} from "
                          f"{root!r}: {e}") from e
+    return strict_folder_dataset(dataset, split, skip_bad_images=args.skip_bad_images)
 
 
 def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_active: bool) -> nn.Module:
@@ -651,8 +658,13 @@ def resolve_amp(args: argparse.Namespace, device: torch.device) -> tuple[Optiona
 
 def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any, int]:
     """Training set (restricted to the selected subset) and validation set, plus the number of classes."""
+    root = args.data_dir or args.data
+    if is_image_folder_name(args.dataset) and root and Path(root).is_dir():
+        check_folder_tree(root)  # before timm's reader walks it (it follows symlinks, loops included)
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)
+    if not args.class_map:  # a class map fixes the labels; otherwise each split numbers its own class folders
+        check_same_classes({args.train_split: dataset_train, args.val_split: dataset_eval})
     if len(dataset_train) == 0 or len(dataset_eval) == 0:
         raise ValueError(f'Empty dataset split: {len(dataset_train)} train / {len(dataset_eval)} validation images.')
     full_targets = dataset_targets(dataset_train)

@@ -47,11 +47,14 @@ from cfl_timm.data import (
     StrictImageDataset,
     SubsetDataset,
     average_softmax,
+    check_folder_tree,
+    check_same_classes,
     dataset_targets,
     digits_split,
     is_digits_dataset,
+    is_image_folder_name,
+    strict_folder_dataset,
     tta_views,
-    verify_images,
 )
 from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc, save_logits_npz
@@ -71,7 +74,6 @@ MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 # timm's split synonyms (timm.data.dataset_factory): a folder dataset looks for the first that exists.
 _TRAIN_SPLITS = ('train', 'training')
 _EVAL_SPLITS = ('val', 'valid', 'validation', 'eval', 'evaluation')
-_REMOTE_PREFIXES = ('tfds/', 'hfds/', 'hfids/', 'wds/')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -88,6 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
     group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
+    group.add_argument('--skip-bad-images', action='store_true',
+                       help='leave out (and count in the log) unreadable images instead of refusing the split')
     group.add_argument('--input-key', default=None, help='dataset key of the input images (hfds/wds)')
     group.add_argument('--input-img-mode', default=None, help="image mode ('RGB', 'L'; default from the channels)")
     group.add_argument('--target-key', default=None, help='dataset key of the labels (hfds/wds)')
@@ -189,10 +193,6 @@ def _data_root(args: argparse.Namespace) -> Optional[str]:
     return args.data_dir or args.data
 
 
-def _is_folder_dataset(name: str) -> bool:
-    return not is_digits_dataset(name) and not name.startswith(('torch/', *_REMOTE_PREFIXES))
-
-
 def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
     """What a split name selects, so that two names can be compared: the folder of a folder dataset (timm's
     synonyms; the dataset root itself only for ``--split ''``), 'train' / 'val' for sklearn/digits, 'train' /
@@ -210,7 +210,7 @@ def resolve_split(args: argparse.Namespace, split: str, flag: str) -> str:
             return 'test'
         raise ValueError(f'{flag}: unknown split {split!r} of {name} (torchvision has a train and a test set): '
                          f'expected one of {sorted({*_TRAIN_SPLITS, *_EVAL_SPLITS, "test"})}.')
-    if not _is_folder_dataset(name):
+    if not is_image_folder_name(name):
         return split
     root = Path(_data_root(args))
     if root.is_file():  # a tar archive: timm's reader selects the split
@@ -267,7 +267,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.valid_labels and not os.path.isfile(args.valid_labels):
         raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
-    if _is_folder_dataset(args.dataset):
+    if is_image_folder_name(args.dataset):
         if not root or not Path(root).exists():
             raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
     evaluated = resolve_split(args, args.split, '--split')
@@ -310,33 +310,46 @@ def read_checkpoint_run(path: str) -> dict[str, Any]:
 
 
 def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'RGB'):
-    """The split as a dataset; folder images are verified first and fail loudly when corrupt."""
+    """The split as a dataset; folder images are verified first (see :func:`cfl_timm.data.strict_folder_dataset`)
+    and fail loudly when unreadable."""
     if is_digits_dataset(args.dataset):
         return DigitsDataset(split)
+    root = _data_root(args)
+    if is_image_folder_name(args.dataset) and root and os.path.isdir(root):
+        check_folder_tree(root)
     try:
         dataset = create_dataset(
-            args.dataset, root=_data_root(args), split=split, is_training=False, class_map=args.class_map,
+            args.dataset, root=root, split=split, is_training=False, class_map=args.class_map,
             download=args.dataset_download, batch_size=args.batch_size, input_key=args.input_key,
             input_img_mode=args.input_img_mode or input_img_mode, target_key=args.target_key,
             trust_remote_code=args.dataset_trust_remote_code, seed=args.seed)
     except (OSError, RuntimeError, AssertionError) as error:
         raise ValueError(f'could not load split {split!r} of {args.dataset or "the image folder"} from '
-                         f'{_data_root(args)!r}: {error}') from error
-    if isinstance(dataset, ImageDataset) and hasattr(dataset.reader, 'filename') and hasattr(dataset.reader,
-                                                                                              'samples'):
-        verify_images(dataset)
-        dataset = StrictImageDataset(dataset)
-    return dataset
+                         f'{root!r}: {error}') from error
+    return strict_folder_dataset(dataset, split, skip_bad_images=args.skip_bad_images)
 
 
-def build_ood_dataset(folder: str, in_chans: int) -> StrictImageDataset:
+def check_split_classes(args: argparse.Namespace, splits: dict[str, Any]) -> None:
+    """The evaluated (and calibration) split against each other and against the training folder of the same
+    root when there is one: a class missing from a split would shift every label after it."""
+    if args.class_map or not is_image_folder_name(args.dataset) or not os.path.isdir(_data_root(args) or ''):
+        return
+    root = Path(_data_root(args))
+    train = next((root / name for name in _TRAIN_SPLITS if (root / name).is_dir()), None)
+    if train is not None and str(train.resolve()) not in {str(Path(d.reader.root).resolve()) for d in splits.values()
+                                                          if hasattr(getattr(d, 'reader', None), 'root')}:
+        splits = {train.name: ImageDataset(str(train)), **splits}
+    check_same_classes(splits)
+
+
+def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False) -> StrictImageDataset:
     """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt."""
+    check_folder_tree(folder)
     try:
         dataset = ImageDataset(folder, input_img_mode='RGB' if in_chans == 3 else 'L')
     except RuntimeError as error:  # timm: no images found
         raise ValueError(f'--ood-data-dir {folder}: {error}') from None
-    verify_images(dataset)
-    return StrictImageDataset(dataset)
+    return strict_folder_dataset(dataset, '--ood-data-dir', skip_bad_images=skip_bad_images)
 
 
 def subsample(dataset, num_samples: Optional[int]):
@@ -556,8 +569,13 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             data_args[key] = run[key]
     in_chans = data_args['in_chans'] or (data_args['input_size'][0] if data_args['input_size'] else 3)
 
-    dataset = build_dataset(args, args.split, 'RGB' if in_chans == 3 else 'L')
-    ood_dataset = build_ood_dataset(args.ood_data_dir, in_chans) if args.ood_data_dir is not None else None
+    img_mode = 'RGB' if in_chans == 3 else 'L'
+    dataset = build_dataset(args, args.split, img_mode)
+    # Every split is read and checked before any evaluation.
+    calibration = build_dataset(args, args.calibration_split, img_mode) if args.calibration_split is not None else None
+    check_split_classes(args, {args.split: dataset, **({args.calibration_split: calibration} if calibration else {})})
+    ood_dataset = (build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images)
+                   if args.ood_data_dir is not None else None)
     num_classes = args.num_classes or run.get('num_classes') or int(dataset_targets(dataset).max()) + 1
     largest = int(dataset_targets(dataset).max())
     if valid_labels is None and largest >= num_classes:
@@ -598,8 +616,7 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         if is_primary and args.calibration_split == run.get('train_split', 'train'):
             _logger.warning(f'The temperature is fitted on the training split {args.calibration_split!r}, which '
                             'is not held out: the network is over-confident there, so T will be too small.')
-        held_out = subsample(build_dataset(args, args.calibration_split, 'RGB' if in_chans == 3 else 'L'),
-                             args.num_samples)
+        held_out = subsample(calibration, args.num_samples)
         fit_logits, fit_target = evaluator.logits(held_out)
         temperature, scaled = evaluate_temperature_scaled(
             fit_logits[0], fit_target, evaluation['logits'], evaluation['target'], metric_classes,

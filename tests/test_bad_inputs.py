@@ -31,6 +31,10 @@ class Row:
     message: str
 
 
+# then a folder of {files}/folders
+FOLDER = ('--model', 'test_resnet', '--img-size', '32', '--epochs', '1', '-b', '4', '--data-dir')
+
+
 def T(what, message, *args, base=DIGITS):  # noqa: N802  (a table constructor)
     return Row('train.py', what, (*base, *args), message)
 
@@ -167,6 +171,17 @@ TRAIN_ROWS = [
     T('folder without a `train/` folder', "no non-empty 'train' folder", '--model', 'test_resnet', '--data-dir',
       '{files}/no_train', base=()),
     T('`--class-map` missing file', '--class-map: file not found', '--class-map', '{files}/absent.txt'),
+    T('val folder missing a class', 'missing 1 (2); the labels would not match', '{files}/folders/missing_class',
+      base=FOLDER),
+    T('train and val class folders that differ', 'missing 1 (2); extra 1 (3)', '{files}/folders/other_class',
+      base=FOLDER),
+    T('zero-byte image', 'empty.png: empty file', '{files}/folders/zero_byte', base=FOLDER),
+    T('text file named `.jpg`', "cannot identify image file", '{files}/folders/text_jpg', base=FOLDER),
+    T('truncated JPEG', 'truncated.jpg: image file is truncated', '{files}/folders/truncated', base=FOLDER),
+    T('symlink loop in the data folder', 'symlink loop in the dataset', '{files}/folders/symlink_loop',
+      base=FOLDER),
+    T('image of 100000x100000 pixels (PNG header)', 'huge.png: Image size (10000000000 pixels) exceeds limit',
+      '{files}/folders/huge', base=FOLDER),
     # checkpoints and the run folder
     T('`--initial-checkpoint` missing', '--initial-checkpoint: file not found', '--initial-checkpoint',
       '{files}/absent.pth.tar'),
@@ -195,6 +210,11 @@ TRAIN_ROWS = [
 
 def V(what, message, *args):  # noqa: N802
     return Row('validate.py', what, args, message)
+
+
+def VF(what, message, folder):  # noqa: N802  (evaluating the 'val' split of a folder of {files}/folders)
+    return V(what, message, '--data-dir', f'{{files}}/folders/{folder}', '--checkpoint', '{files}/focal.pth.tar',
+             '--split', 'val')
 
 
 VALIDATE_ROWS = [
@@ -244,6 +264,13 @@ VALIDATE_ROWS = [
       '--prediction-grid', '{files}/same.png'),
     V('a corrupt image in the evaluated split', 'corrupt image', '--data-dir', '{files}/corrupt', '--checkpoint',
       '{files}/focal.pth.tar', '--split', 'val'),
+    VF('evaluated folder missing a class of `train/`', "split 'val' (", 'missing_class'),
+    VF('evaluated class folders differ from `train/`', 'missing 1 (2); extra 1 (3)', 'other_class'),
+    VF('zero-byte image', 'empty.png: empty file', 'zero_byte'),
+    VF('text file named `.jpg`', 'cannot identify image file', 'text_jpg'),
+    VF('truncated JPEG', 'truncated.jpg: image file is truncated', 'truncated'),
+    VF('symlink loop in the data folder', 'symlink loop in the dataset', 'symlink_loop'),
+    VF('image of 100000x100000 pixels (PNG header)', 'huge.png: Image size (10000000000 pixels) exceeds limit', 'huge'),
 ]
 
 
@@ -344,12 +371,49 @@ def files(tmp_path_factory, digits_dir) -> Path:
     for image in sorted((digits_dir / 'val' / '0').iterdir())[:3]:
         (corrupt / image.name).write_bytes(image.read_bytes())
     (corrupt / 'bad.png').write_bytes(b'this is not an image' * 10)
+    _write_bad_folders(root / 'folders', digits_dir)
     existing = root / 'runs' / 'existing'
     existing.mkdir(parents=True)
     (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
     (existing / 'run.json').write_text('{"run_id": "0123456789abcdef", "resumed_from": null}\n')
     _write_oltr_lists(root / 'oltr', digits_dir)
     return root
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG claiming ``width`` x ``height`` RGB pixels: signature, IHDR and an empty IDAT (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)) + chunk(
+        b'IDAT', b'')
+
+
+def _write_bad_folders(root: Path, digits_dir: Path) -> None:
+    """Small train/val image folders over the digits PNGs (3 classes, 4 images each), one per defect; an image
+    defect is in both splits."""
+    import io
+
+    from PIL import Image
+    jpeg = io.BytesIO()  # cut in the middle of its pixel data: Image.verify() accepts it, decoding does not
+    Image.effect_noise((128, 128), 64).convert('RGB').save(jpeg, 'JPEG')
+    bad_files = {'zero_byte': ('empty.png', b''), 'text_jpg': ('notes.jpg', b'just some text, not a JPEG\n'),
+                 'truncated': ('truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2]),
+                 'huge': ('huge.png', _png_header(100_000, 100_000))}
+    classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013')}
+    for name in (*classes, *bad_files, 'symlink_loop'):
+        for split, labels in zip(('train', 'val'), classes.get(name, ('012', '012'))):
+            for label in labels:
+                folder = root / name / split / label
+                folder.mkdir(parents=True)
+                for image in sorted((digits_dir / split / str(int(label) % 3)).iterdir())[:4]:
+                    (folder / image.name).write_bytes(image.read_bytes())
+                if name in bad_files and label == '0':
+                    (folder / bad_files[name][0]).write_bytes(bad_files[name][1])
+    (root / 'symlink_loop' / 'train' / '0' / 'again').symlink_to('..', target_is_directory=True)
+    (root / 'symlink_loop' / 'val' / '0' / 'again').symlink_to('..', target_is_directory=True)
 
 
 def _write_oltr_lists(root: Path, digits_dir: Path) -> None:

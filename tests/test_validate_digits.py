@@ -212,7 +212,7 @@ def test_corrupt_images_are_named_not_replaced(digits_run, digits_folder, tmp_pa
     line = _usage_error(capsys, '--data-dir', str(root), '--split', 'val', '--checkpoint',
                         str(digits_run / 'model_best.pth.tar'), '--output-json', str(tmp_path / 'x.json'),
                         '--no-plot')
-    assert f'corrupt image {bad}' in line
+    assert f"1 corrupt image(s) in split 'val': {bad}: " in line
     assert not (tmp_path / 'x.json').exists()
 
 

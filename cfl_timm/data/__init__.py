@@ -3,7 +3,16 @@ CIFAR statistics and training transform."""
 from .compat import patch_timm_posterize, posterize
 from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .digits import DIGITS_DATASET_NAME, DigitsDataset, digits_split, is_digits_dataset
-from .strict import CorruptImageError, StrictImageDataset, verify_images
+from .strict import (
+    MAX_IMAGE_PIXELS,
+    CorruptImageError,
+    StrictImageDataset,
+    check_folder_tree,
+    check_same_classes,
+    is_image_folder_name,
+    strict_folder_dataset,
+    verify_images,
+)
 from .subsets import (
     SUBSET_MODES,
     SubsetDataset,

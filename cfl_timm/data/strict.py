@@ -1,18 +1,35 @@
-"""Image folders that fail on a corrupt image instead of silently evaluating another one in its place.
+"""Image folders checked where they enter: no silent substitution, no shifted labels, no symlink loops.
 
 timm's ``ImageDataset`` logs a warning and returns the next image when one cannot be read, which keeps a long
-training run alive but makes an evaluation count some images twice and others never. :func:`verify_images` checks
-every file before any work (``PIL.Image.verify``: the header and, for PNG, the chunk checksums), and
-:class:`StrictImageDataset` raises :class:`CorruptImageError` naming the file when the pixels of an image that
-passed that check cannot be decoded.
+training run alive but makes an evaluation count some images twice and others never; its folder reader follows
+symlinks without noticing a loop (the dataset repeats many times) and numbers the classes of each split on its
+own (a class missing from one split shifts every later label). Before any work:
+
+* :func:`check_folder_tree` walks a split folder and refuses a symlink loop, naming it;
+* :func:`check_same_classes` compares the class folders of every split a run reads;
+* :func:`verify_images` opens and decodes every image (zero-byte, truncated, not-an-image and over-sized files
+  are listed) and :func:`strict_folder_dataset` refuses them, or drops them when asked, counting them;
+* :class:`StrictImageDataset` raises :class:`CorruptImageError` naming the file if an image that passed those
+  checks still cannot be decoded later, instead of substituting another one.
 """
-from typing import Any
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from PIL import Image
 
+from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
-__all__ = ['CorruptImageError', 'StrictImageDataset', 'verify_images']
+__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_same_classes',
+           'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
+
+_logger = logging.getLogger(__name__)
+
+# Pillow's own decompression-bomb threshold (about 89 megapixels); larger images are refused with the limit named.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_LISTED = 5  # bad files named in one message
 
 
 class CorruptImageError(ValueError):
@@ -26,18 +43,119 @@ def _reader(dataset: Any) -> Any:
     return reader
 
 
-def verify_images(dataset: Any) -> int:
-    """Open every image of a timm ``ImageDataset`` and verify it; raises :class:`CorruptImageError` for the first
-    file that is not a readable image. Returns the number of files checked."""
+def is_image_folder_name(name: str) -> bool:
+    """True when timm's ``create_dataset(name, ...)`` reads a folder (or tar) of images: not the offline digits,
+    a torchvision or a remote (``tfds/``, ``hfds/``, ``hfids/``, ``wds/``) dataset."""
+    return not is_digits_dataset(name) and not name.startswith(('torch/', 'tfds/', 'hfds/', 'hfids/', 'wds/'))
+
+
+def is_folder_dataset(dataset: Any) -> bool:
+    """True for a timm ``ImageDataset`` over a folder reader (file paths and ``samples``)."""
+    reader = getattr(dataset, 'reader', None)
+    return reader is not None and hasattr(reader, 'filename') and hasattr(reader, 'samples')
+
+
+def check_folder_tree(folder: str) -> None:
+    """Walk ``folder`` as timm does (following symlinks) and raise ``ValueError`` naming the first folder reached a
+    second time (a symlink loop, or two links to one folder), before timm's reader repeats it."""
+    seen: dict[str, str] = {}
+    for root, subdirs, _ in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise ValueError(f'symlink loop in the dataset: {root} is {seen[real]} again (timm would read its images '
+                             'repeatedly); remove the link.')
+        seen[real] = root
+        subdirs.sort()
+
+
+def _class_names(dataset: Any) -> Optional[set]:
+    mapping = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    return set(mapping) if mapping else None
+
+
+def check_same_classes(splits: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless every folder split in ``splits`` (name -> timm dataset) has the same class
+    folders; the message names the split, its folder and the missing / extra classes. Splits without class folders
+    (torchvision, digits) are not compared."""
+    named = [(name, ds, _class_names(ds)) for name, ds in splits.items()]
+    named = [(name, ds, classes) for name, ds, classes in named if classes is not None]
+    if len(named) < 2:
+        return
+    ref_name, ref_ds, ref = named[0]
+    for name, ds, classes in named[1:]:
+        missing, extra = sorted(ref - classes), sorted(classes - ref)
+        if missing or extra:
+            parts = ([f'missing {_listed(missing)}'] if missing else []) + ([f'extra {_listed(extra)}'] if extra
+                                                                             else [])
+            raise ValueError(f'split {name!r} ({ds.reader.root}) has different class folders from split {ref_name!r} '
+                             f'({ref_ds.reader.root}): {"; ".join(parts)}; the labels would not match.')
+
+
+def _listed(items: list) -> str:
+    shown = ', '.join(map(str, items[:_LISTED]))
+    return f'{len(items)} ({shown}{", ..." if len(items) > _LISTED else ""})'
+
+
+def _image_problem(path: str, max_pixels: int) -> Optional[str]:
+    """Why the file at ``path`` is not a usable image, or None. ``verify`` checks the structure (and PNG
+    checksums) but not a truncated JPEG, so the pixels are decoded too."""
+    try:
+        if os.path.getsize(path) == 0:
+            return 'empty file'
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                return f'{image.width}x{image.height} pixels, above the limit of {max_pixels}'
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except Image.DecompressionBombError as error:
+        return f'{error} (limit {max_pixels} pixels)'
+    except (OSError, SyntaxError, ValueError) as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def verify_images(dataset: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> list[tuple[int, str, str]]:
+    """Open, verify and decode every image of a timm folder ``ImageDataset``.
+
+    Returns:
+        ``(index, path, problem)`` for each unusable file (empty, truncated, not an image, more than
+        ``max_pixels`` pixels), in dataset order.
+    """
     reader = _reader(dataset)
+    bad = []
     for index in range(len(reader)):
         path = reader.filename(index, absolute=True)
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, SyntaxError, ValueError) as error:
-            raise CorruptImageError(f'corrupt image {path}: {error}') from None
-    return len(reader)
+        problem = _image_problem(path, max_pixels)
+        if problem is not None:
+            bad.append((index, path, problem))
+    return bad
+
+
+def strict_folder_dataset(dataset: Any, split: str, skip_bad_images: bool = False,
+                          max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """``dataset`` (a timm ``ImageDataset``) as a :class:`StrictImageDataset` whose images all decode.
+
+    Other datasets are returned unchanged. Unusable images raise :class:`CorruptImageError` naming the first few
+    and their count, or with ``skip_bad_images`` are dropped from the split and counted in the log.
+    """
+    if not is_folder_dataset(dataset):
+        return dataset
+    bad = verify_images(dataset, max_pixels)
+    if bad:
+        shown = '; '.join(f'{path}: {problem}' for _, path, problem in bad[:_LISTED])
+        more = f' and {len(bad) - _LISTED} more' if len(bad) > _LISTED else ''
+        if not skip_bad_images:
+            raise CorruptImageError(f'{len(bad)} corrupt image(s) in split {split!r}: {shown}{more} (fix or remove '
+                                    'them, or pass --skip-bad-images to leave them out).')
+        dropped = {index for index, _, _ in bad}
+        reader = dataset.reader
+        reader.samples = [s for i, s in enumerate(reader.samples) if i not in dropped]
+        _logger.warning(f'--skip-bad-images: left out {len(bad)} unreadable image(s) of split {split!r} '
+                        f'({len(reader.samples)} remain): {shown}{more}')
+        if not reader.samples:
+            raise CorruptImageError(f'split {split!r}: no readable image is left.')
+    return StrictImageDataset(dataset)
 
 
 class StrictImageDataset(WrappedDataset):
@@ -61,7 +179,7 @@ class StrictImageDataset(WrappedDataset):
             mode = getattr(self.dataset, 'input_img_mode', 'RGB')
             image = image.convert(mode) if mode else image
             image.load()
-        except (OSError, SyntaxError, ValueError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise CorruptImageError(f'corrupt image {self.reader.filename(index, absolute=True)}: {error}') from None
         if self.dataset.transform is not None:
             image = self.dataset.transform(image)

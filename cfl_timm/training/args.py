@@ -152,6 +152,8 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                        help='number of validation samples of an iterable dataset (hfids/, wds/, tfds/)')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='allow download of dataset for torch/ and tfds/ datasets that support it')
+    group.add_argument('--skip-bad-images', action='store_true', default=False,
+                       help='leave out (and count in the log) unreadable images instead of refusing the dataset')
     group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
     group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
