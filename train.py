@@ -49,8 +49,8 @@ from cfl_timm import LOSS_TYPES, CyclicalScheduler, create_loss, loss_kwargs
 from cfl_timm.data import (
     DigitsDataset,
     SubsetDataset,
-    check_folder_tree,
     check_same_classes,
+    check_split_tree,
     class_counts,
     dataset_targets,
     is_digits_dataset,
@@ -660,7 +660,8 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
     """Training set (restricted to the selected subset) and validation set, plus the number of classes."""
     root = args.data_dir or args.data
     if is_image_folder_name(args.dataset) and root and Path(root).is_dir():
-        check_folder_tree(root)  # before timm's reader walks it (it follows symlinks, loops included)
+        for split in (args.train_split, args.val_split):  # before timm's reader walks them (it follows symlinks)
+            check_split_tree(root, split)
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)
     if not args.class_map:  # a class map fixes the labels; otherwise each split numbers its own class folders

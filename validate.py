@@ -49,6 +49,7 @@ from cfl_timm.data import (
     average_softmax,
     check_folder_tree,
     check_same_classes,
+    check_split_tree,
     dataset_targets,
     digits_split,
     is_digits_dataset,
@@ -316,7 +317,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
         return DigitsDataset(split)
     root = _data_root(args)
     if is_image_folder_name(args.dataset) and root and os.path.isdir(root):
-        check_folder_tree(root)
+        check_split_tree(root, split)
     try:
         dataset = create_dataset(
             args.dataset, root=root, split=split, is_training=False, class_map=args.class_map,

@@ -9,6 +9,7 @@ from .strict import (
     StrictImageDataset,
     check_folder_tree,
     check_same_classes,
+    check_split_tree,
     is_image_folder_name,
     strict_folder_dataset,
     verify_images,

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from PIL import Image
+from timm.data.dataset_factory import _search_split  # timm's split-folder search, so both read one folder
 
 from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
-__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_same_classes',
-           'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
+__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_split_tree',
+           'check_same_classes', 'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ def check_folder_tree(folder: str) -> None:
                              'repeatedly); remove the link.')
         seen[real] = root
         subdirs.sort()
+
+
+def check_split_tree(root: str, split: str) -> None:
+    """:func:`check_folder_tree` on the folder timm reads for ``split`` of the folder dataset at ``root`` (its own
+    split-folder search, synonyms included): other folders beside it, e.g. a link to the same images under another
+    split name, are not that split's concern."""
+    check_folder_tree(_search_split(root, split))
 
 
 def _class_names(dataset: Any) -> Optional[set]:
