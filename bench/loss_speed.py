@@ -13,8 +13,13 @@ ratio to the baseline's median. ``autograd-ref`` is the loss written as the form
 against the compiled baseline, configured as train.py builds them (no finiteness check); compilation happens
 in the warm-up calls, outside the timed rounds.
 
+``--autocast bf16|fp16`` runs every loss's forward (the baseline's too) inside ``torch.autocast(device type,
+dtype)`` on float32 logits, the mixed-precision setting of train.py ``--amp``; the backward runs outside, as in
+training. The default ``none`` measures plain float32.
+
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
        [--losses NAME ...] [--clock wall|cpu] [--compile [--compile-backend inductor] [--compile-mode MODE]]
+       [--autocast none|bf16|fp16]
 
 ``--clock cpu`` times with the process CPU time instead of the wall clock (CPU only): on a machine shared with
 other jobs it does not count the time the process waits for a core, so ratios stay meaningful under load.
@@ -39,6 +44,7 @@ from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss  # noqa: 
 from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss  # noqa: E402
 
 DEFAULT_SIZES = ('256x10', '256x1000', '128x21843')
+AUTOCAST_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def autograd_reference(logits: torch.Tensor, target: torch.Tensor, eta: float = 0.5, gamma_hc: float = 3.0,
@@ -83,6 +89,15 @@ def make_losses(num_epochs: int = 10, names=None):
     return losses
 
 
+def with_autocast(fn, device: torch.device, dtype: torch.dtype):
+    """``fn`` with its forward inside ``torch.autocast(device.type, dtype)``; the returned loss is backpropagated
+    outside the context, as in a training step."""
+    def forward(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn(logits, target)
+    return forward
+
+
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -120,7 +135,8 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
 
 
 def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None,
-               clock=time.perf_counter, compile_options: Optional[dict] = None) -> list[dict]:
+               clock=time.perf_counter, compile_options: Optional[dict] = None,
+               autocast_dtype: Optional[torch.dtype] = None) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, num_classes, generator=generator) * 3
     target = torch.randint(0, num_classes, (num_rows,), generator=generator)
@@ -136,6 +152,8 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
         # 2.14's symbolic floats fail a guard on the focal losses at K = 21843 (eps / K).
         torch._dynamo.config.specialize_float = True
         losses = {name: torch.compile(fn, **compile_options) for name, fn in losses.items()}
+    if autocast_dtype is not None:
+        losses = {name: with_autocast(fn, device, autocast_dtype) for name, fn in losses.items()}
     for fn in losses.values():  # warm-up
         for _ in range(3):
             time_once(fn, logits, target)
@@ -171,7 +189,10 @@ def main(argv=None) -> None:
     parser.add_argument('--compile', action='store_true', help='torch.compile every loss and the baseline')
     parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend (default: inductor)')
     parser.add_argument('--compile-mode', default=None, help='torch.compile mode (default: None)')
+    parser.add_argument('--autocast', choices=tuple(AUTOCAST_DTYPES), default='none',
+                        help='run each forward inside torch.autocast with this dtype (default: none, float32)')
     args = parser.parse_args(argv)
+    autocast_dtype = AUTOCAST_DTYPES[args.autocast]
     compile_options = {'backend': args.compile_backend, 'mode': args.compile_mode} if args.compile else None
     device = torch.device(args.device)
     if args.clock == 'cpu' and device.type != 'cpu':
@@ -180,14 +201,16 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
     compiled = f', every loss torch.compile({args.compile_backend}, mode={args.compile_mode})' if args.compile else ''
-    print(f'# loss forward+backward, float32, {device.type} ({where}), torch {torch.__version__}, '
+    precision = 'float32' if autocast_dtype is None else f'float32 logits, autocast {autocast_dtype}'
+    print(f'# loss forward+backward, {precision}, {device.type} ({where}), torch {torch.__version__}, '
           f'median of {args.repeats} interleaved rounds, {args.clock} clock, load average '
           f'{" ".join(f"{v:.1f}" for v in os.getloadavg())}{compiled}')
     print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE |')
     print('|---|---|---:|---:|---:|---:|')
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
-        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock, compile_options):
+        for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock, compile_options,
+                              autocast_dtype):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
                   f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
 
