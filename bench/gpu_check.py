@@ -55,23 +55,28 @@ def run_train(argv: list[str]) -> dict:
             'images_per_second_by_epoch': [round(s, 1) for s in speeds]}
 
 
-def run_overflow(out_dir: Path) -> dict:
-    """float16 autocast with the GradScaler on CUDA; the second training batch's logits are made infinite."""
-    build_model = train.build_model
+def overflowing_build_model(build_model, overflow_call: int = 2):
+    """``build_model`` (train.py's) whose model returns infinite logits on its ``overflow_call``-th training forward:
+    a float16 overflow, for the grad scaler to skip."""
     calls = {'train': 0}
 
-    def overflowing_model(*args, **kwargs):
+    def build(*args, **kwargs):
         model, config = build_model(*args, **kwargs)
 
         def hook(module, inputs, output):
             if module.training:
                 calls['train'] += 1
-                if calls['train'] == 2:
+                if calls['train'] == overflow_call:
                     return output.index_fill(1, torch.tensor([0], device=output.device), float('inf'))
             return output
         model.register_forward_hook(hook)
         return model, config
-    train.build_model = overflowing_model  # this process runs nothing else
+    return build
+
+
+def run_overflow(out_dir: Path) -> dict:
+    """float16 autocast with the GradScaler on CUDA; the second training batch's logits are made infinite."""
+    train.build_model = overflowing_build_model(train.build_model)  # this process runs nothing else
     run_train(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-j', '0',
                '--warmup-epochs', '0', '--lr', '0.05', '--log-interval', '1000', '--epochs', '1', '-b', '32',
                '--train_size', '128', '--device', 'cuda', '--amp', '--amp-dtype', 'float16',

@@ -24,6 +24,9 @@ from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES
 from cfl_timm.training.args import LOSS_FLAG_KWARGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / 'bench'))
+import gpu_check  # noqa: E402
+
 DIGITS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-j', '0',
           '--warmup-epochs', '0', '--lr', '0.05', '--log-interval', '1000']
 
@@ -253,21 +256,8 @@ def test_grad_scaler_skips_and_counts_a_non_finite_step(tmp_path, monkeypatch, c
     the step, train.py counts it in the log and in summary.csv, and training goes on."""
     caplog.set_level('INFO')
     monkeypatch.setattr(train, 'resolve_amp', lambda args, device: (None, True))  # the scaler path, on CPU
-    build_model = train.build_model
-    calls = {'train': 0}
-
-    def overflowing_model(*args, **kwargs):
-        model, config = build_model(*args, **kwargs)
-
-        def hook(module, inputs, output):
-            if module.training:
-                calls['train'] += 1
-                if calls['train'] == 2:  # the second training batch overflows
-                    return output.index_fill(1, torch.tensor([3]), float('inf'))
-            return output
-        model.register_forward_hook(hook)
-        return model, config
-    monkeypatch.setattr(train, 'build_model', overflowing_model)
+    # The second training batch overflows (the hook bench/gpu_check.sh uses on CUDA).
+    monkeypatch.setattr(train, 'build_model', gpu_check.overflowing_build_model(train.build_model))
     _, run_dir = _run(tmp_path, *DIGITS, '--epochs', '2', '-b', '32', '--train_size', '128', '--loss',
                       'asym-cyclical', '--gamma-hc', '3', '--gamma-pos', '2')
     rows = _summary(run_dir)
