@@ -34,7 +34,10 @@ if [[ -e "$OUT" && -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
   echo "$0: OUT_DIR $OUT is not empty; choose a new folder (a previous check is never overwritten)" >&2; exit 2
 fi
 mkdir -p "$OUT" || exit 2
+# Absolute paths: the steps run from the repository root.
 OUT=$(cd "$OUT" && pwd)
+[[ -z "$DATA_DIR" ]] || DATA_DIR=$(cd "$DATA_DIR" && pwd)
+[[ -z "$TIMM_TRAIN" ]] || TIMM_TRAIN="$(cd "$(dirname "$TIMM_TRAIN")" && pwd)/$(basename "$TIMM_TRAIN")"
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi

@@ -50,6 +50,15 @@ def test_without_cuda_stops_at_the_first_cuda_call(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['check', 'outside_tmp']
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-CUDA exit; this machine has CUDA')
+def test_relative_data_dir_and_timm_train_are_accepted(tmp_path):
+    (tmp_path / 'data' / 'train').mkdir(parents=True)
+    (tmp_path / 'timm_train.py').write_text('')
+    result = _run('OUT', 'data', '--timm-train', 'timm_train.py', tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr  # past the argument checks, up to the CUDA check
+    assert json.loads((tmp_path / 'OUT' / 'summary.json').read_text())['cuda'] is False
+
+
 @pytest.mark.parametrize('argv, message', [
     ([], 'usage:'),
     (['a', 'b', 'c'], 'usage:'),
