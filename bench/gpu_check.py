@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
-from cfl_timm.training import atomic_write_text  # noqa: E402
+from cfl_timm.files import atomic_write_text  # noqa: E402
 
 NO_CUDA_EXIT = 3
 
