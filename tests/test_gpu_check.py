@@ -16,11 +16,13 @@ import loss_speed  # noqa: E402
 
 
 def _repo_state(tmp_path: Path) -> list[str]:
-    """The repository's changed, untracked and ignored files, less those under ``tmp_path`` (which pytest may
-    place inside the repository)."""
+    """The repository's changed, untracked and ignored files, less those under ``tmp_path`` and pytest's base temp
+    folder (``.pytest_tmp``: other xdist workers write there while this test runs)."""
     lines = subprocess.run(['git', 'status', '--porcelain', '--ignored', '--untracked-files=all'], cwd=REPO_ROOT,
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    return [line for line in lines if not (REPO_ROOT / line[3:]).resolve().is_relative_to(tmp_path.resolve())]
+    skipped = [tmp_path.resolve(), (REPO_ROOT / '.pytest_tmp').resolve()]
+    return [line for line in lines
+            if not any((REPO_ROOT / line[3:]).resolve().is_relative_to(folder) for folder in skipped)]
 
 
 def _run(*argv, tmp_path):
