@@ -41,35 +41,35 @@ def T(what, message, *args, base=DIGITS):  # noqa: N802  (a table constructor)
 
 TRAIN_ROWS = [
     # numbers
-    T('`--lr nan`', '--lr must be a finite number', '--lr', 'nan'),
-    T('`--lr inf`', '--lr must be a finite number', '--lr', 'inf'),
-    T('`--lr 0`', '--lr must be > 0', '--lr', '0'),
-    T('`--lr -0.1`', '--lr must be > 0', '--lr=-0.1'),
-    T('`--lr-base 0`', '--lr-base must be > 0', '--lr-base', '0'),
-    T('`--weight-decay -1`', '--weight-decay must be >= 0', '--weight-decay=-1'),
-    T('`--momentum nan`', '--momentum must be a finite number', '--momentum', 'nan'),
-    T('`--warmup-lr -1`', '--warmup-lr must be >= 0', '--warmup-lr=-1'),
-    T('`--min-lr inf`', '--min-lr must be a finite number', '--min-lr', 'inf'),
-    T('`--drop 1`', '--drop must be in [0, 1)', '--drop', '1'),
-    T('`--drop-path 1.5`', '--drop-path must be in [0, 1)', '--drop-path', '1.5'),
-    T('`--reprob 2`', '--reprob must be in [0, 1]', '--reprob', '2'),
-    T('`--mixup -1`', '--mixup must be >= 0', '--mixup=-1'),
-    T('`--mixup-prob 1.5`', '--mixup-prob must be in [0, 1]', '--mixup-prob', '1.5'),
-    T('`--model-ema-decay 2`', '--model-ema-decay must be in [0, 1]', '--model-ema-decay', '2'),
-    T('`--clip-grad 0`', '--clip-grad must be > 0', '--clip-grad', '0'),
-    T('`--smoothing 1`', '--smoothing must be in [0, 1)', '--smoothing', '1'),
+    T('`--lr nan`', 'argument --lr: must be a finite number', '--lr', 'nan'),
+    T('`--lr inf`', 'argument --lr: must be a finite number', '--lr', 'inf'),
+    T('`--lr 0`', 'argument --lr: must be > 0', '--lr', '0'),
+    T('`--lr -0.1`', 'argument --lr: must be > 0', '--lr=-0.1'),
+    T('`--lr-base 0`', 'argument --lr-base: must be > 0', '--lr-base', '0'),
+    T('`--weight-decay -1`', 'argument --weight-decay: must be >= 0', '--weight-decay=-1'),
+    T('`--momentum nan`', 'argument --momentum: must be a finite number', '--momentum', 'nan'),
+    T('`--warmup-lr -1`', 'argument --warmup-lr: must be >= 0', '--warmup-lr=-1'),
+    T('`--min-lr inf`', 'argument --min-lr: must be a finite number', '--min-lr', 'inf'),
+    T('`--drop 1`', 'argument --drop: must be in [0, 1)', '--drop', '1'),
+    T('`--drop-path 1.5`', 'argument --drop-path: must be in [0, 1)', '--drop-path', '1.5'),
+    T('`--reprob 2`', 'argument --reprob: must be a probability in [0, 1]', '--reprob', '2'),
+    T('`--mixup -1`', 'argument --mixup: must be >= 0', '--mixup=-1'),
+    T('`--mixup-prob 1.5`', 'argument --mixup-prob: must be a probability in [0, 1]', '--mixup-prob', '1.5'),
+    T('`--model-ema-decay 2`', 'argument --model-ema-decay: must be a probability in [0, 1]', '--model-ema-decay', '2'),
+    T('`--clip-grad 0`', 'argument --clip-grad: must be > 0', '--clip-grad', '0'),
+    T('`--smoothing 1`', 'argument --smoothing: must be in [0, 1)', '--smoothing', '1'),
     T('`--scale nan 1`', 'argument --scale: must be a finite number', '--scale', 'nan', '1'),
-    T('`--epochs 0`', '--epochs must be >= 1', '--epochs', '0'),
-    T('`-b 0`', '--batch-size and --grad-accum-steps must be >= 1', '-b', '0'),
-    T('`--grad-accum-steps 0`', '--batch-size and --grad-accum-steps must be >= 1', '--grad-accum-steps', '0'),
-    T('`--checkpoint-hist 0`', '--checkpoint-hist must be >= 1', '--checkpoint-hist', '0'),
-    T('`--log-interval 0`', '--log-interval must be >= 1', '--log-interval', '0'),
-    T('`-j -1`', '--workers must be >= 0', '-j', '-1'),
+    T('`--epochs 0`', 'argument --epochs: must be an integer >= 1', '--epochs', '0'),
+    T('`-b 0`', 'argument -b/--batch-size: must be an integer >= 1', '-b', '0'),
+    T('`--grad-accum-steps 0`', 'argument --grad-accum-steps: must be an integer >= 1', '--grad-accum-steps', '0'),
+    T('`--checkpoint-hist 0`', 'argument --checkpoint-hist: must be an integer >= 1', '--checkpoint-hist', '0'),
+    T('`--log-interval 0`', 'argument --log-interval: must be an integer >= 1', '--log-interval', '0'),
+    T('`-j -1`', 'argument -j/--workers: must be an integer >= 0', '-j', '-1'),
     T('`--seed -1`', 'argument --seed: must be an integer in [0, 4294967295]', '--seed=-1'),
     T('`--seed 4294967296`', 'argument --seed: must be an integer in [0, 4294967295]', '--seed', '4294967296'),
-    T('`--num-classes 0`', '--num-classes must be >= 1', '--num-classes', '0'),
+    T('`--num-classes 0`', 'argument --num-classes: must be an integer >= 1', '--num-classes', '0'),
     T('`--img-size 0`', 'argument --img-size: must be an integer >= 1', '--img-size', '0'),
-    T('`--input-size 3 0 32`', '--input-size must be three integers >= 1', '--input-size', '3', '0', '32'),
+    T('`--input-size 3 0 32`', 'argument --input-size: must be an integer >= 1', '--input-size', '3', '0', '32'),
     T('`--mean 0.5 0.5` (2 values, 3 channels)', '--mean needs 1 or 3 values', '--mean', '0.5', '0.5'),
     T('`--std 0 0 0`', 'argument --std: must be > 0', '--std', '0', '0', '0'),
     T('`--color-jitter-prob 5`', 'argument --color-jitter-prob: must be a probability in [0, 1]',
@@ -97,12 +97,14 @@ TRAIN_ROWS = [
     T('`--model-kwargs foo=1`', "--model-kwargs foo=1: not accepted by model 'test_resnet'", '--model-kwargs',
       'foo=1'),
     T('`--opt-kwargs foo=1`', "--opt-kwargs foo=1: not accepted by the 'sgd' optimizer", '--opt-kwargs', 'foo=1'),
-    T('`--warmup-epochs -1`', '--warmup-epochs must be >= 0', '--warmup-epochs=-1'),
-    T('`--cooldown-epochs -1`', '--cooldown-epochs must be >= 0', '--cooldown-epochs=-1'),
+    T('`--warmup-epochs -1`', 'argument --warmup-epochs: must be an integer >= 0', '--warmup-epochs=-1'),
+    T('`--cooldown-epochs -1`', 'argument --cooldown-epochs: must be an integer >= 0', '--cooldown-epochs=-1'),
     # cyclical schedules and losses
     T('`--T_min 3 --T_max 2`', 'min must not exceed max', '--T_min', '3', '--T_max', '2'),
-    T('`--wd_min -1e-4`', 'must be finite and >= 0', '--wd_min=-1e-4'),
-    T('`--cyclical_factor 0.5`', 'factor', '--cyclical_factor', '0.5'),
+    T('`--wd_min -1e-4`', 'argument --wd_min/--wd-min: must be >= 0', '--wd_min=-1e-4'),
+    T('`--cyclical_factor 0.5`', 'argument --cyclical_factor/--cyclical-factor: must be >= 1', '--cyclical_factor',
+      '0.5'),
+    T('`--holdout 0`', 'argument --holdout: must be an integer >= 1', '--holdout', '0'),
     T('`--focal_loss sym --gamma -1`', 'gamma must be a finite number >= 0',
       '--focal_loss', 'sym', '--gamma=-1'),
     T('`--focal_loss asym --bce-loss`', 'cannot be combined with --bce-loss', '--focal_loss', 'asym', '--bce-loss'),
@@ -112,24 +114,26 @@ TRAIN_ROWS = [
     T('`--split-bn` without `--aug-splits`', '--split-bn needs --aug-splits >= 2', '--split-bn'),
     T('`--jsd-loss` without `--aug-splits`', '--jsd-loss needs --aug-splits >= 2', '--jsd-loss'),
     # names timm resolves late
-    T('`--model no_such_model`', "Unknown model 'no_such_model'", '--model', 'no_such_model'),
+    T('`--model no_such_model`', "unknown model 'no_such_model'", '--model', 'no_such_model'),
     T('`--opt nosuchopt`', "--opt: unknown optimizer 'nosuchopt'", '--opt', 'nosuchopt'),
     T('`--sched nosuchsched`', "--sched: Unknown scheduler 'nosuchsched'", '--sched', 'nosuchsched'),
     T('`--eval-metric acc`', "--eval-metric must be one of top1, top5, loss, nll, ece, got 'acc'",
       '--eval-metric', 'acc'),
     T('`--device nonsense`', "--device: 'nonsense' is not a device name", '--device', 'nonsense'),
     T('`--model-kwargs depth` (no `=`)', 'expected key=value', '--model-kwargs', 'depth'),
-    T('`--epochs ten`', "invalid int value: 'ten'", '--epochs', 'ten'),
+    T('`--epochs ten`', "argument --epochs: expected an integer, got 'ten'", '--epochs', 'ten'),
     # subsets
-    T('`--imbalance_ratio 0`', '--imbalance-ratio must be a finite number >= 1', '--imbalance_ratio', '0'),
-    T('`--imbalance_ratio 0.5`', '--imbalance-ratio must be a finite number >= 1', '--imbalance_ratio', '0.5'),
-    T('`--imbalance_ratio nan`', '--imbalance-ratio must be a finite number', '--imbalance_ratio', 'nan'),
+    T('`--imbalance_ratio 0`', 'argument --imbalance_ratio/--imbalance-ratio: must be >= 1', '--imbalance_ratio', '0'),
+    T('`--imbalance_ratio 0.5`', 'argument --imbalance_ratio/--imbalance-ratio: must be >= 1',
+      '--imbalance_ratio', '0.5'),
+    T('`--imbalance_ratio nan`', 'argument --imbalance_ratio/--imbalance-ratio: must be a finite number',
+      '--imbalance_ratio', 'nan'),
     T('`--imbalance_max 40` without a ratio', '--imbalance_max sets the head-class count', '--imbalance_max', '40'),
-    T('`--imbalance_ratio 10 --imbalance_max 0`', '--imbalance-max must be >= 1',
+    T('`--imbalance_ratio 10 --imbalance_max 0`', 'argument --imbalance_max/--imbalance-max: must be an integer >= 1',
       '--imbalance_ratio', '10', '--imbalance_max', '0'),
     T('`--imbalance_ratio 10 --imbalance_max 1000` (more than a class has)', 'fewer images than their n_c',
       '--imbalance_ratio', '10', '--imbalance_max', '1000'),
-    T('`--train_size 0`', '--train_size must be >= 1', '--train_size', '0'),
+    T('`--train_size 0`', 'argument --train_size/--train-size: must be an integer >= 1', '--train_size', '0'),
     T('`--train_size 100000` (more than the set)', r'--train_size must be an integer in [1, 1442]',
       '--train_size', '100000'),
     T('`--train_size 10` with `-b 32` (no full batch)', 'is smaller than one batch', '--train_size', '10'),
@@ -150,8 +154,8 @@ TRAIN_ROWS = [
     T('config not a mapping', 'must hold a mapping', '-c', '{files}/list.yaml'),
     T('config with unknown key', "Unknown keys in config", '-c', '{files}/unknown_key.yaml'),
     T('config that is not YAML', 'is not valid YAML', '-c', '{files}/broken.yaml'),
-    T('config `epochs: ten`', "key 'epochs' expects int, got 'ten'", '-c', '{files}/epochs_word.yaml'),
-    T('config `epochs: 1.5`', "key 'epochs' expects an integer, got 1.5", '-c', '{files}/epochs_fraction.yaml'),
+    T('config `epochs: ten`', "key 'epochs' expected an integer, got 'ten'", '-c', '{files}/epochs_word.yaml'),
+    T('config `epochs: 1.5`', "key 'epochs' expected an integer, got 1.5", '-c', '{files}/epochs_fraction.yaml'),
     T('config `lr: [1, 2]`', "key 'lr' expects one value", '-c', '{files}/lr_list.yaml'),
     T('config `focal_loss: bogus`', "key 'focal_loss' must be one of sym, asym, asym-cyclical",
       '-c', '{files}/focal_bogus.yaml'),
@@ -317,7 +321,7 @@ LIBRARY_ROWS = [
     L('`stratified_indices(targets, 0)`', '--train_size must be an integer in [1, ', 'stratified_zero'),
     L('`SummaryCSV.append({"epochs": 2})`', 'Unknown summary columns', 'summary_column'),
     L('`load_training_checkpoint(truncated file)`', 'is not a complete PyTorch checkpoint', 'load_truncated'),
-    L('`coerce_config_value(--epochs, "ten")`', "expects int, got 'ten'", 'coerce_word'),
+    L('`coerce_config_value(--epochs, "ten")`', "expected an integer, got 'ten'", 'coerce_word'),
 ]
 
 ROWS = TRAIN_ROWS + VALIDATE_ROWS + OLTR_ROWS + LIBRARY_ROWS
@@ -538,8 +542,20 @@ def test_table_is_large_distinct_and_in_the_docs():
     assert len(ROWS) >= 60 and len({(r.entry, r.what) for r in ROWS}) == len(ROWS)
     text = (REPO_ROOT / 'docs' / 'bad-input.md').read_text()
     section = text.split('<!-- section:bad-inputs -->', 1)[1].split('<!-- /section:bad-inputs -->', 1)[0]
-    assert readme_table() in section, 'docs/bad-input.md table out of date: python tests/test_bad_inputs.py prints it'
+    assert readme_table() in section, 'docs/bad-input.md table out of date: python tests/test_bad_inputs.py --write'
 
 
-if __name__ == '__main__':
-    sys.stdout.write(readme_table() + '\n')
+def write_docs_table() -> None:
+    """Replace the bad-inputs section of docs/bad-input.md with :func:`readme_table`."""
+    path = REPO_ROOT / 'docs' / 'bad-input.md'
+    text = path.read_text()
+    start = text.index('| entry | bad input | message (fragment) |')  # the table ends the section
+    end = text.index('<!-- /section:bad-inputs -->')
+    path.write_text(f'{text[:start]}{readme_table()}\n{text[end:]}')
+
+
+if __name__ == '__main__':  # python tests/test_bad_inputs.py [--write]
+    if '--write' in sys.argv[1:]:
+        write_docs_table()
+    else:
+        sys.stdout.write(readme_table() + '\n')

@@ -216,9 +216,9 @@ def test_schedules_off_when_min_is_zero():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(wd_min=1e-3, wd_max=1e-4), r'weight decay \(wd_min, wd_max\): min must not exceed max, got min=0.001'),
-    (dict(t_min=3.0, t_max=2.0), r'softmax temperature \(T_min, T_max\): min must not exceed max'),
-    (dict(clip_min=5.0, clip_max=1.0), r'gradient clipping \(clip_min, clip_max\): min must not exceed max'),
+    (dict(wd_min=1e-3, wd_max=1e-4), r'weight decay \(--wd_min, --wd_max\): min must not exceed max, got min=0.001'),
+    (dict(t_min=3.0, t_max=2.0), r'softmax temperature \(--T_min, --T_max\): min must not exceed max'),
+    (dict(clip_min=5.0, clip_max=1.0), r'gradient clipping \(--clip_min, --clip_max\): min must not exceed max'),
     (dict(t_min=-1.0), 'min and max must be finite and >= 0'),
     (dict(clip_min=1.0, clip_max=float('inf')), 'min and max must be finite and >= 0'),
     (dict(cyclical_factor=0.5), 'cyclical factor must be a finite number >= 1'),

@@ -93,7 +93,7 @@ def test_factory_errors_stay_timm_errors_and_new_ones_are_clear():
         timm.scheduler.create_scheduler_v2(optimizer, sched='nope', num_epochs=3, t_min=0.5)
     with pytest.raises(TypeError):
         timm.scheduler.create_scheduler_v2(optimizer, sched='onecycle', num_epochs=3, not_an_argument=1)
-    with pytest.raises(ValueError, match=r'softmax temperature \(T_min, T_max\): min must not exceed max'):
+    with pytest.raises(ValueError, match=r'softmax temperature \(--T_min, --T_max\): min must not exceed max'):
         timm.scheduler.create_scheduler_v2(optimizer, num_epochs=3, t_min=3.0, t_max=2.0)
     with pytest.raises(ValueError, match='Per-update cyclical stepping needs updates_per_epoch >= 1'):
         timm.scheduler.create_scheduler_v2(optimizer, num_epochs=3, t_min=0.5, cyclical_step_per_update=True)

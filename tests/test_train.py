@@ -50,7 +50,9 @@ def _summary(run_dir):
 
 
 @pytest.mark.parametrize('flag, value, expected', PUBLISHED_FLAGS)
-def test_published_flags_parse_in_both_spellings(flag, value, expected):
+def test_published_flags_parse_in_both_spellings(flag, value, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'c10.csv').write_text('0\n')  # --read_sampler names an existing file
     dest = flag[2:]
     for spelling in {flag, '--' + flag[2:].replace('_', '-')}:
         args = train.parse_args([spelling, value])
@@ -194,18 +196,16 @@ DIGITS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size',
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'test_resnet', '--data-dir', 'no/such/dir'], 'Dataset path does not exist'),
     (['--model', 'test_resnet'], 'No dataset path'),
-    (['--dataset', 'sklearn/digits', '--model', 'no_such_model'], "Unknown model 'no_such_model'"),
+    (['--dataset', 'sklearn/digits', '--model', 'no_such_model'], "unknown model 'no_such_model'"),
     (DIGITS + ['--T_min', '3', '--T_max', '2'], r'softmax temperature .* min must not exceed max'),
-    (DIGITS + ['--wd_min=-1e-4'], r'weight decay .* must be finite and >= 0'),
-    (DIGITS + ['--cyclical_factor', '0.5'], 'cyclical_factor|factor'),
     (DIGITS + ['--focal_loss', 'asym', '--aug-splits', '2', '--jsd-loss'], 'cannot be combined with --jsd-loss'),
     (DIGITS + ['--focal_loss', 'asym', '--bce-loss'], 'cannot be combined with --bce-loss'),
     (DIGITS + ['--train_size', '10', '--imbalance-ratio', '10'], 'Choose one training subset'),
     (DIGITS + ['--split-bn'], '--split-bn needs --aug-splits'),
     (DIGITS + ['--train_size', '100000'], r'--train_size must be an integer in \[1, 1442\]'),
-    (DIGITS + ['--read_sampler', 'no/such.csv'], 'file not found'),
 ])
 def test_bad_input_gives_a_clear_error_before_training(tmp_path, argv, message):
+    # Checks past the parse (a single flag's range is its declaration's: tests/test_bad_inputs.py, test_cli_fuzz.py)
     with pytest.raises(ValueError, match=message):
         _run(tmp_path, *argv)
     assert not (tmp_path / 'run' / 'summary.csv').exists()

@@ -50,13 +50,16 @@ def test_key_value_without_equals_is_a_usage_error(capsys):
 
 
 def test_check_args_raises_in_process_and_exits_2_with_a_parser(capsys):
-    args = train.parse_args(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--epochs', '0'])
-    with pytest.raises(ValueError, match='--epochs must be >= 1, got 0'):
+    # A check across flags (a single flag's range is its declaration's, and argparse reports it).
+    args = train.parse_args(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--epochs', '2',
+                             '--start-epoch', '2'])
+    with pytest.raises(ValueError, match=r'--start-epoch must be in \[0, --epochs\) = \[0, 2\), got 2'):
         train_args.check_args(args)
     with pytest.raises(SystemExit) as exc:
         train_args.check_args(args, train.get_args_parser())
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == 'train.py: error: --epochs must be >= 1, got 0.'
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        'train.py: error: --start-epoch must be in [0, --epochs) = [0, 2), got 2.'
 
 
 def test_bad_command_line_is_a_one_line_usage_error_before_any_work(tmp_path):

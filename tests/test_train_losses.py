@@ -100,7 +100,6 @@ def test_loss_flag_accepts_every_registered_type():
                              r'--holdout N'),
     (['--checkpoint-metric', 'holdout_ece'], r'--checkpoint-metric holdout_ece selects on the held-out split: '
                                              r'pass --holdout N'),
-    (['--holdout', '0'], '--holdout must be >= 1'),
     (['--focal_loss', 'asym', '--loss', 'brier'], '--focal_loss asym and --loss brier select two losses'),
     (['--loss', 'asym', '--bce-loss'], '--loss asym replaces timm\'s loss; it cannot be combined with --bce-loss'),
 ])

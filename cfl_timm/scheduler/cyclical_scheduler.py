@@ -22,10 +22,11 @@ __all__ = ['CYCLICAL_VALUE_NAMES', 'CyclicalScheduler', 'check_cyclical_argument
 
 # The values a CyclicalScheduler reports (None where off): summary.csv columns of train.py.
 CYCLICAL_VALUE_NAMES = ('eta', 'weight_decay', 'temperature', 'clip_grad')
+# Named by the published flags (train.py's, and the patched timm train.py's), which users meet first.
 _RANGE_NAMES = {
-    'weight_decay': 'weight decay (wd_min, wd_max)',
-    'temperature': 'softmax temperature (T_min, T_max)',
-    'clip_grad': 'gradient clipping (clip_min, clip_max)',
+    'weight_decay': 'weight decay (--wd_min, --wd_max)',
+    'temperature': 'softmax temperature (--T_min, --T_max)',
+    'clip_grad': 'gradient clipping (--clip_min, --clip_max)',
 }
 
 

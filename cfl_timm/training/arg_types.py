@@ -11,8 +11,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ['INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'existing_file', 'finite_float', 'non_negative_float',
-           'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed']
+__all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'at_least_one', 'crop_fraction', 'existing_file',
+           'finite_float', 'fraction', 'integer', 'non_negative_float', 'non_negative_int', 'positive_float',
+           'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
 
 SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
 # timm's resize interpolation names for --interpolation ('' = the model's own).
@@ -53,6 +54,28 @@ def probability(value: Any) -> float:
     return number
 
 
+def integer(value: Any) -> int:
+    """Any integer (its range is checked where the value is used, e.g. by a loss factory)."""
+    return _int(value)
+
+
+def _between(number, low: float, high: float, low_open: bool, high_open: bool):
+    if number < low or number > high or (low_open and number == low) or (high_open and number == high):
+        raise argparse.ArgumentTypeError(f'must be in {"(" if low_open else "["}{low:g}, {high:g}'
+                                         f'{")" if high_open else "]"}, got {number:g}')
+    return number
+
+
+def fraction(value: Any) -> float:
+    """A rate in [0, 1): dropout, drop-path, label smoothing."""
+    return _between(_float(value), 0.0, 1.0, low_open=False, high_open=True)
+
+
+def crop_fraction(value: Any) -> float:
+    """A crop fraction in (0, 1]."""
+    return _between(_float(value), 0.0, 1.0, low_open=True, high_open=False)
+
+
 def _at_least(number, low, strict: bool, kind: str = ''):
     if number < low or (strict and number == low):
         raise argparse.ArgumentTypeError(f'must be {kind}{">" if strict else ">="} {low}, got {number:g}')
@@ -79,6 +102,11 @@ def non_negative_int(value: Any) -> int:
     return _at_least(_int(value), 0, strict=False, kind='an integer ')
 
 
+def at_least_one(value: Any) -> float:
+    """A finite float >= 1 (an imbalance ratio, a multiplier that never shrinks)."""
+    return _at_least(_float(value), 1, strict=False)
+
+
 def seed(value: Any) -> int:
     """A random seed numpy accepts: an integer in [0, 2**32 - 1]."""
     number = _int(value)
@@ -92,6 +120,25 @@ def existing_file(value: Any) -> str:
     path = str(value)
     if path and not os.path.isfile(path):
         raise argparse.ArgumentTypeError(f'file not found: {path}')
+    return path
+
+
+def writable_folder(value: Any) -> str:
+    """A folder that exists and is writable, or can be created: its nearest existing ancestor is a writable
+    folder ('' = the default)."""
+    path = str(value)
+    if not path:
+        return path
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise argparse.ArgumentTypeError(f'{probe} is a file, not a folder (in {path})')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f'folder {probe} is not writable (in {path})')
     return path
 
 
@@ -120,3 +167,8 @@ class Ascending(argparse.Action):
         except argparse.ArgumentTypeError as e:
             parser.error(f'argument {option_string}: {e}')
         setattr(namespace, self.dest, values)
+
+
+# Every converter a numeric or path flag may be declared with (tests/test_cli_fuzz.py holds every parser to it).
+CONVERTERS = (at_least_one, crop_fraction, existing_file, finite_float, fraction, integer, non_negative_float,
+              non_negative_int, positive_float, positive_int, probability, relative_name, seed, writable_folder)

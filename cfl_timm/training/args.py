@@ -50,8 +50,12 @@ from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .arg_types import (
     INTERPOLATIONS,
     Ascending,
+    at_least_one,
+    crop_fraction,
     existing_file,
     finite_float,
+    fraction,
+    integer,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -59,6 +63,7 @@ from .arg_types import (
     probability,
     relative_name,
     seed,
+    writable_folder,
 )
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 from .loggers import check_logger_extras
@@ -146,9 +151,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
     group.add_argument('--val-split', metavar='NAME', default='validation',
                        help='dataset validation split (default: validation)')
-    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+    group.add_argument('--train-num-samples', default=None, type=positive_int, metavar='N',
                        help='number of training samples of an iterable dataset (hfids/, wds/, tfds/) per epoch')
-    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+    group.add_argument('--val-num-samples', default=None, type=positive_int, metavar='N',
                        help='number of validation samples of an iterable dataset (hfids/, wds/, tfds/)')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='allow download of dataset for torch/ and tfds/ datasets that support it')
@@ -172,7 +177,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='name of model to train (default: "resnet50")')
     group.add_argument('--pretrained', action='store_true', default=False,
                        help='start with pretrained version of specified network (if avail)')
-    group.add_argument('--pretrained-path', default=None, type=str, metavar='PATH',
+    group.add_argument('--pretrained-path', default=None, type=existing_file, metavar='PATH',
                        help='load the --pretrained weights from this file instead of the hub (the classifier is '
                             'adapted to --num-classes)')
     group.add_argument('--initial-checkpoint', default='', type=existing_file, metavar='PATH',
@@ -182,17 +187,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             'of the output directory when present (default: none)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='prevent resume of optimizer state when resuming model')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+    group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                        help='number of label classes (default: from the training set)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL',
                        help='global pool type, one of (fast, avg, max, avgmax, avgmaxc); model default if None')
     group.add_argument('--img-size', type=positive_int, default=None, metavar='N',
                        help='image size (default: None => model default)')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+    group.add_argument('--in-chans', type=positive_int, default=None, metavar='N',
                        help='image input channels (default: None => 3)')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+    group.add_argument('--input-size', default=None, nargs=3, type=positive_int, metavar='N N N',
                        help='input all image dimensions (d h w, e.g. --input-size 3 224 224), model default if None')
-    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+    group.add_argument('--crop-pct', default=None, type=crop_fraction, metavar='N',
                        help='input image center crop percent (for validation only)')
     group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN',
                        help='override mean pixel value of dataset')
@@ -200,15 +205,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='override std deviation of dataset')
     group.add_argument('--interpolation', default='', type=str, metavar='NAME', choices=INTERPOLATIONS,
                        help='image resize interpolation type (overrides model)')
-    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
+    group.add_argument('-b', '--batch-size', type=positive_int, default=128, metavar='N',
                        help='input batch size for training (default: 128)')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+    group.add_argument('-vb', '--validation-batch-size', type=positive_int, default=None, metavar='N',
                        help='validation batch size override (default: None)')
     group.add_argument('--channels-last', action='store_true', default=False,
                        help='use channels_last memory layout')
     group.add_argument('--fuser', default='', type=str,
                        help="TorchScript jit fuser, one of ('', 'te', 'old', 'nvfuser')")
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+    group.add_argument('--grad-accum-steps', type=positive_int, default=1, metavar='N',
                        help='the number of steps to accumulate gradients (default: 1)')
     group.add_argument('--grad-checkpointing', action='store_true', default=False,
                        help='gradient checkpointing through the model blocks / stages (less memory, more compute)')
@@ -216,9 +221,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="timm's experimental fast normalization layers")
     group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs,
                        help='extra model keyword arguments as key=value')
-    group.add_argument('--head-init-scale', default=None, type=float,
+    group.add_argument('--head-init-scale', default=None, type=finite_float,
                        help='multiply the initial classifier weight and bias by this factor')
-    group.add_argument('--head-init-bias', default=None, type=float,
+    group.add_argument('--head-init-bias', default=None, type=finite_float,
                        help='initial value of the classifier bias')
     group.add_argument('--torchcompile-mode', type=str, default=None,
                        help='torch.compile mode (default: None)')
@@ -246,7 +251,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                        help='force broadcast buffers for native DDP to off')
     group.add_argument('--synchronize-step', action='store_true', default=False,
                        help='synchronize the accelerator at the end of every optimizer update')
-    group.add_argument('--local_rank', '--local-rank', default=0, type=int, help=argparse.SUPPRESS)
+    group.add_argument('--local_rank', '--local-rank', default=0, type=non_negative_int, help=argparse.SUPPRESS)
     group.add_argument('--device-modules', default=None, type=str, nargs='+',
                        help='Python modules to import before the device is set up (device backend plug-ins)')
 
@@ -256,23 +261,23 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Optimizer parameters')
     group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
                        help='optimizer (default: "sgd")')
-    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+    group.add_argument('--opt-eps', default=None, type=positive_float, metavar='EPSILON',
                        help='optimizer epsilon (default: None, use opt default)')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+    group.add_argument('--opt-betas', default=None, type=fraction, nargs='+', metavar='BETA',
                        help='optimizer betas (default: None, use opt default)')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M',
+    group.add_argument('--momentum', type=non_negative_float, default=0.9, metavar='M',
                        help='optimizer momentum (default: 0.9)')
-    group.add_argument('--weight-decay', type=float, default=2e-5,
+    group.add_argument('--weight-decay', type=non_negative_float, default=2e-5,
                        help='weight decay (default: 2e-5); constant unless --wd_min enables the cyclical schedule')
-    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+    group.add_argument('--clip-grad', type=positive_float, default=None, metavar='NORM',
                        help='clip gradient norm (default: None, no clipping); --clip_min overrides it with a '
                             'cyclical threshold')
     group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
                        help='gradient clipping mode (default: "norm")')
-    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
-    group.add_argument('--layer-decay-min-scale', type=float, default=0,
+    group.add_argument('--layer-decay', type=positive_float, default=None, help='layer-wise learning rate decay')
+    group.add_argument('--layer-decay-min-scale', type=non_negative_float, default=0,
                        help='lower bound of the layer-wise learning rate scale (default: 0)')
-    group.add_argument('--layer-decay-no-opt-scale', type=float, default=None,
+    group.add_argument('--layer-decay-no-opt-scale', type=non_negative_float, default=None,
                        help='layers whose layer-decay scale falls below this value are not optimized (frozen)')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=KeyValueArgs,
                        help='extra optimizer keyword arguments as key=value')
@@ -285,9 +290,9 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='LR scheduler: timm\'s types or "onecycle" (default: "cosine")')
     group.add_argument('--sched-on-updates', action='store_true', default=False,
                        help='apply the LR scheduler step on update instead of epoch end')
-    group.add_argument('--lr', type=float, default=None, metavar='LR',
+    group.add_argument('--lr', type=positive_float, default=None, metavar='LR',
                        help='learning rate, overrides lr-base if set (default: None)')
-    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
+    group.add_argument('--lr-base', type=positive_float, default=0.1, metavar='LR',
                        help='base learning rate: lr = lr_base * global_batch_size / base_size')
     group.add_argument('--lr-base-size', type=positive_int, default=256, metavar='DIV',
                        help='base learning rate batch size (divisor, default: 256)')
@@ -296,50 +301,51 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--lr-noise', type=non_negative_float, nargs='+', action=Ascending, default=None,
                        metavar='pct, pct',
                        help='learning rate noise on/off epoch percentages')
-    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
+    group.add_argument('--lr-noise-pct', type=non_negative_float, default=0.67, metavar='PERCENT',
                        help='learning rate noise limit percent (default: 0.67)')
-    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
+    group.add_argument('--lr-noise-std', type=non_negative_float, default=1.0, metavar='STDDEV',
                        help='learning rate noise std-dev (default: 1.0)')
     group.add_argument('--lr-cycle-mul', type=positive_float, default=1.0, metavar='MULT',
                        help='learning rate cycle len multiplier (default: 1.0)')
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
+    group.add_argument('--lr-cycle-decay', type=positive_float, default=0.5, metavar='MULT',
                        help='amount to decay each learning rate cycle (default: 0.5)')
-    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
+    group.add_argument('--lr-cycle-limit', type=positive_int, default=1, metavar='N',
                        help='learning rate cycle limit, cycles enabled if > 1')
-    group.add_argument('--lr-k-decay', type=float, default=1.0,
+    group.add_argument('--lr-k-decay', type=positive_float, default=1.0,
                        help='learning rate k-decay for cosine/poly (default: 1.0)')
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR',
+    group.add_argument('--warmup-lr', type=non_negative_float, default=1e-5, metavar='LR',
                        help='warmup learning rate (default: 1e-5)')
-    group.add_argument('--min-lr', type=float, default=0, metavar='LR',
+    group.add_argument('--min-lr', type=non_negative_float, default=0, metavar='LR',
                        help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
-    group.add_argument('--epochs', type=int, default=300, metavar='N',
+    group.add_argument('--epochs', type=positive_int, default=300, metavar='N',
                        help='number of epochs to train (default: 300)')
-    group.add_argument('--epoch-repeats', type=float, default=0., metavar='N',
+    group.add_argument('--epoch-repeats', type=non_negative_float, default=0., metavar='N',
                        help='epoch repeat multiplier of an iterable dataset (number of passes per epoch)')
-    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+    group.add_argument('--start-epoch', default=None, type=non_negative_int, metavar='N',
                        help='manual epoch number (useful on restarts)')
     group.add_argument('--decay-milestones', default=[90, 180, 270], type=non_negative_int, nargs='+',
                        action=Ascending, metavar='MILESTONES',
                        help='list of decay epoch indices for multistep lr. must be increasing')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+    group.add_argument('--decay-epochs', type=positive_float, default=90, metavar='N',
                        help='epoch interval to decay LR')
-    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
+    group.add_argument('--warmup-epochs', type=non_negative_int, default=5, metavar='N',
                        help='epochs to warmup LR, if scheduler supports')
     group.add_argument('--warmup-prefix', action='store_true', default=False,
                        help='exclude warmup period from decay schedule.')
-    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+    group.add_argument('--cooldown-epochs', type=non_negative_int, default=0, metavar='N',
                        help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
-    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+    group.add_argument('--patience-epochs', type=non_negative_int, default=10, metavar='N',
                        help='patience epochs for Plateau LR scheduler (default: 10)')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+    group.add_argument('--decay-rate', '--dr', type=positive_float, default=0.1, metavar='RATE',
                        help='LR decay rate (default: 0.1)')
-    group.add_argument(*both_spellings('--onecycle-pct-start'), dest='onecycle_pct_start', type=float, default=0.3,
-                       metavar='FRACTION', help='--sched onecycle: fraction of the cycle spent warming up from '
-                                                'lr / div-factor to lr (default: 0.3; --warmup-* do not apply)')
-    group.add_argument(*both_spellings('--onecycle-div-factor'), dest='onecycle_div_factor', type=float,
+    group.add_argument(*both_spellings('--onecycle-pct-start'), dest='onecycle_pct_start', type=finite_float,
+                       default=0.3, metavar='FRACTION',
+                       help='--sched onecycle: fraction of the cycle spent warming up from lr / div-factor to lr '
+                            '(default: 0.3; --warmup-* do not apply)')
+    group.add_argument(*both_spellings('--onecycle-div-factor'), dest='onecycle_div_factor', type=finite_float,
                        default=25.0, metavar='DIV', help='--sched onecycle: lr / initial lr (default: 25)')
     group.add_argument(*both_spellings('--onecycle-final-div-factor'), dest='onecycle_final_div_factor',
-                       type=float, default=1e4, metavar='DIV',
+                       type=finite_float, default=1e4, metavar='DIV',
                        help='--sched onecycle: initial lr / final lr (default: 1e4; --min-lr does not apply)')
     group.add_argument(*both_spellings('--onecycle-anneal'), dest='onecycle_anneal', default='cos',
                        choices=ONECYCLE_ANNEAL, help='--sched onecycle: annealing curve (default: cos)')
@@ -355,7 +361,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                             "'cifar' (random crop of the image zero-padded by --crop-padding, then --hflip; --aa and "
                             "--reprob apply, --scale/--ratio/--color-jitter do not; evaluation without a center "
                             "crop unless --crop-pct) (default: timm)")
-    group.add_argument('--crop-padding', '--crop_padding', type=int, default=4, metavar='PX',
+    group.add_argument('--crop-padding', '--crop_padding', type=non_negative_int, default=4, metavar='PX',
                        help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
     group.add_argument('--train-crop-mode', type=str, default=None,
                        help="training crop mode of timm's transforms (e.g. 'rrc', 'rkrc', 'rkrr')")
@@ -365,9 +371,9 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--ratio', type=positive_float, nargs='+', action=Ascending, default=[3. / 4., 4. / 3.],
                        metavar='RATIO',
                        help='random resize aspect ratio (default: 0.75 1.33)')
-    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip training aug probability')
-    group.add_argument('--vflip', type=float, default=0., help='vertical flip training aug probability')
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
+    group.add_argument('--hflip', type=probability, default=0.5, help='horizontal flip training aug probability')
+    group.add_argument('--vflip', type=probability, default=0., help='vertical flip training aug probability')
+    group.add_argument('--color-jitter', type=non_negative_float, default=0.4, metavar='PCT',
                        help='color jitter factor (default: 0.4)')
     group.add_argument('--color-jitter-prob', type=probability, default=None, metavar='PCT',
                        help='probability of applying color jitter (default: None = always)')
@@ -377,37 +383,38 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='probability of random gaussian blur (default: None = never)')
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
                        help='use AutoAugment policy. "v0" or "original". (default: None)')
-    group.add_argument('--aug-repeats', type=float, default=0,
+    group.add_argument('--aug-repeats', type=non_negative_float, default=0,
                        help='number of augmentation repetitions (distributed training only) (default: 0)')
-    group.add_argument('--aug-splits', type=int, default=0,
+    group.add_argument('--aug-splits', type=non_negative_int, default=0,
                        help='number of augmentation splits (default: 0, valid: 0 or >=2)')
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT',
+    group.add_argument('--reprob', type=probability, default=0., metavar='PCT',
                        help='random erase prob (default: 0.)')
     group.add_argument('--remode', type=str, default='pixel', help='random erase mode (default: "pixel")')
-    group.add_argument('--recount', type=int, default=1, help='random erase count (default: 1)')
+    group.add_argument('--recount', type=positive_int, default=1, help='random erase count (default: 1)')
     group.add_argument('--resplit', action='store_true', default=False,
                        help='do not random erase first (clean) augmentation split')
-    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha, mixup enabled if > 0. (default: 0.)')
-    group.add_argument('--cutmix', type=float, default=0.0,
+    group.add_argument('--mixup', type=non_negative_float, default=0.0,
+                       help='mixup alpha, mixup enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix', type=non_negative_float, default=0.0,
                        help='cutmix alpha, cutmix enabled if > 0. (default: 0.)')
     group.add_argument('--cutmix-minmax', type=probability, nargs='+', action=Ascending, default=None,
                        help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
-    group.add_argument('--mixup-prob', type=float, default=1.0,
+    group.add_argument('--mixup-prob', type=probability, default=1.0,
                        help='probability of performing mixup or cutmix when either/both is enabled')
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+    group.add_argument('--mixup-switch-prob', type=probability, default=0.5,
                        help='probability of switching to cutmix when both mixup and cutmix enabled')
     group.add_argument('--mixup-mode', type=str, default='batch',
                        help='how to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+    group.add_argument('--mixup-off-epoch', default=0, type=non_negative_int, metavar='N',
                        help='turn off mixup after this epoch, disabled if 0 (default: 0)')
     group.add_argument('--train-interpolation', type=str, default='random',
                        help='training interpolation (random, bilinear, bicubic default: "random")')
-    group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
-    group.add_argument('--drop-connect', type=float, default=None, metavar='PCT',
+    group.add_argument('--drop', type=fraction, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
+    group.add_argument('--drop-connect', type=finite_float, default=None, metavar='PCT',
                        help='drop connect rate, deprecated in timm (refused: use --drop-path)')
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+    group.add_argument('--drop-path', type=fraction, default=None, metavar='PCT',
                        help='drop path rate (default: None)')
-    group.add_argument('--drop-block', type=float, default=None, metavar='PCT',
+    group.add_argument('--drop-block', type=fraction, default=None, metavar='PCT',
                        help='drop block rate (default: None)')
 
 
@@ -415,8 +422,9 @@ def add_batchnorm_args(parser: argparse.ArgumentParser) -> None:
     """BatchNorm overrides and distributed BatchNorm (timm)."""
     group = parser.add_argument_group('Batch norm parameters', 'Only works with gen_efficientnet based models '
                                                                 'currently.')
-    group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
-    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
+    group.add_argument('--bn-momentum', type=probability, default=None,
+                       help='BatchNorm momentum override (if not None)')
+    group.add_argument('--bn-eps', type=positive_float, default=None, help='BatchNorm epsilon override (if not None)')
     group.add_argument('--sync-bn', action='store_true', help='enable synchronized BatchNorm.')
     group.add_argument('--dist-bn', type=str, default='reduce', choices=('broadcast', 'reduce', ''),
                        help='distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", '
@@ -432,7 +440,7 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
                        help='enable tracking moving average of model weights.')
     group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
                        help='force ema to be tracked on CPU, rank=0 node only. Disables EMA validation.')
-    group.add_argument('--model-ema-decay', type=float, default=0.9998,
+    group.add_argument('--model-ema-decay', type=probability, default=0.9998,
                        help='decay factor for model weights moving average (default: 0.9998)')
     group.add_argument('--model-ema-warmup', action='store_true',
                        help='enable warmup for model EMA decay.')
@@ -444,28 +452,28 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--seed', type=seed, default=42, metavar='S', help='random seed (default: 42)')
     group.add_argument('--worker-seeding', type=str, default='all',
                        help="data-loader worker seeding mode, 'all' or 'part' (default: all)")
-    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+    group.add_argument('--log-interval', type=positive_int, default=50, metavar='N',
                        help='how many batches to wait before logging training status')
-    group.add_argument('--val-interval', type=int, default=1, metavar='N',
+    group.add_argument('--val-interval', type=positive_int, default=1, metavar='N',
                        help='validate and checkpoint every N epochs (the last epoch always) (default: 1)')
-    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+    group.add_argument('--recovery-interval', type=non_negative_int, default=0, metavar='N',
                        help='write a recovery checkpoint every N optimizer updates (default: 0 = off)')
-    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
+    group.add_argument('--checkpoint-hist', type=positive_int, default=10, metavar='N',
                        help='number of checkpoints to keep (default: 10)')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+    group.add_argument('-j', '--workers', type=non_negative_int, default=4, metavar='N',
                        help='how many training processes to use (default: 4)')
     group.add_argument('--save-images', action='store_true', default=False,
                        help='save the input batch as a JPEG at every log interval (debugging)')
     group.add_argument('--pin-mem', action='store_true', default=False,
                        help='pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
     group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
-    group.add_argument('--output', default='', type=str, metavar='PATH',
+    group.add_argument('--output', default='', type=writable_folder, metavar='PATH',
                        help='path to output folder (default: none, current dir)')
     group.add_argument('--experiment', default='', type=relative_name, metavar='NAME',
                        help='name of train experiment, name of sub-folder for output')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
                        help='best metric (default: "top1")')
-    group.add_argument('--tta', type=int, default=0, metavar='N',
+    group.add_argument('--tta', type=non_negative_int, default=0, metavar='N',
                        help='test-time augmentation factor of the validation pass, 0 = none (only 0 is '
                             'accepted: the validation loader yields one view per image)')
     group.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
@@ -484,12 +492,12 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        help='sum over classes when using BCE loss.')
     group.add_argument('--bce-target-thresh', type=probability, default=None,
                        help='threshold for binarizing softened BCE targets (default: None, disabled).')
-    group.add_argument('--bce-pos-weight', type=float, default=None,
+    group.add_argument('--bce-pos-weight', type=positive_float, default=None,
                        help='positive-class weight of the BCE loss (default: None)')
     group.add_argument('--loss', type=str, default=None, choices=ALL_LOSS_TYPES, metavar='NAME',
                        help=f'loss type: timm\'s or a cfl-timm one, any of {", ".join(ALL_LOSS_TYPES)} '
                             '(default: ce)')
-    group.add_argument('--smoothing', type=float, default=None,
+    group.add_argument('--smoothing', type=fraction, default=None,
                        help='label smoothing (default: 0.1 for timm losses; the published eps for focal losses: '
                             '0.1 for asym/asym-cyclical, 0 for sym; 0 for the calibration losses, which accept '
                             'no other value except ce-brier). cfl-timm losses apply it themselves, also to '
@@ -501,15 +509,15 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Cyclical focal loss (arXiv 2202.08978)')
     group.add_argument(*both_spellings('--focal_loss'), dest='focal_loss', default=None, choices=FOCAL_LOSS_TYPES,
                        help='focal-family training loss, the published flag (the same as --loss NAME)')
-    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=finite_float, default=None,
                        help="focusing parameter of the 'sym' focal loss (default: 2.0)")
-    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=finite_float, default=None,
                        help='high-confidence exponent of asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=finite_float, default=None,
                        help='focal exponent of the target class, asym / asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=finite_float, default=None,
                        help='exponent of the other classes\' weight, asym / asym-cyclical (default: 4.0)')
-    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=float, default=2.0,
+    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=at_least_one, default=2.0,
                        help='cyclical factor f >= 1 of eta, shared by the loss and all schedules (default: 2.0)')
     group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default=None,
                        choices=SOFT_TARGET_MODES,
@@ -521,9 +529,10 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
         defaults = ', '.join(f'{defaults[key]} for {name}' for name, defaults in CALIBRATION_LOSS_DEFAULTS.items()
                              if key in defaults)
         aliases = both_spellings(ADAFOCAL_FLAG_ALIASES[key]) if key in ADAFOCAL_FLAG_ALIASES else []
-        group.add_argument(*both_spellings('--' + key), *aliases, dest=key, type=type(value), default=None,
-                           metavar=type(value).__name__.upper(), help=f'(default: {defaults})')
-    group.add_argument('--holdout', type=int, default=None, metavar='N',
+        group.add_argument(*both_spellings('--' + key), *aliases, dest=key,
+                           type=_FLAG_TYPES[type(value)],
+                           default=None, metavar=type(value).__name__.upper(), help=f'(default: {defaults})')
+    group.add_argument('--holdout', type=positive_int, default=None, metavar='N',
                        help='carve a stratified held-out calibration split of N images (fixed by --seed, eval '
                             'transforms) from the training set: feeds AdaFocal\'s per-epoch update, logs '
                             'holdout_top1/nll/ece, can select the best checkpoint (default: none)')
@@ -541,22 +550,25 @@ ADAFOCAL_FLAG_ALIASES = {'adafocal_bins': '--adafocal-num-bins', 'adafocal_gamma
 
 # The calibration losses' factory keywords with their official defaults (one CLI flag each).
 LOSS_FLAG_KWARGS = {key: value for defaults in CALIBRATION_LOSS_DEFAULTS.values() for key, value in defaults.items()}
+# Their declared types: numbers must be finite (the ranges are checked by the loss factory, the one place that
+# knows them, through check_loss_args's dry construction); names stay strings.
+_FLAG_TYPES = {float: finite_float, int: integer, str: str}
 
 
 def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
     """Cyclical weight decay, softmax temperature and gradient clipping (arXiv 2202.08835)."""
     group = parser.add_argument_group('Cyclical training (arXiv 2202.08835); a schedule is off when its min is 0')
-    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=non_negative_float, default=0.0,
                        help='cyclical weight decay at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=float, default=1e-3,
+    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=non_negative_float, default=1e-3,
                        help='cyclical weight decay at the minimum of eta (default: 1e-3)')
-    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=non_negative_float, default=0.0,
                        help='softmax temperature (training logits only) at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=float, default=2.0,
+    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=non_negative_float, default=2.0,
                        help='softmax temperature at the minimum of eta (default: 2.0)')
-    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=non_negative_float, default=0.0,
                        help='gradient-clip threshold at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=float, default=100.0,
+    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=non_negative_float, default=100.0,
                        help='gradient-clip threshold at the minimum of eta (default: 100.0)')
     group.add_argument(*both_spellings('--cyclical_step_per_update'), dest='cyclical_step_per_update',
                        action='store_true', default=False,
@@ -567,17 +579,19 @@ def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
 def add_subset_args(parser: argparse.ArgumentParser) -> None:
     """Training subsets for limited and imbalanced data."""
     group = parser.add_argument_group('Training subsets (limited and imbalanced data)')
-    group.add_argument(*both_spellings('--train_size'), dest='train_size', type=int, default=None,
+    group.add_argument(*both_spellings('--train_size'), dest='train_size', type=positive_int, default=None,
                        help='train on N images of the training set (default: all)')
     group.add_argument(*both_spellings('--train_size_mode'), dest='train_size_mode', default='first',
                        choices=SUBSET_MODES,
                        help="how --train_size picks: 'first' N images as published, or 'stratified' (equal "
                             'per class, first images of each class) (default: first)')
-    group.add_argument(*both_spellings('--read_sampler'), dest='read_sampler', type=str, default=None, metavar='CSV',
+    group.add_argument(*both_spellings('--read_sampler'), dest='read_sampler', type=existing_file, default=None,
+                       metavar='CSV',
                        help='train on the 0-based training-set indices listed in this CSV (default: none)')
-    group.add_argument(*both_spellings('--imbalance_ratio'), dest='imbalance_ratio', type=float, default=None,
+    group.add_argument(*both_spellings('--imbalance_ratio'), dest='imbalance_ratio', type=at_least_one, default=None,
                        metavar='RHO', help='long-tailed subset n_c = n_max * rho^(-c/(K-1)) (default: none)')
-    group.add_argument(*both_spellings('--imbalance_max'), dest='imbalance_max', type=int, default=None, metavar='N',
+    group.add_argument(*both_spellings('--imbalance_max'), dest='imbalance_max', type=positive_int, default=None,
+                       metavar='N',
                        help='head-class count n_max of the long-tailed subset (default: smallest class size)')
     group.add_argument(*both_spellings('--log_shard_indices'), dest='log_shard_indices',
                        action='store_true', default=False,
@@ -603,13 +617,13 @@ def add_naflex_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('NaFlex loader parameters (not supported by this train.py)')
     group.add_argument('--naflex-loader', action='store_true', default=False,
                        help='NaFlex loader for NaFlex-capable models (refused here)')
-    group.add_argument('--naflex-train-seq-lens', type=int, nargs='+', default=[128, 256, 576, 784, 1024],
+    group.add_argument('--naflex-train-seq-lens', type=positive_int, nargs='+', default=[128, 256, 576, 784, 1024],
                        help='NaFlex training sequence lengths')
-    group.add_argument('--naflex-max-seq-len', type=int, default=576,
+    group.add_argument('--naflex-max-seq-len', type=positive_int, default=576,
                        help='NaFlex fixed maximum sequence length (validation)')
-    group.add_argument('--naflex-patch-sizes', type=int, nargs='+', default=None,
+    group.add_argument('--naflex-patch-sizes', type=positive_int, nargs='+', default=None,
                        help='NaFlex patch sizes for variable patch-size training')
-    group.add_argument('--naflex-patch-size-probs', type=float, nargs='+', default=None,
+    group.add_argument('--naflex-patch-size-probs', type=probability, nargs='+', default=None,
                        help='NaFlex probability of each patch size (uniform if not given)')
     group.add_argument('--naflex-loss-scale', default='linear', type=str,
                        help='NaFlex loss scaling by batch size: none, sqrt or linear')
@@ -622,7 +636,7 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Knowledge distillation parameters')
     group.add_argument('--kd-model-name', default=None, type=str,
                        help='teacher model name; enables knowledge distillation (default: None)')
-    group.add_argument('--kd-pretrained-path', default=None, type=str, metavar='PATH',
+    group.add_argument('--kd-pretrained-path', default=None, type=existing_file, metavar='PATH',
                        help='teacher weights file (a state dict or a train.py checkpoint) instead of the '
                             "teacher's pretrained hub weights")
     group.add_argument('--kd-distill-type', default='logit', type=str, choices=KD_DISTILL_TYPES,
@@ -630,17 +644,17 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
                             'distillation head (default: logit)')
     group.add_argument('--kd-loss-type', default='kl', type=str,
                        help="logit distillation loss; timm implements only 'kl' (default: kl)")
-    group.add_argument('--distill-loss-weight', default=None, type=float,
+    group.add_argument('--distill-loss-weight', default=None, type=non_negative_float,
                        help='weight of the distillation loss; with it the weights are independent (task weight '
                             'default 1.0)')
-    group.add_argument('--task-loss-weight', default=None, type=float,
+    group.add_argument('--task-loss-weight', default=None, type=non_negative_float,
                        help='weight of the task loss; given alone, the distillation weight is 1 - this '
                             '(default: 1.0)')
-    group.add_argument('--kd-temperature', default=4.0, type=float,
+    group.add_argument('--kd-temperature', default=4.0, type=positive_float,
                        help='softmax temperature of the distillation loss (default: 4.0)')
-    group.add_argument('--kd-student-feature-dim', default=None, type=int,
+    group.add_argument('--kd-student-feature-dim', default=None, type=positive_int,
                        help='student feature dimension for feature distillation (default: detected)')
-    group.add_argument('--kd-teacher-feature-dim', default=None, type=int,
+    group.add_argument('--kd-teacher-feature-dim', default=None, type=positive_int,
                        help='teacher feature dimension for feature distillation (default: detected)')
     group.add_argument('--kd-token-distill-type', default='soft', type=str, choices=KD_TOKEN_DISTILL_TYPES,
                        help='token distillation: soft (KL with temperature) or hard (CE on teacher argmax)')
@@ -728,25 +742,20 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 
 def check_model_args(args: argparse.Namespace) -> None:
-    """The model name, epoch count, batch size and gradient accumulation."""
+    """The model name, and the start epoch inside the epoch count (ranges of single flags are in their declarations,
+    :mod:`cfl_timm.training.arg_types`)."""
     if not is_model(args.model):
-        raise ValueError(f"Unknown model '{args.model}'; list the valid names with timm.list_models().")
-    if args.epochs < 1:
-        raise ValueError(f'--epochs must be >= 1, got {args.epochs}.')
-    if args.batch_size < 1 or args.grad_accum_steps < 1:
-        raise ValueError('--batch-size and --grad-accum-steps must be >= 1.')
+        raise ValueError(f"--model: unknown model '{args.model}'; list the valid names with timm.list_models().")
     if args.start_epoch is not None and not 0 <= args.start_epoch < args.epochs:
         raise ValueError(f'--start-epoch must be in [0, --epochs) = [0, {args.epochs}), got {args.start_epoch}.')
 
 
 def check_augmentation_args(args: argparse.Namespace) -> None:
     """Augmentation splits and what depends on them."""
-    if args.aug_splits == 1 or args.aug_splits < 0:
-        raise ValueError(f'--aug-splits must be 0 or >= 2, got {args.aug_splits}.')
+    if args.aug_splits == 1:
+        raise ValueError('--aug-splits must be 0 or >= 2, got 1.')
     if args.split_bn and args.aug_splits < 2:
         raise ValueError('--split-bn needs --aug-splits >= 2.')
-    if args.crop_padding < 0:
-        raise ValueError(f'--crop-padding must be >= 0, got {args.crop_padding}.')
     if args.train_transform == 'cifar' and args.aug_splits > 1:
         raise ValueError("--train-transform cifar cannot be combined with --aug-splits (AugMix splits are built "
                          "on timm's transform); use --train-transform timm.")
@@ -771,8 +780,6 @@ def check_loss_args(args: argparse.Namespace) -> None:
     :func:`cfl_timm.create_loss`, the one place that knows them) and the held-out split they may need."""
     if args.jsd_loss and args.aug_splits < 2:
         raise ValueError('--jsd-loss needs --aug-splits >= 2.')
-    if args.smoothing is not None and not 0 <= args.smoothing < 1:
-        raise ValueError(f'--smoothing must be in [0, 1), got {args.smoothing}.')
     if args.focal_loss is not None and args.loss not in (None, 'ce', args.focal_loss):
         raise ValueError(f'--focal_loss {args.focal_loss} and --loss {args.loss} select two losses; give one.')
     name = loss_name(args)
@@ -795,8 +802,6 @@ def check_loss_args(args: argparse.Namespace) -> None:
                          f'timm loss {name!r}.')
     else:
         needs_holdout = False
-    if args.holdout is not None and args.holdout < 1:
-        raise ValueError(f'--holdout must be >= 1 images, got {args.holdout}.')
     if needs_holdout and args.holdout is None:
         raise ValueError(f'--loss {name} updates its state on held-out training images every epoch: pass '
                          '--holdout N (e.g. 5000 for CIFAR); the evaluation/test split is never used for it.')
@@ -819,14 +824,10 @@ def check_cyclical_args(args: argparse.Namespace) -> None:
 
 def check_subset_args(args: argparse.Namespace) -> None:
     """At most one training subset, with a sane size or an existing sampler file."""
-    if args.train_size is not None and args.train_size < 1:
-        raise ValueError(f'--train_size must be >= 1, got {args.train_size}.')
     subsets = [f for f, v in (('--train_size', args.train_size), ('--read_sampler', args.read_sampler),
                               ('--imbalance_ratio', args.imbalance_ratio)) if v is not None]
     if len(subsets) > 1:
         raise ValueError(f'Choose one training subset, got {" and ".join(subsets)}.')
-    if args.read_sampler and not os.path.isfile(args.read_sampler):
-        raise ValueError(f'--read_sampler: file not found: {args.read_sampler}')
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
@@ -869,10 +870,6 @@ def check_device_args(args: argparse.Namespace) -> None:
 
 def check_misc_args(args: argparse.Namespace) -> None:
     """Intervals, worker seeding, and upstream options this train.py refuses (with the reason)."""
-    if args.val_interval < 1:
-        raise ValueError(f'--val-interval must be >= 1, got {args.val_interval}.')
-    if args.recovery_interval < 0:
-        raise ValueError(f'--recovery-interval must be >= 0 (0 = off), got {args.recovery_interval}.')
     if args.worker_seeding not in WORKER_SEEDING:
         raise ValueError(f"--worker-seeding must be one of {WORKER_SEEDING}, got '{args.worker_seeding}'.")
     if args.tta != 0:
@@ -911,17 +908,9 @@ def check_distillation_args(args: argparse.Namespace) -> None:
     if not is_model(args.kd_model_name):
         raise ValueError(f"Unknown teacher model '{args.kd_model_name}' (--kd-model-name); list the valid names "
                          'with timm.list_models().')
-    if args.kd_pretrained_path and not os.path.isfile(args.kd_pretrained_path):
-        raise ValueError(f'--kd-pretrained-path: file not found: {args.kd_pretrained_path}')
     if args.kd_loss_type != 'kl':
         raise ValueError(f"--kd-loss-type must be 'kl' (the only logit distillation loss timm implements), got "
                          f"'{args.kd_loss_type}'.")
-    if args.kd_temperature <= 0:
-        raise ValueError(f'--kd-temperature must be > 0, got {args.kd_temperature}.')
-    for flag, weight in (('--task-loss-weight', args.task_loss_weight),
-                         ('--distill-loss-weight', args.distill_loss_weight)):
-        if weight is not None and weight < 0:
-            raise ValueError(f'{flag} must be >= 0, got {weight}.')
     if args.jsd_loss:
         raise ValueError('--jsd-loss cannot be combined with --kd-model-name (the JSD loss needs the augmentation '
                          'splits of one batch, the distillation tasks compare single views).')

@@ -1,0 +1,169 @@
+"""Fuzz every flag of the command-line tools from its declaration.
+
+For each flag of each tool's parser, bad values are generated from what the declaration says the flag takes
+(a number, a count, a probability, a pair, a choice, a file, a folder): 0, negatives, nan, inf, huge, empty,
+the wrong type, an inverted pair, a missing value, missing and wrong-kind paths. Each value is parsed and
+checked in-process, exactly as the tool's command line does before any work, and must end either as a
+one-line usage error (exit status 2, ``<prog>: error: ...`` naming the flag) or as an accepted argument set.
+Anything else (a traceback, an error naming no input) fails.
+
+The declarations themselves are held to the rule that a numeric or path flag carries its check: every flag
+parsed as a number uses a converter of :mod:`cfl_timm.training.arg_types`, so no flag can be added without
+its range.
+"""
+import argparse
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cfl_timm.training import arg_types
+
+DIGITS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '1', '-b', '4']
+NUMBER_VALUES = ('0', '-1', 'nan', 'inf', '-inf', '1e308', '', 'abc', '1.5', '-1e-300')
+TEXT_VALUES = ('', 'bogus', '-1')
+SKIP = {
+    'help',  # prints and exits 0
+    'config',  # a file of values: fuzzed through its own rows in tests/test_bad_inputs.py
+    'data', 'data_dir',  # the dataset is given by the base arguments; path checks are covered below
+    'device_modules',  # imports the named modules by design
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A command-line tool: its parser and its parse-and-check stage (everything before any work)."""
+
+    name: str
+    parser: Callable[[], argparse.ArgumentParser]
+    check: Callable[[list[str]], None]  # raises SystemExit(2) through parser.error on a bad input
+    base: Callable[[Path], list[str]]  # arguments of an otherwise valid command line
+
+
+def _train_check(argv: list[str]) -> None:
+    import train
+    from cfl_timm.training.args import check_args
+    parser = train.get_args_parser()
+    args = train.parse_args(argv)
+    check_args(args, parser)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    import train
+    return train.get_args_parser()
+
+
+ENTRIES = {
+    'train.py': Entry('train.py', _train_parser, _train_check,
+                      lambda tmp: [*DIGITS, '--output', str(tmp / 'out'), '--experiment', 'run', '-j', '0']),
+}
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in SKIP
+            and a.help != argparse.SUPPRESS]
+
+
+def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
+    """Bad (and borderline) values for one flag, from its declaration."""
+    if action.nargs == 0:  # a switch: nothing to fuzz but a stray value
+        return []
+    kind = action.type
+    if action.choices is not None:
+        singles = ['bogus', '', '0']
+    elif kind in (arg_types.existing_file,):
+        singles = [str(tmp / 'missing.pth'), str(tmp), str(tmp / 'a_file.txt') + '/below']
+    elif kind is arg_types.writable_folder:
+        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
+    elif kind in (None, str):
+        singles = list(TEXT_VALUES) + [str(tmp / 'a_file.txt'), str(tmp / 'missing')]
+    else:
+        singles = list(NUMBER_VALUES)
+    cases: list[list[str]] = []
+    count = action.nargs if isinstance(action.nargs, int) else 1
+    for value in singles:
+        cases.append([value] * count)
+    if action.nargs in ('+', '*') or (isinstance(action.nargs, int) and action.nargs > 1):
+        cases.append(['5', '1'] if action.nargs in ('+', '*') else ['5', '1', '1'][:action.nargs])
+    if action.nargs in (None, 1, '+') or isinstance(action.nargs, int):
+        cases.append([])  # the flag without its value
+    return cases
+
+
+def _run(entry: Entry, argv: list[str]) -> tuple[str, str]:
+    """('ok' | 'usage', last stderr line), or raise what the tool raised."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            entry.check(argv)
+        except SystemExit as e:
+            lines = [line for line in err.getvalue().splitlines() if line.strip()]
+            return ('usage' if e.code == 2 else f'exit {e.code}'), (lines[-1] if lines else '')
+    return 'ok', ''
+
+
+def _fuzz_cases(entry_name: str) -> list[tuple[str, str]]:
+    parser = ENTRIES[entry_name].parser()
+    return [(entry_name, a.option_strings[-1]) for a in _actions(parser)]
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+CASES = [case for name in ENTRIES for case in _fuzz_cases(name)]
+
+
+@pytest.mark.parametrize('entry_name,flag', CASES, ids=[f'{n}:{f}' for n, f in CASES])
+def test_every_bad_value_is_a_usage_error_or_accepted(entry_name, flag, tmp_path):
+    entry = ENTRIES[entry_name]
+    action = _option(entry.parser(), flag)
+    (tmp_path / 'a_file.txt').write_text('not a checkpoint\n')
+    problems = []
+    for values in _values(action, tmp_path):
+        argv = entry.base(tmp_path) + [flag, *values]
+        shown = f'{flag} {" ".join(repr(v) for v in values)}'.strip()
+        try:
+            outcome, line = _run(entry, argv)
+        except Exception as e:  # noqa: BLE001  (any escape is the defect this test exists to find)
+            problems.append(f'{shown}: raised {type(e).__name__}: {e}')
+            continue
+        if outcome == 'ok':
+            continue
+        if outcome != 'usage':
+            problems.append(f'{shown}: {outcome} ({line})')
+        elif not line.startswith(f'{entry.name}: error: '):
+            problems.append(f'{shown}: the last line is not a usage error: {line!r}')
+        elif not _names_input(line, action):
+            problems.append(f'{shown}: the message names no input: {line!r}')
+    assert not problems, '\n'.join(problems)
+
+
+def _names_input(line: str, action: argparse.Action) -> bool:
+    names = set(action.option_strings) | {'--' + action.dest.replace('_', '-'), '--' + action.dest}
+    return any(name in line for name in names)
+
+
+@pytest.mark.parametrize('entry_name', sorted(ENTRIES))
+def test_every_numeric_flag_declares_its_check(entry_name):
+    """A flag parsed as a number carries a range converter (plain ``int``/``float`` would accept nan, -1, ...)."""
+    parser = ENTRIES[entry_name].parser()
+    plain = [a.option_strings[-1] for a in parser._actions if a.type in (int, float)]
+    assert not plain, f'declare these with a cfl_timm.training.arg_types converter: {plain}'
+    unknown = [a.option_strings[-1] for a in parser._actions
+               if callable(a.type) and a.type not in (str, *arg_types.CONVERTERS)]
+    assert not unknown, f'flags with an unlisted converter (add it to arg_types.CONVERTERS): {unknown}'
+
+
+def test_values_cover_every_kind_of_flag(tmp_path):
+    """The generator yields bad values for every non-switch flag (so no flag is silently left out)."""
+    parser = ENTRIES['train.py'].parser()
+    empty = [a.option_strings[-1] for a in _actions(parser) if a.nargs != 0 and not _values(a, tmp_path)]
+    assert not empty
+
+
+def _flags(parser: argparse.ArgumentParser) -> Sequence[str]:
+    return [a.option_strings[-1] for a in _actions(parser)]
