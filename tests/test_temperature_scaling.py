@@ -33,7 +33,7 @@ def test_bad_input():
     logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match='NaN or infinite'):
         fit_temperature(torch.full((8, 3), float('nan')), target)
-    with pytest.raises(ValueError, match=r'need logits \(N, K\)'):
+    with pytest.raises(ValueError, match=r'logits must have shape \(N, K\)'):
         fit_temperature(logits[:, 0], target)
     with pytest.raises(ValueError, match='grid must be non-empty and positive'):
         fit_temperature(logits, target, method='grid-ece', grid=[0.0, 1.0])

@@ -60,10 +60,9 @@ class CalibrationMeter:
     """
 
     def __init__(self, num_classes: int, num_bins: int = 15) -> None:
-        if num_classes < 2:
-            raise ValueError(f'num_classes must be >= 2, got {num_classes}.')
-        if num_bins < 1:
-            raise ValueError(f'num_bins must be >= 1, got {num_bins}.')
+        for name, value, low in (('num_classes', num_classes, 2), ('num_bins', num_bins, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f'{name} must be an integer >= {low}, got {value!r}.')
         self.num_classes = num_classes
         self.num_bins = num_bins
         self.reset()
@@ -91,6 +90,10 @@ class CalibrationMeter:
             raise ValueError(f'target must have shape ({logits.shape[0]},), got {tuple(target.shape)}.')
         if self._reduced:
             raise RuntimeError('CalibrationMeter.update() after all_reduce(); call reset() to start again.')
+        if not logits.is_floating_point():
+            raise ValueError(f'logits must be a floating-point tensor, got {logits.dtype}.')
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f'target must hold integer class indices (e.g. torch.int64), got {target.dtype}.')
         if target.numel() == 0:
             return
         target = target.detach().to(logits.device, torch.long)
@@ -181,7 +184,7 @@ class CalibrationMeter:
     def compute(self) -> dict[str, float]:
         """All metrics over the samples seen (after :meth:`all_reduce` when distributed); keys in ``METRIC_KEYS``."""
         if self._sums is None or self._sums[0] == 0:
-            raise ValueError('CalibrationMeter.compute() called before any update().')
+            raise ValueError('CalibrationMeter.compute() called before any update() with a sample.')
         count, top1, top5, nll, brier = self._sums.cpu().tolist()
         bin_count, conf_sum, hit_sum = self._bins.cpu()
         gap = (hit_sum - conf_sum).abs()

@@ -78,6 +78,13 @@ def smooth_ece(confidence: torch.Tensor, correct: torch.Tensor, min_bandwidth: f
                          f'and {tuple(correct.shape)}.')
     if confidence.numel() == 0:
         raise ValueError('smooth_ece needs at least one sample.')
+    values = confidence.detach().double()
+    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError('confidence must hold finite values in [0, 1] (max softmax probabilities), got values in '
+                         f'[{float(values.min())}, {float(values.max())}] or NaN.')
+    hits = correct.detach().double()
+    if not bool(((hits == 0) | (hits == 1)).all()):
+        raise ValueError('correct must hold 0 or 1 (or bool) for every sample.')
     if not 0 < min_bandwidth < 1:
         raise ValueError(f'min_bandwidth must lie in (0, 1), got {min_bandwidth}.')
 

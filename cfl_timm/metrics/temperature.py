@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from .calibration import bin_indices
+from .checks import check_logits, check_targets
 
 __all__ = ['FIT_METHODS', 'fit_temperature', 'check_calibration_split', 'is_test_split']
 
@@ -63,13 +64,8 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
     if method not in FIT_METHODS:
         raise ValueError(f"Unknown temperature fit method '{method}': expected one of {FIT_METHODS}.")
     check_calibration_split(split, allow_test_split)
-    if logits.dim() != 2 or target.shape != logits.shape[:1] or logits.shape[0] == 0:
-        raise ValueError(f'need logits (N, K) and target (N,) with N > 0, got {tuple(logits.shape)} and '
-                         f'{tuple(target.shape)}.')
-    logits = logits.detach().double().cpu()
-    target = target.detach().long().cpu()
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError('logits contain NaN or infinite values.')
+    logits = check_logits(logits)
+    target = check_targets(target, logits.shape[0], logits.shape[1], name='target')
     if method == 'grid-ece':
         temperatures = [float(t) for t in grid]
         if not temperatures or min(temperatures) <= 0:

@@ -81,6 +81,10 @@ def _create_onecycle(arguments: dict[str, Any], options: dict[str, Any]) -> tupl
 def create_scheduler_v2(optimizer: Any, sched: str = 'cosine', *args: Any, **kwargs: Any) -> tuple[Any, int]:
     options = {name: kwargs.pop(name) for name in list(kwargs) if name in CYCLICAL_KWARGS + ONECYCLE_KWARGS}
     cyclical = {name: options[name] for name in CYCLICAL_KWARGS if options.get(name) is not None}
+    span = cyclical.get('cyclical_epochs')
+    if span is not None and (isinstance(span, bool) or not isinstance(span, int) or span < 1):
+        raise ValueError(f'cyclical_epochs must be an integer >= 1 (the span of the cyclical schedules), or None '
+                         f'for the schedule length; got {span!r}.')
     if sched != 'onecycle' and not cyclical:
         return _original_create(optimizer, sched, *args, **kwargs)
     bound = _original_signature.bind(optimizer, sched, *args, **kwargs)  # timm's TypeError for bad arguments
@@ -91,7 +95,7 @@ def create_scheduler_v2(optimizer: Any, sched: str = 'cosine', *args: Any, **kwa
         lr_scheduler, num_epochs = _original_create(optimizer, sched, *args, **kwargs)
     if not cyclical:
         return lr_scheduler, num_epochs
-    span = cyclical.pop('cyclical_epochs', None) or num_epochs
+    span = cyclical.pop('cyclical_epochs', None) or num_epochs  # checked above: None or >= 1
     step_per_update = bool(cyclical.pop('cyclical_step_per_update', False))
     scheduler = CyclicalScheduler(
         lr_scheduler, optimizer, num_epochs=span, step_per_update=step_per_update,
