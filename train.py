@@ -106,7 +106,8 @@ from cfl_timm.training.args import (
     loss_name,
     mixup_active,
 )
-from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS
+from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
+from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 
 _logger = logging.getLogger('train')
@@ -612,13 +613,13 @@ def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
     :func:`cfl_timm.data.strict_folder_dataset`): unreadable ones are refused (or left out with
     ``--skip-bad-images``), never replaced by another image."""
     if is_digits_dataset(args.dataset):
-        return DigitsDataset(split)
+        return DigitsDataset(split, image_mode=image_mode(args))
     root = args.data_dir or args.data
     try:
         dataset = create_dataset(
             args.dataset, root=root, split=split, is_training=is_training, class_map=args.class_map,
             download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
-            repeats=args.epoch_repeats if is_training else 0, input_img_mode=args.input_img_mode or 'RGB',
+            repeats=args.epoch_repeats if is_training else 0, input_img_mode=image_mode(args),
             input_key=args.input_key, target_key=args.target_key,
             num_samples=args.train_num_samples if is_training else args.val_num_samples,
             trust_remote_code=args.dataset_trust_remote_code)
@@ -695,12 +696,14 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
     factory_kwargs = {}
     if args.pretrained_path:  # a local file takes priority over the hub; the classifier adapts to num_classes
         factory_kwargs['pretrained_cfg_overlay'] = {'file': args.pretrained_path, 'num_classes': -1}
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    in_chans = input_channels(args)
     model = create_model(
         args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=num_classes,
         drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, scriptable=args.torchscript,
-        checkpoint_path=args.initial_checkpoint or None, **factory_kwargs, **args.model_kwargs)
+        **factory_kwargs, **args.model_kwargs)
+    if args.initial_checkpoint:
+        load_initial_checkpoint(model, args.initial_checkpoint)
     init_head(model, args.head_init_scale, args.head_init_bias)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)

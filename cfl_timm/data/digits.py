@@ -40,6 +40,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         image_size: Side of the square RGB images (bilinear upsampling from 8x8).
         transform: Applied to the PIL image (timm's loaders set it).
         val_every: Period of the validation selection within each class.
+        image_mode: PIL mode of the returned images ('RGB' by default; 'L' for one-channel models).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class DigitsDataset(torch.utils.data.Dataset):
             image_size: int = 32,
             transform: Optional[Callable] = None,
             val_every: int = 5,
+            image_mode: str = 'RGB',
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r} for {DIGITS_DATASET_NAME}, expected one of {sorted(_SPLITS)}.")
@@ -65,6 +67,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         self.targets = targets[keep]
         self.classes = [str(c) for c in range(10)]
         self.image_size = image_size
+        self.image_mode = image_mode
         self.transform = transform
 
     def __len__(self) -> int:
@@ -72,7 +75,7 @@ class DigitsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image = Image.fromarray(self.images[index], mode='L')
-        image = image.resize((self.image_size, self.image_size), Image.BILINEAR).convert('RGB')
+        image = image.resize((self.image_size, self.image_size), Image.BILINEAR).convert(self.image_mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])

@@ -16,7 +16,7 @@ import torch
 from .checkpoint import run_dir_in_use
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
-           'check_name_args', 'check_number_args', 'coerce_config_value']
+           'check_name_args', 'check_number_args', 'coerce_config_value', 'image_mode', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -32,14 +32,43 @@ def check_number_args(args: argparse.Namespace) -> None:
     head count against its ratio (each single flag's range is in its declaration, :mod:`cfl_timm.training.
     arg_types`)."""
     check_mean_std(args)
+    check_image_mode(args)
     if args.imbalance_max is not None and args.imbalance_ratio is None:
         raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
                          '--imbalance_ratio RHO (>= 1).')
 
 
+def input_channels(args: argparse.Namespace) -> int:
+    """The model's input channels: ``--input-size``'s first value, else ``--in-chans``, else 3."""
+    return (args.input_size[0] if args.input_size else None) or args.in_chans or 3
+
+
+def image_mode(args: argparse.Namespace) -> str:
+    """The PIL mode images are read in: ``--input-img-mode``, else timm's rule ('RGB' for 3 channels, 'L' for 1)."""
+    if args.input_img_mode:
+        return args.input_img_mode
+    return 'L' if input_channels(args) == 1 else 'RGB'
+
+
+def check_image_mode(args: argparse.Namespace) -> None:
+    """``--input-img-mode`` is a PIL mode whose band count equals the model's input channels."""
+    from PIL import ImageMode
+    channels = input_channels(args)
+    mode = image_mode(args)
+    try:
+        bands = len(ImageMode.getmode(mode).bands)
+    except KeyError:
+        raise ValueError(f'--input-img-mode: unknown PIL image mode {mode!r}; valid: RGB, L, RGBA, LA, CMYK, YCbCr, '
+                         'LAB, HSV, I, F, ...') from None
+    if bands != channels:
+        given = '--input-img-mode' if args.input_img_mode else 'the default --input-img-mode (RGB, or L for 1 channel)'
+        raise ValueError(f'{given} {mode} gives {bands}-channel images, but the model takes {channels} '
+                         '(--in-chans / --input-size); make them agree.')
+
+
 def check_mean_std(args: argparse.Namespace) -> None:
     """``--mean`` and ``--std`` give 1 value or one per input channel (``--input-size``/``--in-chans``, else 3)."""
-    channels = (args.input_size[0] if args.input_size else None) or args.in_chans or 3
+    channels = input_channels(args)
     for dest in ('mean', 'std'):
         value = getattr(args, dest)
         if value is not None and len(value) not in (1, channels):
