@@ -85,12 +85,12 @@ from cfl_timm.training import (
     ddp_device_ids,
     distillation_kwargs,
     evaluate,
-    evaluate_logits,
     evaluate_temperature_scaled,
     find_resume_checkpoint,
     gather_objects,
     init_process,
     load_training_checkpoint,
+    metrics_of_logits,
     predict,
     recover_run_dir,
     restore_training_state,
@@ -850,7 +850,7 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
     updates)."""
     logits, targets = predict(model, ctx.loader_holdout, device=ctx.device, autocast=ctx.autocast,
                               channels_last=ctx.args.channels_last)
-    holdout = evaluate_logits(logits, targets, ctx.num_classes)
+    holdout = metrics_of_logits(logits, targets, ctx.num_classes)
     if update and holdout_update_every(ctx) is not None:
         probabilities = logits.double().softmax(1)
         confidences, predictions = probabilities.max(1)

@@ -61,8 +61,8 @@ from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import FIT_METHODS, check_calibration_split, coinciding_ece_note, msp_auroc, save_logits_npz
 from cfl_timm.training import (
     create_eval_loader,
-    evaluate_logits,
     evaluate_temperature_scaled,
+    metrics_of_logits,
     predict,
 )
 from cfl_timm.training.arg_types import INTERPOLATIONS, finite_float, positive_float, positive_int, seed
@@ -466,10 +466,10 @@ def precision_recall_f1(logits: torch.Tensor, target: torch.Tensor, average: str
 def evaluate_split(evaluator: Evaluator, args: argparse.Namespace, dataset, num_classes: int) -> dict[str, Any]:
     """Plain metrics (view 0) and, with --tta, those of the averaged softmax, with the logits kept for later use."""
     view_logits, target = evaluator.logits(dataset)
-    plain = evaluate_logits(view_logits[0], target, num_classes, num_bins=args.num_bins)
+    plain = metrics_of_logits(view_logits[0], target, num_classes, num_bins=args.num_bins)
     out = {'plain': plain, 'target': target, 'logits': view_logits[0]}
     if args.tta > 1:
-        out['tta'] = evaluate_logits(average_softmax(view_logits), target, num_classes, num_bins=args.num_bins)
+        out['tta'] = metrics_of_logits(average_softmax(view_logits), target, num_classes, num_bins=args.num_bins)
     return out
 
 
