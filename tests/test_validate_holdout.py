@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import validate_usage_error, write_digits_folder
+from conftest import train_digits, validate_usage_error, write_digits_folder
 from timm.data import ImageDataset, resolve_data_config
 from timm.models import create_model, load_checkpoint
 
@@ -33,19 +33,8 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 @pytest.fixture(scope='module')
 def holdout_run(tmp_path_factory) -> Path:
     """One epoch of test_resnet on digits with --holdout 120 through train.py (one thread)."""
-    import train
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    output = tmp_path_factory.mktemp('holdout_train')
-    try:
-        train.main(train.get_args_parser().parse_args([
-            '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '1',
-            '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output),
-            '--experiment', 'run', '--log-interval', '1000', '--checkpoint-hist', '1', '--holdout', str(HOLDOUT),
-            '--seed', '7']))
-    finally:
-        torch.set_num_threads(previous)
-    return output / 'run'
+    return train_digits(tmp_path_factory.mktemp('holdout_train'), '--epochs', '1', '--holdout', str(HOLDOUT),
+                        '--seed', '7')
 
 
 @pytest.fixture(scope='module')
