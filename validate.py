@@ -595,11 +595,16 @@ def log_summary(args: argparse.Namespace, result: dict[str, Any], metric_keys: l
         lines.append((f'TTA ({args.tta} views)', result['tta']))
     if 'temperature' in result:
         lines.append((f'T = {result["temperature"]:.4f}', result['after_temperature_scaling']))
+    for name, section in result.get('posthoc', {}).items():
+        lines.append((f'after post-hoc {name}', section['metrics']))
     for title, metrics in lines:
         _logger.info(f'{title}: ' + ' '.join(f'{key} {metrics[key]:.4f}' for key in metric_keys))
         note = coinciding_ece_note(metrics)
         if note:
             _logger.info(f'  {note}')
+    if 'selective' in result:
+        _logger.info(f'Selective classification: AURC {result["selective"]["aurc"]:.4f} '
+                     f'E-AURC {result["selective"]["eaurc"]:.4f}')
     if 'ood_auroc' in result:
         _logger.info(f'OOD AUROC (max softmax probability): {result["ood_auroc"]:.4f}')
 
