@@ -149,23 +149,18 @@ def test_other_data_than_the_run_recorded_is_refused(holdout_run, tmp_path, caps
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--run-dir', '.'], '--run-dir is read only with --calibration-split holdout'),
-    (['--posthoc', 'ts'], '--posthoc needs a held-out split'),
     (['--save-fit-logits', 'fit.npz'], '--save-fit-logits needs a held-out split'),
     (['--calibration-split', 'holdout'], 'selects the training split'),
-    (['--posthoc', 'platt'], "argument --posthoc: unknown method(s) ['platt']"),
     (['--bootstrap', '1'], 'argument --bootstrap: expected 0 (no intervals) or an integer >= 2'),
 ])
-def test_bad_holdout_and_evaluator_flags_are_one_line_errors(holdout_run, extra, message, capsys):
+def test_bad_holdout_flags_are_one_line_errors(holdout_run, extra, message, capsys):  # more: test_bad_inputs.py
     split = 'train' if message == 'selects the training split' else 'val'
     line = validate_usage_error(capsys, *_common(holdout_run, split), *extra)
     assert message in line, line
 
 
-def test_plot_dir_that_is_a_file_is_refused(holdout_run, tmp_path, capsys):
+def test_evaluate_refuses_a_plot_dir_that_is_a_file(tmp_path, capsys):  # validate.py's: test_bad_inputs.py
     (tmp_path / 'plots').write_text('')
-    line = validate_usage_error(capsys, *_common(holdout_run), '--plot-dir', str(tmp_path / 'plots'))
-    assert 'is a file' in line, line
     with pytest.raises(SystemExit):
         evaluate.cli(['--logits', str(tmp_path / 'x.npz'), '--plot-dir', str(tmp_path / 'plots')])
     assert '--plot-dir' in capsys.readouterr().err
