@@ -119,7 +119,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                             f"'{HOLDOUT_SPLIT}': the --holdout split the train.py run recorded (none: no fit)")
     group.add_argument('--run-dir', default=None, metavar='DIR',
                        help=f'train.py run folder whose {HOLDOUT_FILE} --calibration-split {HOLDOUT_SPLIT} reads '
-                            "(default: the checkpoint's folder)")
+                            "(unset: the checkpoint's folder)")
     group.add_argument('--posthoc', type=posthoc_list, default=[], metavar='LIST',
                        help=f'post-hoc methods fitted on --calibration-split, comma-separated from '
                             f'{",".join(POSTHOC_METHODS)} (reported under posthoc.<method>)')
@@ -130,8 +130,9 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--allow-test-calibration', action='store_true',
                        help='allow fitting the temperature on a test split (leaks test labels; off by default)')
     group.add_argument('--ood-data-dir', default=None, metavar='DIR',
-                       help='folder of out-of-distribution images: report the max-softmax-probability AUROC '
-                            'of the evaluated split (in-distribution) against it')
+                       help='folder of out-of-distribution images: the evaluated split (in-distribution) '
+                            'against it, AUROC / AUPR / FPR95 of MSP, max logit, energy and entropy '
+                            '(ood.<folder name>; ood_auroc: MSP)')
     group = parser.add_argument_group('Output')
     group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
     group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')
