@@ -89,6 +89,7 @@ def test_validate_fits_on_exactly_the_recorded_images(holdout_run, validated, on
     torch.testing.assert_close(fit.logits, logits, rtol=0, atol=1e-5)
     assert result['holdout'] == {'split': 'train', 'num_samples': HOLDOUT, 'seed': 7}
     assert result['temperature_split'] == 'holdout'
+    assert result['posthoc']['ts']['params']['temperature'] == result['temperature']  # one temperature scaling
     # train.py fitted its epoch temperature on the same held-out images with the same weights.
     with open(holdout_run / 'summary.csv', newline='') as stream:
         last = list(csv.DictReader(stream))[-1]
