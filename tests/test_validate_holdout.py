@@ -165,3 +165,27 @@ def test_evaluate_refuses_a_plot_dir_that_is_a_file(tmp_path, capsys):  # valida
     with pytest.raises(SystemExit):
         evaluate.cli(['--logits', str(tmp_path / 'x.npz'), '--plot-dir', str(tmp_path / 'plots')])
     assert '--plot-dir' in capsys.readouterr().err
+
+
+def test_image_folder_run_reads_back_and_refuses_changed_files(tmp_path, capsys, one_thread):
+    """The same on a timm image folder: the recorded files are read back; one file removed since is refused."""
+    data = write_digits_folder(tmp_path / 'data', per_class=6)
+    import train
+    train.main(train.get_args_parser().parse_args([
+        str(data), '--model', 'test_resnet', '--img-size', '32', '--epochs', '1', '--warmup-epochs', '0',
+        '-b', '16', '-j', '0', '--output', str(tmp_path / 'out'), '--experiment', 'run', '--log-interval', '1000',
+        '--holdout', '20']))
+    run = tmp_path / 'out' / 'run'
+    common = [str(data), '--split', 'val', '--checkpoint', str(run / 'model_best.pth.tar'), '--no-plot',
+              '--calibration-split', 'holdout', '-j', '0', '--log-freq', '1000']
+    result = validate.main(validate.get_args_parser().parse_args([
+        *common, '--save-fit-logits', str(tmp_path / 'fit.npz'), '--output-json', str(tmp_path / 'ok.json')]))
+    record = read_holdout_record(run)
+    assert record.fingerprint['kind'] == 'files' and result['holdout']['num_samples'] == 20
+    train_files = ImageDataset(str(data / 'train'))
+    fit = load_logits_npz(tmp_path / 'fit.npz')
+    np.testing.assert_array_equal(fit.targets.numpy(), [train_files.reader.samples[i][1] for i in record.indices])
+    next((data / 'train').rglob('*.png')).unlink()
+    line = validate_usage_error(capsys, *common, '--output-json', str(tmp_path / 'refused.json'))
+    assert "the training split 'train' differs" in line and '60 images' in line, line
+    assert not (tmp_path / 'refused.json').exists()
