@@ -32,7 +32,7 @@ import timm.scheduler
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from timm.data import AugMixDataset, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data import AugMixDataset, Mixup, create_loader, resolve_data_config
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
@@ -47,20 +47,25 @@ from timm.utils import (
 
 from cfl_timm import LOSS_TYPES, CyclicalScheduler, create_loss, loss_kwargs
 from cfl_timm.data import (
-    DigitsDataset,
     SubsetDataset,
     check_same_classes,
     check_split_tree,
     class_counts,
     dataset_targets,
-    is_digits_dataset,
     is_image_folder_name,
     log_class_counts,
     patch_timm_posterize,
     select_train_subset,
-    strict_folder_dataset,
 )
-from cfl_timm.data.holdout import HOLDOUT_METRICS, holdout_split
+from cfl_timm.data.factory import build_dataset as create_split_dataset
+from cfl_timm.data.factory import dataset_kwargs
+from cfl_timm.data.holdout import (
+    HOLDOUT_METRICS,
+    HoldoutRecord,
+    dataset_fingerprint,
+    holdout_split,
+    write_holdout_record,
+)
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.files import (
     SUMMARY_COLUMNS,
@@ -85,12 +90,12 @@ from cfl_timm.training import (
     ddp_device_ids,
     distillation_kwargs,
     evaluate,
-    evaluate_logits,
     evaluate_temperature_scaled,
     find_resume_checkpoint,
     gather_objects,
     init_process,
     load_training_checkpoint,
+    metrics_of_logits,
     predict,
     recover_run_dir,
     restore_training_state,
@@ -188,6 +193,7 @@ class TrainContext:
         updates_per_epoch: Optimizer updates per epoch.
         loader_holdout: This rank's shard of the held-out calibration split (eval transforms), or None.
         holdout_size: Number of held-out images (all ranks together), 0 without ``--holdout``.
+        holdout_record: What identifies the held-out images (written to the run folder for validate.py), or None.
     """
 
     args: argparse.Namespace
@@ -205,6 +211,7 @@ class TrainContext:
     updates_per_epoch: int
     loader_holdout: Any = None
     holdout_size: int = 0
+    holdout_record: Optional[HoldoutRecord] = None
 
     @property
     def device(self) -> torch.device:
@@ -339,6 +346,9 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
         num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
     if dataset_holdout is not None:
         ctx.holdout_size = len(dataset_holdout)
+        ctx.holdout_record = HoldoutRecord(  # indices into the training split as read with evaluation transforms
+            split=args.train_split, dataset=args.dataset, seed=args.seed, indices=dataset_holdout.indices,
+            fingerprint=dataset_fingerprint(dataset_holdout.dataset)) if proc.is_primary else None
         ctx.loader_holdout = create_eval_loader(  # this rank's unpadded shard; predict() gathers the whole split
             dataset_holdout, data_config, batch_size=args.validation_batch_size or args.batch_size,
             num_workers=args.workers, device=proc.device, use_prefetcher=not args.no_prefetcher,
@@ -451,6 +461,8 @@ def _open_locked_run(ctx: TrainContext, effective_args: dict[str, Any], exp_name
     if ctx.proc.is_primary:
         claim.write(output_dir)
         save_args_yaml(output_dir / 'args.yaml', effective_args)
+        if ctx.holdout_record is not None:  # validate.py --calibration-split holdout reads it back
+            write_holdout_record(output_dir, ctx.holdout_record)
         run.saver = AtomicCheckpointSaver(
             model=ctx.model, optimizer=ctx.optimizer, args=argparse.Namespace(**effective_args),
             amp_scaler=ctx.loss_scaler, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
@@ -609,24 +621,9 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, num_class
 
 
 def build_dataset(args: argparse.Namespace, split: str, is_training: bool):
-    """The named timm dataset, or the offline ``sklearn/digits`` set; folder images are verified first (see
-    :func:`cfl_timm.data.strict_folder_dataset`): unreadable ones are refused (or left out with
-    ``--skip-bad-images``), never replaced by another image."""
-    if is_digits_dataset(args.dataset):
-        return DigitsDataset(split, image_mode=image_mode(args))
-    root = args.data_dir or args.data
-    try:
-        dataset = create_dataset(
-            args.dataset, root=root, split=split, is_training=is_training, class_map=args.class_map,
-            download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
-            repeats=args.epoch_repeats if is_training else 0, input_img_mode=image_mode(args),
-            input_key=args.input_key, target_key=args.target_key,
-            num_samples=args.train_num_samples if is_training else args.val_num_samples,
-            trust_remote_code=args.dataset_trust_remote_code)
-    except (OSError, RuntimeError) as e:  # e.g. no network for --dataset-download, a corrupt torchvision set
-        raise ValueError(f"Could not load the {split!r} split of dataset {args.dataset or 'folder'!r} from "
-                         f"{root!r}: {e}") from e
-    return strict_folder_dataset(dataset, split, skip_bad_images=args.skip_bad_images)
+    """The named split through the factory validate.py shares (:func:`cfl_timm.data.build_dataset`)."""
+    kwargs = dataset_kwargs(args, is_training, input_img_mode=image_mode(args))
+    return create_split_dataset(split=split, is_training=is_training, **kwargs)
 
 
 def build_train_criterion(args: argparse.Namespace, num_epochs: int, mixup_active: bool) -> nn.Module:
@@ -853,7 +850,7 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
     updates)."""
     logits, targets = predict(model, ctx.loader_holdout, device=ctx.device, autocast=ctx.autocast,
                               channels_last=ctx.args.channels_last)
-    holdout = evaluate_logits(logits, targets, ctx.num_classes)
+    holdout = metrics_of_logits(logits, targets, ctx.num_classes)
     if update and holdout_update_every(ctx) is not None:
         probabilities = logits.double().softmax(1)
         confidences, predictions = probabilities.max(1)

@@ -3,9 +3,12 @@ classification and bootstrap intervals, as one JSON document.
 
 Run as ``python -m cfl_timm.evaluate --logits TEST.npz [--fit HOLDOUT.npz] [--ood NAME=FILE.npz ...]``. Every
 file is a saved-logits file (``validate.py --save-logits``, :mod:`cfl_timm.metrics.logits_file`); an OOD file's
-``logits`` are used, and the ``ood_logits`` saved in the ``--logits`` file form the OOD set ``saved``. The
-definitions are those of :mod:`cfl_timm.metrics`; see ``docs/evaluation.md`` ("Evaluating saved logits") for the
-JSON layout.
+``logits`` are used, and the ``ood_logits`` saved in the ``--logits`` file form the OOD set named by its
+``ood_name`` (``saved`` when it has none). The definitions are those of :mod:`cfl_timm.metrics`; see
+``docs/evaluation.md`` ("Evaluating saved logits") for the JSON layout. validate.py evaluates through
+:func:`evaluate_logits` too, so its JSON holds the same sections for the same logits. ``--plot-dir`` draws the
+reliability diagrams (before and after each post-hoc method) and the risk-coverage curves
+(:mod:`cfl_timm.plotting`).
 
 References: C. Guo et al., "On Calibration of Modern Neural Networks", ICML 2017, https://arxiv.org/abs/1706.04599;
 M. Kull et al., "Beyond temperature scaling", NeurIPS 2019, https://arxiv.org/abs/1910.12656; D. Hendrycks and
@@ -22,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 
+from cfl_timm import plotting
 from cfl_timm.files import atomic_write_text
 from cfl_timm.metrics import (
     POSTHOC_METHODS,
@@ -36,13 +40,17 @@ from cfl_timm.metrics import (
     load_logits_npz,
     msp,
     ood_metrics,
+    risk_coverage_curve,
 )
 from cfl_timm.metrics.checks import check_logits, check_targets
 from cfl_timm.training import arg_types
 
-__all__ = ['SAVED_OOD_NAME', 'evaluate_logits', 'get_args_parser', 'main', 'cli', 'posthoc_logits']
+__all__ = ['PLOT_FILES', 'SAVED_OOD_NAME', 'bootstrap_count', 'check_plot_dir', 'cli', 'evaluate_logits',
+           'get_args_parser', 'main', 'posthoc_list', 'posthoc_logits', 'write_plots']
 
-SAVED_OOD_NAME = 'saved'  # the OOD set stored in the --logits file itself
+SAVED_OOD_NAME = 'saved'  # the OOD set stored in the --logits file itself, when the file names it not
+# The pictures --plot-dir holds: reliability diagrams (raw, then after each post-hoc method), risk-coverage curves.
+PLOT_FILES = {'reliability': 'reliability.png', 'risk_coverage': 'risk_coverage.png'}
 
 
 def _fingerprint(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[int, ...], str]:
@@ -87,6 +95,43 @@ def posthoc_logits(probs: torch.Tensor) -> torch.Tensor:
     return probs.clamp_min(torch.finfo(torch.float64).tiny).log()
 
 
+def check_plot_dir(plot_dir: Optional[str | Path], flag: str = '--plot-dir') -> None:
+    """ValueError when ``plot_dir`` exists as a file, ImportError when matplotlib is missing (checked before any
+    work, so that an evaluation does not fail at its last step)."""
+    if plot_dir is None:
+        return
+    if Path(plot_dir).exists() and not Path(plot_dir).is_dir():
+        raise ValueError(f'{flag} {plot_dir} is a file: give a folder for the pictures.')
+    plotting.require_matplotlib()
+
+
+def write_plots(plot_dir: str | Path, targets: torch.Tensor, curves: Mapping[str, torch.Tensor],
+                metrics: Mapping[str, Mapping[str, Any]], num_bins: int = 15) -> dict[str, str]:
+    """The pictures of one evaluation in ``plot_dir`` (created): :data:`PLOT_FILES`.
+
+    Args:
+        plot_dir: Output folder.
+        targets: (N,) class indices.
+        curves: Label -> (N, K) logits: the raw ones, then those after each post-hoc method.
+        metrics: Label -> its metrics (``ece``, ``mce``, ``nll``, ``aurc`` printed when present).
+        num_bins: Equal-width bins of the reliability diagrams.
+
+    Returns:
+        Picture name -> path written.
+    """
+    folder = Path(plot_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    panels, risk_curves = [], {}
+    for label, logits in curves.items():
+        meter = CalibrationMeter(logits.shape[1], num_bins)
+        meter.update(logits, targets)
+        panels.append((label, meter.reliability(), metrics[label]))
+        coverage, risk = risk_coverage_curve(logits, targets)
+        risk_curves[label] = (coverage.tolist(), risk.tolist(), float(risk.mean()))
+    return {'reliability': str(plotting.plot_reliability_diagrams(panels, folder / PLOT_FILES['reliability'])),
+            'risk_coverage': str(plotting.plot_risk_coverage(risk_curves, folder / PLOT_FILES['risk_coverage']))}
+
+
 def _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins):
     """Every input of :func:`evaluate_logits` checked before any work; returns the float64 / int64 tensors."""
     logits = check_logits(logits)
@@ -120,7 +165,8 @@ def _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins):
 def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
                     fit: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                     ood: Optional[Mapping[str, torch.Tensor]] = None, posthoc: Sequence[str] = (),
-                    bootstrap: int = 0, seed: int = 0, num_bins: int = 15) -> dict[str, Any]:
+                    bootstrap: int = 0, seed: int = 0, num_bins: int = 15,
+                    plot_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """Every model-free metric of the evaluated logits, as a JSON-ready dict.
 
     Layout: ``raw`` (:class:`CalibrationMeter` metrics, ``over_ece`` / ``under_ece`` / ``signed_ece``,
@@ -138,19 +184,23 @@ def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
         bootstrap: Resamples B for the intervals (0: none, else >= 2).
         seed: Seed of the bootstrap resampling.
         num_bins: Equal-width bins of every binned metric (>= 1).
+        plot_dir: Also draw :data:`PLOT_FILES` into this folder (:func:`write_plots`; needs matplotlib).
     """
+    check_plot_dir(plot_dir, 'plot_dir')
     logits, targets, fit, ood = _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins)
     result: dict[str, Any] = {
         'num_samples': logits.shape[0], 'num_classes': logits.shape[1], 'num_bins': num_bins,
         'raw': _metrics(logits, targets, num_bins),
         'selective': {'aurc': aurc(logits, targets), 'eaurc': eaurc(logits, targets)},
         'posthoc': {}, 'ood': {}, 'bootstrap': {}}
+    curves = {'uncalibrated': logits}
     for name in posthoc:
         calibrator = fit_posthoc(name, *fit)
         params = {key: _summarise(value) for key, value in calibrator.state_dict().items()
                   if key not in ('name', 'num_classes', 'cv_grid', 'cv_nll')}
         calibrated = posthoc_logits(calibrator.predict_proba(logits))
         result['posthoc'][name] = {'params': params, 'metrics': _metrics(calibrated, targets, num_bins)}
+        curves[name] = calibrated
     for name, values in ood.items():
         result['ood'][name] = ood_metrics(logits, values)
     if bootstrap:
@@ -160,10 +210,15 @@ def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
         for name, values in ood.items():
             _, low, high = bootstrap_auroc(msp(logits), msp(values), bootstrap, seed)
             result['bootstrap']['ood'][name] = {'msp_auroc': [low, high]}
+    if plot_dir is not None:
+        metrics = {'uncalibrated': {**result['raw'], **result['selective']},
+                   **{name: section['metrics'] for name, section in result['posthoc'].items()}}
+        write_plots(plot_dir, targets, curves, metrics, num_bins)
     return result
 
 
-def _posthoc_list(text: str) -> list[str]:
+def posthoc_list(text: str) -> list[str]:
+    """argparse type of ``--posthoc``: comma-separated names from :data:`POSTHOC_METHODS`, repeats dropped."""
     names = [name.strip() for name in text.split(',') if name.strip()]
     unknown = [name for name in names if name not in POSTHOC_METHODS]
     if unknown or not names:
@@ -179,7 +234,8 @@ def _ood_entry(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _resample_count(text: str) -> int:
+def bootstrap_count(text: str) -> int:
+    """argparse type of ``--bootstrap``: 0 (no intervals) or a resample count >= 2."""
     try:
         value = int(text)
     except ValueError:
@@ -207,13 +263,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--fit', metavar='HOLDOUT.npz', help='held-out logits and targets to fit --posthoc on')
     parser.add_argument('--ood', type=_ood_entry, action='append', default=[], metavar='NAME=FILE.npz',
                         help='an out-of-distribution set (repeatable)')
-    parser.add_argument('--posthoc', type=_posthoc_list, default=[], metavar='LIST',
+    parser.add_argument('--posthoc', type=posthoc_list, default=[], metavar='LIST',
                         help=f'comma-separated post-hoc methods from {",".join(POSTHOC_METHODS)} (needs --fit)')
-    parser.add_argument('--bootstrap', type=_resample_count, default=0, metavar='B',
+    parser.add_argument('--bootstrap', type=bootstrap_count, default=0, metavar='B',
                         help='bootstrap resamples for 95%% intervals (0: none, else >= 2)')
     parser.add_argument('--seed', type=arg_types.seed, default=0, help='seed of the bootstrap resampling')
     parser.add_argument('--num-bins', type=_positive, default=15, help='equal-width bins of the binned metrics')
     parser.add_argument('--output-json', metavar='PATH', help='write the results here (atomically)')
+    parser.add_argument('--plot-dir', metavar='DIR', help=f'draw {" and ".join(PLOT_FILES.values())} into DIR '
+                        '(reliability diagrams before / after each --posthoc method, risk-coverage curves)')
     return parser
 
 
@@ -233,14 +291,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          f'ood_logits), got {repeated}.')
     if args.output_json and Path(args.output_json).is_dir():
         raise ValueError(f'--output-json {args.output_json} is a folder; give a file path.')
+    check_plot_dir(args.plot_dir)
     evaluated = _load('--logits', args.logits)
     fit = _load('--fit', args.fit) if args.fit else None
     ood = {name: _load(f'--ood {name}', path).logits for name, path in args.ood}
     if evaluated.ood_logits is not None:
-        ood[SAVED_OOD_NAME] = evaluated.ood_logits
+        saved_name = evaluated.ood_name or SAVED_OOD_NAME
+        if saved_name in ood:
+            raise ValueError(f'--ood {saved_name}: the --logits file holds an OOD set of that name; choose another.')
+        ood[saved_name] = evaluated.ood_logits
     result = evaluate_logits(evaluated.logits, evaluated.targets, fit=(fit.logits, fit.targets) if fit else None,
-                             ood=ood,
-                             posthoc=args.posthoc, bootstrap=args.bootstrap, seed=args.seed, num_bins=args.num_bins)
+                             ood=ood, posthoc=args.posthoc, bootstrap=args.bootstrap, seed=args.seed,
+                             num_bins=args.num_bins, plot_dir=args.plot_dir)
     text = json.dumps(result, indent=2, allow_nan=False) + '\n'
     if args.output_json:
         atomic_write_text(args.output_json, text)

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from cfl_timm.files import atomic_write_bytes, read_summary
 from cfl_timm.files import read_reliability_log as read_reliability_records
 
-__all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution',
+__all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution', 'plot_risk_coverage',
            'plot_training_curves', 'require_matplotlib', 'training_curves_figure']
 
 # summary.csv columns drawn by plot_training_curves: (panel title, columns, second-axis columns).
@@ -115,6 +115,35 @@ def plot_reliability_diagrams(panels: Sequence[tuple[str, Mapping, Mapping]], pa
     for axis, (title, reliability, metrics) in zip(axes[0], panels):
         _draw_reliability(axis, reliability, f"{title}\nECE {metrics['ece']:.4f}  MCE {metrics['mce']:.4f}  "
                                              f"NLL {metrics['nll']:.4f}")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_risk_coverage(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+                       path: os.PathLike) -> Path:
+    """Risk-coverage curves of selective classification (Geifman et al., ICLR 2019), one line per label, as a PNG.
+
+    Args:
+        curves: label -> (coverage, selective risk, AURC), e.g. from
+            :func:`cfl_timm.metrics.risk_coverage_curve` and :func:`cfl_timm.metrics.aurc`; the AURC is printed in
+            the legend.
+        path: Output PNG path.
+
+    Returns:
+        The path written.
+    """
+    if not curves:
+        raise ValueError('plot_risk_coverage needs at least one curve.')
+    plt = require_matplotlib()
+    figure, axis = plt.subplots(figsize=(5.0, 4.0))
+    for label, (coverage, risk, area) in curves.items():
+        axis.plot(list(coverage), list(risk), label=f'{label} (AURC {area:.4f})', linewidth=1.2)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel('coverage (most confident first)')
+    axis.set_ylabel('selective risk (error rate)')
+    axis.set_title('Risk-coverage curve')
+    axis.legend(fontsize=7)
     figure.tight_layout()
     return _save(figure, path)
 

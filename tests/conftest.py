@@ -158,17 +158,21 @@ def validate_usage_error(capsys, *argv: str) -> str:
 def digits_run(tmp_path_factory) -> Path:
     """Two epochs of test_resnet on sklearn digits through train.py (one thread), trained once per session: the run
     folder with model_best.pth.tar, summary.csv and reliability.jsonl."""
+    return train_digits(tmp_path_factory.mktemp('train'), '--epochs', '2')
+
+
+def train_digits(output: Path, *extra: str) -> Path:
+    """test_resnet on sklearn digits through train.py (one thread) into ``output/run``, with ``extra`` flags."""
     import torch
 
     import train
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    output = tmp_path_factory.mktemp('train')
     try:
         train.main(train.get_args_parser().parse_args([
-            '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--epochs', '2',
-            '--warmup-epochs', '0', '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output),
-            '--experiment', 'run', '--log-interval', '1000', '--checkpoint-hist', '1']))
+            '--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '--warmup-epochs', '0',
+            '--lr', '0.05', '-b', '64', '-j', '0', '--output', str(output), '--experiment', 'run',
+            '--log-interval', '1000', '--checkpoint-hist', '1', *extra]))
     finally:
         torch.set_num_threads(previous)
     return output / 'run'

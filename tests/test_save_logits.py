@@ -11,7 +11,7 @@ from conftest import validate_usage_error, write_digits_folder
 import validate
 from cfl_timm.data import DigitsDataset
 from cfl_timm.metrics import LOGITS_FILE_KEYS, load_logits_npz, save_logits_npz
-from cfl_timm.training import evaluate_logits
+from cfl_timm.training import metrics_of_logits
 
 METRICS = ('top1', 'top5', 'nll', 'brier', 'ece')
 
@@ -39,7 +39,7 @@ def test_saved_logits_reproduce_the_reported_metrics(checkpoint, tmp_path, one_t
     assert torch.equal(saved.targets, torch.as_tensor(DigitsDataset('val').targets, dtype=torch.int64))
     assert saved.class_names == [str(i) for i in range(10)]
     assert saved.split == 'val' and saved.checkpoint == 'model_best.pth.tar'
-    recomputed = evaluate_logits(saved.logits, saved.targets, 10).metrics
+    recomputed = metrics_of_logits(saved.logits, saved.targets, 10).metrics
     for key in METRICS:
         assert recomputed[key] == result[key], key
     assert not list(path.parent.glob('.*.tmp'))  # the atomic writer's temp file is gone
@@ -52,7 +52,7 @@ def test_tta_saves_the_averaged_logits_and_ood_logits(checkpoint, tmp_path, one_
     result = _run(checkpoint, tmp_path, '--tta', '2', '--save-logits', str(tta_path), '--ood-data-dir', str(ood))
     saved, plain_saved = load_logits_npz(tta_path), load_logits_npz(plain_path)
     assert saved.logits.dtype == torch.float64  # average_softmax works in float64: kept, so metrics are exact
-    recomputed = evaluate_logits(saved.logits, saved.targets, 10).metrics
+    recomputed = metrics_of_logits(saved.logits, saved.targets, 10).metrics
     for key in METRICS:
         assert recomputed[key] == result['tta'][key], key
         assert result[key] == plain[key], key  # the plain metrics are unchanged by --tta

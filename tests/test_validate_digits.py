@@ -18,7 +18,7 @@ from timm.models import create_model
 import validate
 from cfl_timm.data import DigitsDataset, TTAView, average_softmax, tta_views
 from cfl_timm.metrics import METRIC_KEYS
-from cfl_timm.training import create_eval_loader, evaluate_logits, predict
+from cfl_timm.training import create_eval_loader, metrics_of_logits, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLAGS_FILE = REPO_ROOT / 'tests' / 'fixtures' / 'timm_validate_flags_v1.0.28.txt'
@@ -103,8 +103,8 @@ def test_tta_one_view_equals_plain_and_views_are_applied(digits_run):
     plain_logits, target = predict(model, loader, device=torch.device('cpu'))
     one_view_logits, one_target = predict(model, loader, device=torch.device('cpu'), views=tta_views(1))
     assert one_view_logits.shape == (1, 355, 10) and torch.equal(one_target, target)
-    plain = evaluate_logits(plain_logits, target, 10)
-    one_view = evaluate_logits(average_softmax(one_view_logits), target, 10)
+    plain = metrics_of_logits(plain_logits, target, 10)
+    one_view = metrics_of_logits(average_softmax(one_view_logits), target, 10)
     assert one_view.metrics == plain.metrics
     assert json.dumps(one_view.reliability) == json.dumps(plain.reliability)  # NaN marks empty bins
 

@@ -3,6 +3,7 @@ CIFAR statistics and training transform."""
 from .compat import patch_timm_posterize, posterize
 from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .digits import DIGITS_DATASET_NAME, DigitsDataset, digits_split, is_digits_dataset
+from .factory import build_dataset, dataset_kwargs
 from .strict import (
     MAX_IMAGE_PIXELS,
     CorruptImageError,

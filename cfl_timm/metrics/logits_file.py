@@ -8,7 +8,8 @@ Format (numpy ``.npz``, readable with ``numpy.load(path, allow_pickle=False)``):
 * ``targets``: (N,) int64 class indices in [0, K);
 * ``class_names``: (K,) unicode strings;
 * ``split`` / ``checkpoint``: 0-d unicode strings (the evaluated split, the checkpoint file name or '');
-* ``ood_logits`` (optional): (M, K) float32 or float64, finite: the logits of an out-of-distribution set.
+* ``ood_logits`` (optional): (M, K) float32 or float64, finite: the logits of an out-of-distribution set;
+* ``ood_name`` (optional, with ``ood_logits``): 0-d unicode string, that set's name.
 """
 import io
 import zipfile
@@ -35,6 +36,7 @@ class LogitsFile:
     split: str
     checkpoint: str
     ood_logits: Optional[torch.Tensor] = None
+    ood_name: Optional[str] = None
 
 
 def _float_array(values: torch.Tensor) -> np.ndarray:
@@ -84,22 +86,27 @@ def _check_arrays(arrays: dict[str, np.ndarray], source: str) -> LogitsFile:
     names = _check_string(arrays, 'class_names', source, (num_classes,))
     split = _check_string(arrays, 'split', source, ())
     checkpoint = _check_string(arrays, 'checkpoint', source, ())
-    ood = None
+    ood, ood_name = None, None
+    if 'ood_name' in arrays:
+        if 'ood_logits' not in arrays:
+            raise ValueError(f"{source}: 'ood_name' without 'ood_logits'.")
+        ood_name = str(_check_string(arrays, 'ood_name', source, ()))
     if 'ood_logits' in arrays:
         ood = _check_logits(arrays, 'ood_logits', source)
         if ood.shape[1] != num_classes:
             raise ValueError(f'{source}: \'ood_logits\' must have {num_classes} columns like the logits, '
                              f'got {ood.shape}.')
-    unknown = sorted(set(arrays) - set(LOGITS_FILE_KEYS) - {'ood_logits'})
+    unknown = sorted(set(arrays) - set(LOGITS_FILE_KEYS) - {'ood_logits', 'ood_name'})
     if unknown:
         raise ValueError(f'{source}: unknown keys {unknown}.')
     return LogitsFile(logits=torch.from_numpy(logits), targets=torch.from_numpy(targets),
                       class_names=[str(n) for n in names], split=str(split), checkpoint=str(checkpoint),
-                      ood_logits=None if ood is None else torch.from_numpy(ood))
+                      ood_logits=None if ood is None else torch.from_numpy(ood), ood_name=ood_name)
 
 
 def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], *, split: str,
-                    checkpoint: str = '', ood_logits: Optional[torch.Tensor] = None) -> bytes:
+                    checkpoint: str = '', ood_logits: Optional[torch.Tensor] = None,
+                    ood_name: Optional[str] = None) -> bytes:
     """The bytes of a logits file (write them with an atomic writer); ValueError for input that would not load.
 
     Args:
@@ -109,12 +116,15 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
         split: name of the evaluated split.
         checkpoint: the checkpoint the logits came from ('' for none).
         ood_logits: optional (M, K) logits of an out-of-distribution set.
+        ood_name: optional name of that set.
     """
     arrays = {'logits': _float_array(logits), 'targets': targets.detach().cpu().long().numpy(),
               'class_names': np.array([str(n) for n in class_names], dtype=str).reshape(len(class_names)),
               'split': np.array(str(split), dtype=str), 'checkpoint': np.array(str(checkpoint or ''), dtype=str)}
     if ood_logits is not None:
         arrays['ood_logits'] = _float_array(ood_logits)
+        if ood_name is not None:
+            arrays['ood_name'] = np.array(str(ood_name), dtype=str)
     _check_arrays(arrays, 'save_logits_npz')
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)

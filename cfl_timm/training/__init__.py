@@ -17,8 +17,8 @@ from .evaluate import (
     EvalShard,
     create_eval_loader,
     evaluate,
-    evaluate_logits,
     evaluate_temperature_scaled,
+    metrics_of_logits,
     predict,
     shard_eval_dataset,
 )

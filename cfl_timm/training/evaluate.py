@@ -9,7 +9,7 @@ metrics therefore equal the one-process metrics on the same weights (exactly, as
 the same logits whatever batch it is in).
 
 Both ``train.py`` (its per-epoch evaluation) and ``validate.py`` use :func:`create_eval_loader`, :func:`predict`
-and :func:`evaluate_logits` (or :func:`evaluate`, which chains them). Memory: the gathered float32 logits take
+and :func:`metrics_of_logits` (or :func:`evaluate`, which chains them). Memory: the gathered float32 logits take
 N * K * 4 bytes per rank (4 MB for CIFAR-100's 10,000 test images, 200 MB for ImageNet's 50,000).
 """
 import contextlib
@@ -28,7 +28,7 @@ from cfl_timm.metrics import CalibrationMeter, fit_temperature
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['EvalResult', 'EvalShard', 'create_eval_loader', 'evaluate', 'evaluate_logits',
+__all__ = ['EvalResult', 'EvalShard', 'create_eval_loader', 'evaluate', 'metrics_of_logits',
            'evaluate_temperature_scaled', 'predict', 'shard_eval_dataset']
 
 
@@ -193,7 +193,7 @@ class EvalResult:
     target: Optional[torch.Tensor] = field(default=None, repr=False)
 
 
-def evaluate_logits(logits: torch.Tensor, target: torch.Tensor, num_classes: int, num_bins: int = 15,
+def metrics_of_logits(logits: torch.Tensor, target: torch.Tensor, num_classes: int, num_bins: int = 15,
                     chunk: int = 4096) -> EvalResult:
     """Every metric of complete (N, K) logits and (N,) targets, fed to one ``CalibrationMeter`` in fixed chunks
     (the same arithmetic however many processes produced the logits)."""
@@ -208,16 +208,16 @@ def evaluate_logits(logits: torch.Tensor, target: torch.Tensor, num_classes: int
 def evaluate(model: torch.nn.Module, loader: Any, *, num_classes: int, device: torch.device,
              autocast: Optional[Callable[[], Any]] = None, channels_last: bool = False,
              num_bins: int = 15) -> EvalResult:
-    """:func:`predict` then :func:`evaluate_logits`: the metrics of the whole split, identical on every rank."""
+    """:func:`predict` then :func:`metrics_of_logits`: the metrics of the whole split, identical on every rank."""
     logits, target = predict(model, loader, device=device, autocast=autocast, channels_last=channels_last)
-    return evaluate_logits(logits, target, num_classes, num_bins=num_bins)
+    return metrics_of_logits(logits, target, num_classes, num_bins=num_bins)
 
 
 def evaluate_temperature_scaled(fit_logits: torch.Tensor, fit_target: torch.Tensor, logits: torch.Tensor,
                                 target: torch.Tensor, num_classes: int, *, split: str, method: str = 'nll',
                                 allow_test_split: bool = False, num_bins: int = 15) -> tuple[float, EvalResult]:
     """Temperature scaling, fitted then scored: T from :func:`cfl_timm.metrics.fit_temperature` on a held-out
-    split's logits, then every metric of ``logits / T`` (:func:`evaluate_logits`; no model is run again).
+    split's logits, then every metric of ``logits / T`` (:func:`metrics_of_logits`; no model is run again).
 
     Under torch.distributed every rank holds the same gathered logits; the fit runs on every rank and rank 0's T is
     broadcast, so all ranks score with the identical float whatever the platform's arithmetic.
@@ -242,4 +242,4 @@ def evaluate_temperature_scaled(fit_logits: torch.Tensor, fit_target: torch.Tens
         shared = [temperature]
         dist.broadcast_object_list(shared, src=0)
         temperature = float(shared[0])
-    return temperature, evaluate_logits(logits / temperature, target, num_classes, num_bins=num_bins)
+    return temperature, metrics_of_logits(logits / temperature, target, num_classes, num_bins=num_bins)
