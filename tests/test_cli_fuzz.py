@@ -56,9 +56,35 @@ def _train_parser() -> argparse.ArgumentParser:
     return train.get_args_parser()
 
 
+def _validate_check(argv: list[str]) -> None:
+    import validate
+    from cfl_timm.training.validate_args import check_args
+    parser = validate.get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except (ValueError, ImportError) as e:  # validate.cli's conversion of a bad input
+        parser.error(validate._one_line(e))
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    import validate
+    return validate.get_args_parser()
+
+
+def _validate_base(tmp: Path) -> list[str]:
+    checkpoint = tmp / 'run' / 'checkpoint.pth.tar'
+    if not checkpoint.exists():  # check_args only needs the file to exist; nothing is loaded
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b'not loaded by the checks')
+    return ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--checkpoint', str(checkpoint),
+            '--output-json', str(tmp / 'out' / 'result.json'), '-j', '0', '--no-plot']
+
+
 ENTRIES = {
     'train.py': Entry('train.py', _train_parser, _train_check,
                       lambda tmp: [*DIGITS, '--output', str(tmp / 'out'), '--experiment', 'run', '-j', '0']),
+    'validate.py': Entry('validate.py', _validate_parser, _validate_check, _validate_base),
 }
 
 

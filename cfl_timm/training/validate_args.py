@@ -18,7 +18,15 @@ from cfl_timm.data import MAX_TTA_VIEWS, digits_split, is_digits_dataset, is_ima
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
 from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posthoc_list
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
-from cfl_timm.training.arg_types import INTERPOLATIONS, finite_float, positive_float, positive_int, seed
+from cfl_timm.training.arg_types import (
+    INTERPOLATIONS,
+    crop_fraction,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
 from cfl_timm.training.input_checks import check_mean_std
 
 __all__ = ['HOLDOUT_SPLIT', 'MODEL_DTYPES', 'RESULTS_FORMATS', 'add_validate_args', 'check_args',
@@ -41,7 +49,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--dataset', default='', metavar='NAME',
                        help="dataset type: '' (image folder), torch/cifar10, sklearn/digits, ...")
     group.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate')
-    group.add_argument('--num-samples', type=int, default=None, metavar='N',
+    group.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
     group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
@@ -58,7 +66,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--pretrained', action='store_true', help='use timm pretrained weights (no checkpoint)')
     group.add_argument('--checkpoint', default='', metavar='PATH', help='checkpoint file (train.py or timm)')
     group.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+    group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                        help='number of classes (default: the checkpoint run, else the dataset)')
     group.add_argument('--gp', default=None, metavar='POOL', help='global pool type (model default if unset)')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model kwargs')
@@ -68,21 +76,23 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='text file of the class indices to keep (one per line): partial label space')
     group = parser.add_argument_group('Input (timm)')
     group.add_argument('--img-size', type=positive_int, default=None, metavar='N', help='input image size')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'), help='input size')
+    group.add_argument('--in-chans', type=positive_int, default=None, metavar='N', help='image input channels')
+    group.add_argument('--input-size', default=None, nargs=3, type=positive_int, metavar=('C', 'H', 'W'),
+                       help='input size')
     group.add_argument('--use-train-size', action='store_true', help="use the model's train input size")
-    group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='input center crop percent')
+    group.add_argument('--crop-pct', type=crop_fraction, default=None, metavar='PCT', help='input center crop percent')
     group.add_argument('--crop-mode', default=None, metavar='MODE', help='crop mode (center, squash, border)')
-    group.add_argument('--crop-border-pixels', type=int, default=None, metavar='N', help='crop pixels at the border')
+    group.add_argument('--crop-border-pixels', type=non_negative_int, default=None, metavar='N',
+                       help='crop pixels at the border')
     group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
     group.add_argument('--std', type=positive_float, nargs='+', default=None, metavar='STD', help='dataset std')
     group.add_argument('--interpolation', default='', metavar='NAME', choices=INTERPOLATIONS,
                        help='resize interpolation')
     group = parser.add_argument_group('Runtime (timm)')
-    group.add_argument('-b', '--batch-size', type=int, default=256, metavar='N', help='batch size')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loader workers')
+    group.add_argument('-b', '--batch-size', type=positive_int, default=256, metavar='N', help='batch size')
+    group.add_argument('-j', '--workers', type=non_negative_int, default=4, metavar='N', help='data loader workers')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='device')
-    group.add_argument('--num-gpu', type=int, default=1, metavar='N',
+    group.add_argument('--num-gpu', type=positive_int, default=1, metavar='N',
                        help='1 (several devices: torchrun --nproc-per-node N validate.py ...)')
     group.add_argument('--no-prefetcher', action='store_true', help="disable timm's prefetcher")
     group.add_argument('--pin-mem', action='store_true', help='pin host memory in the loader')
@@ -102,18 +112,19 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--real-labels', default='', metavar='FILENAME', help='not available (ImageNet ReaL)')
     group.add_argument('--retry', action='store_true', help='not available (lower --batch-size instead)')
     group.add_argument('--naflex-loader', action='store_true', help='not available (NaFlex models)')
-    group.add_argument('--naflex-max-seq-len', type=int, default=576, help='NaFlex sequence length (unused)')
+    group.add_argument('--naflex-max-seq-len', type=positive_int, default=576, help='NaFlex sequence length (unused)')
     group.add_argument('--seed', type=seed, default=42, metavar='S', help='random seed')
-    group.add_argument('--log-freq', type=int, default=10, metavar='N', help='log every N batches')
+    group.add_argument('--log-freq', type=positive_int, default=10, metavar='N', help='log every N batches')
     group.add_argument('--metrics-avg', default=None, choices=('micro', 'macro', 'weighted'),
                        help='also report precision, recall and F1 with this averaging (needs scikit-learn)')
     group = parser.add_argument_group('Test-time augmentation')
-    group.add_argument('--tta', type=int, default=1, metavar='N',
+    group.add_argument('--tta', type=positive_int, default=1, metavar='N',
                        help=f'average the softmax over N deterministic views (1-{MAX_TTA_VIEWS}: identity, '
                             'horizontal flip, then flips x shifts); reported next to the plain metrics')
-    group.add_argument('--tta-shift', type=int, default=2, metavar='PX', help='shift of the TTA views in pixels')
+    group.add_argument('--tta-shift', type=positive_int, default=2, metavar='PX',
+                       help='shift of the TTA views in pixels')
     group = parser.add_argument_group('Calibration')
-    group.add_argument('--num-bins', type=int, default=15, metavar='B', help='bins of every binned metric')
+    group.add_argument('--num-bins', type=positive_int, default=15, metavar='B', help='bins of every binned metric')
     group.add_argument('--calibration-split', default=None, metavar='NAME',
                        help='held-out split to fit a temperature (and --posthoc methods) on; '
                             f"'{HOLDOUT_SPLIT}': the --holdout split the train.py run recorded (none: no fit)")
@@ -151,7 +162,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--plot-dir', default=None, metavar='DIR',
                        help=f'draw {" and ".join(PLOT_FILES.values())} into DIR (reliability diagrams before / '
                             'after each --posthoc method, risk-coverage curves); needs matplotlib')
-    group.add_argument('--prediction-grid-size', type=int, default=32, metavar='N',
+    group.add_argument('--prediction-grid-size', type=positive_int, default=32, metavar='N',
                        help='images in the prediction grid (evenly spaced over the split)')
     return parser
 
@@ -256,15 +267,7 @@ def check_calibration_args(args: argparse.Namespace, evaluated: str) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """ValueError / ImportError for bad input, before any model or image is loaded."""
-    for flag, value, low in (('--num-bins', args.num_bins, 1), ('--batch-size', args.batch_size, 1),
-                             ('--workers', args.workers, 0), ('--log-freq', args.log_freq, 1),
-                             ('--prediction-grid-size', args.prediction_grid_size, 1),
-                             ('--tta-shift', args.tta_shift, 1)):
-        if value < low:
-            raise ValueError(f'{flag} must be >= {low}, got {value}.')
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ValueError(f'--num-samples must be >= 1, got {args.num_samples}.')
-    check_mean_std(args)
+    check_mean_std(args)  # a single flag's range is its declaration's (cfl_timm.training.arg_types)
     if not 1 <= args.tta <= MAX_TTA_VIEWS:
         raise ValueError(f'--tta must be in [1, {MAX_TTA_VIEWS}] views, got {args.tta}.')
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
@@ -290,7 +293,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.checkpoint and not args.pretrained:
         raise ValueError('give --checkpoint PATH (a train.py checkpoint) or --pretrained.')
     if args.model is not None and not is_model(args.model):
-        raise ValueError(f"unknown timm model '{args.model}' (see timm.list_models()).")
+        raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")
     if args.valid_labels and not os.path.isfile(args.valid_labels):
         raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
