@@ -3,9 +3,10 @@ CIFAR statistics and training transform, CIFAR-10-C corruptions and files, SVHN,
 from .cifar10c import (
     GENERATED_SET_NAME,
     PUBLISHED_SET_NAME,
-    CorruptedImages,
+    ImageArrayDataset,
     available_corruptions,
     generate_corrupted_set,
+    load_corrupted,
     read_image_folder,
     shift_set_name,
 )

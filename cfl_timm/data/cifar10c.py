@@ -5,7 +5,7 @@ The release of D. Hendrycks and T. Dietterich (ICLR 2019, https://arxiv.org/abs/
 order, N = 10,000 CIFAR-10 test images each; ``labels.npy`` holds the 5 N labels (the N test labels five times).
 :func:`generate_corrupted_set` writes that same layout from the images of any folder with
 :mod:`cfl_timm.data.corruptions`, plus ``shift_set.json`` naming it "CIFAR-10-C-style, generated" (never
-"CIFAR-10-C") with the seed, the version and what is synthesised, so :class:`CorruptedImages` reads both alike.
+"CIFAR-10-C") with the seed, the version and what is synthesised, so :func:`load_corrupted` reads both alike.
 
 The cache is keyed by the decoded source pixels and labels, the seed and :data:`GENERATOR_VERSION`: a folder
 ``<cache_dir>/cifar10c-style-<key>`` is reused only for the same inputs, and each file in it is written atomically,
@@ -27,8 +27,8 @@ from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from .corruptions import CIFAR10C_PARAMS, CORRUPTIONS, SEVERITIES, SYNTHETIC_CORRUPTIONS, corrupt, corruption_rng
 
 __all__ = ['GENERATED_SET_NAME', 'GENERATOR_VERSION', 'LABELS_FILE', 'META_FILE', 'PUBLISHED_SET_NAME',
-           'CorruptedImages', 'available_corruptions', 'generate_corrupted_set', 'read_image_folder',
-           'shift_set_name']
+           'ImageArrayDataset', 'available_corruptions', 'generate_corrupted_set', 'load_corrupted',
+           'read_image_folder', 'shift_set_name']
 
 LABELS_FILE = 'labels.npy'
 META_FILE = 'shift_set.json'
@@ -49,46 +49,19 @@ def shift_set_name(root: str | os.PathLike) -> str:
     return json.loads(meta.read_text())['name'] if meta.is_file() else PUBLISHED_SET_NAME
 
 
-class CorruptedImages(torch.utils.data.Dataset):
-    """The images of one corruption at one severity of a CIFAR-10-C layout, as RGB PIL images and labels.
+class ImageArrayDataset(torch.utils.data.Dataset):
+    """Images held in a uint8 (N, H, W, 3) array (memory-mapped or not) as RGB PIL images with their labels.
 
-    The arrays are memory-mapped, so opening all 15 x 5 sets costs no memory up front. ``transform`` is set by timm's
-    loader factory like any dataset's.
+    ``transform`` is set by timm's loader factory like any dataset's.
 
     Args:
-        root: Folder with ``labels.npy`` and ``<corruption>.npy``.
-        corruption: A corruption with a file under ``root``.
-        severity: 1 to 5.
+        images: uint8 (N, H, W, 3).
+        targets: (N,) integer labels.
         transform: Applied to each PIL image.
     """
 
-    def __init__(self, root: str | os.PathLike, corruption: str, severity: int,
-                 transform: Optional[Callable] = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise ValueError(f'CIFAR-10-C folder not found: {root}')
-        if severity not in SEVERITIES:
-            raise ValueError(f'severity must be one of {SEVERITIES}, got {severity!r}.')
-        labels_path, images_path = root / LABELS_FILE, root / f'{corruption}.npy'
-        if not labels_path.is_file():
-            raise ValueError(f'{root} has no {LABELS_FILE}: expected the CIFAR-10-C layout (labels.npy and one '
-                             '<corruption>.npy per corruption).')
-        if not images_path.is_file():
-            raise ValueError(f'{root} has no {corruption}.npy; corruptions there: '
-                             f'{", ".join(available_corruptions(root)) or "none"}.')
-        images, labels = _load(images_path), _load(labels_path)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(images) % len(SEVERITIES):
-            raise ValueError(f'{images_path}: expected uint8 (5 N, H, W, 3) images, got {images.dtype} '
-                             f'{images.shape}.')
-        per_severity = len(images) // len(SEVERITIES)
-        if labels.ndim != 1 or labels.dtype.kind not in 'iu' or len(labels) not in (len(images), per_severity):
-            raise ValueError(f'{labels_path}: expected {len(images)} (or {per_severity}) integer labels to match '
-                             f'{images_path.name}, got {labels.dtype} {labels.shape}.')
-        start = (severity - 1) * per_severity
-        self.images = images[start:start + per_severity]
-        self.targets = np.asarray(labels[start:start + per_severity] if len(labels) == len(images)
-                                  else labels, dtype=np.int64)
-        self.corruption, self.severity, self.transform = corruption, severity, transform
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Optional[Callable] = None) -> None:
+        self.images, self.targets, self.transform = images, np.asarray(targets, dtype=np.int64), transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,6 +71,39 @@ class CorruptedImages(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])
+
+
+def load_corrupted(root: str | os.PathLike, corruption: str, severity: int) -> ImageArrayDataset:
+    """The images of one corruption at one severity of a CIFAR-10-C layout (memory-mapped: opening every set costs
+    no memory up front).
+
+    Args:
+        root: Folder with ``labels.npy`` and ``<corruption>.npy``.
+        corruption: A corruption with a file under ``root``.
+        severity: 1 to 5.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f'CIFAR-10-C folder not found: {root}')
+    if severity not in SEVERITIES:
+        raise ValueError(f'severity must be one of {SEVERITIES}, got {severity!r}.')
+    labels_path, images_path = root / LABELS_FILE, root / f'{corruption}.npy'
+    if not labels_path.is_file():
+        raise ValueError(f'{root} has no {LABELS_FILE}: expected the CIFAR-10-C layout (labels.npy and one '
+                         '<corruption>.npy per corruption).')
+    if not images_path.is_file():
+        raise ValueError(f'{root} has no {corruption}.npy; corruptions there: '
+                         f'{", ".join(available_corruptions(root)) or "none"}.')
+    images, labels = _load(images_path), _load(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(images) % len(SEVERITIES):
+        raise ValueError(f'{images_path}: expected uint8 (5 N, H, W, 3) images, got {images.dtype} {images.shape}.')
+    per_severity = len(images) // len(SEVERITIES)
+    if labels.ndim != 1 or labels.dtype.kind not in 'iu' or len(labels) not in (len(images), per_severity):
+        raise ValueError(f'{labels_path}: expected {len(images)} (or {per_severity}) integer labels to match '
+                         f'{images_path.name}, got {labels.dtype} {labels.shape}.')
+    start = (severity - 1) * per_severity
+    targets = labels[start:start + per_severity] if len(labels) == len(images) else labels
+    return ImageArrayDataset(images[start:start + per_severity], targets)
 
 
 def _load(path: Path) -> np.ndarray:
