@@ -44,9 +44,9 @@ from timm.utils.distributed import init_distributed_device_so
 from cfl_timm.data import (
     MAX_TTA_VIEWS,
     DigitsDataset,
-    StrictImageDataset,
     SubsetDataset,
     average_softmax,
+    check_disjoint_images,
     check_folder_tree,
     check_same_classes,
     check_split_tree,
@@ -55,6 +55,7 @@ from cfl_timm.data import (
     is_digits_dataset,
     is_image_folder_name,
     strict_folder_dataset,
+    svhn_dataset,
     tta_views,
 )
 from cfl_timm.files import atomic_write_bytes, atomic_write_text
@@ -168,7 +169,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='allow fitting the temperature on a test split (leaks test labels; off by default)')
     group.add_argument('--ood-data-dir', default=None, metavar='DIR',
                        help='folder of out-of-distribution images: report the max-softmax-probability AUROC '
-                            'of the evaluated split (in-distribution) against it')
+                            'of the evaluated split (in-distribution) against it; refused when it shares images with '
+                            'the evaluated split')
+    group.add_argument('--ood-dataset', default='folder', choices=('folder', 'svhn'),
+                       help="'svhn': --ood-data-dir holds SVHN's test_32x32.mat (read by torchvision, not downloaded)")
+    group.add_argument('--ood-no-verify', action='store_true',
+                       help="read an SVHN .mat that differs from the published file (skip torchvision's MD5 check)")
     group = parser.add_argument_group('Output')
     group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
     group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')
@@ -343,8 +349,14 @@ def check_split_classes(args: argparse.Namespace, splits: dict[str, Any]) -> Non
     check_same_classes(splits)
 
 
-def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False) -> StrictImageDataset:
-    """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt."""
+def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False, kind: str = 'folder',
+                      verify_md5: bool = True):
+    """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt; with ``kind='svhn'``
+    SVHN's test split from ``folder/test_32x32.mat`` (see :func:`cfl_timm.data.svhn_dataset`)."""
+    if kind == 'svhn':
+        if in_chans != 3:
+            raise ValueError(f'--ood-dataset svhn holds RGB images; the model takes {in_chans} channel(s).')
+        return svhn_dataset(folder, 'test', verify_md5=verify_md5)
     check_folder_tree(folder)
     try:
         dataset = ImageDataset(folder, input_img_mode='RGB' if in_chans == 3 else 'L')
@@ -575,8 +587,16 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     # Every split is read and checked before any evaluation.
     calibration = build_dataset(args, args.calibration_split, img_mode) if args.calibration_split is not None else None
     check_split_classes(args, {args.split: dataset, **({args.calibration_split: calibration} if calibration else {})})
-    ood_dataset = (build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images)
-                   if args.ood_data_dir is not None else None)
+    ood_dataset = None
+    if args.ood_data_dir is not None:
+        ood_dataset = build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images, args.ood_dataset,
+                                        verify_md5=not args.ood_no_verify)
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            _logger.warning(f'split {args.split!r} is a streamed dataset: not checked for images shared with the '
+                            'OOD set.')
+        else:
+            check_disjoint_images(dataset, ood_dataset, f'split {args.split!r}',
+                                  f'--ood-data-dir {args.ood_data_dir}')
     num_classes = args.num_classes or run.get('num_classes') or int(dataset_targets(dataset).max()) + 1
     largest = int(dataset_targets(dataset).max())
     if valid_labels is None and largest >= num_classes:
