@@ -43,7 +43,7 @@ from cfl_timm.data.cifar10c import META_FILE
 from cfl_timm.files import atomic_write_text
 from cfl_timm.metrics import shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
-from cfl_timm.training.arg_types import positive_int, seed
+from cfl_timm.training.arg_types import non_negative_int, positive_int, run_cli, seed
 
 __all__ = ['cli', 'get_args_parser', 'main']
 
@@ -94,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument('--num-classes', type=positive_int, default=None,
                        help='classes of the model (default: the checkpoint\'s, else the largest label + 1)')
     model.add_argument('--batch-size', type=positive_int, default=256)
-    model.add_argument('--workers', type=int, default=2)
+    model.add_argument('--workers', type=non_negative_int, default=2)
     model.add_argument('--device', default='cpu')
     output = parser.add_argument_group('output')
     output.add_argument('--num-bins', type=positive_int, default=15, help='equal-width bins of ECE')
@@ -222,13 +222,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    try:
-        return main(args)
-    except ValueError as error:
-        parser.error(' '.join(str(error).split()))
+    return run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == '__main__':
