@@ -33,6 +33,7 @@ from cfl_timm.data import (
     ImageArrayDataset,
     SubsetDataset,
     available_corruptions,
+    dataset_targets,
     generate_corrupted_set,
     load_corrupted,
     read_image_folder,
@@ -189,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     corruptions = args.corruptions or available_corruptions(folder)
     cells = {(name, severity): load_corrupted(folder, name, severity)
              for name in corruptions for severity in args.severities}  # every file checked before the model runs
-    max_label = max(int(np.max(ds.targets)) for ds in cells.values())
+    max_label = max([int(dataset_targets(clean).max())] + [int(np.max(ds.targets)) for ds in cells.values()])
     device = torch.device(args.device)
     model, run, model_name = build_model(args, max_label)
     model = model.to(device).eval()

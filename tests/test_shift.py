@@ -20,6 +20,7 @@ from cfl_timm.data import (
     corruption_rng,
     generate_corrupted_set,
     load_corrupted,
+    read_image_folder,
     shift_set_name,
 )
 from cfl_timm.data import cifar10c as cifar10c_module
@@ -180,6 +181,24 @@ def test_generated_set_is_the_same_layout_cached_and_keyed(images, tmp_path, mon
     assert not [p for p in tmp_path.rglob('*') if p.name.endswith('.tmp')]
     with pytest.raises(ValueError, match='unknown corruption'):
         generate_corrupted_set(images, labels, tmp_path, corruptions=['speckle_noise'])
+
+
+def test_generating_from_a_real_image_folder(image_folder, tmp_path):
+    """The clean images and labels come from timm's folder reader (digits; CIFAR-10 when CFL_TIMM_DATA is set)."""
+    from timm.data import ImageDataset
+    images, labels, class_names = read_image_folder(image_folder / 'val')
+    reader = ImageDataset(str(image_folder / 'val')).reader
+    assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3) and len(images) == len(reader.samples)
+    np.testing.assert_array_equal(labels, [target for _, target in reader.samples])
+    assert class_names == sorted(reader.class_to_idx, key=reader.class_to_idx.get)
+    subset = slice(0, len(images), max(1, len(images) // 20))
+    folder = generate_corrupted_set(images[subset], labels[subset], tmp_path, corruptions=['fog'],
+                                    class_names=class_names)
+    corrupted = load_corrupted(folder, 'fog', 5)
+    np.testing.assert_array_equal(corrupted.targets, labels[subset])
+    assert not np.array_equal(np.asarray(corrupted[0][0]), images[0])
+    resized, _, _ = read_image_folder(image_folder / 'val', image_size=16)
+    assert resized.shape[1:] == (16, 16, 3)
 
 
 # ------------------------------------------------------------------------------------------------- the report
