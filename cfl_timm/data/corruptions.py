@@ -5,9 +5,10 @@ ICLR 2019, https://arxiv.org/abs/1903.12261. The parameters of :data:`CIFAR10C_P
 released CIFAR-10-C generation script (``make_cifar_c.py``), read as facts; every function here is written for this
 project without ImageMagick, OpenCV or scikit-image. What differs from that script, and why:
 
-- ``motion_blur`` (and the streaks of ``snow``) used ImageMagick's ``MotionBlurImage``. Here the same kind of kernel
-  is applied directly: a one-sided line of ``2 * ceil(radius) + 1`` taps at the drawn angle, weighted
-  exp(-i^2 / (2 sigma^2)) and normalised, edge pixels repeated; close to ImageMagick's, not bit-identical.
+- ``motion_blur`` (and the streaks of ``snow``) used ImageMagick's ``MotionBlurImage`` through Wand. Here its kernel
+  is applied directly, as ImageMagick defines it: ``2 * ceil(radius) + 1`` taps i = 0, 1, ... at offsets
+  (round(i cos a), round(i sin a)) along the drawn angle a, weighted exp(-i^2 / (2 sigma^2)) and normalised, edge
+  pixels repeated outside the image; ImageMagick's quantum arithmetic is not reproduced bit for bit.
 - ``frost`` blended crops of six frost photographs that the original code ships and this project does not. Here the
   frost layer is **synthesised** (a plasma-fractal haze plus motion-blurred ice streaks, tinted pale blue-white) and
   blended with CIFAR-10-C's weights; a set generated here says so (:data:`SYNTHETIC_CORRUPTIONS`).
@@ -120,7 +121,7 @@ def _motion_blur(x: np.ndarray, radius: float, sigma: float, angle: float) -> np
     rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
     out = np.zeros(x.shape, dtype=np.float64)
     for i, weight in enumerate(weights):
-        dy, dx = math.floor(i * sin + 0.5), math.floor(i * cos + 0.5)
+        dy, dx = math.ceil(i * sin - 0.5), math.ceil(i * cos - 0.5)  # ImageMagick's rounding (half down)
         out += weight * x[np.clip(rows + dy, 0, height - 1), np.clip(cols + dx, 0, width - 1)]
     return out
 
