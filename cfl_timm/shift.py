@@ -82,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument('--image-size', type=positive_int, default=None,
                       help='resize the clean images to this square side before corrupting (default: as they are)')
     data.add_argument('--corruptions', type=_name_list(CORRUPTIONS), default=None, metavar='LIST',
-                      help='comma-separated corruptions (default: the 15, or those the --cifar10c-dir has)')
+                      help='comma-separated corruptions (default: the 15 of the benchmark that the set has)')
     data.add_argument('--severities', type=_name_list(SEVERITIES), default=list(SEVERITIES), metavar='LIST',
                       help='comma-separated severities (default 1,2,3,4,5)')
     data.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
@@ -116,10 +116,14 @@ def check_args(args: argparse.Namespace) -> None:
         if not (Path(args.cifar10c_dir) / 'labels.npy').is_file():
             raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no labels.npy (expected the CIFAR-10-C '
                              'layout: labels.npy and one <corruption>.npy per corruption).')
-        missing = [name for name in args.corruptions or () if name not in available_corruptions(args.cifar10c_dir)]
+        present = available_corruptions(args.cifar10c_dir)
+        if not set(present) & set(CORRUPTIONS):
+            raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} holds none of the corruptions '
+                             f'{", ".join(CORRUPTIONS)}.')
+        missing = [name for name in args.corruptions or () if name not in present]
         if missing:
             raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no file for {missing}; it has '
-                             f'{available_corruptions(args.cifar10c_dir)}.')
+                             f'{present}.')
     elif args.cache_dir is None:
         raise ValueError('give --cifar10c-dir DIR (the published files) or --cache-dir DIR (to generate a '
                          'CIFAR-10-C-style set).')
@@ -187,7 +191,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.generate_only:
         _logger.info(f'{described["set"]} written to {folder}')
         return described
-    corruptions = args.corruptions or available_corruptions(folder)
+    # the benchmark's 15 (the release's 4 extras are left out, so the means are the benchmark's)
+    corruptions = args.corruptions or [name for name in available_corruptions(folder) if name in CORRUPTIONS]
+    if len(corruptions) < len(CORRUPTIONS):
+        _logger.warning(f'evaluating {len(corruptions)} of the {len(CORRUPTIONS)} corruptions: the means are over '
+                        'those only.')
     cells = {(name, severity): load_corrupted(folder, name, severity)
              for name in corruptions for severity in args.severities}  # every file checked before the model runs
     max_label = max([int(dataset_targets(clean).max())] + [int(np.max(ds.targets)) for ds in cells.values()])

@@ -294,9 +294,10 @@ def test_command_generates_evaluates_and_reports(digits_run, clean_folder, tmp_p
     folder = next((tmp_path / 'cache').iterdir())
     for name in ('labels.npy', 'gaussian_noise.npy', 'contrast.npy'):
         (published / name).write_bytes((folder / name).read_bytes())
+    (published / 'speckle_noise.npy').write_bytes((folder / 'contrast.npy').read_bytes())  # an extra: not evaluated
     again = _cli('--data-dir', str(clean_folder), '--cifar10c-dir', str(published), '--checkpoint', checkpoint,
                  '--severities', '1,5', '--output-json', str(tmp_path / 'published.json'))
-    assert again['set'] == PUBLISHED_SET_NAME
+    assert again['set'] == PUBLISHED_SET_NAME and set(again['corruptions']) == {'gaussian_noise', 'contrast'}
     for name in ('gaussian_noise', 'contrast'):
         for s in ('1', '5'):
             assert again['corruptions'][name][s]['top1'] == pytest.approx(report['corruptions'][name][s]['top1'])
@@ -315,5 +316,7 @@ def test_command_bad_inputs_stop_before_work(clean_folder, tmp_path, capsys):
     assert 'expected a comma-separated list' in usage_error(*data, '--severities', '0')
     assert '--checkpoint not found' in usage_error(*data, '--cache-dir', str(tmp_path / 'c'))
     assert 'has no labels.npy' in usage_error(*data, '--cifar10c-dir', str(tmp_path))
+    np.save(tmp_path / 'labels.npy', np.zeros(5, dtype=np.int64))
+    assert 'holds none of the corruptions' in usage_error(*data, '--cifar10c-dir', str(tmp_path))
     assert '--data-dir not found' in usage_error('--data-dir', str(tmp_path / 'missing'), '--cache-dir', 'c')
     assert not (tmp_path / 'c').exists()
