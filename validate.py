@@ -52,9 +52,9 @@ from timm.utils import random_seed, reparameterize_model, set_jit_fuser, setup_d
 from timm.utils.distributed import init_distributed_device_so
 
 from cfl_timm.data import (
-    StrictImageDataset,
     SubsetDataset,
     average_softmax,
+    check_disjoint_images,
     check_folder_tree,
     check_same_classes,
     check_split_tree,
@@ -62,6 +62,7 @@ from cfl_timm.data import (
     dataset_targets,
     is_image_folder_name,
     strict_folder_dataset,
+    svhn_dataset,
     tta_views,
 )
 from cfl_timm.data import build_dataset as create_split_dataset
@@ -270,7 +271,15 @@ def load_splits(args: argparse.Namespace, in_chans: int) -> Splits:
     if calibration is not None and record is None:
         checked[args.calibration_split] = calibration
     check_split_classes(args, checked)
-    ood = build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images) if args.ood_data_dir else None
+    ood = None
+    if args.ood_data_dir:
+        ood = build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images, args.ood_dataset,
+                                verify_md5=not args.ood_no_verify)
+        if isinstance(evaluated, torch.utils.data.IterableDataset):
+            _logger.warning(f'split {args.split!r} is a streamed dataset: not checked for images shared with the '
+                            'OOD set.')
+        else:
+            check_disjoint_images(evaluated, ood, f'split {args.split!r}', f'--ood-data-dir {args.ood_data_dir}')
     return Splits(evaluated=evaluated, calibration=calibration, ood=ood, holdout=record)
 
 
@@ -316,8 +325,14 @@ def check_split_classes(args: argparse.Namespace, splits: dict[str, Any]) -> Non
     check_same_classes(splits)
 
 
-def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False) -> StrictImageDataset:
-    """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt."""
+def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False, kind: str = 'folder',
+                      verify_md5: bool = True):
+    """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt; with ``kind='svhn'``
+    SVHN's test split from ``folder/test_32x32.mat`` (see :func:`cfl_timm.data.svhn_dataset`)."""
+    if kind == 'svhn':
+        if in_chans != 3:
+            raise ValueError(f'--ood-dataset svhn holds RGB images; the model takes {in_chans} channel(s).')
+        return svhn_dataset(folder, 'test', verify_md5=verify_md5)
     check_folder_tree(folder)
     try:
         dataset = ImageDataset(folder, input_img_mode='RGB' if in_chans == 3 else 'L')

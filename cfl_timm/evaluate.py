@@ -312,12 +312,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except ValueError as error:
-        parser.error(' '.join(str(error).split()))
+    return arg_types.run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == '__main__':

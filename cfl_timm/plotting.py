@@ -27,6 +27,7 @@ from cfl_timm.files import atomic_write_bytes, read_summary
 from cfl_timm.files import read_reliability_log as read_reliability_records
 
 __all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution', 'plot_risk_coverage',
+           'plot_shift',
            'plot_training_curves', 'require_matplotlib', 'training_curves_figure']
 
 # summary.csv columns drawn by plot_training_curves: (panel title, columns, second-axis columns).
@@ -341,6 +342,43 @@ def plot_prediction_grid(images, true: Sequence[int], predicted: Sequence[int], 
         axis.set_title(f'{"✓" if right else "✗"} pred {class_names[int(predicted[index])]} ({confidence[index]:.2f})\n'
                        f'true: {class_names[int(true[index])]}', fontsize=7, color=color)
     figure.suptitle('prediction (confidence), true class; green ✓ right, red ✗ wrong', fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distribution shift
+
+def plot_shift(report: Mapping[str, Any], path: os.PathLike, title: str = '') -> Path:
+    """Accuracy and ECE per severity across corruptions, a box per severity beside the clean value (the figure of
+    Y. Ovadia et al., NeurIPS 2019, https://arxiv.org/abs/1906.02530).
+
+    Args:
+        report: A report of :func:`cfl_timm.metrics.shift.shift_report` (``clean``, ``corruptions``).
+        path: Output PNG path.
+        title: Figure title (e.g. the set's name: "CIFAR-10-C" or "CIFAR-10-C-style, generated").
+
+    Returns:
+        The path written.
+    """
+    severities = sorted({s for cells in report['corruptions'].values() for s in cells}, key=int)
+    if not severities:
+        raise ValueError('plot_shift needs a report with at least one corrupted set.')
+    plt = require_matplotlib()
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    positions = list(range(1, len(severities) + 1))
+    for axis, key, label in zip(axes, ('top1', 'ece'), ('top-1 accuracy (%)', 'ECE')):
+        boxes = [[cells[s][key] for cells in report['corruptions'].values() if s in cells] for s in severities]
+        axis.boxplot(boxes, positions=positions, widths=0.6, whis=(0, 100))
+        axis.axhline(report['clean'][key], color='tab:blue', linestyle='--', linewidth=1, label='clean')
+        axis.plot(positions, [sum(b) / len(b) for b in boxes], 'o', color='tab:red', markersize=4,
+                  label='mean over corruptions')
+        axis.set_xticks(positions, [str(s) for s in severities])
+        axis.set_xlabel('severity (box: corruptions, whiskers: min-max)')
+        axis.set_ylabel(label)
+        axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
 

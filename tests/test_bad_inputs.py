@@ -244,6 +244,11 @@ VALIDATE_ROWS = [
       '{files}/focal.pth.tar'),
     V('`--ood-data-dir` missing', '--ood-data-dir not found', '--dataset', 'sklearn/digits', '--checkpoint',
       '{files}/focal.pth.tar', '--ood-data-dir', '{files}/nothing'),
+    V('`--ood-data-dir` holding an image of the evaluated split', 'shares 1 image(s) with the in-distribution set',
+      '--data-dir', '{files}/digits', '--split', 'val', '--checkpoint', '{files}/focal.pth.tar', '--ood-data-dir',
+      '{files}/ood_shared'),
+    V('`--ood-dataset svhn` without `test_32x32.mat`', 'SVHN test file not found', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/focal.pth.tar', '--ood-dataset', 'svhn', '--ood-data-dir', '{files}/no_train'),
     V('`--num-bins 0`', '--num-bins must be >= 1', '--dataset', 'sklearn/digits', '--checkpoint',
       '{files}/focal.pth.tar', '--num-bins', '0'),
     V('`--num-samples 0`', '--num-samples must be >= 1', '--dataset', 'sklearn/digits', '--checkpoint',
@@ -396,6 +401,9 @@ def files(tmp_path_factory, digits_dir) -> Path:
     for image in sorted((digits_dir / 'val' / '0').iterdir())[:3]:
         (corrupt / image.name).write_bytes(image.read_bytes())
     (corrupt / 'bad.png').write_bytes(b'this is not an image' * 10)
+    shared = root / 'ood_shared' / 'x'  # an OOD folder holding one image of the digits val split
+    shared.mkdir(parents=True)
+    (shared / 'copy.png').write_bytes(sorted((digits_dir / 'val' / '3').iterdir())[0].read_bytes())
     _write_bad_folders(root / 'folders', digits_dir)
     existing = root / 'runs' / 'existing'
     existing.mkdir(parents=True)

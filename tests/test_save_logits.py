@@ -46,7 +46,7 @@ def test_saved_logits_reproduce_the_reported_metrics(checkpoint, tmp_path, one_t
 
 
 def test_tta_saves_the_averaged_logits_and_ood_logits(checkpoint, tmp_path, one_thread):
-    ood = write_digits_folder(tmp_path / 'ood', per_class=1) / 'val'
+    ood = write_digits_folder(tmp_path / 'ood', per_class=1) / 'train'  # not the evaluated images (refused)
     plain_path, tta_path = tmp_path / 'plain.npz', tmp_path / 'tta.npz'
     plain = _run(checkpoint, tmp_path, '--save-logits', str(plain_path))
     result = _run(checkpoint, tmp_path, '--tta', '2', '--save-logits', str(tta_path), '--ood-data-dir', str(ood))

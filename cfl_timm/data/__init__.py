@@ -1,9 +1,21 @@
-"""Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed), an offline digits set, and the
-CIFAR statistics and training transform."""
+"""Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed), an offline digits set, the
+CIFAR statistics and training transform, CIFAR-10-C corruptions and files, SVHN, and the OOD overlap check."""
+from .cifar10c import (
+    GENERATED_SET_NAME,
+    PUBLISHED_SET_NAME,
+    ImageArrayDataset,
+    available_corruptions,
+    generate_corrupted_set,
+    load_corrupted,
+    read_image_folder,
+    shift_set_name,
+)
 from .compat import patch_timm_posterize, posterize
 from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from .corruptions import CIFAR10C_PARAMS, CORRUPTIONS, SEVERITIES, SYNTHETIC_CORRUPTIONS, corrupt, corruption_rng
 from .digits import DIGITS_DATASET_NAME, DigitsDataset, digits_split, is_digits_dataset
 from .factory import build_dataset, dataset_kwargs
+from .overlap import check_disjoint_images, image_digest
 from .strict import (
     MAX_IMAGE_PIXELS,
     CorruptImageError,
@@ -28,5 +40,6 @@ from .subsets import (
     select_train_subset,
     stratified_indices,
 )
+from .svhn import SVHN_SPLITS, svhn_dataset, svhn_file
 from .transforms import TRAIN_TRANSFORMS, cifar_transform_kwargs, create_cifar_train_transform
 from .tta import MAX_TTA_VIEWS, TTAView, average_softmax, tta_views

@@ -19,6 +19,7 @@ from .ood import (
 )
 from .posthoc import POSTHOC_METHODS, PosthocCalibrator, fit_posthoc, posthoc_from_state
 from .selective import aurc, eaurc, optimal_aurc, risk_coverage_curve
+from .shift import SHIFT_METRIC_KEYS, shift_cell_metrics, shift_report
 from .smooth_ece import smooth_ece, smooth_ece_at_bandwidth
 from .temperature import FIT_METHODS, check_calibration_split, fit_temperature, is_test_split
 

@@ -8,12 +8,12 @@ coerce_config_value`), and :class:`Ascending`'s order check through :meth:`Ascen
 import argparse
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 __all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'at_least_one', 'crop_fraction', 'existing_file',
            'finite_float', 'fraction', 'integer', 'non_negative_float', 'non_negative_int', 'positive_float',
-           'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
+           'positive_int', 'probability', 'relative_name', 'run_cli', 'seed', 'writable_folder']
 
 SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
 # timm's resize interpolation names for --interpolation ('' = the model's own).
@@ -172,3 +172,14 @@ class Ascending(argparse.Action):
 # Every converter a numeric or path flag may be declared with (tests/test_cli_fuzz.py holds every parser to it).
 CONVERTERS = (at_least_one, crop_fraction, existing_file, finite_float, fraction, integer, non_negative_float,
               non_negative_int, positive_float, positive_int, probability, relative_name, seed, writable_folder)
+
+
+def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
+            argv: Optional[Sequence[str]] = None) -> Any:
+    """Parse ``argv`` and return ``main(args)``; a ``ValueError`` from the checks becomes argparse's one-line usage
+    error (``<prog>: error: ...``, exit status 2) instead of a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except ValueError as error:
+        parser.error(' '.join(str(error).split()))

@@ -143,7 +143,12 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--ood-data-dir', default=None, metavar='DIR',
                        help='folder of out-of-distribution images: the evaluated split (in-distribution) '
                             'against it, AUROC / AUPR / FPR95 of MSP, max logit, energy and entropy '
-                            '(ood.<folder name>; ood_auroc: MSP)')
+                            '(ood.<folder name>; ood_auroc: MSP); refused when it shares images with the '
+                            'evaluated split')
+    group.add_argument('--ood-dataset', default='folder', choices=('folder', 'svhn'),
+                       help="'svhn': --ood-data-dir holds SVHN's test_32x32.mat (read by torchvision, not downloaded)")
+    group.add_argument('--ood-no-verify', action='store_true',
+                       help="read an SVHN .mat that differs from the published file (skip torchvision's MD5 check)")
     group = parser.add_argument_group('Output')
     group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
     group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')

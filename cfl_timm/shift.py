@@ -1,0 +1,239 @@
+"""Calibration under distribution shift: a checkpoint on CIFAR-10-C (the published files) or on a CIFAR-10-C-style
+set generated from any image folder, reported per corruption and severity (Ovadia et al., NeurIPS 2019).
+
+Run as::
+
+    # the published release (labels.npy and <corruption>.npy), beside the clean test folder it was made from
+    python -m cfl_timm.shift --data-dir cifar10/test --cifar10c-dir CIFAR-10-C \\
+        --checkpoint output/train/RUN/model_best.pth.tar --output-json shift.json --plot shift.png
+    # generated from the clean folder with CIFAR-10-C's parameters, cached under --cache-dir
+    python -m cfl_timm.shift --data-dir cifar10/test --cache-dir output/shift-cache --seed 0 \\
+        --checkpoint output/train/RUN/model_best.pth.tar --output-json shift.json
+
+``--generate-only`` writes the generated set and stops (no model). The JSON holds :func:`shift_report`'s layout
+plus what was evaluated (``set``: "CIFAR-10-C" or "CIFAR-10-C-style, generated", its folder, seed and synthesised
+corruptions). See ``docs/shift.md``. D. Hendrycks and T. Dietterich, ICLR 2019, https://arxiv.org/abs/1903.12261;
+Y. Ovadia et al., NeurIPS 2019, https://arxiv.org/abs/1906.02530.
+"""
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from timm.data import ImageDataset, resolve_data_config
+from timm.models import clean_state_dict, create_model, is_model
+
+from cfl_timm.data import (
+    CORRUPTIONS,
+    SEVERITIES,
+    ImageArrayDataset,
+    SubsetDataset,
+    available_corruptions,
+    dataset_targets,
+    generate_corrupted_set,
+    load_corrupted,
+    read_image_folder,
+    shift_set_name,
+    strict_folder_dataset,
+)
+from cfl_timm.data.cifar10c import META_FILE
+from cfl_timm.files import atomic_write_text
+from cfl_timm.metrics import shift_report
+from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
+from cfl_timm.training.arg_types import non_negative_int, positive_int, run_cli, seed
+
+__all__ = ['cli', 'get_args_parser', 'main']
+
+_logger = logging.getLogger('cfl_timm.shift')
+
+
+def _name_list(choices: Sequence) -> Any:
+    def parse(text: str) -> list:
+        names = [item.strip() for item in text.split(',') if item.strip()]
+        kind = type(choices[0])
+        try:
+            values = [kind(name) for name in names]
+        except ValueError:
+            values = []
+        unknown = [value for value in values if value not in choices]
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(f'expected a comma-separated list from {",".join(map(str, choices))}, '
+                                             f'got {text!r}.')
+        return list(dict.fromkeys(values))
+    return parse
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m cfl_timm.shift', allow_abbrev=False,
+        description='Accuracy, ECE, NLL and clean-vs-corrupted MSP AUROC on CIFAR-10-C or a generated '
+                    'CIFAR-10-C-style set.')
+    data = parser.add_argument_group('data')
+    data.add_argument('--data-dir', required=True, metavar='DIR',
+                      help='the clean images, a class-folder tree (DIR/<class>/<image>), e.g. the CIFAR-10 test set')
+    data.add_argument('--cifar10c-dir', metavar='DIR',
+                      help='the published CIFAR-10-C files (labels.npy, <corruption>.npy); else generate')
+    data.add_argument('--cache-dir', metavar='DIR', help='where generated sets are cached (needed to generate)')
+    data.add_argument('--seed', type=seed, default=0, help='seed of the generated corruptions')
+    data.add_argument('--image-size', type=positive_int, default=None,
+                      help='resize the clean images to this square side before corrupting (default: as they are)')
+    data.add_argument('--corruptions', type=_name_list(CORRUPTIONS), default=None, metavar='LIST',
+                      help='comma-separated corruptions (default: the 15 of the benchmark that the set has)')
+    data.add_argument('--severities', type=_name_list(SEVERITIES), default=list(SEVERITIES), metavar='LIST',
+                      help='comma-separated severities (default 1,2,3,4,5)')
+    data.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
+                      help='evaluate N evenly spaced images of each set (default: all)')
+    data.add_argument('--generate-only', action='store_true', help='write the generated set and stop')
+    model = parser.add_argument_group('model')
+    model.add_argument('--checkpoint', metavar='PATH', help='a train.py checkpoint')
+    model.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s)')
+    model.add_argument('--use-ema', action='store_true', help='evaluate the EMA weights of the checkpoint')
+    model.add_argument('--num-classes', type=positive_int, default=None,
+                       help='classes of the model (default: the checkpoint\'s, else the largest label + 1)')
+    model.add_argument('--batch-size', type=positive_int, default=256)
+    model.add_argument('--workers', type=non_negative_int, default=2)
+    model.add_argument('--device', default='cpu')
+    output = parser.add_argument_group('output')
+    output.add_argument('--num-bins', type=positive_int, default=15, help='equal-width bins of ECE')
+    output.add_argument('--output-json', metavar='PATH', help='write the report here (atomically); default: print')
+    output.add_argument('--plot', metavar='PATH.png', help='box plot of top-1 and ECE per severity')
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every input checked before any work."""
+    if not Path(args.data_dir).is_dir():
+        raise ValueError(f'--data-dir not found: {args.data_dir}')
+    if args.cifar10c_dir is not None:
+        if args.generate_only or args.image_size is not None:
+            raise ValueError('--generate-only and --image-size generate a set; they do not apply to --cifar10c-dir.')
+        if not Path(args.cifar10c_dir).is_dir():
+            raise ValueError(f'--cifar10c-dir not found: {args.cifar10c_dir}')
+        if not (Path(args.cifar10c_dir) / 'labels.npy').is_file():
+            raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no labels.npy (expected the CIFAR-10-C '
+                             'layout: labels.npy and one <corruption>.npy per corruption).')
+        present = available_corruptions(args.cifar10c_dir)
+        if not set(present) & set(CORRUPTIONS):
+            raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} holds none of the corruptions '
+                             f'{", ".join(CORRUPTIONS)}.')
+        missing = [name for name in args.corruptions or () if name not in present]
+        if missing:
+            raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no file for {missing}; it has '
+                             f'{present}.')
+    elif args.cache_dir is None:
+        raise ValueError('give --cifar10c-dir DIR (the published files) or --cache-dir DIR (to generate a '
+                         'CIFAR-10-C-style set).')
+    if args.generate_only:
+        return
+    if not args.checkpoint or not Path(args.checkpoint).is_file():
+        raise ValueError(f'--checkpoint not found: {args.checkpoint!r} (needed unless --generate-only).')
+    if args.model is not None and not is_model(args.model):
+        raise ValueError(f"unknown timm model '{args.model}' (see timm.list_models()).")
+    for flag, path, suffix in (('--output-json', args.output_json, '.json'), ('--plot', args.plot, '.png')):
+        if path and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
+            raise ValueError(f'{flag} {path}: give a file path ending in {suffix}.')
+    if args.plot:
+        from cfl_timm.plotting import require_matplotlib
+        require_matplotlib()
+
+
+def _subsample(dataset, num_samples: Optional[int]):
+    if num_samples is None or num_samples >= len(dataset):
+        return dataset
+    return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
+
+
+def prepare_sets(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any]]:
+    """The clean dataset, the folder of the corrupted sets and what it is (generated when asked)."""
+    if args.cifar10c_dir is not None:
+        clean = strict_folder_dataset(ImageDataset(args.data_dir), 'clean --data-dir')
+        return clean, Path(args.cifar10c_dir), {'set': shift_set_name(args.cifar10c_dir),
+                                                'folder': str(args.cifar10c_dir)}
+    images, labels, class_names = read_image_folder(args.data_dir, args.image_size)
+    folder = generate_corrupted_set(images, labels, args.cache_dir, seed=args.seed,
+                                    corruptions=args.corruptions or CORRUPTIONS, class_names=class_names,
+                                    source=Path(args.data_dir).name, log=_logger.info)
+    meta = json.loads((folder / META_FILE).read_text())
+    return ImageArrayDataset(images, labels), folder, {'set': meta['name'], 'folder': str(folder),
+                                                       'seed': meta['seed'], 'synthetic': meta['synthetic']}
+
+
+def build_model(args: argparse.Namespace, max_label: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The checkpoint's network with its weights, the training arguments it records, and its name."""
+    checkpoint = load_training_checkpoint(args.checkpoint, '--checkpoint')
+    run = vars(checkpoint['args']) if isinstance(checkpoint.get('args'), argparse.Namespace) else {}
+    name = args.model or checkpoint.get('arch') or run.get('model')
+    if not name:
+        raise ValueError(f'--checkpoint {args.checkpoint} names no architecture: give --model NAME.')
+    num_classes = args.num_classes or run.get('num_classes') or max_label + 1
+    if max_label >= num_classes:
+        raise ValueError(f'the images have label {max_label}, but the model has {num_classes} classes.')
+    model = create_model(name, num_classes=num_classes, **(run.get('model_kwargs') or {}))
+    key = 'state_dict_ema' if args.use_ema else 'state_dict'
+    if key not in checkpoint:
+        raise ValueError(f'--checkpoint {args.checkpoint} has no {key} (--use-ema needs EMA weights).')
+    try:
+        model.load_state_dict(clean_state_dict(checkpoint[key]))
+    except RuntimeError as error:
+        raise ValueError(f'--checkpoint {args.checkpoint} does not fit {name} with {num_classes} classes: '
+                         f'{str(error).splitlines()[0]}') from None
+    return model, run, name
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Check, prepare the sets (generating when asked), evaluate every (corruption, severity), write the report."""
+    check_args(args)
+    clean, folder, described = prepare_sets(args)
+    if args.generate_only:
+        _logger.info(f'{described["set"]} written to {folder}')
+        return described
+    # the benchmark's 15 (the release's 4 extras are left out, so the means are the benchmark's)
+    corruptions = args.corruptions or [name for name in available_corruptions(folder) if name in CORRUPTIONS]
+    if len(corruptions) < len(CORRUPTIONS):
+        _logger.warning(f'evaluating {len(corruptions)} of the {len(CORRUPTIONS)} corruptions: the means are over '
+                        'those only.')
+    cells = {(name, severity): load_corrupted(folder, name, severity)
+             for name in corruptions for severity in args.severities}  # every file checked before the model runs
+    max_label = max([int(dataset_targets(clean).max())] + [int(np.max(ds.targets)) for ds in cells.values()])
+    device = torch.device(args.device)
+    model, run, model_name = build_model(args, max_label)
+    model = model.to(device).eval()
+    data_config = resolve_data_config({key: run.get(key) for key in ('input_size', 'img_size', 'crop_pct', 'mean',
+                                                                     'std', 'interpolation')}, model=model)
+
+    def logits_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = create_eval_loader(_subsample(dataset, args.num_samples), data_config, batch_size=args.batch_size,
+                                    num_workers=args.workers, device=device)
+        return predict(model, loader, device=device)
+
+    clean_logits, clean_targets = logits_of(clean)
+    shifted: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for (name, severity), dataset in cells.items():
+        _logger.info(f'{name} severity {severity}: {len(dataset)} images')
+        shifted.setdefault(name, {})[severity] = logits_of(dataset)
+    report = {**described, 'model': model_name, 'checkpoint': Path(args.checkpoint).name,
+              'num_samples': {'clean': len(clean_targets),
+                              'per_set': len(next(iter(next(iter(shifted.values())).values()))[1])},
+              **shift_report(clean_logits, clean_targets, shifted, num_bins=args.num_bins)}
+    text = json.dumps(report, indent=2, allow_nan=False) + '\n'
+    if args.output_json:
+        atomic_write_text(args.output_json, text)
+    else:
+        print(text, end='')
+    if args.plot:
+        from cfl_timm.plotting import plot_shift
+        plot_shift(report, args.plot, title=f'{described["set"]}: {model_name}')
+    return report
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    return run_cli(get_args_parser(), main, argv)
+
+
+if __name__ == '__main__':
+    cli()
