@@ -217,6 +217,7 @@ def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, *,
     return result
 
 
+@arg_types.converter
 def posthoc_list(text: str) -> list[str]:
     """argparse type of ``--posthoc``: comma-separated names from :data:`POSTHOC_METHODS`, repeats dropped."""
     names = [name.strip() for name in text.split(',') if name.strip()]
@@ -227,6 +228,7 @@ def posthoc_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+@arg_types.converter
 def _ood_entry(text: str) -> tuple[str, str]:
     name, sep, path = text.partition('=')
     if not sep or not name or not path:
@@ -234,6 +236,7 @@ def _ood_entry(text: str) -> tuple[str, str]:
     return name, path
 
 
+@arg_types.converter
 def bootstrap_count(text: str) -> int:
     """argparse type of ``--bootstrap``: 0 (no intervals) or a resample count >= 2."""
     try:
@@ -245,6 +248,7 @@ def bootstrap_count(text: str) -> int:
     return value
 
 
+@arg_types.converter
 def _positive(text: str) -> int:
     try:
         value = int(text)

@@ -11,9 +11,24 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-__all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'at_least_one', 'crop_fraction', 'existing_file',
-           'finite_float', 'fraction', 'integer', 'non_negative_float', 'non_negative_int', 'positive_float',
-           'positive_int', 'probability', 'relative_name', 'run_cli', 'seed', 'writable_folder']
+from timm.utils import ParseKwargs
+
+__all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'KeyValueArgs', 'at_least_one', 'converter',
+           'crop_fraction', 'existing_file', 'finite_float', 'fraction', 'integer', 'non_negative_float',
+           'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name', 'run_cli', 'seed',
+           'writable_folder']
+
+# Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
+# any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
+CONVERTERS: set[Callable[[Any], Any]] = set()
+
+
+def converter(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Register ``function`` as an argparse ``type=`` converter: it returns the value or raises
+    ``argparse.ArgumentTypeError`` saying what is valid."""
+    CONVERTERS.add(function)
+    return function
+
 
 SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
 # timm's resize interpolation names for --interpolation ('' = the model's own).
@@ -41,11 +56,13 @@ def _int(value: Any) -> int:
         raise argparse.ArgumentTypeError(f'expected an integer, got {value!r}') from None
 
 
+@converter
 def finite_float(value: Any) -> float:
     """A finite float (no nan, no inf)."""
     return _float(value)
 
 
+@converter
 def probability(value: Any) -> float:
     """A probability in [0, 1]."""
     number = _float(value)
@@ -54,6 +71,7 @@ def probability(value: Any) -> float:
     return number
 
 
+@converter
 def integer(value: Any) -> int:
     """Any integer (its range is checked where the value is used, e.g. by a loss factory)."""
     return _int(value)
@@ -66,11 +84,13 @@ def _between(number, low: float, high: float, low_open: bool, high_open: bool):
     return number
 
 
+@converter
 def fraction(value: Any) -> float:
     """A rate in [0, 1): dropout, drop-path, label smoothing."""
     return _between(_float(value), 0.0, 1.0, low_open=False, high_open=True)
 
 
+@converter
 def crop_fraction(value: Any) -> float:
     """A crop fraction in (0, 1]."""
     return _between(_float(value), 0.0, 1.0, low_open=True, high_open=False)
@@ -82,31 +102,37 @@ def _at_least(number, low, strict: bool, kind: str = ''):
     return number
 
 
+@converter
 def positive_float(value: Any) -> float:
     """A finite float > 0."""
     return _at_least(_float(value), 0, strict=True)
 
 
+@converter
 def non_negative_float(value: Any) -> float:
     """A finite float >= 0."""
     return _at_least(_float(value), 0, strict=False)
 
 
+@converter
 def positive_int(value: Any) -> int:
     """An integer >= 1."""
     return _at_least(_int(value), 1, strict=False, kind='an integer ')
 
 
+@converter
 def non_negative_int(value: Any) -> int:
     """An integer >= 0."""
     return _at_least(_int(value), 0, strict=False, kind='an integer ')
 
 
+@converter
 def at_least_one(value: Any) -> float:
     """A finite float >= 1 (an imbalance ratio, a multiplier that never shrinks)."""
     return _at_least(_float(value), 1, strict=False)
 
 
+@converter
 def seed(value: Any) -> int:
     """A random seed numpy accepts: an integer in [0, 2**32 - 1]."""
     number = _int(value)
@@ -115,6 +141,7 @@ def seed(value: Any) -> int:
     return number
 
 
+@converter
 def existing_file(value: Any) -> str:
     """The path of an existing file ('' = none given)."""
     path = str(value)
@@ -123,6 +150,7 @@ def existing_file(value: Any) -> str:
     return path
 
 
+@converter
 def writable_folder(value: Any) -> str:
     """A folder that exists and is writable, or can be created: its nearest existing ancestor is a writable
     folder ('' = the default)."""
@@ -142,6 +170,7 @@ def writable_folder(value: Any) -> str:
     return path
 
 
+@converter
 def relative_name(value: Any) -> str:
     """A relative folder name that stays inside its parent (no absolute path, no '..')."""
     name = str(value)
@@ -169,10 +198,6 @@ class Ascending(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-# Every converter a numeric or path flag may be declared with (tests/test_cli_fuzz.py holds every parser to it).
-CONVERTERS = (at_least_one, crop_fraction, existing_file, finite_float, fraction, integer, non_negative_float,
-              non_negative_int, positive_float, positive_int, probability, relative_name, seed, writable_folder)
-
 
 def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
             argv: Optional[Sequence[str]] = None) -> Any:
@@ -183,3 +208,14 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
         return main(args)
     except ValueError as error:
         parser.error(' '.join(str(error).split()))
+
+
+class KeyValueArgs(ParseKwargs):
+    """timm's ``ParseKwargs`` (``key=value`` pairs, values read as Python literals, else strings), with an item
+    lacking ``=`` reported as a usage error instead of a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values:
+            if item and '=' not in item:
+                parser.error(f'{option_string}: expected key=value, got {item!r}')
+        super().__call__(parser, namespace, values, option_string)

@@ -35,7 +35,6 @@ from typing import Any, Optional
 import torch
 import yaml
 from timm.models import is_model
-from timm.utils import ParseKwargs
 
 from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
 from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
@@ -50,6 +49,7 @@ from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .arg_types import (
     INTERPOLATIONS,
     Ascending,
+    KeyValueArgs,
     at_least_one,
     crop_fraction,
     existing_file,
@@ -69,7 +69,7 @@ from .input_checks import check_file_args, check_name_args, check_number_args, c
 from .loggers import check_logger_extras
 
 __all__ = [
-    'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES', 'KeyValueArgs',
+    'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES',
     'add_augmentation_args', 'add_batchnorm_args', 'add_cyclical_args', 'add_dataset_args', 'add_device_args',
     'add_ema_args', 'add_loss_args', 'add_misc_args', 'add_model_args', 'add_optimizer_args',
     'add_scheduler_args', 'add_subset_args', 'add_train_args', 'both_spellings', 'check_args', 'load_config',
@@ -127,17 +127,6 @@ class TrainArgumentParser(argparse.ArgumentParser):
                     self.error(f'unrecognized argument {flag}; did you mean {suggestion}?')
             self.error(f'unrecognized arguments: {" ".join(extras)}')
         return args
-
-
-class KeyValueArgs(ParseKwargs):
-    """timm's ``ParseKwargs`` (``key=value`` pairs, values read as Python literals, else strings), with an item
-    lacking ``=`` reported as a usage error instead of a traceback."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        for item in values:
-            if item and '=' not in item:
-                parser.error(f'{option_string}: expected key=value, got {item!r}')
-        super().__call__(parser, namespace, values, option_string)
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ from typing import Optional
 
 import torch
 from timm.models import is_model
-from timm.utils import ParseKwargs
 
 from cfl_timm.data import MAX_TTA_VIEWS, digits_split, is_digits_dataset, is_image_folder_name
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
@@ -20,6 +19,7 @@ from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posth
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
 from cfl_timm.training.arg_types import (
     INTERPOLATIONS,
+    KeyValueArgs,
     crop_fraction,
     finite_float,
     non_negative_int,
@@ -69,7 +69,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                        help='number of classes (default: the checkpoint run, else the dataset)')
     group.add_argument('--gp', default=None, metavar='POOL', help='global pool type (model default if unset)')
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model kwargs')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs, help='extra model kwargs')
     group.add_argument('--reparam', action='store_true', help='reparameterize the model (timm)')
     group.add_argument('--test-pool', action='store_true', help='test-time pooling (timm apply_test_time_pool)')
     group.add_argument('--valid-labels', default='', metavar='FILENAME',
@@ -304,7 +304,8 @@ def check_args(args: argparse.Namespace) -> None:
     root = _data_root(args)
     if is_image_folder_name(args.dataset):
         if not root or not Path(root).exists():
-            raise ValueError(f'dataset folder not found: {root!r} (give --data-dir DIR with DIR/<split>/<class>/).')
+            raise ValueError(f'dataset folder not found: {root!r} (--dataset {args.dataset!r} reads an image folder: '
+                             'give --data-dir DIR with DIR/<split>/<class>/).')
     check_calibration_args(args, resolve_split(args, args.split, '--split'))
     if args.ood_data_dir is not None and not Path(args.ood_data_dir).is_dir():
         raise ValueError(f'--ood-data-dir not found: {args.ood_data_dir}')
