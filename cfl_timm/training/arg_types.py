@@ -14,7 +14,7 @@ from typing import Any, Optional
 from timm.utils import ParseKwargs
 
 __all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'KeyValueArgs', 'at_least_one', 'converter',
-           'crop_fraction', 'existing_file', 'finite_float', 'fraction', 'integer', 'non_negative_float',
+           'crop_fraction', 'existing_file', 'finite_float', 'fraction', 'int_in', 'integer', 'non_negative_float',
            'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name', 'run_cli', 'seed',
            'writable_folder']
 
@@ -82,6 +82,15 @@ def _between(number, low: float, high: float, low_open: bool, high_open: bool):
         raise argparse.ArgumentTypeError(f'must be in {"(" if low_open else "["}{low:g}, {high:g}'
                                          f'{")" if high_open else "]"}, got {number:g}')
     return number
+
+
+def int_in(low: int, high: int, name: str) -> Callable[[Any], int]:
+    """A registered converter to an integer in [low, high], named ``name`` (for messages about config values)."""
+    def convert(value: Any) -> int:
+        return _between(_int(value), low, high, low_open=False, high_open=False)
+    convert.__name__ = name
+    convert.__doc__ = f'An integer in [{low}, {high}].'
+    return converter(convert)
 
 
 @converter

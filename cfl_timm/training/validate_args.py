@@ -22,6 +22,7 @@ from cfl_timm.training.arg_types import (
     KeyValueArgs,
     crop_fraction,
     finite_float,
+    int_in,
     non_negative_int,
     positive_float,
     positive_int,
@@ -118,7 +119,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--metrics-avg', default=None, choices=('micro', 'macro', 'weighted'),
                        help='also report precision, recall and F1 with this averaging (needs scikit-learn)')
     group = parser.add_argument_group('Test-time augmentation')
-    group.add_argument('--tta', type=positive_int, default=1, metavar='N',
+    group.add_argument('--tta', type=int_in(1, MAX_TTA_VIEWS, 'tta_views'), default=1, metavar='N',
                        help=f'average the softmax over N deterministic views (1-{MAX_TTA_VIEWS}: identity, '
                             'horizontal flip, then flips x shifts); reported next to the plain metrics')
     group.add_argument('--tta-shift', type=positive_int, default=2, metavar='PX',
@@ -273,8 +274,6 @@ def check_calibration_args(args: argparse.Namespace, evaluated: str) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """ValueError / ImportError for bad input, before any model or image is loaded."""
     check_mean_std(args)  # a single flag's range is its declaration's (cfl_timm.training.arg_types)
-    if not 1 <= args.tta <= MAX_TTA_VIEWS:
-        raise ValueError(f'--tta must be in [1, {MAX_TTA_VIEWS}] views, got {args.tta}.')
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
                    '--tf-preprocessing': (args.tf_preprocessing, 'TensorFlow preprocessing is not supported'),
                    '--real-labels': (args.real_labels, 'ImageNet ReaL labels are not supported'),
