@@ -248,17 +248,6 @@ def bootstrap_count(text: str) -> int:
     return value
 
 
-@arg_types.converter
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}.')
-    return value
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m cfl_timm.evaluate', allow_abbrev=False,
@@ -272,7 +261,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--bootstrap', type=bootstrap_count, default=0, metavar='B',
                         help='bootstrap resamples for 95%% intervals (0: none, else >= 2)')
     parser.add_argument('--seed', type=arg_types.seed, default=0, help='seed of the bootstrap resampling')
-    parser.add_argument('--num-bins', type=_positive, default=15, help='equal-width bins of the binned metrics')
+    parser.add_argument('--num-bins', type=arg_types.positive_int, default=15,
+                        help='equal-width bins of the binned metrics')
     parser.add_argument('--output-json', metavar='PATH', help='write the results here (atomically)')
     parser.add_argument('--plot-dir', metavar='DIR', help=f'draw {" and ".join(PLOT_FILES.values())} into DIR '
                         '(reliability diagrams before / after each --posthoc method, risk-coverage curves)')

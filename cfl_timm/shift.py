@@ -44,7 +44,7 @@ from cfl_timm.data.cifar10c import META_FILE
 from cfl_timm.files import atomic_write_text
 from cfl_timm.metrics import shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
-from cfl_timm.training.arg_types import non_negative_int, positive_int, run_cli, seed
+from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, run_cli, seed
 
 __all__ = ['cli', 'get_args_parser', 'main']
 
@@ -64,7 +64,7 @@ def _name_list(choices: Sequence) -> Any:
             raise argparse.ArgumentTypeError(f'expected a comma-separated list from {",".join(map(str, choices))}, '
                                              f'got {text!r}.')
         return list(dict.fromkeys(values))
-    return parse
+    return converter(parse)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -132,7 +132,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.checkpoint or not Path(args.checkpoint).is_file():
         raise ValueError(f'--checkpoint not found: {args.checkpoint!r} (needed unless --generate-only).')
     if args.model is not None and not is_model(args.model):
-        raise ValueError(f"unknown timm model '{args.model}' (see timm.list_models()).")
+        raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")
     for flag, path, suffix in (('--output-json', args.output_json, '.json'), ('--plot', args.plot, '.png')):
         if path and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
             raise ValueError(f'{flag} {path}: give a file path ending in {suffix}.')

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from cfl_timm.training import arg_types
 
@@ -81,10 +82,56 @@ def _validate_base(tmp: Path) -> list[str]:
             '--output-json', str(tmp / 'out' / 'result.json'), '-j', '0', '--no-plot']
 
 
+def _module_parser(module: str) -> Callable[[], argparse.ArgumentParser]:
+    def parser() -> argparse.ArgumentParser:
+        return __import__(module, fromlist=['get_args_parser']).get_args_parser()
+    return parser
+
+
+def _shift_check(argv: list[str]) -> None:
+    from cfl_timm import shift
+    parser = shift.get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        shift.check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def _shift_base(tmp: Path) -> list[str]:
+    (tmp / 'clean').mkdir(exist_ok=True)
+    checkpoint = tmp / 'checkpoint.pth.tar'
+    checkpoint.write_bytes(b'not loaded by the checks')
+    return ['--data-dir', str(tmp / 'clean'), '--cache-dir', str(tmp / 'cache'), '--checkpoint', str(checkpoint),
+            '--output-json', str(tmp / 'shift.json')]
+
+
+def _evaluate_check(argv: list[str]) -> None:
+    from cfl_timm import evaluate  # the whole command: loading the small files is its check stage
+    evaluate.cli(argv)
+
+
+def _evaluate_base(tmp: Path) -> list[str]:
+    from cfl_timm.files import atomic_write_bytes
+    from cfl_timm.metrics import save_logits_npz
+    path = tmp / 'test.npz'
+    if not path.exists():
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn(40, 3, generator=generator)
+        targets = torch.randint(0, 3, (40,), generator=generator)
+        data = save_logits_npz(logits, targets, ['a', 'b', 'c'], split='test')
+        atomic_write_bytes(path, lambda f: f.write(data))
+    return ['--logits', str(path), '--output-json', str(tmp / 'evaluate.json')]
+
+
 ENTRIES = {
     'train.py': Entry('train.py', _train_parser, _train_check,
                       lambda tmp: [*DIGITS, '--output', str(tmp / 'out'), '--experiment', 'run', '-j', '0']),
     'validate.py': Entry('validate.py', _validate_parser, _validate_check, _validate_base),
+    'python -m cfl_timm.shift': Entry('python -m cfl_timm.shift', _module_parser('cfl_timm.shift'), _shift_check,
+                                      _shift_base),
+    'python -m cfl_timm.evaluate': Entry('python -m cfl_timm.evaluate', _module_parser('cfl_timm.evaluate'),
+                                         _evaluate_check, _evaluate_base),
 }
 
 
