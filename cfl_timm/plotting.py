@@ -290,9 +290,10 @@ def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Se
 
 def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
                          labels: Optional[Sequence[str]] = None) -> Path:
-    """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
-    threshold on a second axis, logarithmic, or symlog when eta reaches 0, when they span more than a factor 50)
-    against the epoch, for one or several runs, as one PNG.
+    """Loss, top-1 (evaluation, training and held-out split when recorded), ECE and its temperature-scaled twin
+    (NLL and its twin on a second axis) and the learning rate (eta, weight decay, temperature and clip threshold
+    on a second axis, logarithmic, or symlog when eta reaches 0, when they span more than a factor 50) against the
+    epoch, for one or several runs, as one PNG.
 
     Args:
         summaries: ``summary.csv`` files or train.py run folders holding one.
