@@ -154,3 +154,36 @@ def test_run_without_holdout_says_what_it_cannot_record(tmp_path, caplog, run_pi
     written, skipped = plot_run(run_dir)  # what the run would have drawn: no evidence picture for CE, and why
     assert sorted(p.name for p in written) == ['curves.png', 'ece_vs_accuracy.png']
     assert len(skipped) == 1 and skipped[0].startswith('evidence.png not drawn: no evidence_* values')
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(64, 6, generator=generator), torch.randint(0, 6, (64,), generator=generator)
+
+
+def _two_rank_evidence(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        criterion = create_loss(name='safcl')
+        recorder = TrainingEvidence(criterion, torch.device('cpu'))
+        logits, target = _batch()
+        shard = slice(0, 24) if rank == 0 else slice(24, 64)  # unequal shards: the means are sample-weighted
+        criterion(logits[shard], target[shard])
+        torch.save(recorder.compute(), f'{out_dir}/rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_reports_the_epoch_over_all_ranks(tmp_path):
+    # fork: the children skip re-importing train.py and timm (CPU only, no CUDA state to inherit).
+    torch.multiprocessing.start_processes(_two_rank_evidence, args=(str(tmp_path / 'init'), str(tmp_path)),
+                                          nprocs=2, start_method='fork')
+    results = [torch.load(tmp_path / f'rank{rank}.pt') for rank in range(2)]
+    criterion = create_loss(name='safcl')
+    recorder = TrainingEvidence(criterion, torch.device('cpu'))
+    criterion(*_batch())  # one process, all 64 samples
+    expected = recorder.compute()
+    assert results[0] == results[1]
+    assert results[0] == pytest.approx(expected, rel=1e-12)

@@ -160,7 +160,7 @@ class TrainingEvidence:
             evidence = loss_evidence(self.criterion, logits, target) if self.keys else None
             if evidence is not None:
                 sums[2] += target.shape[0]
-                sums[3:] += torch.stack([evidence[key].sum().double() for key in self.keys]).to(sums.device)
+                sums[3:] += torch.stack([evidence[key].double().sum() for key in self.keys]).to(sums.device)
 
     def compute(self) -> dict[str, Optional[float]]:
         """The epoch's values over all ranks (call on every rank): ``train_top1`` in percent and ``evidence_<key>``
