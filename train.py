@@ -76,6 +76,7 @@ from cfl_timm.files import (
     atomic_write_text,
     trim_jsonl,
 )
+from cfl_timm.plotting import plot_run
 from cfl_timm.training import (
     AtomicCheckpointSaver,
     CountingScaler,
@@ -111,6 +112,7 @@ from cfl_timm.training.args import (
     loss_name,
     mixup_active,
 )
+from cfl_timm.training.evidence import TrainingEvidence
 from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
@@ -120,8 +122,12 @@ _logger = logging.getLogger('train')
 ADAFOCAL_BINS_FILE = 'adafocal_bins.jsonl'
 # With --holdout: T fitted on the held-out split each evaluated epoch, and the evaluation split's metrics after
 # dividing its logits by T (summary.csv columns, after the held-out metrics).
-TEMPERATURE_SCALED_METRICS = ('nll', 'ece', 'brier')
+TEMPERATURE_SCALED_METRICS = ('nll', 'ece', 'adaptive_ece', 'classwise_ece', 'brier')
 HOLDOUT_TS_COLUMNS = ('holdout_temperature', *(f'eval_{key}_ts' for key in TEMPERATURE_SCALED_METRICS))
+# Beside the default columns: the training pass's top-1 and the epoch's wall time, and the evaluation split's
+# metrics whose temperature-scaled twins the held-out columns add (raw and scaled side by side).
+EPOCH_COLUMNS = ('train_top1', 'epoch_time', 'eval_adaptive_ece', 'eval_classwise_ece', 'eval_brier')
+HOLDOUT_EXTRA_COLUMNS = ('holdout_adaptive_ece', 'holdout_classwise_ece')
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """timm's training flags (names, meanings, defaults) plus the cyclical focal loss / training flags.
@@ -194,6 +200,7 @@ class TrainContext:
         loader_holdout: This rank's shard of the held-out calibration split (eval transforms), or None.
         holdout_size: Number of held-out images (all ranks together), 0 without ``--holdout``.
         holdout_record: What identifies the held-out images (written to the run folder for validate.py), or None.
+        evidence: Records top-1 on the training batches and the loss's evidence terms (a hook on ``criterion``).
     """
 
     args: argparse.Namespace
@@ -212,6 +219,7 @@ class TrainContext:
     loader_holdout: Any = None
     holdout_size: int = 0
     holdout_record: Optional[HoldoutRecord] = None
+    evidence: Optional[TrainingEvidence] = None
 
     @property
     def device(self) -> torch.device:
@@ -250,12 +258,15 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
         raise
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if proc.is_primary:
+        log_unrecorded(ctx)
     eval_metrics: dict[str, float] = {}
     train_speed: list[float] = []
     try:
         if args.log_shard_indices:
             _log_shard_indices(loader_train, run.output_dir, run.start_epoch, proc.is_primary)
         for epoch in range(run.start_epoch, ctx.num_epochs):
+            epoch_start = time.perf_counter()
             used = start_epoch(ctx, loader_train, epoch)
             train_metrics = train_one_epoch(ctx, loader_train, epoch, run,
                                             on_update=holdout_update_hook(ctx, run, epoch))
@@ -279,11 +290,15 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
                 holdout = evaluate_holdout(ctx, eval_model, run, epoch, update=holdout_update_every(ctx) == -1)
                 eval_metrics.update(holdout_metrics(ctx, holdout, evaluation))
             ctx.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+            # Training pass plus evaluations (the checkpoint writes after it are not counted).
+            train_metrics['epoch_time'] = time.perf_counter() - epoch_start
             if proc.is_primary:
                 record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
                 run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
     finally:
         run.close()
+    if proc.is_primary and not args.no_plots:
+        draw_run_pictures(run.output_dir)
     if proc.is_primary and run.saver is not None:
         if run.saver.checkpoint_files:
             _logger.info(run.saver.checkpoints_summary())
@@ -291,6 +306,33 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
             _logger.info(f'*** Best metric: {run.saver.best_metric} (epoch {run.saver.best_epoch})')
     return {'output_dir': str(run.output_dir), 'eval_metrics': eval_metrics, 'num_epochs': ctx.num_epochs,
             'train_images_per_second': train_speed}
+
+
+def log_unrecorded(ctx: TrainContext) -> None:
+    """Say which per-epoch values this run cannot record, and why (instead of empty columns nobody explains)."""
+    if ctx.loader_holdout is None:
+        _logger.info('No --holdout: the held-out metrics and the temperature-scaled twins (eval_*_ts) are not '
+                     'recorded; T must be fitted on a split other than the one it is measured on (--holdout N).')
+    if not ctx.evidence.keys:
+        _logger.info(f'The loss {type(ctx.criterion).__name__} has no evidence terms (focal / Brier / gate / p_t): no '
+                     'evidence_* columns.')
+    if ctx.mixup_fn is not None:
+        _logger.info('Mixup/CutMix: the training targets are soft (timm\'s Mixup returns them for every batch), so '
+                     'train_top1 and the loss evidence are not recorded (empty columns).')
+
+
+def draw_run_pictures(output_dir: Path) -> None:
+    """The run's pictures from its summary.csv (:func:`cfl_timm.plotting.plot_run`); each one not drawn is logged
+    with its reason, and a missing matplotlib is a warning (the training is done), never an error."""
+    try:
+        written, skipped = plot_run(output_dir)
+    except ImportError as e:
+        _logger.warning(f'{e} The run\'s pictures are not drawn (--no-plots skips them).')
+        return
+    for line in skipped:
+        _logger.info(line)
+    if written:
+        _logger.info(f'Pictures: {", ".join(path.name for path in written)} in {output_dir}.')
 
 
 def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainContext, Any, Any, dict[str, Any]]:
@@ -320,6 +362,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     # task's trainable module (feature distillation adds a projection to train).
     num_epochs = scheduled_epochs(sched_kwargs, updates_per_epoch)
     criterion = build_train_criterion(args, num_epochs, mixup_fn is not None)
+    evidence = TrainingEvidence(criterion, proc.device)  # hooked before any compile, for the whole run
     task = build_task(args, model, criterion, proc)
     opt_cfg = argparse.Namespace(**{**vars(args), 'lr': lr, 'opt_args': args.opt_kwargs or None})
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=opt_cfg))
@@ -343,7 +386,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     ctx = TrainContext(
         args=args, proc=proc, model=model, task=task, optimizer=optimizer, lr_scheduler=lr_scheduler,
         criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
-        num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
+        num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, evidence=evidence)
     if dataset_holdout is not None:
         ctx.holdout_size = len(dataset_holdout)
         ctx.holdout_record = HoldoutRecord(  # indices into the training split as read with evaluation transforms
@@ -501,7 +544,8 @@ def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: di
     row = {
         'epoch': epoch, 'train_loss': train_metrics['loss'], 'eval_loss': eval_metrics['loss'],
         'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'], 'lr': lr,
-        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra}
+        'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra,
+        **{f'eval_{key}': eval_metrics[key] for key in ('adaptive_ece', 'classwise_ece', 'brier')}}
     run.summary.append(row)
     run.writers.log(row, step=epoch)
     run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric])
@@ -527,6 +571,7 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int, run: Optional[RunFile
     sample_count = torch.zeros((), dtype=torch.float64, device=device)
     num_updates = epoch * ctx.updates_per_epoch
     skipped_before = ctx.loss_scaler.skipped_steps if ctx.loss_scaler is not None else 0
+    ctx.evidence.reset()
     start = time.perf_counter()
     optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
@@ -580,7 +625,8 @@ def train_one_epoch(ctx: TrainContext, loader, epoch: int, run: Optional[RunFile
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)
         dist.all_reduce(sample_count)
-    metrics = {'loss': (loss_sum / sample_count.clamp_min(1)).item(), 'images_per_second': images_per_second}
+    metrics = {'loss': (loss_sum / sample_count.clamp_min(1)).item(), 'images_per_second': images_per_second,
+               **ctx.evidence.compute()}
     if ctx.loss_scaler is not None:
         metrics['skipped_steps'] = ctx.loss_scaler.skipped_steps - skipped_before
         if metrics['skipped_steps'] and ctx.proc.is_primary:
@@ -864,13 +910,16 @@ def evaluate_holdout(ctx: TrainContext, model: nn.Module, run: RunFiles, epoch: 
 
 
 def holdout_metrics(ctx: TrainContext, holdout: EvalResult, evaluation: EvalResult) -> dict[str, float]:
-    """The epoch's held-out columns: the held-out split's top-1, NLL and ECE, the temperature T fitted on its logits
-    (Guo et al. 2017, NLL over log T with LBFGS; the test split is never used), and the evaluation split's metrics
-    after temperature scaling, from its logits divided by T (the same T on every rank)."""
+    """The epoch's held-out columns: the held-out split's top-1, NLL, ECE, adaptive and classwise ECE, the
+    temperature T fitted on its logits (Guo et al. 2017, NLL over log T with LBFGS; the test split is never used),
+    and the evaluation split's metrics after temperature scaling, from its logits divided by T (the same T on every
+    rank). T is fitted on the held-out split and measured on the evaluation split only: no ``*_ts`` value is scored
+    on the logits it was fitted on."""
     temperature, scaled = evaluate_temperature_scaled(holdout.logits, holdout.target, evaluation.logits,
                                                       evaluation.target, ctx.num_classes, split='holdout')
-    return {'holdout_top1': holdout.metrics['top1'], 'holdout_nll': holdout.metrics['nll'],
-            'holdout_ece': holdout.metrics['ece'], 'holdout_temperature': temperature,
+    held_out = (*HOLDOUT_METRICS, *HOLDOUT_EXTRA_COLUMNS)
+    return {**{key: holdout.metrics[key.removeprefix('holdout_')] for key in held_out},
+            'holdout_temperature': temperature,
             **{f'eval_{key}_ts': scaled.metrics[key] for key in TEMPERATURE_SCALED_METRICS}}
 
 
@@ -893,10 +942,14 @@ def checkpoint_metric_decreasing(args: argparse.Namespace) -> bool:
 
 
 def summary_columns(ctx: TrainContext) -> tuple[str, ...]:
-    """summary.csv's columns: the default set, plus the held-out metrics with the temperature-scaled evaluation
-    metrics (``--holdout``) and the scaler's skipped steps when on."""
-    extra = tuple(HOLDOUT_METRICS) + HOLDOUT_TS_COLUMNS if ctx.loader_holdout is not None else ()
-    return SUMMARY_COLUMNS + extra + (('skipped_steps',) if ctx.loss_scaler is not None else ())
+    """summary.csv's columns: the default set, the epoch's training top-1, wall time and further evaluation metrics,
+    the loss's evidence terms (when it has them), the held-out metrics with the temperature-scaled evaluation metrics
+    (``--holdout``) and the scaler's skipped steps when on."""
+    holdout = tuple(HOLDOUT_METRICS) + HOLDOUT_EXTRA_COLUMNS + HOLDOUT_TS_COLUMNS if ctx.loader_holdout is not None \
+        else ()
+    evidence = ctx.evidence.columns()[1:] if ctx.evidence is not None else ()
+    return (SUMMARY_COLUMNS + EPOCH_COLUMNS + evidence + holdout
+            + (('skipped_steps',) if ctx.loss_scaler is not None else ()))
 
 
 def refuse_unresumed_run(output_dir: Path, in_use: list[str], resume: str) -> None:

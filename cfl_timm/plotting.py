@@ -11,6 +11,7 @@ picture is drawn. Command line::
 
     python -m cfl_timm.plotting reliability RUN_DIR [RUN_DIR ...] --epochs 1 5 10 --out evolution.png
     python -m cfl_timm.plotting curves RUN_DIR_OR_SUMMARY_CSV [...] --out curves.png
+    python -m cfl_timm.plotting run RUN_DIR        # the pictures train.py draws at the end of a run, again
 
 ``RUN_DIR`` is a train.py output folder (its ``reliability.jsonl`` / ``summary.csv``).
 """
@@ -26,15 +27,15 @@ from typing import Any, Optional
 from cfl_timm.files import atomic_write_bytes, read_summary
 from cfl_timm.files import read_reliability_log as read_reliability_records
 
-__all__ = ['plot_prediction_grid', 'plot_reliability_diagrams', 'plot_reliability_evolution', 'plot_risk_coverage',
-           'plot_shift',
-           'plot_training_curves', 'require_matplotlib', 'training_curves_figure']
+__all__ = ['RUN_PICTURES', 'plot_ece_vs_accuracy', 'plot_prediction_grid', 'plot_reliability_diagrams',
+           'plot_reliability_evolution', 'plot_risk_coverage', 'plot_run', 'plot_shift', 'plot_training_curves',
+           'plot_training_evidence', 'require_matplotlib', 'training_curves_figure']
 
 # summary.csv columns drawn by plot_training_curves: (panel title, columns, second-axis columns).
 _CURVE_PANELS = (
     ('loss', ('train_loss', 'eval_loss'), ()),
-    ('top-1 (%)', ('eval_top1',), ()),
-    ('calibration', ('eval_ece',), ('eval_nll',)),
+    ('top-1 (%)', ('eval_top1', 'train_top1', 'holdout_top1'), ()),
+    ('calibration', ('eval_ece', 'eval_ece_ts'), ('eval_nll', 'eval_nll_ts')),
     ('schedules', ('lr',), ('eta', 'weight_decay', 'temperature', 'clip_grad')),
 )
 
@@ -238,10 +239,11 @@ def _set_schedule_scale(axis, values: Sequence[float]) -> None:
     axis.set_ylim(0, max(positive) * 2)
 
 
-def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Sequence[str]] = None):
-    """The matplotlib figure of :func:`plot_training_curves` (for callers that inspect or restyle it)."""
+def _summary_runs(summaries: Sequence[os.PathLike], labels: Optional[Sequence[str]],
+                  what: str) -> list[tuple[str, dict[str, list[float]]]]:
+    """(label, columns) of each run's summary.csv (run folders or files), with the errors of ``what``."""
     if not summaries:
-        raise ValueError('plot_training_curves needs at least one summary.csv.')
+        raise ValueError(f'{what} needs at least one summary.csv.')
     files = [Path(s) / 'summary.csv' if Path(s).is_dir() else Path(s) for s in summaries]
     for file in files:
         if not file.is_file():
@@ -249,7 +251,12 @@ def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Se
     if labels is not None and len(labels) != len(files):
         raise ValueError(f'{len(labels)} labels for {len(files)} runs.')
     labels = list(labels) if labels is not None else [file.parent.name for file in files]
-    runs = [_read_summary_columns(file) for file in files]
+    return list(zip(labels, [_read_summary_columns(file) for file in files]))
+
+
+def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Sequence[str]] = None):
+    """The matplotlib figure of :func:`plot_training_curves` (for callers that inspect or restyle it)."""
+    labels, runs = zip(*_summary_runs(summaries, labels, 'plot_training_curves'))
     plt = require_matplotlib()
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     styles = ('-', '--', ':', '-.')
@@ -283,9 +290,10 @@ def training_curves_figure(summaries: Sequence[os.PathLike], labels: Optional[Se
 
 def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
                          labels: Optional[Sequence[str]] = None) -> Path:
-    """Loss, top-1, ECE (NLL on a second axis) and the learning rate (eta, weight decay, temperature and clip
-    threshold on a second axis, logarithmic, or symlog when eta reaches 0, when they span more than a factor 50)
-    against the epoch, for one or several runs, as one PNG.
+    """Loss, top-1 (evaluation, training and held-out split when recorded), ECE and its temperature-scaled twin
+    (NLL and its twin on a second axis) and the learning rate (eta, weight decay, temperature and clip threshold
+    on a second axis, logarithmic, or symlog when eta reaches 0, when they span more than a factor 50) against the
+    epoch, for one or several runs, as one PNG.
 
     Args:
         summaries: ``summary.csv`` files or train.py run folders holding one.
@@ -296,6 +304,119 @@ def plot_training_curves(summaries: Sequence[os.PathLike], path: os.PathLike,
         The path written.
     """
     return _save(training_curves_figure(summaries, labels), path)
+
+
+def plot_ece_vs_accuracy(summaries: Sequence[os.PathLike], path: os.PathLike,
+                         labels: Optional[Sequence[str]] = None) -> Path:
+    """ECE against top-1 on the evaluation split, one point per evaluated epoch joined in epoch order (first and
+    last epoch labelled), for one or several runs; with ``--holdout`` also after temperature scaling
+    (``eval_ece_ts``: T fitted on the held-out split), dashed. Lower right is better.
+
+    Args:
+        summaries: ``summary.csv`` files or train.py run folders holding one.
+        path: Output PNG path.
+        labels: One label per run (default: the run folder names).
+
+    Returns:
+        The path written.
+    """
+    runs = _summary_runs(summaries, labels, 'plot_ece_vs_accuracy')
+    for label, run in runs:
+        if 'eval_top1' not in run or 'eval_ece' not in run:
+            raise ValueError(f'{label}: summary.csv has no eval_top1 / eval_ece values.')
+    plt = require_matplotlib()
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    figure, axis = plt.subplots(figsize=(5.6, 4.4))
+    for index, (label, run) in enumerate(runs):
+        color = colors[index % len(colors)]
+        epochs = run.get('epoch', list(range(len(run['eval_top1']))))
+        axis.plot(run['eval_top1'], run['eval_ece'], color=color, marker='o', markersize=3, label=f'{label}: ECE')
+        if 'eval_ece_ts' in run:
+            axis.plot(run['eval_top1'], run['eval_ece_ts'], color=color, marker='x', markersize=3, linestyle='--',
+                      alpha=0.7, label=f'{label}: ECE after TS (T fitted on the held-out split)')
+        for position in sorted({0, len(epochs) - 1}):
+            axis.annotate(f'epoch {int(epochs[position])}', (run['eval_top1'][position], run['eval_ece'][position]),
+                          textcoords='offset points', xytext=(4, 4), fontsize=6, color=color)
+    axis.set_xlabel('top-1 on the evaluation split (%)')
+    axis.set_ylabel('ECE (15 equal-width bins)')
+    axis.set_title('ECE vs accuracy over training', fontsize=10)
+    axis.legend(fontsize=6, loc='best')
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# Evidence panels: (title, columns); summary.csv's evidence_<key> columns (cfl_timm.training.evidence).
+_EVIDENCE_PANELS = (
+    ('loss terms (training-sample means)', ('evidence_focal', 'evidence_brier', 'evidence_gated_brier')),
+    ('gate w and target probability p_t', ('evidence_gate', 'evidence_p_t')),
+)
+
+
+def plot_training_evidence(summaries: Sequence[os.PathLike], path: os.PathLike,
+                           labels: Optional[Sequence[str]] = None) -> Path:
+    """The per-epoch evidence of a focal calibration loss, as the SA-FCL authors plot it: the training-sample means
+    of the focal term, the Brier term B and the gated w * B (left), the gate w and p_t (right), for one or several
+    runs. Losses without the Brier term (focal, FLSD, AdaFocal, dual focal) have the focal term and p_t only.
+
+    Args:
+        summaries: ``summary.csv`` files or train.py run folders holding one.
+        path: Output PNG path.
+        labels: One label per run (default: the run folder names).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: No run has evidence columns (its loss has no evidence terms).
+    """
+    runs = _summary_runs(summaries, labels, 'plot_training_evidence')
+    if not any(key.startswith('evidence_') for _, run in runs for key in run):
+        raise ValueError('no evidence_* values in the summaries: only the focal calibration losses (fcl-ungated, '
+                         'safcl, safcl-nodetach, flsd, adafocal, dual-focal, sym without smoothing) record them.')
+    plt = require_matplotlib()
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    styles = ('-', '--', ':')
+    figure, axes = plt.subplots(1, len(_EVIDENCE_PANELS), figsize=(5.0 * len(_EVIDENCE_PANELS), 3.8), squeeze=False)
+    for axis, (title, keys) in zip(axes[0], _EVIDENCE_PANELS):
+        for index, (label, run) in enumerate(runs):
+            epochs = run.get('epoch', list(range(len(next(iter(run.values()))))))
+            for style, key in zip(styles, keys):
+                if key in run:
+                    axis.plot(epochs, run[key], color=colors[index % len(colors)], linestyle=style, marker='.',
+                              label=f'{label}: {key.removeprefix("evidence_")}')
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel('epoch')
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6, loc='best')
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# The pictures train.py draws into its run folder at the end of a run: file name -> drawing function.
+RUN_PICTURES = {
+    'curves.png': plot_training_curves,
+    'ece_vs_accuracy.png': plot_ece_vs_accuracy,
+    'evidence.png': plot_training_evidence,
+}
+
+
+def plot_run(run_dir: os.PathLike) -> tuple[list[Path], list[str]]:
+    """Draw :data:`RUN_PICTURES` from a run folder's ``summary.csv`` into the folder (each atomically).
+
+    Returns:
+        (the paths written, one line per picture not drawn saying why, e.g. a loss without evidence terms).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    run_dir = Path(run_dir)
+    written, skipped = [], []
+    for name, draw in RUN_PICTURES.items():
+        try:
+            written.append(draw([run_dir], run_dir / name))
+        except ValueError as error:
+            skipped.append(f'{name} not drawn: {error}')
+    return written, skipped
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,6 +521,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     curves.add_argument('runs', nargs='+', metavar='RUN', help='train.py run folders or summary.csv files')
     curves.add_argument('--labels', nargs='+', default=None, metavar='NAME', help='legend labels')
     curves.add_argument('--out', required=True, metavar='PNG', help='output PNG')
+    run = commands.add_parser('run', help="a train.py run's pictures (curves, ECE vs accuracy, evidence) into it")
+    run.add_argument('run_dir', metavar='RUN_DIR', help='train.py run folder (summary.csv)')
     return parser
 
 
@@ -409,6 +532,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     try:
         if args.command == 'reliability':
             written = plot_reliability_evolution(args.runs, args.out, epochs=args.epochs, labels=args.labels)
+        elif args.command == 'run':
+            pictures, skipped = plot_run(args.run_dir)
+            for line in skipped:
+                print(line)
+            if not pictures:
+                raise ValueError(f'no picture drawn in {args.run_dir}.')
+            written = pictures[0].parent
         else:
             written = plot_training_curves(args.runs, args.out, labels=args.labels)
     except (ValueError, ImportError) as error:

@@ -106,6 +106,21 @@ def _temp_folder_inside_basetemp(tmp_path_factory):
     tempfile.tempdir = None
 
 
+@pytest.fixture(autouse=True)
+def _skip_run_pictures(request, monkeypatch):
+    """train.py draws its pictures (curves, ECE vs accuracy, evidence: about a second of matplotlib) at the end of
+    every run. In-process runs of tests that do not ask for the ``run_pictures`` fixture skip that drawing, to keep
+    the suite fast; tests/test_train_evidence.py checks the pictures."""
+    plotting = sys.modules.get('cfl_timm.plotting')  # imported by train.py; not imported here for tests without it
+    if plotting is not None and 'run_pictures' not in request.fixturenames:
+        monkeypatch.setattr(plotting, 'RUN_PICTURES', {})
+
+
+@pytest.fixture
+def run_pictures():
+    """Request it to let train.py draw its run pictures in the test (see ``_skip_run_pictures``)."""
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test, restored after it. On the shared 2-core CI machine thread

@@ -111,7 +111,8 @@ def test_summary_columns_hold_the_scheduled_values(tmp_path):
     _, run_dir = _run(tmp_path, *argv)
     rows = _summary(run_dir)
     assert list(rows[0]) == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'eval_nll',
-                             'eval_ece', 'eta', 'weight_decay', 'temperature', 'clip_grad']
+                             'eval_ece', 'eta', 'weight_decay', 'temperature', 'clip_grad', 'train_top1',
+                             'epoch_time', 'eval_adaptive_ece', 'eval_classwise_ece', 'eval_brier']
     assert len(rows) == epochs + cooldown
     for row in rows:
         eta = cyclical_eta(int(row['epoch']), epochs + cooldown, factor)

@@ -1,6 +1,6 @@
 """train.py --holdout N: temperature scaling fitted on the held-out split each evaluated epoch, and the evaluation
-split's metrics after scaling (summary.csv's holdout_temperature, eval_nll_ts, eval_ece_ts, eval_brier_ts), checked
-against an independent fit on the reloaded last checkpoint; no such column without --holdout; under
+split's metrics after scaling (summary.csv's holdout_temperature and eval_{nll,ece,adaptive_ece,classwise_ece,
+brier}_ts), checked against an independent fit on the reloaded last checkpoint; no such column without --holdout; under
 torch.distributed every rank scores with rank 0's T."""
 import csv
 
@@ -14,7 +14,8 @@ from cfl_timm.training import ProcessInfo, evaluate_temperature_scaled, predict
 
 DIGITS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-j', '0',
           '--warmup-epochs', '0', '--log-interval', '1000', '-b', '32', '--train-size-mode', 'stratified']
-TS_COLUMNS = ('holdout_temperature', 'eval_nll_ts', 'eval_ece_ts', 'eval_brier_ts')
+TS_COLUMNS = ('holdout_temperature', 'eval_nll_ts', 'eval_ece_ts', 'eval_adaptive_ece_ts', 'eval_classwise_ece_ts',
+              'eval_brier_ts')
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread per test
@@ -67,7 +68,9 @@ def test_holdout_fits_the_temperature_and_scores_the_eval_logits_divided_by_it(t
     assert float(last['eval_brier_ts']) == pytest.approx(brier, abs=1e-4)
     meter = CalibrationMeter(probs.shape[1], num_bins=15)
     meter.update(eval_logits / temperature, eval_target)
-    assert float(last['eval_ece_ts']) == pytest.approx(meter.compute()['ece'], abs=1e-4)
+    scaled_metrics = meter.compute()
+    for key in ('ece', 'adaptive_ece', 'classwise_ece'):
+        assert float(last[f'eval_{key}_ts']) == pytest.approx(scaled_metrics[key], abs=1e-4)
 
 
 def test_temperature_scaled_scoring_refuses_the_test_split():

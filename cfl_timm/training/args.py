@@ -599,6 +599,9 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
                        help='resume this W&B run (with --resume)')
     group.add_argument('--log-tensorboard', default='', type=str, metavar='DIR',
                        help='also write the logged scalars as TensorBoard event files to DIR (default: off)')
+    group.add_argument('--no-plots', '--no-plot', dest='no_plots', action='store_true', default=False,
+                       help='do not draw curves.png, ece_vs_accuracy.png and evidence.png into the run folder at the '
+                            'end of the run (they need matplotlib: pip install "cfl-timm[plot]")')
 
 
 def add_naflex_args(parser: argparse.ArgumentParser) -> None:
