@@ -1,11 +1,11 @@
 """Registration of cfl-timm's losses into timm's classification-loss factory.
 
 Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and the calibration losses of
-:mod:`cfl_timm.calibration_losses`.
+:mod:`cfl_timm.loss.calibration_losses`.
 
 timm 1.0.x has no loss registry: ``timm.loss.create_classification_loss`` is a closed if/elif chain over
 ``LOSS_TYPES`` in the private module ``timm.loss._loss_factory``. :func:`register` wraps it once so that it
-also builds every type of :data:`cfl_timm.loss_factory.LOSS_TYPES` (through :func:`cfl_timm.create_loss`, the
+also builds every type of :data:`cfl_timm.loss.cfl_loss_factory.LOSS_TYPES` (through :func:`cfl_timm.create_loss`, the
 one place where cfl names and keyword arguments are checked) while timm's own types, arguments and errors
 behave exactly as before. The wrapper is installed wherever timm holds a reference to the factory
 (``timm.loss``, ``timm.loss._loss_factory`` and the task modules that imported it by name).
@@ -24,7 +24,7 @@ import timm.loss
 import timm.task  # noqa: F401  (loads the task modules that import the factory by name)
 import torch.nn as nn
 
-from .loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss
+from .loss.cfl_loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss
 
 __all__ = ['ALL_LOSS_TYPES', 'TESTED_TIMM', 'register', 'is_registered']
 

@@ -52,9 +52,10 @@ MARKER = '# cfl-timm'
 
 # Destination in the checkout -> source in this repository. Copied byte for byte.
 COPIED_FILES = {
-    'timm/loss/cyclical_focal_loss.py': 'cfl_timm/cyclical_focal_loss.py',
-    'timm/loss/calibration_losses.py': 'cfl_timm/calibration_losses.py',
-    'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss_factory.py',
+    'timm/loss/_base.py': 'cfl_timm/loss/_base.py',
+    'timm/loss/cyclical_focal_loss.py': 'cfl_timm/loss/cyclical_focal_loss.py',
+    'timm/loss/calibration_losses.py': 'cfl_timm/loss/calibration_losses.py',
+    'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss/cfl_loss_factory.py',
     'timm/scheduler/cyclical_value.py': 'cfl_timm/scheduler/cyclical_value.py',
     'timm/scheduler/cyclical_weight_decay.py': 'cfl_timm/scheduler/cyclical_weight_decay.py',
     'timm/scheduler/cyclical_scheduler.py': 'cfl_timm/scheduler/cyclical_scheduler.py',
@@ -63,7 +64,7 @@ COPIED_FILES = {
     'timm/scheduler/cyclical.py': 'patches/files/timm/scheduler/cyclical.py',
 }
 # What a copied module may import: it has to work inside any timm checkout.
-ALLOWED_IMPORTS = {'argparse', 'copy', 'functools', 'inspect', 'math', 'sys', 'typing', 'torch', 'timm'}
+ALLOWED_IMPORTS = {'argparse', 'copy', 'functools', 'inspect', 'math', 'numbers', 'sys', 'typing', 'torch', 'timm'}
 LOSS_INIT = 'timm/loss/__init__.py'
 LOSS_FACTORY = 'timm/loss/_loss_factory.py'
 SCHEDULER_INIT = 'timm/scheduler/__init__.py'

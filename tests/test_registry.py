@@ -13,8 +13,8 @@ import torch
 
 import cfl_timm
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, loss_kwargs
-from cfl_timm.calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES
-from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES, SOFT_TARGET_LOSSES
+from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES
+from cfl_timm.loss.cfl_loss_factory import LOSS_KWARGS, LOSS_TYPES, SOFT_TARGET_LOSSES
 from cfl_timm.registry import ALL_LOSS_TYPES, _original_factory
 
 EXISTING_CALLS = [
@@ -150,7 +150,7 @@ def test_loss_kwargs_adapter():
     with pytest.raises(ValueError, match=r"Arguments \['gamma_hc', 'gamma_neg', 'gamma_pos'\] do not apply to "
                                          r"the loss type 'sym'"):
         create_loss(**loss_kwargs(args, 'sym'))
-    with pytest.raises(ValueError, match=r"Unknown soft_target_mode 'max'"):
+    with pytest.raises(ValueError, match=r"AsymmetricFocalLoss: unknown soft_target_mode 'max'"):
         create_loss('asym', soft_target_mode='max')
 
 

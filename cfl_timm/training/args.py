@@ -36,13 +36,13 @@ import torch
 import yaml
 from timm.models import is_model
 
-from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
-from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..files import atomic_write_text
-from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS
+from ..loss.cfl_loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..loss.cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
