@@ -403,10 +403,12 @@ def check_self_contained(relpath: str, text: str) -> list[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                target = str(Path(relpath).parent / f'{node.module}.py')
-                if target not in COPIED_FILES and not target.startswith('timm/'):
-                    problems.append(f'{relpath}: relative import of {node.module}')
+            if node.level:  # must name a copied module, resolved as Python does (the same in both layouts)
+                package = Path(relpath).parents[node.level - 1]
+                target = (package / (node.module or '').replace('.', '/')).as_posix() + '.py'
+                if target not in COPIED_FILES:
+                    problems.append(f'{relpath}: relative import of {"." * node.level}{node.module or ""}, '
+                                    'which is not a copied module')
                 continue
             names = [node.module]
         else:

@@ -278,6 +278,16 @@ def test_missing_source_file_is_found_before_writing(checkout, monkeypatch, caps
     assert tree_digest(checkout) == before
 
 
+def test_a_copied_module_importing_an_uncopied_one_is_found_before_writing(checkout, monkeypatch, capsys):
+    monkeypatch.delitem(apply.COPIED_FILES, 'timm/loss/_base.py')
+    before = tree_digest(checkout)
+    code, _, err = run_tool(checkout, '--dry-run', capsys=capsys)
+    assert code == 1 and 'nothing was changed' in err
+    for module in ('cyclical_focal_loss', 'calibration_losses'):
+        assert f'timm/loss/{module}.py: relative import of ._base, which is not a copied module' in err
+    assert tree_digest(checkout) == before
+
+
 def test_a_failed_write_restores_the_files_written_before_it(checkout, monkeypatch, capsys):
     real_write, calls = apply.atomic_write_text, []
 
