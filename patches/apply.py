@@ -16,9 +16,10 @@ What it does (see docs/patches.md):
 - copies this project's modules into the checkout, verbatim and under the same names (:data:`COPIED_FILES`):
   the loss package ``cfl_timm/loss/`` into ``timm/loss/`` (its base ``_base.py``, the focal family, the
   calibration losses and the one factory ``cfl_loss_factory.py``) and the scheduler modules of
-  ``cfl_timm/scheduler/`` into ``timm/scheduler/`` (``CyclicalScheduler``, ``OneCycleLRScheduler``, their
-  registration into timm's scheduler factory, and ``cyclical_args.py``: the train.py flags, their checks and
-  the loss choice, the same module that defines those flags for this project's own train.py);
+  ``cfl_timm/scheduler/`` into ``timm/scheduler/`` (``CyclicalScheduler``, ``OneCycleLRScheduler`` and their
+  registration into timm's scheduler factory), and beside them ``cfl_timm/training/cyclical_args.py`` (the
+  train.py flags, their checks and the loss choice: the same module that defines those flags for this project's
+  own train.py) with the flag types it uses, ``cfl_timm/training/arg_types.py``;
 - inserts lines into ``timm/loss/__init__.py`` (exports), ``timm/loss/_loss_factory.py`` where the checkout
   has one (every cfl-timm loss type joins ``create_classification_loss``), ``timm/scheduler/__init__.py``
   (registers 'onecycle' and the cyclical keywords with ``create_scheduler_v2`` / ``scheduler_kwargs``) and
@@ -62,10 +63,12 @@ COPIED_FILES = {
     'timm/scheduler/cyclical_scheduler.py': 'cfl_timm/scheduler/cyclical_scheduler.py',
     'timm/scheduler/onecycle.py': 'cfl_timm/scheduler/onecycle.py',
     'timm/scheduler/scheduler_registry.py': 'cfl_timm/scheduler/scheduler_registry.py',
-    'timm/scheduler/cyclical_args.py': 'cfl_timm/scheduler/cyclical_args.py',
+    'timm/scheduler/cyclical_args.py': 'cfl_timm/training/cyclical_args.py',
+    'timm/scheduler/arg_types.py': 'cfl_timm/training/arg_types.py',
 }
 # What a copied module may import: it has to work inside any timm checkout.
-ALLOWED_IMPORTS = {'argparse', 'copy', 'functools', 'inspect', 'math', 'numbers', 'sys', 'typing', 'torch', 'timm'}
+ALLOWED_IMPORTS = {'argparse', 'collections', 'copy', 'functools', 'inspect', 'math', 'numbers', 'os', 'sys', 'typing',
+                   'torch', 'timm'}
 LOSS_INIT = 'timm/loss/__init__.py'
 LOSS_FACTORY = 'timm/loss/_loss_factory.py'
 SCHEDULER_INIT = 'timm/scheduler/__init__.py'

@@ -14,7 +14,7 @@ Structure (add a flag to the group function of its area, and its check to the ma
   docs/training.md lists the two defaults that differ and the flags refused with their reason;
   ``tests/fixtures/timm_train_flags.txt``, checked by ``tests/test_train_parity.py``); the published cyclical
   flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``). The focal-loss and
-  cyclical groups and their check come from :mod:`cfl_timm.scheduler.cyclical_args`, the one definition a
+  cyclical groups and their check come from :mod:`cfl_timm.training.cyclical_args`, the one definition a
   patched timm checkout copies.
 * :func:`load_config` reads a YAML ``-c/--config`` file whose values become parser defaults.
 * Checks run before any data, model or process is touched. Each ``check_<group>_args(args)`` raises a
@@ -47,13 +47,6 @@ from ..loss.cfl_loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, lo
 from ..loss.cyclical_focal_loss import SOFT_TARGET_MODES
 from ..registry import ALL_LOSS_TYPES
 from ..scheduler import OneCycleLRScheduler
-from ..scheduler.cyclical_args import (
-    add_cyclical_args,
-    add_focal_loss_args,
-    both_spellings,
-    check_cyclical_args,
-    mixup_active,
-)
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .arg_types import (
     INTERPOLATIONS,
@@ -73,6 +66,13 @@ from .arg_types import (
     relative_name,
     seed,
     writable_folder,
+)
+from .cyclical_args import (
+    add_cyclical_args,
+    add_focal_loss_args,
+    both_spellings,
+    check_cyclical_args,
+    mixup_active,
 )
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 from .loggers import check_logger_extras

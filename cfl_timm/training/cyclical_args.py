@@ -5,15 +5,17 @@ Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 and
 "General Cyclical Training of Neural Networks", https://arxiv.org/abs/2202.08835
 
 cfl-timm's argument groups (``cfl_timm.training.args``) add :func:`add_focal_loss_args` and
-:func:`add_cyclical_args` and run :func:`check_cyclical_args`. ``patches/apply.py`` copies this module verbatim
-into ``timm/scheduler/`` (beside the other modules of ``cfl_timm/scheduler/``) and the patched train.py calls
+:func:`add_cyclical_args` and run :func:`check_cyclical_args`. ``patches/apply.py`` copies this module and its
+flag types (``arg_types.py``) verbatim into ``timm/scheduler/`` (beside the modules of ``cfl_timm/scheduler/``),
+and the patched train.py calls
 :func:`add_train_py_args`, :func:`check_train_py_args`, :func:`create_train_py_loss`, :func:`cyclical_summary`
 and :func:`scheduled_clip_args`; timm's own ``step`` / ``step_update`` calls on the ``CyclicalScheduler`` that
 the patched ``create_scheduler_v2`` returns move the LR, the weight decay, the temperature, the clip threshold
 and the loss eta together.
 
-Standard library, torch and timm only; the loss modules are imported by the same relative path in both layouts
-(``cfl_timm/loss/`` here, ``timm/loss/`` in a patched checkout).
+Standard library, torch and timm only; the other modules are imported by relative paths that are the same in both
+layouts (``..loss`` and ``..scheduler`` name ``cfl_timm/loss/`` and ``cfl_timm/scheduler/`` here, ``timm/loss/``
+and ``timm/scheduler/`` in a patched checkout; ``.arg_types`` is copied beside it).
 """
 import argparse
 from typing import Any, Optional
@@ -22,7 +24,8 @@ import torch.nn as nn
 
 from ..loss.cfl_loss_factory import create_loss, loss_kwargs
 from ..loss.cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
-from .cyclical_scheduler import check_cyclical_arguments, scheduled_clip_args
+from ..scheduler.cyclical_scheduler import check_cyclical_arguments, scheduled_clip_args
+from .arg_types import at_least_one, finite_float, non_negative_float
 
 __all__ = [
     'add_cyclical_args', 'add_focal_loss_args', 'add_train_py_args', 'both_spellings', 'check_cyclical_args',
@@ -43,15 +46,15 @@ def add_focal_loss_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Cyclical focal loss (arXiv 2202.08978)')
     group.add_argument(*both_spellings('--focal_loss'), dest='focal_loss', default=None, choices=FOCAL_LOSS_TYPES,
                        help='focal-family training loss replacing the default one (the published flag)')
-    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=finite_float, default=None,
                        help="focusing parameter of the 'sym' focal loss (default: 2.0)")
-    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=finite_float, default=None,
                        help='high-confidence exponent of asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=finite_float, default=None,
                        help='focal exponent of the target class, asym / asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=float, default=None,
+    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=finite_float, default=None,
                        help='exponent of the other classes\' weight, asym / asym-cyclical (default: 4.0)')
-    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=float, default=2.0,
+    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=at_least_one, default=2.0,
                        help='cyclical factor f >= 1 of eta, shared by the loss and all schedules (default: 2.0)')
     group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default=None,
                        choices=SOFT_TARGET_MODES,
@@ -62,17 +65,17 @@ def add_focal_loss_args(parser: argparse.ArgumentParser) -> None:
 def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
     """Cyclical weight decay, softmax temperature and gradient clipping (arXiv 2202.08835)."""
     group = parser.add_argument_group('Cyclical training (arXiv 2202.08835); a schedule is off when its min is 0')
-    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=non_negative_float, default=0.0,
                        help='cyclical weight decay at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=float, default=1e-3,
+    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=non_negative_float, default=1e-3,
                        help='cyclical weight decay at the minimum of eta (default: 1e-3)')
-    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=non_negative_float, default=0.0,
                        help='softmax temperature (training logits only) at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=float, default=2.0,
+    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=non_negative_float, default=2.0,
                        help='softmax temperature at the minimum of eta (default: 2.0)')
-    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=float, default=0.0,
+    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=non_negative_float, default=0.0,
                        help='gradient-clip threshold at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=float, default=100.0,
+    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=non_negative_float, default=100.0,
                        help='gradient-clip threshold at the minimum of eta (default: 100.0)')
     group.add_argument(*both_spellings('--cyclical_step_per_update'), dest='cyclical_step_per_update',
                        action='store_true', default=False,
