@@ -6,7 +6,7 @@ same (N, K) on the same device, in interleaved rounds (each timed call right aft
 loss); the table reports the median time per call and the
 ratio to the baseline's median. ``autograd-ref`` is the loss written as the formula with plain autograd
 (the structure of the published implementation), for comparison. The calibration losses
-(``cfl_timm.calibration_losses``) run with their official defaults; half of the rows are predicted correctly
+(``cfl_timm.loss.calibration_losses``) run with their official defaults; half of the rows are predicted correctly
 (target = arg-max), so the MMCE penalties, Dual focal's mask and AdaFocal's bins see both cases.
 
 ``--compile`` measures every loss wrapped in ``torch.compile`` (``--compile-backend``, default inductor)
@@ -41,7 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss  # noqa: E402
-from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss  # noqa: E402
+from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss  # noqa: E402
 
 DEFAULT_SIZES = ('256x10', '256x1000', '128x21843')
 AUTOCAST_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}

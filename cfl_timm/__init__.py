@@ -9,8 +9,17 @@ schedules with timm's scheduler factory (see :func:`cfl_timm.scheduler.register`
 timm's model registry (see :mod:`cfl_timm.models`).
 """
 from . import models
-from .cyclical_focal_loss import FOCAL_LOSS_TYPES, AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, cyclical_eta
-from .loss_factory import LOSS_TYPES, SOFT_TARGET_LOSSES, create_loss, loss_kwargs
+from .loss import (
+    FOCAL_LOSS_TYPES,
+    LOSS_TYPES,
+    SOFT_TARGET_LOSSES,
+    AsymmetricFocalLoss,
+    CyclicalFocalLoss,
+    FocalLoss,
+    create_loss,
+    cyclical_eta,
+    loss_kwargs,
+)
 from .registry import ALL_LOSS_TYPES, is_registered, register
 from .scheduler import (
     CyclicalScheduler,

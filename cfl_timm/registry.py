@@ -1,11 +1,11 @@
 """Registration of cfl-timm's losses into timm's classification-loss factory.
 
 Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978, and the calibration losses of
-:mod:`cfl_timm.calibration_losses`.
+:mod:`cfl_timm.loss.calibration_losses`.
 
 timm 1.0.x has no loss registry: ``timm.loss.create_classification_loss`` is a closed if/elif chain over
 ``LOSS_TYPES`` in the private module ``timm.loss._loss_factory``. :func:`register` wraps it once so that it
-also builds every type of :data:`cfl_timm.loss_factory.LOSS_TYPES` (through :func:`cfl_timm.create_loss`, the
+also builds every type of :data:`cfl_timm.loss.cfl_loss_factory.LOSS_TYPES` (through :func:`cfl_timm.create_loss`, the
 one place where cfl names and keyword arguments are checked) while timm's own types, arguments and errors
 behave exactly as before. The wrapper is installed wherever timm holds a reference to the factory
 (``timm.loss``, ``timm.loss._loss_factory`` and the task modules that imported it by name).
@@ -24,7 +24,7 @@ import timm.loss
 import timm.task  # noqa: F401  (loads the task modules that import the factory by name)
 import torch.nn as nn
 
-from .loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss
+from .loss.cfl_loss_factory import LOSS_KWARGS, LOSS_TYPES, REDUCTION_KWARG, create_loss
 
 __all__ = ['ALL_LOSS_TYPES', 'TESTED_TIMM', 'register', 'is_registered']
 
@@ -58,12 +58,37 @@ _timm_loss_factory = _timm_factory()
 _original_factory = _timm_loss_factory.create_classification_loss
 _original_signature = inspect.signature(_original_factory)
 ALL_LOSS_TYPES = tuple(_timm_loss_factory.LOSS_TYPES) + LOSS_TYPES
-# Keyword arguments only the cfl types take (timm's factory does not have them).
+# Keyword arguments only the cfl types take (timm's factory does not have them), in the factory's order.
+_CFL_ONLY = tuple(k for k in dict.fromkeys([*(k for keys in LOSS_KWARGS.values() for k in keys), REDUCTION_KWARG])
+                  if k not in _original_signature.parameters)
 _CFL_KWARGS = frozenset(k for keys in LOSS_KWARGS.values() for k in keys) | {REDUCTION_KWARG}
 
 
-@functools.wraps(_original_factory)
+def _signature() -> inspect.Signature:
+    """timm's signature plus the cfl keywords (keyword-only, None = the loss type's default), shown by help()."""
+    params = list(_original_signature.parameters.values())
+    keyword_only = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in _CFL_ONLY]
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        return _original_signature.replace(parameters=params[:-1] + keyword_only + params[-1:])
+    return _original_signature.replace(parameters=params + keyword_only)
+
+
+def _doc() -> str:
+    """timm's docstring plus the cfl loss types and the keywords each takes."""
+    rows = '\n'.join(f'        {name!r}: {", ".join(keys) or "-"}' for name, keys in LOSS_KWARGS.items())
+    return (inspect.getdoc(_original_factory) or '') + f'''
+
+Added by cfl-timm (``import cfl_timm``, see docs/registration.md):
+    loss_type also takes the cfl-timm types {LOSS_TYPES}, built by ``cfl_timm.create_loss`` with timm's
+    ``smoothing`` (not given: the type's published default; the loss class calls it ``eps`` for the focal
+    family) and ``soft_targets``. ``{REDUCTION_KWARG}``: 'mean' (default), 'sum' or 'none'. The keywords of
+    each type (None = its default; a keyword given to a type that does not take it is a ValueError):
+{rows}
+'''
+
+
 def create_classification_loss(loss_type: Optional[str] = None, *args: Any, **kwargs: Any) -> nn.Module:
+    kwargs = {k: v for k, v in kwargs.items() if not (k in _CFL_ONLY and v is None)}  # None: not given
     if loss_type not in LOSS_TYPES:
         cfl_only = sorted(k for k in kwargs if k in _CFL_KWARGS and k not in _original_signature.parameters)
         if cfl_only:
@@ -90,6 +115,11 @@ def create_classification_loss(loss_type: Optional[str] = None, *args: Any, **kw
         soft_targets=bound.arguments.get('soft_targets', False),
         **own,
     )
+
+
+functools.update_wrapper(create_classification_loss, _original_factory)
+create_classification_loss.__signature__ = _signature()
+create_classification_loss.__doc__ = _doc()
 
 
 def is_registered() -> bool:

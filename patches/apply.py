@@ -6,19 +6,20 @@ Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 and
 
 Usage::
 
-    python patches/apply.py PATH_TO_TIMM_CHECKOUT [--dry-run] [--revert] [--library-only] [--write-diffs PREFIX]
-    python patches/apply.py --refresh-diffs
+    python patches/apply.py PATH_TO_TIMM_CHECKOUT [--dry-run] [--revert] [--library-only] [--write-diff FILE]
 
 The checkout is timm's repository layout: ``train.py`` at its root and the ``timm/`` package beside it
 (``--library-only`` patches the ``timm/`` package alone, e.g. an installed wheel laid out as a checkout).
 
 What it does (see docs/patches.md):
 
-- copies self-contained modules into the checkout: ``timm/loss/cyclical_focal_loss.py`` and
-  ``timm/loss/calibration_losses.py`` (this project's loss modules, verbatim), ``timm/loss/cfl_loss_factory.py``
-  (this project's one loss factory, verbatim), this project's scheduler modules into ``timm/scheduler/``
-  (verbatim: ``CyclicalScheduler``, ``OneCycleLRScheduler`` and their registration into timm's scheduler
-  factory) and ``timm/scheduler/cyclical.py`` (the train.py flags and loss choice, from ``patches/files/``);
+- copies this project's modules into the checkout, verbatim and under the same names (:data:`COPIED_FILES`):
+  the loss package ``cfl_timm/loss/`` into ``timm/loss/`` (its base ``_base.py``, the focal family, the
+  calibration losses and the one factory ``cfl_loss_factory.py``) and the scheduler modules of
+  ``cfl_timm/scheduler/`` into ``timm/scheduler/`` (``CyclicalScheduler``, ``OneCycleLRScheduler`` and their
+  registration into timm's scheduler factory), and beside them ``cfl_timm/training/cyclical_args.py`` (the
+  train.py flags, their checks and the loss choice: the same module that defines those flags for this project's
+  own train.py) with the flag types it uses, ``cfl_timm/training/arg_types.py``;
 - inserts lines into ``timm/loss/__init__.py`` (exports), ``timm/loss/_loss_factory.py`` where the checkout
   has one (every cfl-timm loss type joins ``create_classification_loss``), ``timm/scheduler/__init__.py``
   (registers 'onecycle' and the cyclical keywords with ``create_scheduler_v2`` / ``scheduler_kwargs``) and
@@ -26,7 +27,8 @@ What it does (see docs/patches.md):
   columns).
 
 Insertion points are found from the code's structure with :mod:`ast` (a named statement or function), never
-from line numbers. Every inserted line carries the marker ``# cfl-timm`` and no upstream line is changed, so
+from line numbers. No diff is stored: ``--write-diff FILE`` (or ``--dry-run``) produces it from the checkout at
+hand and the current modules. Every inserted line carries the marker ``# cfl-timm`` and no upstream line is changed, so
 ``--revert`` (dropping the marked lines and deleting the copied files) restores each file byte for byte, and a
 second run changes nothing. Every problem (a missing anchor, source file or checkout file, a read-only target,
 a foreign file at a copy destination) is found before anything is written: then nothing is written and each
@@ -52,18 +54,21 @@ MARKER = '# cfl-timm'
 
 # Destination in the checkout -> source in this repository. Copied byte for byte.
 COPIED_FILES = {
-    'timm/loss/cyclical_focal_loss.py': 'cfl_timm/cyclical_focal_loss.py',
-    'timm/loss/calibration_losses.py': 'cfl_timm/calibration_losses.py',
-    'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss_factory.py',
+    'timm/loss/_base.py': 'cfl_timm/loss/_base.py',
+    'timm/loss/cyclical_focal_loss.py': 'cfl_timm/loss/cyclical_focal_loss.py',
+    'timm/loss/calibration_losses.py': 'cfl_timm/loss/calibration_losses.py',
+    'timm/loss/cfl_loss_factory.py': 'cfl_timm/loss/cfl_loss_factory.py',
     'timm/scheduler/cyclical_value.py': 'cfl_timm/scheduler/cyclical_value.py',
     'timm/scheduler/cyclical_weight_decay.py': 'cfl_timm/scheduler/cyclical_weight_decay.py',
     'timm/scheduler/cyclical_scheduler.py': 'cfl_timm/scheduler/cyclical_scheduler.py',
     'timm/scheduler/onecycle.py': 'cfl_timm/scheduler/onecycle.py',
     'timm/scheduler/scheduler_registry.py': 'cfl_timm/scheduler/scheduler_registry.py',
-    'timm/scheduler/cyclical.py': 'patches/files/timm/scheduler/cyclical.py',
+    'timm/scheduler/cyclical_args.py': 'cfl_timm/training/cyclical_args.py',
+    'timm/scheduler/arg_types.py': 'cfl_timm/training/arg_types.py',
 }
 # What a copied module may import: it has to work inside any timm checkout.
-ALLOWED_IMPORTS = {'argparse', 'copy', 'functools', 'inspect', 'math', 'sys', 'typing', 'torch', 'timm'}
+ALLOWED_IMPORTS = {'argparse', 'collections', 'copy', 'functools', 'inspect', 'math', 'numbers', 'os', 'sys', 'typing',
+                   'torch', 'timm'}
 LOSS_INIT = 'timm/loss/__init__.py'
 LOSS_FACTORY = 'timm/loss/_loss_factory.py'
 SCHEDULER_INIT = 'timm/scheduler/__init__.py'
@@ -326,9 +331,9 @@ def plan_train(source: str) -> FilePlan:
         (n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == 'timm.loss' and n.level == 0), None)
     if need(timm_loss_import, 'the module-level import "from timm.loss import ..."'):
         plan.inserts.append(Insert(timm_loss_import.end_lineno, '', [
-            'from timm.scheduler.cyclical import (',
-            '    add_cyclical_args, check_cyclical_args, create_cyclical_train_loss, cyclical_summary, '
-            'scheduled_clip_args)']))
+            'from timm.scheduler.cyclical_args import (',
+            '    add_train_py_args, check_train_py_args, create_train_py_loss, cyclical_summary,',
+            '    scheduled_clip_args)']))
 
     parser_assign = next((n for n in tree.body if isinstance(n, ast.Assign) and 'parser' in assigned_names(n)
                           and call_name(n.value) == 'ArgumentParser'), None)
@@ -338,7 +343,7 @@ def plan_train(source: str) -> FilePlan:
         before = [n for n in tree.body if n.end_lineno < parse_args_def.lineno]
         if before and before[-1].lineno >= parser_assign.lineno:
             # after the last module-level statement that adds flags, before def _parse_args
-            plan.inserts.append(Insert(before[-1].end_lineno, '', ['add_cyclical_args(parser)']))
+            plan.inserts.append(Insert(before[-1].end_lineno, '', ['add_train_py_args(parser)']))
         else:
             plan.missing.append(f'{TRAIN}: module-level flag definitions between "parser = ..." and _parse_args')
 
@@ -346,7 +351,7 @@ def plan_train(source: str) -> FilePlan:
     if need(main, 'def main()'):
         parsed = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value) == '_parse_args')
         if need(parsed, 'main(): "args, args_text = _parse_args()"'):
-            plan.inserts.append(Insert(parsed.end_lineno, indent_of(lines, parsed), ['check_cyclical_args(args)']))
+            plan.inserts.append(Insert(parsed.end_lineno, indent_of(lines, parsed), ['check_train_py_args(args)']))
         mixup = find_statement(main, lambda n: isinstance(n, ast.Assign) and 'mixup_active' in assigned_names(n))
         to_device = find_statement(main, lambda n: isinstance(n, ast.Assign)
                                    and assigned_names(n) == {'train_loss_fn'} and call_name(n.value) == 'to'
@@ -355,7 +360,7 @@ def plan_train(source: str) -> FilePlan:
         if need(mixup, 'main(): "mixup_active = ..."') and \
                 need(to_device, 'main(): "train_loss_fn = train_loss_fn.to(...)"'):
             plan.inserts.append(Insert(to_device.lineno - 1, indent_of(lines, to_device), [
-                'train_loss_fn = create_cyclical_train_loss(train_loss_fn, args, mixup_active=mixup_active)']))
+                'train_loss_fn = create_train_py_loss(train_loss_fn, args, mixup_active=mixup_active)']))
         scheduler = find_statement(main, lambda n: isinstance(n, ast.Assign) and call_name(n.value)
                                    == 'create_scheduler_v2' and {'lr_scheduler', 'num_epochs'} <= assigned_names(n))
         if need(scheduler, 'main(): "lr_scheduler, num_epochs = create_scheduler_v2(...)"'):
@@ -401,10 +406,12 @@ def check_self_contained(relpath: str, text: str) -> list[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                target = str(Path(relpath).parent / f'{node.module}.py')
-                if target not in COPIED_FILES and not target.startswith('timm/'):
-                    problems.append(f'{relpath}: relative import of {node.module}')
+            if node.level:  # must name a copied module, resolved as Python does (the same in both layouts)
+                package = Path(relpath).parents[node.level - 1]
+                target = (package / (node.module or '').replace('.', '/')).as_posix() + '.py'
+                if target not in COPIED_FILES:
+                    problems.append(f'{relpath}: relative import of {"." * node.level}{node.module or ""}, '
+                                    'which is not a copied module')
                 continue
             names = [node.module]
         else:
@@ -539,79 +546,37 @@ def unified_diff(rel: str, old: Optional[str], new: Optional[str]) -> str:
     return header + ''.join(body)
 
 
-def diffs(changes: dict[str, tuple[Optional[str], Optional[str]]]) -> dict[str, str]:
-    """{'library': diff of timm/..., 'train': diff of train.py}, each empty when nothing changes there."""
-    out = {'library': '', 'train': ''}
-    for rel in sorted(changes, key=lambda r: (r == TRAIN, r)):
-        out['train' if rel == TRAIN else 'library'] += unified_diff(rel, *changes[rel])
-    return out
-
-
-def split_diff(text: str) -> list[tuple[str, str]]:
-    """[(path, that file's section)] of a git-style diff, in order."""
-    parts = text.split('diff --git a/')
-    if parts[0]:
-        raise PatchError('a diff must start with "diff --git a/"')
-    return [(part.split(' ', 1)[0], 'diff --git a/' + part) for part in parts[1:]]
-
-
-def refresh_diffs(directory: Path) -> list[Path]:
-    """Rewrite the copied files' sections of every ``timm-*-library.diff`` in ``directory`` from the current
-    sources (no timm checkout needed: a copied file's diff is its whole text). Sections of files the tool no longer
-    copies are dropped and newly copied files are added, in the tool's order. Returns the files rewritten."""
-    sources, missing = copied_sources()
-    if missing:
-        raise PatchError('; '.join(missing))
-    rewritten = []
-    for path in sorted(directory.glob('timm-*-library.diff')):
-        text = read_text(path)
-        inserted = {rel: section for rel, section in split_diff(text) if '\nnew file mode ' not in section}
-        sections = {**inserted, **{rel: unified_diff(rel, None, source) for rel, source in sources.items()}}
-        new = ''.join(sections[rel] for rel in sorted(sections, key=lambda r: (r == TRAIN, r)))
-        if new != text:
-            atomic_write_text(path, new)
-            rewritten.append(path)
-    return rewritten
+def full_diff(changes: dict[str, tuple[Optional[str], Optional[str]]]) -> str:
+    """One git-style diff of every change (``timm/`` files first, ``train.py`` last), for ``git apply``."""
+    return ''.join(unified_diff(rel, *changes[rel]) for rel in sorted(changes, key=lambda r: (r == TRAIN, r)))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description='Add cyclical focal loss and cyclical training to a timm checkout.')
-    parser.add_argument('checkout', type=Path, nargs='?', help='timm checkout (train.py and timm/ at its root)')
+    parser.add_argument('checkout', type=Path, help='timm checkout (train.py and timm/ at its root)')
     parser.add_argument('--dry-run', action='store_true', help='print the diff, change nothing')
     parser.add_argument('--revert', action='store_true', help='remove the change again (byte for byte)')
     parser.add_argument('--library-only', action='store_true', help='patch timm/ only (no train.py)')
-    parser.add_argument('--write-diffs', metavar='PREFIX', default=None,
-                        help='write PREFIX-library.diff and PREFIX-train.diff (vs the unpatched files) and change '
-                             'nothing in the checkout')
-    parser.add_argument('--refresh-diffs', action='store_true',
-                        help='after a change to a copied module: rewrite its part of the committed patches/*.diff')
+    parser.add_argument('--write-diff', metavar='FILE', type=Path, default=None,
+                        help='write the change as one git-style diff to FILE (a new file; for git apply) and '
+                             'change nothing in the checkout')
     args = parser.parse_args(argv)
-    if args.refresh_diffs:
-        try:
-            rewritten = refresh_diffs(Path(__file__).resolve().parent)
-        except PatchError as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 1
-        for path in rewritten:
-            print(f'rewrote {path.name}')
-        return 0
-    if args.checkout is None:
-        parser.error('the timm checkout path is required')
-    if args.revert and args.write_diffs:
-        parser.error('--write-diffs cannot be combined with --revert')
-    if args.write_diffs and not Path(args.write_diffs).resolve().parent.is_dir():
-        parser.error(f'--write-diffs {args.write_diffs}: the folder {Path(args.write_diffs).parent} does not exist')
+    if args.revert and args.write_diff:
+        parser.error('--write-diff cannot be combined with --revert')
+    if args.write_diff is not None:
+        if not args.write_diff.resolve().parent.is_dir():
+            parser.error(f'--write-diff {args.write_diff}: the folder {args.write_diff.parent} does not exist')
+        if args.write_diff.exists():
+            parser.error(f'--write-diff {args.write_diff}: the file exists already; choose a new name')
     checkout = args.checkout.resolve()
     try:
-        if args.write_diffs:  # reads the checkout only
+        if args.write_diff is not None:  # reads the checkout only
             if build_plan(checkout, revert=True, library_only=args.library_only, writing=False):
-                raise PatchError(f'{checkout} is patched already; diffs are made from an unpatched checkout '
+                raise PatchError(f'{checkout} is patched already; the diff is made from an unpatched checkout '
                                  '(run --revert first)')
             changes = build_plan(checkout, revert=False, library_only=args.library_only, writing=False)
-            for kind, text in diffs(changes).items():
-                if text:
-                    atomic_write_text(Path(f'{args.write_diffs}-{kind}.diff'), text)
-                    print(f'wrote {args.write_diffs}-{kind}.diff')
+            atomic_write_text(args.write_diff, full_diff(changes))
+            print(f'wrote {args.write_diff} ({len(changes)} file(s))')
             return 0
         # A dry run checks exactly what a real run checks, so it fails where the real run would.
         changes = build_plan(checkout, revert=args.revert, library_only=args.library_only)
@@ -619,7 +584,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f'{checkout}: already {"unpatched" if args.revert else "patched"}, nothing to do')
             return 0
         if args.dry_run:
-            sys.stdout.write(''.join(diffs(changes).values()))
+            sys.stdout.write(full_diff(changes))
             print(f'dry run: {len(changes)} file(s) would change', file=sys.stderr)
             return 0
         write_changes(checkout, changes)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 
 from cfl_timm import FocalLoss
-from cfl_timm import calibration_losses as cl
-from cfl_timm.calibration_losses import (
+from cfl_timm.loss import calibration_losses as cl
+from cfl_timm.loss.calibration_losses import (
     CALIBRATION_LOSS_DEFAULTS,
     CALIBRATION_LOSS_TYPES,
     SOFT_TARGET_LOSSES,

@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.loss import LabelSmoothingCrossEntropy
 
 import train
-from cfl_timm.calibration_losses import AdaFocalLoss, DualFocalLoss, FLSDLoss, MMCEMLoss, SAFCLoss
+from cfl_timm.loss.calibration_losses import AdaFocalLoss, DualFocalLoss, FLSDLoss, MMCEMLoss, SAFCLoss
 
 CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
 

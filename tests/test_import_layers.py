@@ -13,7 +13,7 @@ function or a ``try`` block, so a cycle cannot hide behind a deferred import. Th
   an explicit import of a package (``from cfl_timm import training`` when ``training`` is a re-exported name,
   ``from . import x`` of a name, ``import cfl_timm.data``) is an edge like any other;
 * a target that is no file of ``cfl_timm`` is skipped: the ``except ImportError`` fallback of the copyable
-  modules to the layout of a patched timm checkout (``..loss.cyclical_focal_loss``).
+  modules (none today; a copied module imports by the same relative path in both layouts).
 """
 import ast
 import sys

@@ -1,8 +1,8 @@
 """The focal-family losses against the equations of cfl.md §3, timm, and each other, in float64."""
-import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm.loss
@@ -12,7 +12,7 @@ from timm.data import Mixup
 from timm.loss import AsymmetricLossSingleLabel
 
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, cyclical_eta
-from cfl_timm import cyclical_focal_loss as loss_module
+from cfl_timm.loss import cyclical_focal_loss as loss_module
 
 GAMMAS = [(0.0, 0.0, 0.0), (3.0, 2.0, 2.0), (2.0, 0.0, 4.0), (2.0, 1.0, 4.0), (0.0, 0.5, 0.0), (1.5, 2.5, 3.5)]
 ETAS = [0.0, 0.3, 1.0]
@@ -403,7 +403,8 @@ def test_second_derivative_is_a_clear_error_not_silently_zero():
     (lambda: CyclicalFocalLoss(cyclical_factor=0.5, epochs=3), 'cyclical factor must be a finite number >= 1'),
     (lambda: CyclicalFocalLoss(epochs=0), 'epochs must be an integer >= 1'),
     (lambda: CyclicalFocalLoss(epochs=3).set_epoch(-1), 'epoch must be a finite number >= 0'),
-    (lambda: FocalLoss(reduction='batchmean'), r"Unknown reduction 'batchmean', expected one of \('none', 'mean'"),
+    (lambda: FocalLoss(reduction='batchmean'),
+     r"FocalLoss: unknown reduction 'batchmean', expected one of \('none', 'mean'"),
     (lambda: FocalLoss(soft_target_mode='max'), r"expected one of \('distribution', 'argmax'\)"),
 ])
 def test_bad_construction_raises_clear_errors(make, match):
@@ -430,29 +431,34 @@ def test_bad_inputs_raise_clear_errors(loss_fn):
 
 
 def test_loss_file_works_standalone_outside_the_package(tmp_path):
-    """The module imports torch only: a copy dropped anywhere (e.g. timm/loss/) works on its own."""
-    source = loss_module.__file__
-    imports = [line.strip() for line in open(source) if line.startswith(('import ', 'from '))]
-    assert all(line.split()[1].split('.')[0] in ('torch', 'math', 'typing') for line in imports), imports
-    copy = tmp_path / 'standalone_copy' / 'cyclical_focal_loss.py'
-    copy.parent.mkdir()
-    shutil.copy(source, copy)
+    """The module imports torch and its sibling ``_base`` only: the two dropped into any package (e.g. timm/loss/)
+    work there on their own."""
+    source = Path(loss_module.__file__)
+    imports = [line.strip() for line in source.read_text().splitlines() if line.startswith(('import ', 'from '))]
+    assert all(line.split()[1].split('.')[0] in ('torch', 'math', 'typing') or line.split()[1] == '._base'
+               for line in imports), imports
+    copy = tmp_path / 'standalone_copy'
+    copy.mkdir()
+    (copy / '__init__.py').write_text('')
+    for name in ('_base.py', 'cyclical_focal_loss.py'):
+        shutil.copy(source.parent / name, copy / name)
     script = (
         'import sys, torch\n'
-        f'sys.path.insert(0, {str(copy.parent)!r})\n'
-        'import cyclical_focal_loss as m\n'
+        f'sys.path.insert(0, {str(tmp_path)!r})\n'
+        'import standalone_copy.cyclical_focal_loss as m\n'
         'assert "cfl_timm" not in sys.modules\n'
         'loss = m.CyclicalFocalLoss(gamma_hc=3, gamma_pos=2, gamma_neg=2, cyclical_factor=4, epochs=5)\n'
         'loss.set_epoch(1)\n'
         'z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)\n'
         'assert torch.autograd.gradcheck(lambda x: loss(x, torch.tensor([0, 1, 2, 0])), (z,))\n'
+        'logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])\n'
+        'torch.save((logits, target, m.AsymmetricFocalLoss()(logits, target)), sys.argv[1])\n'
         'print(loss.eta)\n'
     )
-    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=tmp_path)
+    saved = tmp_path / 'copied.pt'
+    result = subprocess.run([sys.executable, '-c', script, str(saved)], capture_output=True, text=True,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip()) == pytest.approx(0.0)
-    spec = importlib.util.spec_from_file_location('copied_cfl_loss', copy)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    logits, target = random_logits()
-    torch.testing.assert_close(module.AsymmetricFocalLoss()(logits, target), AsymmetricFocalLoss()(logits, target))
+    logits, target, copied = torch.load(saved)
+    torch.testing.assert_close(copied, AsymmetricFocalLoss()(logits, target))

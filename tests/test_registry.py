@@ -1,6 +1,8 @@
 """Registration into timm's classification-loss factory: new types work, existing types and errors unchanged."""
 import argparse
+import inspect
 import os
+import pydoc
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,8 @@ import torch
 
 import cfl_timm
 from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss, create_loss, loss_kwargs
-from cfl_timm.calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES
-from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES, SOFT_TARGET_LOSSES
+from cfl_timm.loss.calibration_losses import _LOSS_CLASSES, CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES
+from cfl_timm.loss.cfl_loss_factory import LOSS_KWARGS, LOSS_TYPES, SOFT_TARGET_LOSSES
 from cfl_timm.registry import ALL_LOSS_TYPES, _original_factory
 
 EXISTING_CALLS = [
@@ -61,6 +63,42 @@ def test_import_registers_everywhere_timm_holds_the_factory():
     cfl_timm.register()
     cfl_timm.register()  # idempotent: never wraps the wrapper
     assert timm.loss.create_classification_loss.__wrapped__ is _original_factory
+
+
+def test_help_of_timms_factory_shows_the_cfl_keywords():
+    factory = timm.loss.create_classification_loss
+    signature = inspect.signature(factory)
+    timm_params = inspect.signature(_original_factory).parameters
+    assert list(signature.parameters)[:len(timm_params)] == list(timm_params)  # timm's own, in timm's order
+    cfl_keywords = {k for keys in LOSS_KWARGS.values() for k in keys} | {'loss_reduction'}
+    added = {name: p for name, p in signature.parameters.items() if name not in timm_params}
+    assert set(added) == cfl_keywords
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None for p in added.values())
+    text = pydoc.render_doc(factory)
+    assert 'flsd_gamma=None' in text and 'loss_reduction=None' in text  # in the signature help() prints
+    for name, keys in LOSS_KWARGS.items():  # and each type's keywords in the docstring
+        assert f"'{name}': {', '.join(keys) or '-'}" in text, name
+    assert 'Create the training criterion for a classification task.' in text  # timm's docstring kept
+
+
+def test_a_cfl_keyword_given_as_none_is_not_given():
+    assert type(timm.loss.create_classification_loss('ce', gamma=None)) is torch.nn.CrossEntropyLoss
+    assert timm.loss.create_classification_loss('sym', gamma=None).gamma == FocalLoss().gamma
+
+
+def test_the_spelling_table_lists_every_renamed_class_argument():
+    """docs/registration.md: every factory keyword whose class argument is spelled otherwise has its row."""
+    rows = [line for line in (Path(__file__).resolve().parents[1] / 'docs' / 'registration.md').read_text()
+            .splitlines() if line.startswith('| ')]
+    for cls in _LOSS_CLASSES.values():
+        for keyword, argument in cls.factory_keywords.items():
+            if keyword != argument:
+                assert any(f'`--{keyword}' in row and f'`{argument}`' in row and f'`{cls.__name__}`' in row
+                           for row in rows) or any(f'`--{keyword}`' in row and argument in row
+                                                   and cls.__name__ in row for row in rows), (cls, keyword)
+    for cls in (FocalLoss, AsymmetricFocalLoss, CyclicalFocalLoss):  # smoothing -> eps
+        assert 'eps' in inspect.signature(cls).parameters
+        assert any('`--smoothing`' in row and '`eps`' in row and f'`{cls.__name__}`' in row for row in rows)
 
 
 @pytest.mark.parametrize('kwargs', EXISTING_CALLS, ids=lambda k: k.get('loss_type', 'default'))
@@ -150,7 +188,7 @@ def test_loss_kwargs_adapter():
     with pytest.raises(ValueError, match=r"Arguments \['gamma_hc', 'gamma_neg', 'gamma_pos'\] do not apply to "
                                          r"the loss type 'sym'"):
         create_loss(**loss_kwargs(args, 'sym'))
-    with pytest.raises(ValueError, match=r"Unknown soft_target_mode 'max'"):
+    with pytest.raises(ValueError, match=r"AsymmetricFocalLoss: unknown soft_target_mode 'max'"):
         create_loss('asym', soft_target_mode='max')
 
 

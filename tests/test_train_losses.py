@@ -16,11 +16,11 @@ import torch
 from conftest import every_rank_log
 
 import train
-from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, SOFT_TARGET_LOSSES
 from cfl_timm.data import DigitsDataset
 from cfl_timm.data.holdout import holdout_split
 from cfl_timm.files import trim_jsonl
-from cfl_timm.loss_factory import LOSS_KWARGS, LOSS_TYPES
+from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_TYPES, SOFT_TARGET_LOSSES
+from cfl_timm.loss.cfl_loss_factory import LOSS_KWARGS, LOSS_TYPES
 from cfl_timm.training.args import LOSS_FLAG_KWARGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,10 +8,9 @@ focal loss module only.
 """
 import math
 
-try:  # cfl_timm's layout: cfl_timm/cyclical_focal_loss.py
-    from ..cyclical_focal_loss import cyclical_eta
-except ImportError:  # a timm checkout patched by patches/apply.py: timm/loss/cyclical_focal_loss.py
-    from ..loss.cyclical_focal_loss import cyclical_eta
+# eta's one definition, beside the loss that follows it; the same relative path in cfl_timm (cfl_timm/loss/) and
+# in a checkout patched by patches/apply.py (timm/loss/).
+from ..loss.cyclical_focal_loss import cyclical_eta
 
 __all__ = ['cyclical_eta', 'cyclical_value', 'check_cyclical_range', 'check_timing']
 

@@ -13,7 +13,9 @@ Structure (add a flag to the group function of its area, and its check to the ma
   adds them all. Every flag of upstream timm's train.py is here with timm's name, meaning and default (the
   docs/training.md lists the two defaults that differ and the flags refused with their reason;
   ``tests/fixtures/timm_train_flags.txt``, checked by ``tests/test_train_parity.py``); the published cyclical
-  flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``).
+  flags take both spellings through :func:`both_spellings` (``--T_min`` and ``--T-min``). The focal-loss and
+  cyclical groups and their check come from :mod:`cfl_timm.training.cyclical_args`, the one definition a
+  patched timm checkout copies.
 * :func:`load_config` reads a YAML ``-c/--config`` file whose values become parser defaults.
 * Checks run before any data, model or process is touched. Each ``check_<group>_args(args)`` raises a
   ``ValueError`` naming the flag and its valid range or choices; :data:`ARG_CHECKS` lists them in order and
@@ -36,15 +38,15 @@ import torch
 import yaml
 from timm.models import is_model
 
-from ..calibration_losses import CALIBRATION_LOSS_DEFAULTS
-from ..cyclical_focal_loss import FOCAL_LOSS_TYPES, SOFT_TARGET_MODES
 from ..data import SUBSET_MODES, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..files import atomic_write_text
-from ..loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS
+from ..loss.cfl_loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
+from ..loss.cyclical_focal_loss import SOFT_TARGET_MODES
 from ..registry import ALL_LOSS_TYPES
-from ..scheduler import OneCycleLRScheduler, check_cyclical_arguments
+from ..scheduler import OneCycleLRScheduler
 from ..scheduler.onecycle import ONECYCLE_ANNEAL
 from .arg_types import (
     INTERPOLATIONS,
@@ -64,6 +66,13 @@ from .arg_types import (
     relative_name,
     seed,
     writable_folder,
+)
+from .cyclical_args import (
+    add_cyclical_args,
+    add_focal_loss_args,
+    both_spellings,
+    check_cyclical_args,
+    mixup_active,
 )
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 from .loggers import check_logger_extras
@@ -88,13 +97,6 @@ EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
 
 class UsageError(ValueError):
     """A bad input found while setting up, before training: the command line reports it as a usage error."""
-
-
-def both_spellings(name: str) -> list[str]:
-    """A flag in its underscore (published) and dash (timm) spelling: '--T_min' -> ['--T_min', '--T-min']."""
-    dashed = name[:2] + name[2:].replace('_', '-')
-    underscored = name[:2] + name[2:].replace('-', '_')
-    return list(dict.fromkeys([name, underscored, dashed]))
 
 
 def _flag_key(flag: str) -> str:
@@ -495,23 +497,7 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
                        choices=('mean', 'sum', 'none'),
                        help="reduction of a cfl-timm loss over the batch (default: mean; 'sum' with --clip-grad 2 "
                             'reproduces the FC / AdaFocal / Dual focal protocols)')
-    group = parser.add_argument_group('Cyclical focal loss (arXiv 2202.08978)')
-    group.add_argument(*both_spellings('--focal_loss'), dest='focal_loss', default=None, choices=FOCAL_LOSS_TYPES,
-                       help='focal-family training loss, the published flag (the same as --loss NAME)')
-    group.add_argument(*both_spellings('--gamma'), dest='gamma', type=finite_float, default=None,
-                       help="focusing parameter of the 'sym' focal loss (default: 2.0)")
-    group.add_argument(*both_spellings('--gamma_hc'), dest='gamma_hc', type=finite_float, default=None,
-                       help='high-confidence exponent of asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_pos'), dest='gamma_pos', type=finite_float, default=None,
-                       help='focal exponent of the target class, asym / asym-cyclical (default: 0.0)')
-    group.add_argument(*both_spellings('--gamma_neg'), dest='gamma_neg', type=finite_float, default=None,
-                       help='exponent of the other classes\' weight, asym / asym-cyclical (default: 4.0)')
-    group.add_argument(*both_spellings('--cyclical_factor'), dest='cyclical_factor', type=at_least_one, default=2.0,
-                       help='cyclical factor f >= 1 of eta, shared by the loss and all schedules (default: 2.0)')
-    group.add_argument(*both_spellings('--soft_target_mode'), dest='soft_target_mode', default=None,
-                       choices=SOFT_TARGET_MODES,
-                       help='focal losses with Mixup/CutMix: use the soft distribution, or collapse it with '
-                            'argmax as published (default: distribution)')
+    add_focal_loss_args(parser)
     group = parser.add_argument_group(
         'Calibration losses (one flag per factory keyword; see docs/calibration-losses.md)')
     for key, value in LOSS_FLAG_KWARGS.items():
@@ -542,27 +528,6 @@ LOSS_FLAG_KWARGS = {key: value for defaults in CALIBRATION_LOSS_DEFAULTS.values(
 # Their declared types: numbers must be finite (the ranges are checked by the loss factory, the one place that
 # knows them, through check_loss_args's dry construction); names stay strings.
 _FLAG_TYPES = {float: finite_float, int: integer, str: str}
-
-
-def add_cyclical_args(parser: argparse.ArgumentParser) -> None:
-    """Cyclical weight decay, softmax temperature and gradient clipping (arXiv 2202.08835)."""
-    group = parser.add_argument_group('Cyclical training (arXiv 2202.08835); a schedule is off when its min is 0')
-    group.add_argument(*both_spellings('--wd_min'), dest='wd_min', type=non_negative_float, default=0.0,
-                       help='cyclical weight decay at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--wd_max'), dest='wd_max', type=non_negative_float, default=1e-3,
-                       help='cyclical weight decay at the minimum of eta (default: 1e-3)')
-    group.add_argument(*both_spellings('--T_min'), dest='T_min', type=non_negative_float, default=0.0,
-                       help='softmax temperature (training logits only) at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--T_max'), dest='T_max', type=non_negative_float, default=2.0,
-                       help='softmax temperature at the minimum of eta (default: 2.0)')
-    group.add_argument(*both_spellings('--clip_min'), dest='clip_min', type=non_negative_float, default=0.0,
-                       help='gradient-clip threshold at the start and end (default: 0 = off)')
-    group.add_argument(*both_spellings('--clip_max'), dest='clip_max', type=non_negative_float, default=100.0,
-                       help='gradient-clip threshold at the minimum of eta (default: 100.0)')
-    group.add_argument(*both_spellings('--cyclical_step_per_update'), dest='cyclical_step_per_update',
-                       action='store_true', default=False,
-                       help='step the loss eta and the schedules after every optimizer update (fractional '
-                            'epochs) instead of once per epoch as published')
 
 
 def add_subset_args(parser: argparse.ArgumentParser) -> None:
@@ -762,11 +727,6 @@ def loss_name(args: argparse.Namespace) -> str:
     return 'jsd' if args.jsd_loss else 'bce' if args.bce_loss else 'ce'
 
 
-def mixup_active(args: argparse.Namespace) -> bool:
-    """Whether Mixup / CutMix will produce soft targets (timm's rule)."""
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
-
 def check_loss_args(args: argparse.Namespace) -> None:
     """timm's loss selection, label smoothing, the cfl-timm loss keywords (checked by a dry construction through
     :func:`cfl_timm.create_loss`, the one place that knows them) and the held-out split they may need."""
@@ -802,11 +762,9 @@ def check_loss_args(args: argparse.Namespace) -> None:
                          '--holdout N (the evaluation/test split is never used for checkpoint selection here).')
 
 
-def check_cyclical_args(args: argparse.Namespace) -> None:
-    """The cyclical ranges and timing (the checks the scheduler factory runs), and the OneCycle settings."""
-    check_cyclical_arguments(
-        num_epochs=args.epochs + args.cooldown_epochs, cyclical_factor=args.cyclical_factor, wd_min=args.wd_min,
-        wd_max=args.wd_max, t_min=args.T_min, t_max=args.T_max, clip_min=args.clip_min, clip_max=args.clip_max)
+def check_schedule_args(args: argparse.Namespace) -> None:
+    """The cyclical flags (their one check, shared with a patched timm checkout) and the OneCycle settings."""
+    check_cyclical_args(args)
     if args.sched == 'onecycle':  # the scheduler's own checks, on a stand-in optimizer
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         OneCycleLRScheduler(probe, t_initial=args.epochs, pct_start=args.onecycle_pct_start,
@@ -910,7 +868,7 @@ def check_distillation_args(args: argparse.Namespace) -> None:
 
 ARG_CHECKS: tuple[Callable[[argparse.Namespace], None], ...] = (
     check_model_args, check_number_args, check_device_args, check_augmentation_args, check_loss_args,
-    check_distillation_args, check_cyclical_args, check_subset_args, check_misc_args, check_logging_args,
+    check_distillation_args, check_schedule_args, check_subset_args, check_misc_args, check_logging_args,
     check_naflex_args, check_dataset_args, check_name_args, check_file_args,
 )
 

@@ -17,8 +17,8 @@ Papers:
 - FCL: Liang et al., "Focal Calibration Loss", https://arxiv.org/abs/2410.18321; SA-FCL as defined by the code of
   the EagleAdelaide/Focal-Calibration-Loss-FCL repository (no paper).
 
-This module is self-contained (it imports torch only) so it can be copied into ``timm/loss/`` of an existing timm
-checkout and work there unchanged.
+This module imports torch and its sibling ``_base`` (reductions and argument checks) only, so the two can be
+copied into ``timm/loss/`` of an existing timm checkout and work there unchanged.
 
 Notation: z logits (N, K), logp = log_softmax(z), p = exp(logp), y the target class, e = onehot(y) (or a soft
 target q), r = max_k p_k the top-label confidence, c = [argmax p == y], sg[.] stop-gradient,
@@ -40,31 +40,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import check_choice, check_number, check_reduction
+
 __all__ = [
-    'CALIBRATION_LOSS_TYPES', 'CALIBRATION_LOSS_DEFAULTS', 'SOFT_TARGET_LOSSES', 'REDUCTIONS',
+    'CALIBRATION_LOSS_TYPES', 'CALIBRATION_LOSS_DEFAULTS', 'SOFT_TARGET_LOSSES',
     'BrierLoss', 'CEBrierLoss', 'MMCEMLoss', 'MMCEWLoss', 'FLSDLoss', 'DualFocalLoss', 'AdaFocalLoss', 'MbLSLoss',
     'ConfidencePenaltyLoss', 'FocalCalibrationLoss', 'SAFCLoss', 'SAFCLNoDetachLoss', 'create_calibration_loss',
 ]
 
-REDUCTIONS = ('none', 'mean', 'sum')
 MMCE_KERNEL_WIDTH = 0.4
 _SOFT_TARGET_ATOL = 1e-3
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-def _check_number(loss: str, name: str, value, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-        raise ValueError(f'{loss}: {name} must be a finite number >= {low:g}, got {value!r}.')
-    return float(value)
-
-
-def _check_choice(loss: str, name: str, value, choices: tuple):
-    if value not in choices:
-        raise ValueError(f'{loss}: unknown {name} {value!r}, expected one of {choices}.')
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,7 +203,7 @@ class _CalibrationLoss(nn.Module):
 
     def __init__(self, reduction: str = 'mean') -> None:
         super().__init__()
-        self.reduction = _check_choice(self.name, 'reduction', reduction, REDUCTIONS)
+        self.reduction = check_reduction(self.name, reduction)
         if self.batch_statistic and reduction == 'none':
             raise ValueError(f"{self.name}: reduction 'none' is not defined, the penalty is a batch statistic; "
                              f"use one of ('mean', 'sum').")
@@ -345,8 +330,8 @@ class CEBrierLoss(_CalibrationLoss):
 
     def __init__(self, brier_weight: float = 0.1, smoothing: float = 0.0, reduction: str = 'mean') -> None:
         super().__init__(reduction)
-        self.brier_weight = _check_number(self.name, 'brier_weight', brier_weight)
-        self.smoothing = _check_number(self.name, 'smoothing', smoothing)
+        self.brier_weight = check_number(self.name, 'brier_weight', brier_weight)
+        self.smoothing = check_number(self.name, 'smoothing', smoothing)
         if self.smoothing >= 1:
             raise ValueError(f'{self.name}: smoothing must lie in [0, 1), got {smoothing!r}.')
 
@@ -385,9 +370,9 @@ class _FocalBrierBase(_CalibrationLoss):
 
     def __init__(self, gamma: float, lam: float, gamma_cal: float, reduction: str) -> None:
         super().__init__(reduction)
-        self.gamma = _check_number(self.name, 'fcl_gamma', gamma)
-        self.lam = _check_number(self.name, 'fcl_lambda', lam)
-        self.gamma_cal = _check_number(self.name, 'safcl_gamma_cal', gamma_cal)
+        self.gamma = check_number(self.name, 'fcl_gamma', gamma)
+        self.lam = check_number(self.name, 'fcl_lambda', lam)
+        self.gamma_cal = check_number(self.name, 'safcl_gamma_cal', gamma_cal)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         logp = F.log_softmax(logits, dim=1)
@@ -479,7 +464,7 @@ class _MMCEBase(_CalibrationLoss):
 
     def __init__(self, weight: float, reduction: str) -> None:
         super().__init__(reduction)
-        self.weight = _check_number(self.name, 'mmce_weight', weight)
+        self.weight = check_number(self.name, 'mmce_weight', weight)
 
     def _penalty(self, r: torch.Tensor, correct: torch.Tensor, need_grad: bool):
         """(penalty (scalar tensor), d penalty / d r (N,) or None), in r's dtype."""
@@ -569,7 +554,7 @@ class MMCEWLoss(_MMCEBase):
 
     def __init__(self, weight: float = 2.0, norm: str = 'code', reduction: str = 'mean') -> None:
         super().__init__(weight, reduction)
-        self.norm = _check_choice(self.name, 'mmce_norm', norm, self.NORMS)
+        self.norm = check_choice(self.name, 'mmce_norm', norm, self.NORMS)
 
     def _penalty(self, r, correct, need_grad):
         cc = correct.to(r.dtype)
@@ -621,7 +606,7 @@ class FLSDLoss(_CalibrationLoss):
 
     def __init__(self, gamma: float = 3.0, reduction: str = 'mean') -> None:
         super().__init__(reduction)
-        self.gamma = _check_number(self.name, 'flsd_gamma', gamma)
+        self.gamma = check_number(self.name, 'flsd_gamma', gamma)
 
     def sample_gamma(self, p_t: torch.Tensor) -> torch.Tensor:
         """g(p) per sample: 5 below 0.2, 3 in [0.2, 0.5), ``gamma`` from 0.5."""
@@ -657,7 +642,7 @@ class DualFocalLoss(_CalibrationLoss):
 
     def __init__(self, gamma: float = 5.0, reduction: str = 'mean') -> None:
         super().__init__(reduction)
-        self.gamma = _check_number(self.name, 'dual_gamma', gamma)
+        self.gamma = check_number(self.name, 'dual_gamma', gamma)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         gamma = self.gamma
@@ -743,17 +728,17 @@ class AdaFocalLoss(_CalibrationLoss):
             raise ValueError(f'{self.name}: adafocal_update_every must be -1 (every epoch) or an integer >= 1 '
                              f'(every k batches), got {update_every!r}.')
         self.num_bins = num_bins
-        self.lam = _check_number(self.name, 'adafocal_lambda', lam)
-        self.gamma_max = _check_number(self.name, 'adafocal_gamma_max', gamma_max, low=-math.inf)
-        self.gamma_min = _check_number(self.name, 'adafocal_gamma_min', gamma_min, low=-math.inf)
+        self.lam = check_number(self.name, 'adafocal_lambda', lam)
+        self.gamma_max = check_number(self.name, 'adafocal_gamma_max', gamma_max, low=-math.inf)
+        self.gamma_min = check_number(self.name, 'adafocal_gamma_min', gamma_min, low=-math.inf)
         if self.gamma_min > self.gamma_max:
             raise ValueError(f'{self.name}: adafocal_gamma_min ({gamma_min!r}) must be <= adafocal_gamma_max '
                              f'({gamma_max!r}).')
-        self.gamma_init = _check_number(self.name, 'adafocal_gamma_init', gamma_init, low=-math.inf)
+        self.gamma_init = check_number(self.name, 'adafocal_gamma_init', gamma_init, low=-math.inf)
         if not self.gamma_min <= self.gamma_init <= self.gamma_max:
             raise ValueError(f'{self.name}: adafocal_gamma_init must lie in [adafocal_gamma_min, adafocal_gamma_max]'
                              f' = [{self.gamma_min:g}, {self.gamma_max:g}], got {gamma_init!r}.')
-        self.switch = _check_number(self.name, 'adafocal_switch', switch)
+        self.switch = check_number(self.name, 'adafocal_switch', switch)
         self.update_every = update_every
         self.register_buffer('gammas', torch.full((num_bins,), self.gamma_init, dtype=torch.float64))
         self.register_buffer('edges', torch.linspace(0, 1, num_bins + 1, dtype=torch.float64))
@@ -882,9 +867,9 @@ class MbLSLoss(_CalibrationLoss):
 
     def __init__(self, margin: float = 10.0, alpha: float = 0.1, norm: str = 'mean', reduction: str = 'mean') -> None:
         super().__init__(reduction)
-        self.margin = _check_number(self.name, 'mbls_margin', margin)
-        self.alpha = _check_number(self.name, 'mbls_alpha', alpha)
-        self.norm = _check_choice(self.name, 'mbls_norm', norm, self.NORMS)
+        self.margin = check_number(self.name, 'mbls_margin', margin)
+        self.alpha = check_number(self.name, 'mbls_alpha', alpha)
+        self.norm = check_choice(self.name, 'mbls_norm', norm, self.NORMS)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         weight = self.alpha / logits.shape[1] if self.norm == 'mean' else self.alpha
@@ -933,8 +918,8 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
 
     def __init__(self, alpha: float = 0.1, norm: str = 'classes', reduction: str = 'mean') -> None:
         super().__init__(reduction)
-        self.alpha = _check_number(self.name, 'cp_alpha', alpha)
-        self.norm = _check_choice(self.name, 'cp_norm', norm, self.NORMS)
+        self.alpha = check_number(self.name, 'cp_alpha', alpha)
+        self.norm = check_choice(self.name, 'cp_norm', norm, self.NORMS)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         alpha = self.alpha

@@ -1,7 +1,7 @@
 """The one loss factory of cfl-timm: every focal-family and calibration loss by name, plus an argparse adapter.
 
 Papers: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978 (``sym``, ``asym``,
-``asym-cyclical``), and the calibration losses of :mod:`cfl_timm.calibration_losses` (Brier, MMCE, FLSD-53,
+``asym-cyclical``), and the calibration losses of :mod:`cfl_timm.loss.calibration_losses` (Brier, MMCE, FLSD-53,
 Dual focal, AdaFocal, MbLS, confidence penalty, FCL / SA-FCL).
 
 :func:`create_loss` is the only place where loss names and their keyword arguments are checked; timm's

@@ -3,8 +3,8 @@
 Paper: L. N. Smith, "Cyclical Focal Loss", https://arxiv.org/abs/2202.08978
 Focal loss: T.-Y. Lin et al., "Focal Loss for Dense Object Detection", https://arxiv.org/abs/1708.02002
 
-This module is self-contained (it imports torch only) so it can be copied into ``timm/loss/`` of an
-existing timm checkout and work there unchanged.
+This module imports torch and its sibling ``_base`` (reductions and argument checks) only, so the two can be
+copied into ``timm/loss/`` of an existing timm checkout and work there unchanged.
 
 Notation: z logits (N, K), logp = log_softmax(z), p = exp(logp), t the target class, eps the label
 smoothing, eta in [0, 1] the cyclical schedule (see :func:`cyclical_eta`). Per sample::
@@ -23,7 +23,7 @@ instead of being silently zero. ``torch.func.grad`` / ``vmap`` work (``vmap`` wi
 check reads a value).
 
 ``FOCAL_LOSS_CLASSES`` maps each loss type name to its class; the name checks and defaults live in the one
-factory, ``cfl_timm.create_loss``.
+factory, ``cfl_timm.create_loss`` (``cfl_timm/loss/cfl_loss_factory.py``).
 """
 import math
 from typing import Optional
@@ -32,14 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import check_choice, check_number, check_reduction
+
 __all__ = [
-    'FOCAL_LOSS_TYPES', 'SOFT_TARGET_MODES', 'REDUCTIONS', 'cyclical_eta',
+    'FOCAL_LOSS_TYPES', 'SOFT_TARGET_MODES', 'cyclical_eta',
     'FocalLoss', 'AsymmetricFocalLoss', 'CyclicalFocalLoss', 'FOCAL_LOSS_CLASSES',
 ]
 
 FOCAL_LOSS_TYPES = ('sym', 'asym', 'asym-cyclical')
 SOFT_TARGET_MODES = ('distribution', 'argmax')
-REDUCTIONS = ('none', 'mean', 'sum')
 SECOND_DERIVATIVE_ERROR = ('The focal losses are once differentiable (their gradient is analytic): a second derivative '
                            '(create_graph=True then differentiating again, gradgradcheck, hessian) is not supported.')
 
@@ -84,22 +85,10 @@ def cyclical_eta(epoch: float, epochs: int, factor: float) -> float:
     return min(1.0, max(0.0, eta))
 
 
-def _check_gamma(name: str, value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
-    return float(value)
-
-
 def _check_eps(eps: float) -> float:
     if not math.isfinite(eps) or not 0 <= eps < 1:
         raise ValueError(f'eps (label smoothing) must lie in [0, 1), got {eps!r}.')
     return float(eps)
-
-
-def _check_choice(name: str, value: str, choices: tuple) -> str:
-    if value not in choices:
-        raise ValueError(f"Unknown {name} '{value}', expected one of {choices}.")
-    return value
 
 
 def _power(p: torch.Tensor, logp: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -324,8 +313,9 @@ class _FocalLossBase(nn.Module):
     def __init__(self, eps: float, reduction: str, soft_target_mode: str, check_finite: bool) -> None:
         super().__init__()
         self.eps = _check_eps(eps)
-        self.reduction = _check_choice('reduction', reduction, REDUCTIONS)
-        self.soft_target_mode = _check_choice('soft_target_mode', soft_target_mode, SOFT_TARGET_MODES)
+        self.reduction = check_reduction(type(self).__name__, reduction)
+        self.soft_target_mode = check_choice(type(self).__name__, 'soft_target_mode', soft_target_mode,
+                                             SOFT_TARGET_MODES)
         self.check_finite = check_finite
 
     def _loss_params(self):
@@ -430,7 +420,7 @@ class FocalLoss(_FocalLossBase):
             check_finite: bool = True,
     ) -> None:
         super().__init__(eps, reduction, soft_target_mode, check_finite)
-        self.gamma = _check_gamma('gamma', gamma)
+        self.gamma = check_number(type(self).__name__, 'gamma', gamma)
 
     def _loss_params(self):
         return 0.0, 0.0, self.gamma, 0.0, True
@@ -486,9 +476,9 @@ class CyclicalFocalLoss(_FocalLossBase):
             check_finite: bool = True,
     ) -> None:
         super().__init__(eps, reduction, soft_target_mode, check_finite)
-        self.gamma_hc = _check_gamma('gamma_hc', gamma_hc)
-        self.gamma_pos = _check_gamma('gamma_pos', gamma_pos)
-        self.gamma_neg = _check_gamma('gamma_neg', gamma_neg)
+        self.gamma_hc = check_number(type(self).__name__, 'gamma_hc', gamma_hc)
+        self.gamma_pos = check_number(type(self).__name__, 'gamma_pos', gamma_pos)
+        self.gamma_neg = check_number(type(self).__name__, 'gamma_neg', gamma_neg)
         if epochs is None:
             raise ValueError('CyclicalFocalLoss needs epochs, the number of epochs the cyclical schedule spans '
                              "(timm's num_epochs: --epochs plus --cooldown-epochs); there is no default.")
@@ -549,8 +539,8 @@ class AsymmetricFocalLoss(_FocalLossBase):
             check_finite: bool = True,
     ) -> None:
         super().__init__(eps, reduction, soft_target_mode, check_finite)
-        self.gamma_pos = _check_gamma('gamma_pos', gamma_pos)
-        self.gamma_neg = _check_gamma('gamma_neg', gamma_neg)
+        self.gamma_pos = check_number(type(self).__name__, 'gamma_pos', gamma_pos)
+        self.gamma_neg = check_number(type(self).__name__, 'gamma_neg', gamma_neg)
 
     @property
     def eta(self) -> float:
