@@ -19,7 +19,8 @@ SAMPLE_VALUES = {'int': '3', 'float': '0.25', 'str': 'x', 'None': 'x', 'parsekwa
 CHOICE_VALUES = {'--amp-dtype': 'bfloat16', '--model-dtype': 'bfloat16', '--clip-mode': 'agc',
                  '--dist-bn': 'broadcast', '--interpolation': 'bicubic',
                  # Free strings upstream that must name an existing file here (arg_types.existing_file).
-                 '--class-map': str(FIXTURE), '--initial-checkpoint': str(FIXTURE)}
+                 '--class-map': str(FIXTURE), '--initial-checkpoint': str(FIXTURE), '--pretrained-path': str(FIXTURE),
+                 '--kd-pretrained-path': str(FIXTURE)}
 
 
 def _upstream_flags() -> list[dict]:
