@@ -1,4 +1,4 @@
-"""OLTR stage-1 configuration: a YAML file, then command-line values, applied only when actually given.
+"""OLTR stage-1 and stage-2 configuration: a YAML file, then command-line values, applied only when actually given.
 
 The CFL authors' OLTR port let argparse defaults silently overwrite the gammas and factor of its configs; here a
 command-line value replaces a config value only when the user passed it.
@@ -13,14 +13,17 @@ from cfl_timm.training.arg_types import SEED_MAX
 
 from .metrics import SHOT_RULES
 
-__all__ = ['DEFAULTS', 'LOSSES', 'BACKBONES', 'load_config', 'apply_overrides', 'parse_set', 'loss_kwargs',
-           'run_name']
+__all__ = ['DEFAULTS', 'LOSSES', 'BACKBONES', 'STAGES', 'SAMPLERS', 'load_config', 'apply_overrides', 'parse_set',
+           'loss_kwargs', 'run_name']
 
 LOSSES = ('ce',) + tuple(FOCAL_LOSS_TYPES)
 BACKBONES = ('resnet10', 'resnet152')
+STAGES = (1, 2)
+SAMPLERS = ('plain', 'class_aware')
 
 # Every key a config may hold, with the value used when the config leaves it out.
 DEFAULTS: dict[str, Any] = {
+    'stage': 1,
     'dataset': 'ImageNet_LT',
     'num_classes': 1000,
     'backbone': 'resnet10',
@@ -35,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
     'weight_decay': 5e-4,
     'lr_step': 10,
     'lr_gamma': 0.1,
+    'sampler': 'plain',
+    'samples_per_class': 4,
+    'freeze_backbone': False,
+    'centroids_lr': 0.01,
+    'centroids_weight': 0.01,
     'loss': 'ce',
     'gamma': 2.0,
     'gamma_hc': 0.0,
@@ -57,9 +65,20 @@ def _check(config: dict[str, Any], source: str) -> None:
         raise ValueError(f"{source}: unknown loss '{config['loss']}', expected one of {LOSSES}.")
     if config['backbone'] not in BACKBONES:
         raise ValueError(f"{source}: unknown backbone '{config['backbone']}', expected one of {BACKBONES}.")
-    for key in ('num_classes', 'epochs', 'batch_size', 'image_size', 'lr_step'):
+    if isinstance(config['stage'], bool) or config['stage'] not in STAGES:
+        raise ValueError(f"{source}: unknown stage {config['stage']!r}, expected one of {STAGES}.")
+    if config['sampler'] not in SAMPLERS:
+        raise ValueError(f"{source}: unknown sampler '{config['sampler']}', expected one of {SAMPLERS}.")
+    if not isinstance(config['freeze_backbone'], bool):
+        raise ValueError(f"{source}: freeze_backbone must be true or false, got {config['freeze_backbone']!r}.")
+    if config['freeze_backbone'] and config['stage'] != 2:
+        raise ValueError(f'{source}: freeze_backbone applies to stage 2 (the stage-1 backbone is what it freezes).')
+    for key in ('num_classes', 'epochs', 'batch_size', 'image_size', 'lr_step', 'samples_per_class'):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f'{source}: {key} must be an integer >= 1, got {config[key]!r}.')
+    if config['sampler'] == 'class_aware' and config['batch_size'] % config['samples_per_class']:
+        raise ValueError(f"{source}: batch_size {config['batch_size']} is not a multiple of samples_per_class "
+                         f"{config['samples_per_class']} (class-aware batches hold whole class groups).")
     if config['shot_rule'] not in SHOT_RULES:
         raise ValueError(f"{source}: unknown shot_rule '{config['shot_rule']}', expected one of {SHOT_RULES} "
                          "('code': many >= 100, few <= 20 as in OLTR's code; 'paper': > 100, < 20).")
@@ -69,7 +88,8 @@ def _check(config: dict[str, Any], source: str) -> None:
     seed = config['seed']
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise ValueError(f'{source}: seed must be an integer in [0, {SEED_MAX}], got {seed!r}.')
-    for key in ('feature_lr', 'classifier_lr', 'momentum', 'weight_decay', 'lr_gamma'):
+    for key in ('feature_lr', 'classifier_lr', 'momentum', 'weight_decay', 'lr_gamma', 'centroids_lr',
+                'centroids_weight'):
         if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
             raise ValueError(f'{source}: {key} must be a number >= 0, got {config[key]!r}.')
 
@@ -140,7 +160,7 @@ def _num(value: float) -> str:
 def run_name(config: dict[str, Any]) -> str:
     """Run directory name from the loss settings, the cyclical factor included (the authors' port left it out)."""
     loss = config['loss']
-    name = f"stage1_{config['backbone']}_{loss}"
+    name = f"stage{config['stage']}_{config['backbone']}_{loss}"
     if loss == 'sym':
         name += f"_g{_num(config['gamma'])}"
     elif loss in ('asym', 'asym-cyclical'):

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 
-__all__ = ['Stage1Model', 'create_features', 'load_backbone_weights', 'create_stage1_model']
+__all__ = ['Stage1Model', 'create_resnet', 'create_features', 'load_backbone_weights', 'create_stage1_model']
 
 
 class Stage1Model(nn.Module):
@@ -49,6 +49,15 @@ def load_backbone_weights(backbone: nn.Module, path: Union[str, Path]) -> None:
     backbone.load_state_dict(state)
 
 
+def create_resnet(backbone: str) -> nn.Module:
+    """The timm ResNet of a backbone name, without classifier and without weights (OLTR's initialisation)."""
+    if backbone == 'resnet10':
+        return timm.create_model('resnet18', layers=(1, 1, 1, 1), num_classes=0, zero_init_last=False)
+    if backbone == 'resnet152':
+        return timm.create_model('resnet152', num_classes=0, zero_init_last=False)
+    raise ValueError(f"Unknown backbone '{backbone}', expected one of ('resnet10', 'resnet152').")
+
+
 def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: Optional[Union[str, Path]] = None,
                     require_pretrained: bool = True) -> nn.Module:
     """The feature extractor of OLTR stage 1.
@@ -61,7 +70,7 @@ def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: O
         require_pretrained: False when the weights come from a stage-1 checkpoint afterwards (``--test``).
     """
     if backbone == 'resnet10':
-        net = timm.create_model('resnet18', layers=(1, 1, 1, 1), num_classes=0, zero_init_last=False)
+        net = create_resnet(backbone)
         if pretrained_file is not None:
             load_backbone_weights(net, pretrained_file)
         if feature_dim == net.num_features:
@@ -71,7 +80,7 @@ def create_features(backbone: str, *, feature_dim: int = 512, pretrained_file: O
         if pretrained_file is None and require_pretrained:
             raise ValueError('backbone resnet152 (Places_LT) starts from ImageNet weights: '
                              'pass --pretrained-file PATH.')
-        net = timm.create_model('resnet152', num_classes=0, zero_init_last=False)
+        net = create_resnet(backbone)
         if pretrained_file is not None:
             load_backbone_weights(net, pretrained_file)
         return nn.Sequential(net, nn.Linear(net.num_features, feature_dim), nn.ReLU(inplace=True))
