@@ -392,3 +392,273 @@ def test_two_param_groups_and_step_lr():
         scheduler.step()
     assert lrs[:10] == [0.1] * 10
     assert lrs[10:20] == pytest.approx([0.01] * 10) and lrs[20:] == pytest.approx([0.001] * 10)
+
+
+# ---------------------------------------------------------------- stage 2 (meta-embedding)
+
+def _stage1_run(image_folder, oltr_lists, output, *extra) -> Path:
+    """A one-epoch stage-1 run (ResNet-10) on the lists; returns its best.pth."""
+    from oltr.train import main
+    main(_run_args(CONFIG_DIR / 'ImageNet_LT' / 'stage_1.yaml', image_folder, oltr_lists, output, '--epochs', '1',
+                   *extra))
+    return output / 'Mini_LT' / 'stage1_resnet10_ce' / 'best.pth'
+
+
+@pytest.fixture
+def stage1_checkpoint(image_folder, oltr_lists, tmp_path, one_thread) -> Path:
+    return _stage1_run(image_folder, oltr_lists, tmp_path / 'stage1')
+
+
+def test_stage2_features_start_as_stage1_features_and_centroids_are_class_means(image_folder, oltr_lists, tmp_path,
+                                                                                 one_thread):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from oltr.centroids import compute_centroids
+    from oltr.data import ListDataset, eval_transform
+    from oltr.stage2_model import create_stage2_model, load_stage1, read_stage1_checkpoint
+    # A stage-1 run with a projection (feature_dim 256): stage 2 takes the ResNet, the projection and the classifier.
+    best = _stage1_run(image_folder, oltr_lists, tmp_path, '--set', 'feature_dim=256')
+    config = {'backbone': 'resnet10', 'num_classes': 9, 'feature_dim': 256}
+    checkpoint = read_stage1_checkpoint(best, config)
+    model = create_stage2_model('resnet10', 9, image_size=32, feature_dim=256).eval()
+    load_stage1(model, checkpoint)
+    assert torch.equal(model.classifier.hallucinator.weight, checkpoint['model']['classifier.weight'])
+    from oltr.model import create_stage1_model
+    stage1 = create_stage1_model('resnet10', 9, feature_dim=256).eval()
+    stage1.load_state_dict(checkpoint['model'])
+    samples = read_list(oltr_lists / 'Mini_LT_train.txt', num_classes=9)
+    dataset = ListDataset(image_folder, samples, eval_transform(32, 32))
+    with torch.no_grad():
+        images = torch.stack([dataset[i][0] for i in range(8)])
+        # The attention starts as the identity (zero mask): stage 2 begins from the stage-1 features.
+        assert torch.allclose(model.features(images), stage1.features(images), atol=1e-6)
+    centroids = compute_centroids(model.features, DataLoader(dataset, batch_size=16, shuffle=True), 9,
+                                  torch.device('cpu'))
+    # The direct per-class mean: one image at a time, summed in float64.
+    sums, counts = np.zeros((9, 256)), np.zeros(9)
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            image, label = dataset[index]
+            sums[label] += model.features(image.unsqueeze(0))[0].double().numpy()
+            counts[label] += 1
+    assert counts.tolist() == LT_COUNTS
+    np.testing.assert_allclose(centroids.numpy(), sums / counts[:, None], rtol=1e-5, atol=1e-6)
+    assert not model.training
+
+
+def test_class_aware_sampler_yields_groups_of_four_per_class(oltr_lists):
+    from torch.utils.data import DataLoader
+
+    from oltr.sampler import ClassAwareSampler
+    labels = [label for _, label in read_list(oltr_lists / 'Mini_LT_train.txt', num_classes=9)]
+    sampler = ClassAwareSampler(labels, samples_per_class=4, seed=3)
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == len(labels) == sum(LT_COUNTS)
+    groups = [indices[i:i + 4] for i in range(0, len(indices) - len(indices) % 4, 4)]
+    group_labels, streams = [], {c: [] for c in range(9)}
+    for group in groups:
+        assert len({labels[i] for i in group}) == 1, group  # four images of one class
+        group_labels.append(labels[group[0]])
+        streams[labels[group[0]]] += group
+    # Each class's images come in passes: every pass shows each of its images once, in a new order.
+    for label, stream in streams.items():
+        members = sorted(i for i, y in enumerate(labels) if y == label)
+        for start in range(0, len(stream) - LT_COUNTS[label] + 1, LT_COUNTS[label]):
+            assert sorted(stream[start:start + LT_COUNTS[label]]) == members, label
+    # The classes come in turn: every pass over the 9 classes visits each once, however long-tailed.
+    for start in range(0, len(group_labels) - 8, 9):
+        assert sorted(group_labels[start:start + 9]) == list(range(9))
+    # A DataLoader batch of 16 holds 4 whole groups; the same epoch repeats (resume), another differs.
+    loader = DataLoader(list(zip(range(len(labels)), labels)), batch_size=16, sampler=sampler, drop_last=True)
+    for _, batch_labels in loader:
+        assert [len(set(batch_labels[i:i + 4].tolist())) for i in range(0, 16, 4)] == [1, 1, 1, 1]
+    assert list(sampler) == indices
+    sampler.set_epoch(1)
+    assert list(sampler) != indices
+    with pytest.raises(ValueError, match='samples_per_class must be >= 1'):
+        ClassAwareSampler(labels, samples_per_class=0)
+
+
+def test_disc_centroids_loss_equation_and_gradients():
+    import torch
+
+    from oltr.centroids import DiscCentroidsLoss
+    torch.manual_seed(0)
+    feats = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    centroids = (0.3 * torch.randn(4, 5, dtype=torch.float64)).requires_grad_()
+    labels = torch.tensor([0, 1, 1, 3, 0, 0])
+    loss_fn = DiscCentroidsLoss()
+    loss = loss_fn(feats, labels, centroids)
+    # The equation, directly: attraction + 0.01 * max(0, 10 - mean squared distance to the other classes).
+    dist2 = ((feats[:, None, :] - centroids[None]) ** 2).sum(-1)
+    own = torch.nn.functional.one_hot(labels, 4).bool()
+    attract = dist2[own].sum() / (2 * 6)
+    repel = torch.clamp(10 - dist2[~own].sum() / (6 * 4), min=0)
+    assert repel > 0  # the margin is active for these small vectors
+    assert loss.item() == pytest.approx((attract + 0.01 * repel).item(), rel=1e-12)
+    # Features get the exact derivative.
+    grad_feats, = torch.autograd.grad(attract + 0.01 * repel, feats, retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(feats.grad, grad_feats)
+    assert torch.autograd.gradcheck(lambda f: loss_fn(f, labels, centroids.detach()),
+                                    (feats.detach().requires_grad_(),))
+    # Centroids: the center-loss update (c_j - f_i) / ((1 + n_j) B) of the attraction, plus the repulsion's
+    # derivative; the attraction part is not scaled by a loss weight.
+    repel_grad, = torch.autograd.grad(0.01 * repel, centroids)
+    counts = torch.bincount(labels, minlength=4).double()
+    expected = torch.zeros(4, 5, dtype=torch.float64)
+    for i, label in enumerate(labels):
+        expected[label] += (centroids[label] - feats[i]).detach() / (1 + counts[label]) / 6
+    torch.testing.assert_close(centroids.grad, expected + repel_grad)
+    centroids.grad = None
+    (0.01 * loss_fn(feats, labels, centroids)).backward()
+    torch.testing.assert_close(centroids.grad, expected + 0.01 * repel_grad)
+
+
+def test_meta_embedding_matches_its_equation():
+    import torch
+
+    from oltr.meta_embedding import MetaEmbeddingClassifier
+    torch.manual_seed(0)
+    head = MetaEmbeddingClassifier(6, 4).double()
+    with torch.no_grad():
+        head.centroids.copy_(torch.randn(4, 6))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    c = head.centroids.detach()
+    reach = 10 / torch.stack([min(torch.linalg.vector_norm(xi - ck) for ck in c) for xi in x]).unsqueeze(1)
+    memory = torch.softmax(x @ head.hallucinator.weight.t() + head.hallucinator.bias, dim=1) @ c
+    selector = torch.tanh(x @ head.selector.weight.t() + head.selector.bias)
+    infused = reach * (x + selector * memory)
+    norm = infused.norm(dim=1, keepdim=True)
+    w = head.cosnorm.weight / head.cosnorm.weight.norm(dim=1, keepdim=True)
+    expected = 16 * (norm / (1 + norm)) * (infused / norm) @ w.t()
+    torch.testing.assert_close(head(x), expected)
+    head(x).sum().backward()
+    assert head.centroids.grad is None  # the memory is read without gradient; only the centroids loss moves it
+
+
+def test_stage2_refuses_a_wrong_stage1_checkpoint(image_folder, oltr_lists, stage1_checkpoint, tmp_path, capsys):
+    import torch
+
+    from oltr.train import cli
+    config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2.yaml'
+    state = torch.load(stage1_checkpoint, weights_only=True)
+    places = tmp_path / 'places.pth'
+    torch.save({**state, 'config': {**state['config'], 'backbone': 'resnet152', 'num_classes': 365}}, places)
+    text = tmp_path / 'notes.pth'
+    text.write_text('not a checkpoint\n')
+
+    def usage_error(*extra) -> str:
+        with pytest.raises(SystemExit) as info:
+            cli(['--config', str(config), '--data-root', str(image_folder), '--list-dir', str(oltr_lists),
+                 '--output', str(tmp_path / 'out'), '--device', 'cpu', '--set', 'dataset=Mini_LT',
+                 '--set', 'num_classes=9', '--set', 'image_size=32', '--set', 'resize_size=32',
+                 '--set', 'batch_size=16', '--set', 'workers=0', *extra])
+        assert info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if 'error:' in line]
+        assert len(lines) == 1
+        return lines[0]
+
+    line = usage_error('--stage1-checkpoint', str(places))
+    assert ('is a stage-1 run of backbone resnet152, num_classes 365, feature_dim 512, but this config trains '
+            'backbone resnet10, num_classes 9, feature_dim 512') in line
+    line = usage_error('--stage1-checkpoint', str(stage1_checkpoint), '--set', 'feature_dim=256')
+    assert 'feature_dim 512, but this config trains backbone resnet10, num_classes 9, feature_dim 256' in line
+    assert 'not a readable PyTorch checkpoint' in usage_error('--stage1-checkpoint', str(text))
+    assert 'pass --stage1-checkpoint PATH' in usage_error()
+    assert 'does not exist' in usage_error('--stage1-checkpoint', str(tmp_path / 'absent.pth'))
+    assert '--pretrained-file is for stage 1' in usage_error('--stage1-checkpoint', str(stage1_checkpoint),
+                                                            '--pretrained-file', str(stage1_checkpoint))
+    assert not (tmp_path / 'out').exists()  # refused before any work
+
+
+def _stage2_args(config, image_folder, oltr_lists, output, stage1, *extra):
+    return _run_args(config, image_folder, oltr_lists, output, '--stage1-checkpoint', str(stage1), *extra)
+
+
+def test_stage2_frozen_backbone_does_not_move(image_folder, oltr_lists, stage1_checkpoint, tmp_path, one_thread):
+    import torch
+
+    from oltr.train import main
+    # Places-LT's stage 2 (ResNet frozen; attention, feature layer and classifier learn) on the small ResNet-10.
+    config = CONFIG_DIR / 'Places_LT' / 'stage_2.yaml'
+    results = main(_stage2_args(config, image_folder, oltr_lists, tmp_path, stage1_checkpoint, '--epochs', '1',
+                                '--set', 'backbone=resnet10'))
+    run_dir = tmp_path / 'Mini_LT' / 'stage2_resnet10_ce'
+    _check_results(results, run_dir, with_open=False)
+    # The run's initial network, rebuilt the way the runner builds it (same seed, same stage-1 weights).
+    from oltr.stage2_model import create_stage2_model, load_stage1, read_stage1_checkpoint
+    torch.manual_seed(0)
+    initial = create_stage2_model('resnet10', 9, image_size=32, freeze_backbone=True)
+    load_stage1(initial, read_stage1_checkpoint(stage1_checkpoint, {'backbone': 'resnet10', 'num_classes': 9,
+                                                                    'feature_dim': 512}))
+    last = torch.load(run_dir / 'last.pth', weights_only=True)
+    trained = last['model']
+    moved = {name for name, param in initial.named_parameters() if not torch.equal(trained[name], param.detach())}
+    frozen = {name for name, param in initial.named_parameters() if name.startswith('features.backbone.')}
+    assert frozen and not moved & frozen  # not one frozen parameter moved
+    # What learns moved (on a 1 x 1 map the attention's softmax is constant, so theta and phi get no gradient).
+    assert {'features.attention.mask.weight', 'features.attention.g.weight', 'features.fc.weight',
+            'classifier.centroids', 'classifier.hallucinator.weight', 'classifier.selector.weight',
+            'classifier.cosnorm.weight'} <= moved
+    groups = {g['name']: g for g in last['optimizer']['param_groups']}
+    assert set(groups) == {'features', 'classifier', 'centroids'}
+    assert groups['centroids']['lr'] == 0.01 and groups['features']['lr'] == 1e-4
+
+
+def test_stage2_ce_run_ends_with_oltr_metrics(image_folder, oltr_lists, stage1_checkpoint, tmp_path, one_thread):
+    import torch
+
+    from oltr.train import main
+    config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2.yaml'
+    args = _stage2_args(config, image_folder, oltr_lists, tmp_path, stage1_checkpoint, '--epochs', '1',
+                        '--open-root', str(image_folder))
+    results = main(args)
+    run_dir = tmp_path / 'Mini_LT' / 'stage2_resnet10_ce'
+    _check_results(results, run_dir, with_open=True)
+    best = torch.load(run_dir / 'best.pth', weights_only=True)
+    assert best['stage1_checkpoint'] == str(stage1_checkpoint.resolve())
+    assert best['saver']['run_id'] == json.loads((run_dir / 'run.json').read_text())['run_id']
+    with pytest.raises(FileExistsError, match='already holds a run'):
+        main(args)
+
+
+def test_stage2_cfl_run_and_exact_resume(image_folder, oltr_lists, stage1_checkpoint, tmp_path, monkeypatch,
+                                         one_thread):
+    import torch
+
+    import oltr.train
+    from oltr.train import main
+    config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2_cfl.yaml'
+    results = main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'a', stage1_checkpoint, '--epochs', '2',
+                                '--open-root', str(image_folder)))
+    run_dir = tmp_path / 'a' / 'Mini_LT' / 'stage2_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
+    _check_results(results, run_dir, with_open=True)
+
+    calls = []
+    train_one_epoch = oltr.train.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2'))
+    monkeypatch.undo()
+    resumed_dir = tmp_path / 'b' / 'Mini_LT' / run_dir.name
+    run_id = json.loads((resumed_dir / 'run.json').read_text())['run_id']
+    with pytest.raises(ValueError, match='is not the checkpoint the run started from'):
+        main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', run_dir / 'best.pth', '--epochs', '2',
+                          '--resume'))
+    main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2',
+                      '--resume'))
+    reference = torch.load(run_dir / 'last.pth', weights_only=True)
+    resumed = torch.load(resumed_dir / 'last.pth', weights_only=True)
+    assert resumed['epoch'] == reference['epoch'] == 1
+    for name, value in reference['model'].items():
+        assert torch.equal(resumed['model'][name], value), name
+    assert resumed['criterion'] == reference['criterion'] and resumed['saver']['run_id'] == run_id
