@@ -662,3 +662,41 @@ def test_stage2_cfl_run_and_exact_resume(image_folder, oltr_lists, stage1_checkp
     for name, value in reference['model'].items():
         assert torch.equal(resumed['model'][name], value), name
     assert resumed['criterion'] == reference['criterion'] and resumed['saver']['run_id'] == run_id
+
+
+def test_stage2_configs_carry_the_published_recipe():
+    from cfl_timm import create_loss
+    from oltr.config import load_config, loss_kwargs, run_name
+    expected = {  # dataset: epochs, lr_step, feature_lr, classifier_lr, freeze_backbone, backbone, classes
+        'ImageNet_LT': (60, 20, 0.01, 0.1, False, 'resnet10', 1000),
+        'Places_LT': (30, 10, 1e-4, 0.01, True, 'resnet152', 365)}
+    for dataset, values in expected.items():
+        for name in ('stage_2', 'stage_2_cfl'):
+            config = load_config(CONFIG_DIR / dataset / f'{name}.yaml')
+            assert (config['epochs'], config['lr_step'], config['feature_lr'], config['classifier_lr'],
+                    config['freeze_backbone'], config['backbone'], config['num_classes']) == values, (dataset, name)
+            assert (config['stage'], config['sampler'], config['samples_per_class'], config['batch_size']) == (
+                2, 'class_aware', 4, 128)
+            assert (config['centroids_lr'], config['centroids_weight'], config['momentum'],
+                    config['weight_decay'], config['lr_gamma']) == (0.01, 0.01, 0.9, 5e-4, 0.1)
+        cfl = load_config(CONFIG_DIR / dataset / 'stage_2_cfl.yaml')
+        assert run_name(cfl).startswith('stage2_')
+        # The authors' stage-2 settings: gamma_pos 0, gamma_neg 4, gamma_hc 2; factor 4 (ImageNet-LT), 2 (Places-LT).
+        factor = 4 if dataset == 'ImageNet_LT' else 2
+        assert [cfl[k] for k in ('loss', 'gamma_pos', 'gamma_neg', 'gamma_hc', 'cyclical_factor')] == [
+            'asym-cyclical', 0, 4, 2, factor]
+        # eta spans the stage's own epochs: 1 at the first, 0 at (E - 1) / f, 1 at the last, never outside [0, 1].
+        criterion = create_loss(**loss_kwargs(cfl))
+        etas = []
+        for epoch in range(cfl['epochs']):
+            criterion.set_epoch(epoch)
+            etas.append(criterion.eta)
+        assert etas[0] == 1.0 and etas[-1] == pytest.approx(1.0) and min(etas) == pytest.approx(0.0, abs=0.1)
+        assert 0.0 <= min(etas) and max(etas) <= 1.0
+    # The authors' port runs ImageNet-LT stage 2 for 60 epochs (counted from 1) with `epochs: 30` in the loss,
+    # and its command-line default factor 2 replaces the config's 4: eta ends at 3.14 (2.43 with factor 4).
+    def published_eta(epoch, epochs=30, factor=2.0):
+        return 1 - factor * epoch / (epochs - 1) if factor * epoch < epochs else (
+            (factor * epoch / (epochs - 1) - 1) / (factor - 1))
+    assert published_eta(60) == pytest.approx(3.14, abs=0.005)
+    assert published_eta(60, factor=4.0) == pytest.approx(2.43, abs=0.005)
