@@ -329,6 +329,13 @@ OLTR_ROWS = [
     O('`--resume` without an interrupted run', '--resume: no', 'good', '--resume'),
     O('`--pretrained-file` missing', 'pretrained weights file not found', 'good', '--pretrained-file',
       '{files}/absent.pth'),
+    O('stage-2 config without `--stage1-checkpoint`', 'pass --stage1-checkpoint PATH', 'good', '--config',
+      '{files}/stage_2.yaml'),
+    O('`--stage1-checkpoint` of another backbone and class count',
+      'is a stage-1 run of backbone resnet152, num_classes 365', 'good', '--config', '{files}/stage_2.yaml',
+      '--stage1-checkpoint', '{files}/places_stage1.pth'),
+    O('`--stage1-checkpoint` with a stage-1 config', 'starts a stage-2 run', 'good', '--stage1-checkpoint',
+      '{files}/places_stage1.pth'),
 ]
 
 
@@ -410,6 +417,9 @@ def files(tmp_path_factory, digits_dir) -> Path:
     (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
     (existing / 'run.json').write_text('{"run_id": "0123456789abcdef", "resumed_from": null}\n')
     _write_oltr_lists(root / 'oltr', digits_dir)
+    (root / 'stage_2.yaml').write_text((REPO_ROOT / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_2.yaml').read_text())
+    torch.save({'model': {}, 'epoch': 0, 'config': {'stage': 1, 'backbone': 'resnet152', 'num_classes': 365,
+                                                    'feature_dim': 512}}, root / 'places_stage1.pth')
     return root
 
 
