@@ -276,10 +276,24 @@ def test_stage1_ce_run_completes(image_folder, oltr_lists, tmp_path, one_thread)
     assert (run_dir / 'best.pth').read_bytes() == before
 
 
+def _interrupt_second_epoch(monkeypatch) -> None:
+    """Make the runner's second ``train_one_epoch`` call raise KeyboardInterrupt (a kill mid-run)."""
+    import oltr.train
+    calls = []
+    train_one_epoch = oltr.train.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
+
+
 def test_stage1_cfl_run_open_set_test_and_exact_resume(image_folder, oltr_lists, tmp_path, monkeypatch, one_thread):
     import torch
 
-    import oltr.train
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_1_cfl.yaml'
     results = main(_run_args(config, image_folder, oltr_lists, tmp_path / 'a', '--epochs', '2',
@@ -293,16 +307,7 @@ def test_stage1_cfl_run_open_set_test_and_exact_resume(image_folder, oltr_lists,
     assert retest == pytest.approx(saved)
 
     # The same run interrupted during its second epoch, then resumed: bit-identical to the uninterrupted one.
-    calls = []
-    train_one_epoch = oltr.train.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
+    _interrupt_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         main(_run_args(config, image_folder, oltr_lists, tmp_path / 'b', '--epochs', '2'))
     monkeypatch.undo()
@@ -628,7 +633,6 @@ def test_stage2_cfl_run_and_exact_resume(image_folder, oltr_lists, stage1_checkp
                                          one_thread):
     import torch
 
-    import oltr.train
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2_cfl.yaml'
     results = main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'a', stage1_checkpoint, '--epochs', '2',
@@ -636,16 +640,7 @@ def test_stage2_cfl_run_and_exact_resume(image_folder, oltr_lists, stage1_checkp
     run_dir = tmp_path / 'a' / 'Mini_LT' / 'stage2_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
     _check_results(results, run_dir, with_open=True)
 
-    calls = []
-    train_one_epoch = oltr.train.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(oltr.train, 'train_one_epoch', interrupted)
+    _interrupt_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2'))
     monkeypatch.undo()
