@@ -619,8 +619,15 @@ def test_stage2_ce_run_ends_with_oltr_metrics(image_folder, oltr_lists, stage1_c
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2.yaml'
     args = _stage2_args(config, image_folder, oltr_lists, tmp_path, stage1_checkpoint, '--epochs', '1',
                         '--open-root', str(image_folder))
-    results = main(args)
     run_dir = tmp_path / 'Mini_LT' / 'stage2_resnet10_ce'
+    # While another process holds the run folder, a second one is refused before it writes anything there.
+    from cfl_timm.training import RunLock
+    holder = RunLock.acquire(run_dir)
+    with pytest.raises(ValueError, match='is in use by another'):
+        main(args)
+    holder.release()
+    assert sorted(p.name for p in run_dir.iterdir()) == ['run.lock']
+    results = main(args)
     _check_results(results, run_dir, with_open=True)
     best = torch.load(run_dir / 'best.pth', weights_only=True)
     assert best['stage1_checkpoint'] == str(stage1_checkpoint.resolve())
