@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,7 +41,7 @@ from .model import create_stage1_model
 from .sampler import ClassAwareSampler
 from .stage2_model import create_stage2_model, load_stage1, read_stage1_checkpoint
 
-__all__ = ['get_args_parser', 'resolve_config', 'main']
+__all__ = ['get_args_parser', 'resolve_config', 'RunData', 'read_data', 'create_model', 'main']
 
 # Named command-line options that map onto config keys (default None = "not given").
 _CLI_KEYS = ('epochs', 'batch_size', 'num_classes', 'image_size', 'loss', 'gamma', 'gamma_hc', 'gamma_pos',
@@ -233,11 +234,62 @@ def create_model(config: dict[str, Any], pretrained_file: Optional[str], stage1:
     return model
 
 
+@dataclass(frozen=True)
+class RunData:
+    """The checked samples of each split, with what is needed to load them: a builder of the run's loaders."""
+
+    config: dict[str, Any]
+    samples: dict[str, list[tuple[str, int]]]
+    data_root: str
+    open_root: Optional[str]
+    device: torch.device
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        """The split's loader: training transform, shuffled or class-aware, last partial batch dropped when
+        ``train``; otherwise the eval transform in list order."""
+        config = self.config
+        transform = (train_transform(config['image_size']) if train
+                     else eval_transform(config['image_size'], config['resize_size']))
+        root = self.open_root if split == 'open' else self.data_root
+        sampler = None
+        if train and config['sampler'] == 'class_aware':
+            sampler = ClassAwareSampler([label for _, label in self.samples[split]], config['samples_per_class'],
+                                        seed=config['seed'])
+        return DataLoader(ListDataset(root, self.samples[split], transform), batch_size=config['batch_size'],
+                          shuffle=train and sampler is None, sampler=sampler, drop_last=train,
+                          num_workers=config['workers'], pin_memory=self.device.type == 'cuda')
+
+
+def read_data(args: argparse.Namespace, config: dict[str, Any], *, train: bool, with_open: bool,
+              device: torch.device) -> RunData:
+    """Read and check every list and image the run needs, before any work (the training images only when
+    ``train``; then stage 2 also needs every class in the training list, and there must be one full batch)."""
+    dataset, num_classes = config['dataset'], config['num_classes']
+    list_dir = Path(args.list_dir) if args.list_dir else Path('data') / dataset
+    samples = {split: read_list(list_path(list_dir, dataset, split), num_classes=num_classes)
+               for split in ('train', 'val', 'test')}
+    if with_open:
+        samples['open'] = read_list(list_path(list_dir, dataset, 'open'), open_set=True)
+    for split, split_samples in samples.items():
+        if split == 'train' and not train:
+            continue
+        root = args.open_root if split == 'open' else args.data_root
+        check_images_exist(root, split_samples, list_name=str(list_path(list_dir, dataset, split)))
+    if train:
+        counts = class_counts(samples['train'], num_classes)
+        if config['stage'] == 2 and 0 in counts:
+            empty = [c for c, n in enumerate(counts) if n == 0]
+            raise ValueError(f"{list_path(list_dir, dataset, 'train')}: stage 2 needs a centroid of every class, "
+                             f'but classes {empty[:10]} ({len(empty)} in all) have no training image.')
+        if len(samples['train']) < config['batch_size']:
+            raise ValueError(f"{len(samples['train'])} training images are fewer than one batch of "
+                             f"{config['batch_size']} (last partial batches are dropped).")
+    return RunData(config, samples, args.data_root, args.open_root, device)
+
+
 def main(args: argparse.Namespace) -> dict[str, float]:
     """Train the config's stage (unless ``--test``/``--test_open``) and evaluate; returns the test results."""
     config = resolve_config(args)
-    dataset = config['dataset']
-    list_dir = Path(args.list_dir) if args.list_dir else Path('data') / dataset
     test_only = args.test or args.test_open
     with_open = args.test_open or args.open_root is not None
     if args.test_open and args.open_root is None:
@@ -246,61 +298,34 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         raise ValueError('--resume continues training; it cannot be combined with --test / --test_open.')
     stage1 = _stage1_source(args, config, test_only)
     criterion = None if test_only else create_criterion(config)  # invalid loss settings fail here, before any work
-
-    # Read and check every list and image before any work.
-    num_classes = config['num_classes']
-    splits = {split: read_list(list_path(list_dir, dataset, split), num_classes=num_classes)
-              for split in ('train', 'val', 'test')}
-    if with_open:
-        splits['open'] = read_list(list_path(list_dir, dataset, 'open'), open_set=True)
-    for split, samples in splits.items():
-        if split == 'train' and test_only:
-            continue
-        root = args.open_root if split == 'open' else args.data_root
-        check_images_exist(root, samples, list_name=str(list_path(list_dir, dataset, split)))
-    train_counts = class_counts(splits['train'], num_classes)
-    if config['stage'] == 2 and not test_only and 0 in train_counts:
-        empty = [c for c, n in enumerate(train_counts) if n == 0]
-        raise ValueError(f"{list_path(list_dir, dataset, 'train')}: stage 2 needs a centroid of every class, but "
-                         f'classes {empty[:10]} ({len(empty)} in all) have no training image.')
-
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    run_dir = Path(args.output) / dataset / run_name(config)
-    best_path, last_path = run_dir / 'best.pth', run_dir / 'last.pth'
-    if args.resume and not last_path.is_file():
-        raise FileNotFoundError(f'--resume: no {last_path} to continue from.')
+    data = read_data(args, config, train=not test_only, with_open=with_open, device=device)
+    run_dir = Path(args.output) / config['dataset'] / run_name(config)
+    if args.resume and not (run_dir / 'last.pth').is_file():
+        raise FileNotFoundError(f"--resume: no {run_dir / 'last.pth'} to continue from.")
     torch.manual_seed(config['seed'])
     np.random.seed(config['seed'])
-
-    def loader(split: str, train: bool = False) -> DataLoader:
-        transform = (train_transform(config['image_size']) if train
-                     else eval_transform(config['image_size'], config['resize_size']))
-        root = args.open_root if split == 'open' else args.data_root
-        sampler = None
-        if train and config['sampler'] == 'class_aware':
-            sampler = ClassAwareSampler([label for _, label in splits[split]], config['samples_per_class'],
-                                        seed=config['seed'])
-        return DataLoader(ListDataset(root, splits[split], transform), batch_size=config['batch_size'],
-                          shuffle=train and sampler is None, sampler=sampler, drop_last=train,
-                          num_workers=config['workers'], pin_memory=device.type == 'cuda')
-
     model = create_model(config, args.pretrained_file, stage1, test_only).to(device)
     if not test_only:
-        if len(splits['train']) < config['batch_size']:
-            raise ValueError(f"{len(splits['train'])} training images are fewer than one batch of "
-                             f"{config['batch_size']} (last partial batches are dropped).")
         lock = RunLock.acquire(run_dir)  # one process per run folder; the kernel drops it however we end
         try:
-            _train(args, config, model, criterion.to(device), loader, run_dir, device)
+            _train(args, config, model, criterion.to(device), data, run_dir)
         finally:
             lock.release()
+    return _test(config, model, data, run_dir, with_open)
 
+
+def _test(config: dict[str, Any], model: nn.Module, data: RunData, run_dir: Path, with_open: bool
+          ) -> dict[str, float]:
+    """Evaluate the run's ``best.pth`` on test (and the open set); writes and returns ``results.json``."""
+    best_path = run_dir / 'best.pth'
     if not best_path.is_file():
         raise FileNotFoundError(f'no checkpoint to test: {best_path} (train this config first)')
-    checkpoint = torch.load(best_path, map_location=device, weights_only=True)
+    checkpoint = torch.load(best_path, map_location=data.device, weights_only=True)
     model.load_state_dict(checkpoint['model'])
-    probs, labels = predict(model, loader('test'), device)
-    open_probs = predict(model, loader('open'), device)[0] if with_open else None
+    probs, labels = predict(model, data.loader('test'), data.device)
+    open_probs = predict(model, data.loader('open'), data.device)[0] if with_open else None
+    train_counts = class_counts(data.samples['train'], config['num_classes'])
     results = evaluate(probs, labels, train_counts, config, open_probs)
     results['best_epoch'] = checkpoint['epoch']
     _atomic_write_json(run_dir / 'results.json', results)
@@ -308,11 +333,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
-def _train(args: argparse.Namespace, config: dict[str, Any], model: nn.Module, criterion: nn.Module, loader,
-           run_dir: Path, device: torch.device) -> None:
+def _train(args: argparse.Namespace, config: dict[str, Any], model: nn.Module, criterion: nn.Module,
+           data: RunData, run_dir: Path) -> None:
     """Train in ``run_dir`` (locked by the caller): refuse a folder holding another run, claim the run id, set up
     stage 2's centroids on a new run, then the epochs with ``best.pth`` / ``last.pth`` written atomically."""
-    best_path, last_path = run_dir / 'best.pth', run_dir / 'last.pth'
+    best_path, last_path, device = run_dir / 'best.pth', run_dir / 'last.pth', data.device
     in_use = [p.name for p in (best_path, last_path) if p.exists()]
     if in_use and not args.resume:
         # Never overwrite a finished or interrupted run's checkpoints.
@@ -323,7 +348,7 @@ def _train(args: argparse.Namespace, config: dict[str, Any], model: nn.Module, c
     optimizer, scheduler = create_optimizer(model, config)
     stage2 = config['stage'] == 2
     centroids_loss = DiscCentroidsLoss().to(device) if stage2 else None
-    train_loader, val_loader = loader('train', train=True), loader('val')
+    train_loader, val_loader = data.loader('train', train=True), data.loader('val')
     best_acc, start_epoch = -1.0, 0
     if args.resume:
         start_epoch, best_acc = _restore(last, config, model, optimizer, scheduler, criterion, args.stage1_checkpoint)
@@ -336,7 +361,7 @@ def _train(args: argparse.Namespace, config: dict[str, Any], model: nn.Module, c
         stage1_path = str(Path(args.stage1_checkpoint).resolve()) if stage2 else None
         if stage2:  # the memory starts as the per-class mean feature of the stage-1 network (plus fresh layers)
             model.classifier.centroids.data.copy_(
-                compute_centroids(model.features, loader('train'), config['num_classes'], device))
+                compute_centroids(model.features, data.loader('train'), config['num_classes'], device))
     saver = {'run_id': claim.run_id}
     for epoch in range(start_epoch, config['epochs']):
         if hasattr(criterion, 'set_epoch'):
