@@ -5,6 +5,8 @@ Paper: Z. Liu et al., "Large-Scale Long-Tailed Recognition in an Open World", CV
 https://arxiv.org/abs/1904.05160 (section 3.2, "modulated attention"); non-local block: X. Wang et al.,
 "Non-local Neural Networks", CVPR 2018, https://arxiv.org/abs/1711.07971
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -25,16 +27,23 @@ class ModulatedAttention(nn.Module):
 
     and the output is ``x + s * m`` (``s`` broadcast over channels). ``W_s`` is a linear map of the whole
     flattened map (``C * N -> N``), so the map size is fixed at construction (7 x 7 for 224-pixel inputs to a
-    stride-32 ResNet). Because ``mask`` starts at zero, the layer starts as the identity: stage 2 begins from
-    exactly the stage-1 feature map.
+    stride-32 ResNet).
+
+    Initialisation follows what OLTR's code ends up with: its layer zeroes ``mask`` and draws the other three
+    from Kaiming-normal, but the ResNet constructor that holds it then redraws every convolution weight from
+    ``N(0, 2 / out_channels)`` (biases stay zero), so in the published stage 2 the mask starts random and the
+    layer does not start as the identity. ``zero_init_mask=True`` keeps the zero mask instead (the layer then
+    starts as the identity).
 
     Args:
         in_channels: Channels ``C`` of the feature map.
         spatial_size: ``(H, W)`` of the feature map.
         reduction: Channel reduction of the embeddings (OLTR: 2).
+        zero_init_mask: Start ``mask`` at zero instead of OLTR's effective random initialisation.
     """
 
-    def __init__(self, in_channels: int, spatial_size: tuple[int, int], reduction: int = 2):
+    def __init__(self, in_channels: int, spatial_size: tuple[int, int], reduction: int = 2,
+                 zero_init_mask: bool = False):
         super().__init__()
         if in_channels < 1 or reduction < 1 or in_channels % reduction:
             raise ValueError(f'in_channels ({in_channels}) must be a positive multiple of reduction ({reduction}).')
@@ -49,10 +58,12 @@ class ModulatedAttention(nn.Module):
         self.g = nn.Conv2d(in_channels, inner, kernel_size=1)
         self.mask = nn.Conv2d(inner, in_channels, kernel_size=1, bias=False)
         self.fc_spatial = nn.Linear(in_channels * height * width, height * width)
-        for conv in (self.theta, self.phi, self.g):
-            nn.init.kaiming_normal_(conv.weight)
-            nn.init.zeros_(conv.bias)
-        nn.init.zeros_(self.mask.weight)
+        for conv in (self.theta, self.phi, self.g, self.mask):
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))  # 1x1 kernels: fan-out = out
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        if zero_init_mask:
+            nn.init.zeros_(self.mask.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
