@@ -703,6 +703,16 @@ def test_stage2_configs_carry_the_published_recipe():
             etas.append(criterion.eta)
         assert etas[0] == 1.0 and etas[-1] == pytest.approx(1.0) and min(etas) == pytest.approx(0.0, abs=0.1)
         assert 0.0 <= min(etas) and max(etas) <= 1.0
+    from oltr.config import apply_overrides
+    stage2 = load_config(CONFIG_DIR / 'Places_LT' / 'stage_2.yaml')
+    with pytest.raises(ValueError, match=r"unknown sampler 'balanced', expected one of \('plain', 'class_aware'\)"):
+        apply_overrides(stage2, sets=['sampler=balanced'])
+    with pytest.raises(ValueError, match='batch_size 126 is not a multiple of samples_per_class 4'):
+        apply_overrides(stage2, {'batch_size': 126})
+    with pytest.raises(ValueError, match='freeze_backbone applies to stage 2'):
+        apply_overrides(stage2, sets=['stage=1'])
+    with pytest.raises(ValueError, match=r'unknown stage 3, expected one of \(1, 2\)'):
+        apply_overrides(stage2, sets=['stage=3'])
     # The authors' port runs ImageNet-LT stage 2 for 60 epochs (counted from 1) with `epochs: 30` in the loss,
     # and its command-line default factor 2 replaces the config's 4: eta ends at 3.14 (2.43 with factor 4).
     def published_eta(epoch, epochs=30, factor=2.0):
