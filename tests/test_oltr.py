@@ -586,6 +586,12 @@ def test_stage2_refuses_a_wrong_stage1_checkpoint(image_folder, oltr_lists, stag
     assert not (tmp_path / 'out').exists()  # refused before any work
 
 
+# A one-epoch stage 1 on 32-pixel images leaves BatchNorm's running statistics far from the batch statistics, so the
+# centroids (computed in eval mode, as OLTR does) lie far from the training-mode features, and ImageNet-LT's
+# stage-2 learning rates (0.01 / 0.1) can diverge in these short runs; ten times smaller ones keep them finite.
+SHORT_RUN_LRS = ('--set', 'feature_lr=0.001', '--set', 'classifier_lr=0.01')
+
+
 def _stage2_args(config, image_folder, oltr_lists, output, stage1, *extra):
     return _run_args(config, image_folder, oltr_lists, output, '--stage1-checkpoint', str(stage1), *extra)
 
@@ -626,7 +632,7 @@ def test_stage2_ce_run_ends_with_oltr_metrics(image_folder, oltr_lists, stage1_c
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2.yaml'
     args = _stage2_args(config, image_folder, oltr_lists, tmp_path, stage1_checkpoint, '--epochs', '1',
-                        '--open-root', str(image_folder))
+                        '--open-root', str(image_folder), *SHORT_RUN_LRS)
     run_dir = tmp_path / 'Mini_LT' / 'stage2_resnet10_ce'
     # While another process holds the run folder, a second one is refused before it writes anything there.
     from cfl_timm.training import RunLock
@@ -651,21 +657,22 @@ def test_stage2_cfl_run_and_exact_resume(image_folder, oltr_lists, stage1_checkp
     from oltr.train import main
     config = CONFIG_DIR / 'ImageNet_LT' / 'stage_2_cfl.yaml'
     results = main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'a', stage1_checkpoint, '--epochs', '2',
-                                '--open-root', str(image_folder)))
+                                '--open-root', str(image_folder), *SHORT_RUN_LRS))
     run_dir = tmp_path / 'a' / 'Mini_LT' / 'stage2_resnet10_asym-cyclical_pos0_neg4_hc2_f4'
     _check_results(results, run_dir, with_open=True)
 
     _interrupt_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2'))
+        main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2',
+                          *SHORT_RUN_LRS))
     monkeypatch.undo()
     resumed_dir = tmp_path / 'b' / 'Mini_LT' / run_dir.name
     run_id = json.loads((resumed_dir / 'run.json').read_text())['run_id']
     with pytest.raises(ValueError, match='is not the checkpoint the run started from'):
         main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', run_dir / 'best.pth', '--epochs', '2',
-                          '--resume'))
+                          '--resume', *SHORT_RUN_LRS))
     main(_stage2_args(config, image_folder, oltr_lists, tmp_path / 'b', stage1_checkpoint, '--epochs', '2',
-                      '--resume'))
+                      '--resume', *SHORT_RUN_LRS))
     reference = torch.load(run_dir / 'last.pth', weights_only=True)
     resumed = torch.load(resumed_dir / 'last.pth', weights_only=True)
     assert resumed['epoch'] == reference['epoch'] == 1
