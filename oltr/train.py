@@ -33,7 +33,7 @@ from cfl_timm.files import atomic_write_bytes
 from cfl_timm.training import RunLock, arg_types, claim_run
 
 from .centroids import DiscCentroidsLoss, compute_centroids
-from .config import DEFAULTS, apply_overrides, load_config, loss_kwargs, run_name
+from .config import DEFAULTS, LOSSES, apply_overrides, load_config, loss_kwargs, run_name
 from .data import ListDataset, eval_transform, train_transform
 from .lists import check_images_exist, class_counts, list_path, read_list
 from .metrics import SHOT_RULES, macro_f1, open_set_f_measure, open_set_predictions, shot_accuracies
@@ -51,7 +51,8 @@ _RESUME_FREE_KEYS = ('workers', 'shot_rule', 'open_threshold')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='OLTR stages 1 and 2 with timm backbones and cyclical focal loss')
+    parser = argparse.ArgumentParser(prog='python -m oltr.train',
+                                     description='OLTR stages 1 and 2 with timm backbones and cyclical focal loss')
     parser.add_argument('--config', required=True, help='YAML config, e.g. oltr/configs/Places_LT/stage_1_cfl.yaml')
     parser.add_argument('--data-root', required=True, help='root the list files\' image paths are relative to')
     parser.add_argument('--list-dir', default=None, help='folder with <DS>_{train,val,test,open}.txt '
@@ -66,19 +67,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--test_open', action='store_true', help='--test including the open set (needs --open-root)')
     parser.add_argument('--resume', action='store_true', help="continue the run from its last.pth")
     parser.add_argument('--device', default=None, help='default: cuda when available, else cpu')
-    parser.add_argument('--epochs', type=int, default=None)
-    parser.add_argument('--batch-size', dest='batch_size', type=int, default=None)
-    parser.add_argument('--num-classes', dest='num_classes', type=int, default=None)
-    parser.add_argument('--image-size', dest='image_size', type=int, default=None)
-    parser.add_argument('--loss', default=None, help="'ce' or a focal loss type ('sym', 'asym', 'asym-cyclical')")
-    for name in ('gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg', 'cyclical_factor', 'smoothing'):
-        parser.add_argument(f'--{name}', type=float, default=None)
-    parser.add_argument('--workers', type=int, default=None)
+    parser.add_argument('--epochs', type=arg_types.positive_int, default=None)
+    parser.add_argument('--batch-size', dest='batch_size', type=arg_types.positive_int, default=None)
+    parser.add_argument('--num-classes', dest='num_classes', type=arg_types.positive_int, default=None)
+    parser.add_argument('--image-size', dest='image_size', type=arg_types.positive_int, default=None)
+    parser.add_argument('--loss', default=None, choices=LOSSES,
+                        help="'ce' or a focal loss type ('sym', 'asym', 'asym-cyclical')")
+    for name in ('gamma', 'gamma_hc', 'gamma_pos', 'gamma_neg'):  # ranges: the loss factory's, by name
+        parser.add_argument(f'--{name}', type=arg_types.finite_float, default=None)
+    parser.add_argument('--cyclical_factor', type=arg_types.at_least_one, default=None)
+    parser.add_argument('--smoothing', type=arg_types.fraction, default=None)
+    parser.add_argument('--workers', type=arg_types.non_negative_int, default=None)
     parser.add_argument('--seed', type=arg_types.seed, default=None)
     parser.add_argument('--shot-rule', dest='shot_rule', choices=SHOT_RULES, default=None,
                         help="many/few thresholds: 'code' (>= 100 / <= 20, OLTR's code, the config default) or "
                              "'paper' (> 100 / < 20)")
-    parser.add_argument('--open-threshold', dest='open_threshold', type=float, default=None,
+    parser.add_argument('--open-threshold', dest='open_threshold', default=None,
+                        type=arg_types.float_in(0.0, 1.0, 'open_probability', low_open=True, high_open=True),
                         help='max softmax probability below which a prediction is "unknown" (OLTR: 0.1)')
     return parser
 
@@ -209,7 +214,7 @@ def _stage1_source(args: argparse.Namespace, config: dict[str, Any], test_only: 
             raise ValueError('backbone resnet152 (Places_LT) starts from ImageNet weights: pass --pretrained-file '
                              'PATH.')
         if args.pretrained_file is not None and not Path(args.pretrained_file).is_file():
-            raise FileNotFoundError(f'pretrained weights file not found: {args.pretrained_file}')
+            raise FileNotFoundError(f'--pretrained-file: weights file not found: {args.pretrained_file!r}')
         return None
     if args.pretrained_file is not None:
         raise ValueError('--pretrained-file is for stage 1; stage 2 takes every weight from --stage1-checkpoint.')

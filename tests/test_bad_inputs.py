@@ -327,7 +327,7 @@ OLTR_ROWS = [
     O('`--seed -1`', 'argument --seed: must be an integer in [0, 4294967295]', 'good', '--seed=-1'),
     O('`--set seed=-1`', 'seed must be an integer in [0, 4294967295]', 'good', '--set', 'seed=-1'),
     O('`--resume` without an interrupted run', '--resume: no', 'good', '--resume'),
-    O('`--pretrained-file` missing', 'pretrained weights file not found', 'good', '--pretrained-file',
+    O('`--pretrained-file` missing', '--pretrained-file: weights file not found', 'good', '--pretrained-file',
       '{files}/absent.pth'),
     O('stage-2 config without `--stage1-checkpoint`', 'pass --stage1-checkpoint PATH', 'good', '--config',
       '{files}/stage_2.yaml'),

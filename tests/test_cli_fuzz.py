@@ -124,10 +124,28 @@ def _evaluate_base(tmp: Path) -> list[str]:
     return ['--logits', str(path), '--output-json', str(tmp / 'evaluate.json')]
 
 
+def _oltr_check(argv: list[str]) -> None:
+    from oltr import train as oltr_train
+    parser = oltr_train.get_args_parser()
+    args = parser.parse_args(argv)
+    try:  # the checks main() runs before it reads any image: the config with the flags, the stage, the loss
+        config = oltr_train.resolve_config(args)
+        oltr_train._stage1_source(args, config, test_only=args.test or args.test_open)
+        oltr_train.create_criterion(config)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # oltr.train.cli's conversion
+        parser.error(str(e))
+
+
+def _oltr_base(tmp: Path) -> list[str]:
+    config = Path(__file__).resolve().parents[1] / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_1.yaml'
+    return ['--config', str(config), '--data-root', str(tmp), '--output', str(tmp / 'logs')]
+
+
 ENTRIES = {
     'train.py': Entry('train.py', _train_parser, _train_check,
                       lambda tmp: [*DIGITS, '--output', str(tmp / 'out'), '--experiment', 'run', '-j', '0']),
     'validate.py': Entry('validate.py', _validate_parser, _validate_check, _validate_base),
+    'python -m oltr.train': Entry('python -m oltr.train', _module_parser('oltr.train'), _oltr_check, _oltr_base),
     'python -m cfl_timm.shift': Entry('python -m cfl_timm.shift', _module_parser('cfl_timm.shift'), _shift_check,
                                       _shift_base),
     'python -m cfl_timm.evaluate': Entry('python -m cfl_timm.evaluate', _module_parser('cfl_timm.evaluate'),

@@ -341,7 +341,7 @@ def test_stage1_errors_before_training(image_folder, oltr_lists, tmp_path):
     with pytest.raises(ValueError, match=r'Mini_LT_train.txt:\d+: label 5 outside \[0, 5\)'):
         main(_run_args(config, image_folder, oltr_lists, tmp_path / 'out', '--set', 'num_classes=5'))
     places = CONFIG_DIR / 'Places_LT' / 'stage_1.yaml'
-    with pytest.raises(FileNotFoundError, match='pretrained weights file not found'):
+    with pytest.raises(FileNotFoundError, match='--pretrained-file: weights file not found'):
         main(_run_args(places, image_folder, oltr_lists, tmp_path / 'out', '--pretrained-file',
                        str(tmp_path / 'resnet152.pth')))
     with pytest.raises(ValueError, match='--pretrained-file'):

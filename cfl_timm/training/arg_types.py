@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 from timm.utils import ParseKwargs
 
-__all__ = ['CONVERTERS', 'INTERPOLATIONS', 'SEED_MAX', 'Ascending', 'KeyValueArgs', 'at_least_one', 'converter',
-           'crop_fraction', 'existing_file', 'finite_float', 'fraction', 'int_in', 'integer', 'non_negative_float',
-           'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name', 'run_cli', 'seed',
-           'writable_folder']
+__all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
+           'crop_fraction', 'existing_file', 'finite_float', 'float_in', 'fraction', 'int_in', 'integer',
+           'non_negative_float', 'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name',
+           'run_cli', 'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -90,6 +90,16 @@ def int_in(low: int, high: int, name: str) -> Callable[[Any], int]:
         return _between(_int(value), low, high, low_open=False, high_open=False)
     convert.__name__ = name
     convert.__doc__ = f'An integer in [{low}, {high}].'
+    return converter(convert)
+
+
+def float_in(low: float, high: float, name: str, *, low_open: bool = False, high_open: bool = False
+             ) -> Callable[[Any], float]:
+    """A registered converter to a finite float in the interval from ``low`` to ``high`` (open ends as asked)."""
+    def convert(value: Any) -> float:
+        return _between(_float(value), low, high, low_open=low_open, high_open=high_open)
+    convert.__name__ = name
+    convert.__doc__ = f'A float in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}.'
     return converter(convert)
 
 
