@@ -293,8 +293,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
             # Training pass plus evaluations (the checkpoint writes after it are not counted).
             train_metrics['epoch_time'] = time.perf_counter() - epoch_start
             if proc.is_primary:
-                record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
-                run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
+                record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used, evaluation)
     finally:
         run.close()
     if proc.is_primary and not args.no_plots:
@@ -537,8 +536,10 @@ def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Option
 
 
 def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: dict[str, float],
-                 eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]]) -> None:
-    """Primary process: the summary row (also to W&B / TensorBoard), the checkpoints and the epoch's log line."""
+                 eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]],
+                 evaluation: EvalResult) -> None:
+    """Primary process: the checkpoints, the summary row and the reliability line as one atomic epoch record
+    (:mod:`cfl_timm.training.epoch_record`), then the row to W&B / TensorBoard and the epoch's log line."""
     extra = {k: v for k, v in {**train_metrics, **eval_metrics}.items() if k in run.summary.columns
              and k not in ('loss', 'top1', 'top5', 'nll', 'ece')}
     row = {
@@ -546,9 +547,11 @@ def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: di
         'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'], 'lr': lr,
         'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra,
         **{f'eval_{key}': eval_metrics[key] for key in ('adaptive_ece', 'classwise_ece', 'brier')}}
-    run.summary.append(row)
+    updates = [run.summary.epoch_update(row),
+               run.reliability.epoch_update(epoch, evaluation.reliability, evaluation.metrics)]
+    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric],
+                              updates=updates)
     run.writers.log(row, step=epoch)
-    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric])
     _logger.info(f'Epoch {epoch}: train_loss {train_metrics["loss"]:.4f} eval_top1 {eval_metrics["top1"]:.2f} '
                  f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}'
                  + ''.join(f' {k} {v:.4f}' if isinstance(v, float) else f' {k} {v}' for k, v in extra.items()))
