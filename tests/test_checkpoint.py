@@ -78,7 +78,11 @@ def test_run_files_keep_the_users_umask(tmp_path):
 def test_resume_with_a_schedule_the_checkpoint_lacked_and_without_the_loss_flags(tmp_path):
     # Saved without --wd_min: resuming with the cyclical weight decay switched on now works (no bare KeyError).
     _train(tmp_path, '--epochs', '1')
-    result = _train(tmp_path, '--epochs', '2', '--wd_min', '1e-4', '--resume', 'auto')
+    # Both settings change the trajectory: refused, listing them, unless --allow-changed-args is given.
+    with pytest.raises(ValueError, match=r'--epochs 1 -> 2, --wd-min 0.0 -> 0.0001\. Repeat its settings, or pass '
+                                         r'--allow-changed-args'):
+        _train(tmp_path, '--epochs', '2', '--wd_min', '1e-4', '--resume', 'auto')
+    result = _train(tmp_path, '--epochs', '2', '--wd_min', '1e-4', '--resume', 'auto', '--allow-changed-args')
     assert result['eval_metrics'] and ckpt.checkpoint_epoch(tmp_path / 'run' / 'last.pth.tar') == 1
     groups = _last_state(tmp_path / 'run')['optimizer']['param_groups']
     assert sorted(g['weight_decay'] for g in groups)[-1] > 0
@@ -86,7 +90,8 @@ def test_resume_with_a_schedule_the_checkpoint_lacked_and_without_the_loss_flags
     argv = [a for a in ARGS if a not in ('--focal_loss', 'asym-cyclical')]
     with pytest.raises(ValueError, match=r"holds training-loss state \['_extra_state'\] but this run's loss is "
                                          r'LabelSmoothingCrossEntropy; resume with the loss flags'):
-        train.main(train.parse_args([*argv, '--output', str(tmp_path), '--epochs', '3', '--resume', 'auto']))
+        train.main(train.parse_args([*argv, '--output', str(tmp_path), '--epochs', '3', '--resume', 'auto',
+                                     '--allow-changed-args']))
 
 
 def test_the_checkpoint_list_is_logged_once_at_the_end_and_per_save_only_at_debug(tmp_path, caplog):

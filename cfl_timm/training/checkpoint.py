@@ -49,8 +49,11 @@ CHECKPOINT_EXTENSION = '.pth.tar'
 LAST_NAME = 'last' + CHECKPOINT_EXTENSION
 TMP_NAME = STAGED_NAME
 BEST_NAME = 'model_best' + CHECKPOINT_EXTENSION
-# Files whose presence means a folder already holds a run of train.py.
-RUN_FILES = ('args.yaml', 'run.json', 'summary.csv', LAST_NAME, TMP_NAME, BEST_NAME, RECORD_NAME)
+# Files whose presence means a folder holds a run of train.py that finished an epoch, or is saving one (with
+# checkpoint-N and recovery-E-B). args.yaml and run.json alone mean a run that failed before its first epoch:
+# the identical command reuses that folder (cfl_timm.training.resume_args).
+RUN_FILES = ('summary.csv', LAST_NAME, TMP_NAME, BEST_NAME, RECORD_NAME)
+_NUMBERED_PREFIXES = ('checkpoint-', 'recovery-')
 
 
 # ------------------------------------------------------------------------------------------------ the saver
@@ -179,12 +182,13 @@ def checkpoint_epoch(path: str | Path) -> Optional[int]:
 
 
 def run_dir_in_use(output_dir: str | Path) -> list[str]:
-    """The run files (args.yaml, summary.csv, checkpoints) already in ``output_dir``: non-empty means a run."""
+    """The run files (summary.csv, checkpoints, an epoch record) already in ``output_dir``: non-empty means a run
+    that finished an epoch. A run that failed before (only ``args.yaml`` / ``run.json``) is not counted."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     return sorted(p.name for p in output_dir.iterdir() if p.name in RUN_FILES
-                  or (p.name.startswith('checkpoint-') and p.name.endswith(CHECKPOINT_EXTENSION)))
+                  or (p.name.startswith(_NUMBERED_PREFIXES) and p.name.endswith(CHECKPOINT_EXTENSION)))
 
 
 def recover_run_dir(output_dir: str | Path) -> list[str]:
