@@ -20,6 +20,7 @@ import functools
 import importlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from cfl_timm.data.holdout import (
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.files import (
     SUMMARY_COLUMNS,
+    DiskFullError,
     ReliabilityLog,
     SummaryCSV,
     append_jsonl,
@@ -997,7 +999,8 @@ def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """The command line: a bad input, found before training starts, ends as a usage error (exit status 2)."""
+    """The command line: a bad input, found before training starts, ends as a usage error (exit status 2); a full
+    disk as one line naming the file (exit status 1); Ctrl-C as one line (exit status 130), no traceback."""
     parser = get_args_parser()
     try:
         args = parse_args(argv)
@@ -1005,6 +1008,12 @@ def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return main(args)
     except UsageError as e:
         parser.error(str(e))
+    except DiskFullError as e:
+        sys.exit(f'{parser.prog}: error: {e}')
+    except KeyboardInterrupt:  # the folder keeps its last complete epoch record (cfl_timm.training.epoch_record)
+        print(f'{parser.prog}: interrupted (Ctrl-C); the run folder keeps its last completed epoch: repeat the '
+              'command with --resume auto (and its --experiment) to continue.', file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == '__main__':
