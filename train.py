@@ -967,17 +967,16 @@ def refuse_unresumed_run(output_dir: Path, in_use: list[str], resume: str) -> No
 def resolve_resume(resume: str, output_dir: Path, in_use: list[str], is_primary: bool) -> str:
     """The checkpoint to resume from ('' for a new run), after refusing to overwrite an existing run.
 
-    A folder that already holds a run is only reused with ``--resume``. With ``--resume auto`` the primary process
-    first finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`), then every
-    process takes the newest complete checkpoint there.
+    A folder that already holds a run is only reused with ``--resume``. With ``--resume`` the primary process first
+    finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`); with ``auto``
+    every process then takes the newest complete checkpoint there.
     """
     if is_primary:  # see open_run: the primary alone judges the folder
         refuse_unresumed_run(output_dir, in_use, resume)
+        for action in recover_run_dir(output_dir) if resume else ():
+            _logger.info(f'{output_dir}: {action}.')
     if resume != 'auto':
         return resume
-    if is_primary:
-        for action in recover_run_dir(output_dir):
-            _logger.info(f'{output_dir}: {action}.')
     barrier()
     found = find_resume_checkpoint(output_dir)
     return str(found) if found else ''
