@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
-from cfl_timm.files import DiskFullError, append_jsonl, atomic_write_text, is_temp_file
+from cfl_timm.files import DiskFullError, append_jsonl, atomic_write_bytes, atomic_write_text, is_temp_file
 from cfl_timm.training import checkpoint as ckpt
 from cfl_timm.training.resume_args import UNCOMPARED_SETTINGS, changed_settings, format_changes
 
@@ -101,6 +102,14 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_content(tmp_path, monkeypa
         append_jsonl(tmp_path / 'bins.jsonl', {'epoch': 0})
     monkeypatch.undo()
     assert target.read_text() == 'old\n'
+
+    def torch_save_on_a_full_disk(f):  # torch.save wraps the OSError of its file's write in its own error
+        def write(data):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        f.write = write
+        torch.save({'x': torch.zeros(1000)}, f)
+    with pytest.raises(DiskFullError, match='no space left on device while writing .*last.pth.tar'):
+        atomic_write_bytes(tmp_path / 'last.pth.tar', torch_save_on_a_full_disk)
     assert not [p for p in tmp_path.iterdir() if is_temp_file(p)]
 
 
