@@ -5,6 +5,7 @@ uninterrupted run's; once on the saver directly (every point), once through trai
 the commit)."""
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ class CrashInjector:
                 self.seen.append(f'{name}({_shown(args[0])})')
                 if len(self.seen) == self.kill_at:
                     self.dead = True
-                    if name == 'fsync':  # killed before the data reached the disk: half of it is there
+                    if name == 'fsync' and stat.S_ISREG(os.fstat(args[0]).st_mode):
+                        # killed before the data reached the disk: half of it is there
                         os.ftruncate(args[0], os.fstat(args[0]).st_size // 2)
                     raise SimulatedKill(self.seen[-1])
             return original(*args, **kwargs)
@@ -56,6 +58,8 @@ class CrashInjector:
 def _shown(target) -> str:
     if isinstance(target, int):
         return '<fd>'
+    if Path(target).is_dir():
+        return '<run folder>'
     return '<temp of ' + Path(target).name.split('.')[1] + '>' if is_temp_file(target) else Path(target).name
 
 

@@ -17,7 +17,8 @@ lost). Here an epoch is written as a small write-ahead log:
 :func:`recover_epoch_record`, run when a folder is resumed, rolls an interrupted epoch forward when its record
 was committed (applying it again, from the start) and back otherwise (deleting the staged state): after a kill
 at any point every file holds the same epoch. Every file operation goes through :func:`_write_file`,
-:func:`_link_or_copy` and :func:`_remove`, or through :func:`cfl_timm.files.apply_epoch_update`.
+:func:`_link_or_copy` and :func:`_remove`, or through :func:`cfl_timm.files.apply_epoch_update`; the folder is
+fsynced after the commit and before the record is removed, so the order holds across a power cut too.
 """
 import json
 import os
@@ -70,6 +71,16 @@ def _remove(path: Path) -> None:
         pass
 
 
+def _sync_dir(path: Path) -> None:
+    """Flush the folder's entries (the renames) to disk: after a power cut the record and the files it changed
+    are then on disk in the order they were made, not only after a kill of the process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------------------------------------ the record
 
 def _plain_name(name: Any, record_path: Path) -> str:
@@ -95,6 +106,7 @@ def commit_epoch_record(output_dir: str | Path, epoch: int, operations: Sequence
               'updates': list(updates)}
     data = (json.dumps(record, indent=1, sort_keys=True) + '\n').encode('utf-8')
     _write_file(output_dir / RECORD_NAME, lambda f: f.write(data))  # the commit point
+    _sync_dir(output_dir)
     _apply(output_dir, record)
 
 
@@ -134,6 +146,7 @@ def _apply(output_dir: Path, record: dict[str, Any]) -> None:
             _remove(output_dir / name)
     for update in record['updates']:
         apply_epoch_update(output_dir, record['epoch'], update)
+    _sync_dir(output_dir)  # every change on disk before the record that would redo them goes
     _remove(output_dir / RECORD_NAME)  # closed: from here on the staged state is a leftover
     _remove(staged)
 
