@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import train
-from cfl_timm.files import ReliabilityLog, SummaryCSV, is_temp_file
+from cfl_timm.files import ReliabilityLog, SummaryCSV, is_temp_file, read_summary
 from cfl_timm.training import checkpoint as ckpt
 from cfl_timm.training.epoch_record import read_epoch_record
 
@@ -33,11 +33,11 @@ class CrashInjector:
     """Counts the mutating ``os`` calls while armed and 'kills the process' at the k-th: that call and every later
     one raise, so no clean-up runs (as after SIGKILL). A write killed at its fsync leaves a torn temp file."""
 
-    def __init__(self, monkeypatch, kill_at=None):
+    def __init__(self, patch: pytest.MonkeyPatch, kill_at=None):
         self.kill_at, self.armed, self.dead = kill_at, False, False
         self.seen: list[str] = []
         for name in MUTATING:
-            monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
+            patch.setattr(os, name, self._wrap(name, getattr(os, name)))
 
     def _wrap(self, name, original):
         def operation(*args, **kwargs):
@@ -111,7 +111,7 @@ def _resume(run_dir: Path) -> int:
     return start_epoch
 
 
-def test_a_crash_at_every_file_operation_of_an_epoch_resumes_to_identical_files(tmp_path, monkeypatch):
+def test_a_crash_at_every_file_operation_of_an_epoch_resumes_to_identical_files(tmp_path):
     _run(tmp_path / 'reference')
     reference = _files(tmp_path / 'reference')
     assert sorted(reference) == ['checkpoint-1.pth.tar', 'last.pth.tar', 'model_best.pth.tar', 'reliability.jsonl',
@@ -120,14 +120,13 @@ def test_a_crash_at_every_file_operation_of_an_epoch_resumes_to_identical_files(
     def killed_run(run_dir: Path, kill_at=None) -> list[str]:
         _run(run_dir, stop_after=KILLED_EPOCH)
         opened = _open(run_dir, KILLED_EPOCH)
-        injector = CrashInjector(monkeypatch, kill_at)
-        injector.armed = True
-        try:
-            _record(opened, KILLED_EPOCH)
-        except SimulatedKill:
-            pass
-        finally:
-            monkeypatch.undo()
+        with pytest.MonkeyPatch.context() as patch:
+            injector = CrashInjector(patch, kill_at)
+            injector.armed = True
+            try:
+                _record(opened, KILLED_EPOCH)
+            except SimulatedKill:
+                pass
         return injector.seen
 
     operations = killed_run(tmp_path / 'count')
@@ -161,28 +160,32 @@ def _train(output: Path, *extra: str) -> dict:
     return train.main(train.parse_args([*ARGS, '--output', str(output), *extra]))
 
 
-def _train_killed(output: Path, monkeypatch, kill_at=None) -> list[str]:
+def _train_killed(output: Path, kill_at=None) -> list[str]:
     """train.py with the crash injector armed during the save of epoch 1 (the second save)."""
     saves = [0]
     original = ckpt.AtomicCheckpointSaver.save_checkpoint
-    injector = CrashInjector(monkeypatch, kill_at)
+    with pytest.MonkeyPatch.context() as patch:  # its own: the test's monkeypatch keeps conftest's settings
+        injector = CrashInjector(patch, kill_at)
 
-    def save_checkpoint(self, epoch, metric=None, updates=()):
-        saves[0] += 1
-        injector.armed = saves[0] == KILLED_EPOCH + 1
+        def save_checkpoint(self, epoch, metric=None, updates=()):
+            saves[0] += 1
+            injector.armed = saves[0] == KILLED_EPOCH + 1
+            try:
+                return original(self, epoch, metric, updates)
+            finally:
+                injector.armed = False
+
+        patch.setattr(ckpt.AtomicCheckpointSaver, 'save_checkpoint', save_checkpoint)
         try:
-            return original(self, epoch, metric, updates)
-        finally:
-            injector.armed = False
-
-    monkeypatch.setattr(ckpt.AtomicCheckpointSaver, 'save_checkpoint', save_checkpoint)
-    try:
-        _train(output)
-    except SimulatedKill:
-        pass
-    finally:
-        monkeypatch.undo()
+            _train(output)
+        except SimulatedKill:
+            pass
     return injector.seen
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    """summary.csv's rows without epoch_time (wall seconds: the one column that differs between equal runs)."""
+    return [{k: v for k, v in row.items() if k != 'epoch_time'} for row in read_summary(run_dir / 'summary.csv')]
 
 
 def _checkpoint(path: Path) -> dict:
@@ -192,21 +195,21 @@ def _checkpoint(path: Path) -> dict:
     return state
 
 
-def test_train_py_killed_either_side_of_the_commit_resumes_to_identical_files(tmp_path, monkeypatch):
-    operations = _train_killed(tmp_path / 'reference', monkeypatch)  # never killed: the reference run
+def test_train_py_killed_either_side_of_the_commit_resumes_to_identical_files(tmp_path):
+    operations = _train_killed(tmp_path / 'reference')  # never killed: the reference run
     reference_dir = tmp_path / 'reference' / 'run'
     reference = _files(reference_dir)
     commit = operations.index('replace(<temp of epoch-record>)') + 1
     # Killed at the commit itself (the epoch is rolled back) and just after it (rolled forward).
     for kill_at in (commit, commit + 1):
         run_dir = tmp_path / f'kill{kill_at}' / 'run'
-        assert _train_killed(run_dir.parent, monkeypatch, kill_at)[-1] == operations[kill_at - 1]
+        assert _train_killed(run_dir.parent, kill_at)[-1] == operations[kill_at - 1]
         assert ckpt.checkpoint_epoch(run_dir / 'last.pth.tar') == KILLED_EPOCH - 1  # not yet applied
         _train(run_dir.parent, '--resume', 'auto')
         files = _files(run_dir)
         assert sorted(files) == sorted(reference), kill_at
-        for name in ('summary.csv', 'reliability.jsonl'):
-            assert files[name] == reference[name], (kill_at, name)
+        assert files['reliability.jsonl'] == reference['reliability.jsonl'], kill_at
+        assert _rows(run_dir) == _rows(reference_dir), kill_at
         for name in (n for n in files if n.endswith('.pth.tar')):
             got, want = _checkpoint(run_dir / name), _checkpoint(reference_dir / name)
             assert got['epoch'] == want['epoch'] and got['saver'] == want['saver'], (kill_at, name)

@@ -34,13 +34,13 @@ def _last_stderr_line(capsys) -> str:
 
 # ------------------------------------------------------------------------------------------ a late failure
 
-def test_a_late_failure_leaves_a_folder_the_identical_command_reuses(tmp_path, monkeypatch, capsys):
+def test_a_late_failure_leaves_a_folder_the_identical_command_reuses(tmp_path, capsys):
     def fail(*args, **kwargs):
         raise RuntimeError('the first training step failed')
-    monkeypatch.setattr(train, 'train_one_epoch', fail)
-    with pytest.raises(RuntimeError, match='first training step'):
-        train.cli(_argv(tmp_path))
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:  # its own: the test's monkeypatch keeps conftest's settings
+        patch.setattr(train, 'train_one_epoch', fail)
+        with pytest.raises(RuntimeError, match='first training step'):
+            train.cli(_argv(tmp_path))
     run_dir = tmp_path / 'run'
     assert {'args.yaml', 'run.json'} <= {p.name for p in run_dir.iterdir()}
     assert ckpt.run_dir_in_use(run_dir) == []  # no epoch finished: not a run that --resume must continue
@@ -89,18 +89,18 @@ def test_changed_settings_compares_all_but_the_uncompared_and_formats_them():
 
 # ------------------------------------------------------------------------------------------ a full disk
 
-def test_a_full_disk_names_the_file_and_keeps_the_old_content(tmp_path, monkeypatch):
+def test_a_full_disk_names_the_file_and_keeps_the_old_content(tmp_path):
     target = tmp_path / 'summary.csv'
     atomic_write_text(target, 'old\n')
 
     def no_space(*args):
         raise OSError(errno.ENOSPC, 'No space left on device')
-    monkeypatch.setattr(os, 'fsync', no_space)
-    with pytest.raises(DiskFullError, match=f'no space left on device while writing {target}; free some space'):
-        atomic_write_text(target, 'new\n')
-    with pytest.raises(DiskFullError, match='no space left on device while writing .*bins.jsonl'):
-        append_jsonl(tmp_path / 'bins.jsonl', {'epoch': 0})
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, 'fsync', no_space)
+        with pytest.raises(DiskFullError, match=f'no space left on device while writing {target}; free some space'):
+            atomic_write_text(target, 'new\n')
+        with pytest.raises(DiskFullError, match='no space left on device while writing .*bins.jsonl'):
+            append_jsonl(tmp_path / 'bins.jsonl', {'epoch': 0})
     assert target.read_text() == 'old\n'
 
     def torch_save_on_a_full_disk(f):  # torch.save wraps the OSError of its file's write in its own error
@@ -113,7 +113,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_content(tmp_path, monkeypa
     assert not [p for p in tmp_path.iterdir() if is_temp_file(p)]
 
 
-def test_train_py_on_a_full_disk_ends_with_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+def test_train_py_on_a_full_disk_ends_with_one_line_and_resumes(tmp_path):
     original_fsync, original_save = os.fsync, ckpt.AtomicCheckpointSaver.save_checkpoint
     saves = [0]
 
@@ -125,11 +125,11 @@ def test_train_py_on_a_full_disk_ends_with_one_line_and_resumes(tmp_path, monkey
         if saves[0] == 2:
             raise OSError(errno.ENOSPC, 'No space left on device')
         return original_fsync(fd)
-    monkeypatch.setattr(ckpt.AtomicCheckpointSaver, 'save_checkpoint', save_checkpoint)
-    monkeypatch.setattr(os, 'fsync', fsync)
-    with pytest.raises(SystemExit) as info:
-        train.cli(_argv(tmp_path))
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt.AtomicCheckpointSaver, 'save_checkpoint', save_checkpoint)
+        patch.setattr(os, 'fsync', fsync)
+        with pytest.raises(SystemExit) as info:
+            train.cli(_argv(tmp_path))
     assert info.value.code == f'train.py: error: no space left on device while writing {tmp_path / "run"}' \
                               f'/tmp.pth.tar; free some space, then continue the run (train.py: --resume auto)'
     run_dir = tmp_path / 'run'
