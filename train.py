@@ -20,6 +20,7 @@ import functools
 import importlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from cfl_timm.data.holdout import (
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
 from cfl_timm.files import (
     SUMMARY_COLUMNS,
+    DiskFullError,
     ReliabilityLog,
     SummaryCSV,
     append_jsonl,
@@ -293,8 +295,7 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
             # Training pass plus evaluations (the checkpoint writes after it are not counted).
             train_metrics['epoch_time'] = time.perf_counter() - epoch_start
             if proc.is_primary:
-                record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used)
-                run.reliability.append(epoch, evaluation.reliability, evaluation.metrics)
+                record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used, evaluation)
     finally:
         run.close()
     if proc.is_primary and not args.no_plots:
@@ -537,8 +538,10 @@ def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Option
 
 
 def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: dict[str, float],
-                 eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]]) -> None:
-    """Primary process: the summary row (also to W&B / TensorBoard), the checkpoints and the epoch's log line."""
+                 eval_metrics: dict[str, float], lr: float, used: dict[str, Optional[float]],
+                 evaluation: EvalResult) -> None:
+    """Primary process: the checkpoints, the summary row and the reliability line as one atomic epoch record
+    (:mod:`cfl_timm.training.epoch_record`), then the row to W&B / TensorBoard and the epoch's log line."""
     extra = {k: v for k, v in {**train_metrics, **eval_metrics}.items() if k in run.summary.columns
              and k not in ('loss', 'top1', 'top5', 'nll', 'ece')}
     row = {
@@ -546,9 +549,11 @@ def record_epoch(ctx: TrainContext, run: RunFiles, epoch: int, train_metrics: di
         'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'], 'lr': lr,
         'eval_nll': eval_metrics['nll'], 'eval_ece': eval_metrics['ece'], **used, **extra,
         **{f'eval_{key}': eval_metrics[key] for key in ('adaptive_ece', 'classwise_ece', 'brier')}}
-    run.summary.append(row)
+    updates = [run.summary.epoch_update(row),
+               run.reliability.epoch_update(epoch, evaluation.reliability, evaluation.metrics)]
+    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric],
+                              updates=updates)
     run.writers.log(row, step=epoch)
-    run.saver.save_checkpoint(epoch, metric=eval_metrics[ctx.args.checkpoint_metric or ctx.args.eval_metric])
     _logger.info(f'Epoch {epoch}: train_loss {train_metrics["loss"]:.4f} eval_top1 {eval_metrics["top1"]:.2f} '
                  f'eval_nll {eval_metrics["nll"]:.4f} eval_ece {eval_metrics["ece"]:.4f} {used}'
                  + ''.join(f' {k} {v:.4f}' if isinstance(v, float) else f' {k} {v}' for k, v in extra.items()))
@@ -962,17 +967,16 @@ def refuse_unresumed_run(output_dir: Path, in_use: list[str], resume: str) -> No
 def resolve_resume(resume: str, output_dir: Path, in_use: list[str], is_primary: bool) -> str:
     """The checkpoint to resume from ('' for a new run), after refusing to overwrite an existing run.
 
-    A folder that already holds a run is only reused with ``--resume``. With ``--resume auto`` the primary process
-    first finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`), then every
-    process takes the newest complete checkpoint there.
+    A folder that already holds a run is only reused with ``--resume``. With ``--resume`` the primary process first
+    finishes what a kill interrupted in the folder (:func:`cfl_timm.training.recover_run_dir`); with ``auto``
+    every process then takes the newest complete checkpoint there.
     """
     if is_primary:  # see open_run: the primary alone judges the folder
         refuse_unresumed_run(output_dir, in_use, resume)
+        for action in recover_run_dir(output_dir) if resume else ():
+            _logger.info(f'{output_dir}: {action}.')
     if resume != 'auto':
         return resume
-    if is_primary:
-        for action in recover_run_dir(output_dir):
-            _logger.info(f'{output_dir}: {action}.')
     barrier()
     found = find_resume_checkpoint(output_dir)
     return str(found) if found else ''
@@ -994,7 +998,8 @@ def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """The command line: a bad input, found before training starts, ends as a usage error (exit status 2)."""
+    """The command line: a bad input, found before training starts, ends as a usage error (exit status 2); a full
+    disk as one line naming the file (exit status 1); Ctrl-C as one line (exit status 130), no traceback."""
     parser = get_args_parser()
     try:
         args = parse_args(argv)
@@ -1002,6 +1007,12 @@ def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return main(args)
     except UsageError as e:
         parser.error(str(e))
+    except DiskFullError as e:
+        sys.exit(f'{parser.prog}: error: {e}')
+    except KeyboardInterrupt:  # the folder keeps its last complete epoch record (cfl_timm.training.epoch_record)
+        print(f'{parser.prog}: interrupted (Ctrl-C); the run folder keeps its last completed epoch: repeat the '
+              'command with --resume auto (and its --experiment) to continue.', file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == '__main__':

@@ -207,11 +207,20 @@ TRAIN_ROWS = [
     T('`--resume` text file', 'is not a complete PyTorch checkpoint', '--resume', '{files}/text.pth.tar'),
     T('`--resume` torch file of something else', 'is not a train.py training checkpoint', '--resume',
       '{files}/foreign.pth.tar'),
-    T('`--resume` checkpoint of another model', 'do not fit this model; the checkpoint was saved with --model '
-      'test_efficientnet', '--resume', '{files}/other_model.pth.tar'),
-    T('`--resume` focal-loss checkpoint without the loss flags', "holds training-loss state ['_extra_state'] but "
-      "this run's loss is LabelSmoothingCrossEntropy; resume with the loss flags", '--resume',
-      '{files}/focal.pth.tar'),
+    T('`--resume` checkpoint trained with other settings', 'was trained with other settings, and they change its '
+      'training trajectory: --model test_efficientnet -> test_resnet', '--resume', '{files}/other_model.pth.tar'),
+    T('`--resume auto` with settings the run was not trained with', 'was trained with other settings, and they '
+      'change its training trajectory: --epochs 7 -> 1, --img-size 64 -> 32', '--resume', 'auto', '--output',
+      '{files}/runs', '--experiment', 'changed'),
+    T('`--resume auto` without `--experiment`', '--resume auto needs --experiment NAME', '--resume', 'auto',
+      '--output', '{files}/runs'),
+    T('changed command in a folder whose run never finished an epoch', 'holds a run that never finished an epoch, '
+      'started with other settings: --epochs 7 -> 1', '--output', '{files}/runs', '--experiment', 'unstarted'),
+    T('`--resume` checkpoint of another model (`--allow-changed-args`)', 'do not fit this model; the checkpoint '
+      'was saved with --model test_efficientnet', '--resume', '{files}/other_model.pth.tar', '--allow-changed-args'),
+    T('`--resume` focal-loss checkpoint without the loss flags (`--allow-changed-args`)', "holds training-loss "
+      "state ['_extra_state'] but this run's loss is LabelSmoothingCrossEntropy; resume with the loss flags",
+      '--resume', '{files}/focal.pth.tar', '--allow-changed-args'),
     T('existing `--experiment` folder without `--resume`', 'already holds a run', '--output', '{files}/runs',
       '--experiment', 'existing'),
     T('`--resume` of another run into a folder holding a run', 'belongs to run 00c0ffee00c0ffee, but', '--resume',
@@ -416,6 +425,13 @@ def files(tmp_path_factory, digits_dir) -> Path:
     existing.mkdir(parents=True)
     (existing / 'summary.csv').write_text('epoch,train_loss\n0,1.0\n')
     (existing / 'run.json').write_text('{"run_id": "0123456789abcdef", "resumed_from": null}\n')
+    for name, files in (('changed', ('summary.csv', 'args.yaml')), ('unstarted', ('args.yaml', 'run.json'))):
+        (root / 'runs' / name).mkdir()  # a run trained with other settings; one that failed before its first epoch
+        for file in files:
+            (root / 'runs' / name / file).write_text({
+                'summary.csv': 'epoch,train_loss\n0,1.0\n',
+                'args.yaml': 'epochs: 7\nimg_size: 64\nmodel: test_resnet\n',
+                'run.json': '{"run_id": "0123456789abcdef", "resumed_from": null}\n'}[file])
     _write_oltr_lists(root / 'oltr', digits_dir)
     (root / 'stage_2.yaml').write_text((REPO_ROOT / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_2.yaml').read_text())
     torch.save({'model': {}, 'epoch': 0, 'config': {'stage': 1, 'backbone': 'resnet152', 'num_classes': 365,

@@ -149,7 +149,7 @@ def test_resnet20_cifar_trains_on_image_folders_and_resumes(image_folder, tmp_pa
             '--experiment', 'run', '--log-interval', '1000']
     train.main(train.parse_args([*argv, '--epochs', '1']))
     first = _summary(tmp_path / 'run')
-    train.main(train.parse_args([*argv, '--epochs', '2', '--resume', 'auto']))
+    train.main(train.parse_args([*argv, '--epochs', '2', '--resume', 'auto', '--allow-changed-args']))
     rows = _summary(tmp_path / 'run')
     assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0] == first[0]
     assert float(rows[1]['train_loss']) > 0 and 0 <= float(rows[1]['eval_top1']) <= 100

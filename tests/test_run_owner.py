@@ -54,7 +54,7 @@ def test_resume_into_another_runs_folder_is_refused_and_a_new_folder_starts_a_ne
             'checkpoint-1.pth.tar'} <= before.keys()
 
     with pytest.raises(SystemExit) as exit_info:
-        train.cli([*ARGS, '--output', str(tmp_path), '--experiment', 'b', '--epochs', '3',
+        train.cli([*ARGS, '--output', str(tmp_path), '--experiment', 'b',
                    '--resume', str(tmp_path / 'a' / 'last.pth.tar')])
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -70,7 +70,7 @@ def test_resume_into_another_runs_folder_is_refused_and_a_new_folder_starts_a_ne
     assert _checkpoint_run_id(tmp_path / 'c' / 'last.pth.tar') == record['run_id']
 
     # Its own folder's run goes on under its id, and keeps its record.
-    _train(tmp_path, 'c', '--resume', 'auto', '--epochs', '3')
+    _train(tmp_path, 'c', '--resume', 'auto', '--epochs', '3', '--allow-changed-args')
     assert json.loads((tmp_path / 'c' / 'run.json').read_text()) == record
     assert _checkpoint_run_id(tmp_path / 'c' / 'checkpoint-2.pth.tar') == record['run_id']
 

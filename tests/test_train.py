@@ -275,7 +275,7 @@ def test_resume_auto_continues_in_the_run_directory(tmp_path):
     _run(tmp_path, *argv)
     first = _summary(tmp_path / 'run')
     _run(tmp_path, *argv[:-6], '--epochs', '2', '--train_size', '96', '-b', '32', '--warmup-epochs', '0',
-         '--resume', 'auto')
+         '--resume', 'auto', '--allow-changed-args')  # more epochs: another schedule, so allowed explicitly
     rows = _summary(tmp_path / 'run')
     assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0] == first[0]
     assert sorted(p.name for p in (tmp_path / 'run').glob('checkpoint-*')) == ['checkpoint-0.pth.tar',

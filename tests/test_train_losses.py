@@ -289,5 +289,10 @@ def test_adafocal_per_batch_updates_every_k_optimizer_updates(tmp_path):
 def test_resume_with_other_loss_flags_is_a_clear_error(tmp_path, first, second, message):
     base = [*DIGITS, '-b', '64', '--train_size', '96']
     _run(tmp_path, *base, '--epochs', '1', *first)
+    # The changed loss flags are refused first, listed; allowed, the loss state itself does not fit.
+    changed = train.parse_args([*base, '--epochs', '2', *second, '--resume', 'auto', '--output', str(tmp_path),
+                                '--experiment', 'run'])
+    with pytest.raises(ValueError, match='was trained with other settings, and they change its training trajectory'):
+        train.check_args(changed)
     with pytest.raises(ValueError, match=message):
-        _run(tmp_path, *base, '--epochs', '2', *second, '--resume', 'auto')
+        _run(tmp_path, *base, '--epochs', '2', *second, '--resume', 'auto', '--allow-changed-args')

@@ -178,6 +178,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             'of the output directory when present (default: none)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='prevent resume of optimizer state when resuming model')
+    group.add_argument('--allow-changed-args', action='store_true', default=False,
+                       help='resume even though settings that change the training trajectory differ from the '
+                            "run's (they are listed; default: refused)")
     group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                        help='number of label classes (default: from the training set)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL',

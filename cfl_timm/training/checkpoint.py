@@ -1,36 +1,38 @@
-"""Crash-safe training checkpoints: timm's ``CheckpointSaver`` with atomic rename-over, run-folder recovery after
-a kill, the newest complete checkpoint for ``--resume auto``, and resume with clear errors.
+"""Crash-safe training checkpoints: timm's ``CheckpointSaver`` whose every save is one atomic epoch record, run-folder
+recovery after a kill, the newest complete checkpoint for ``--resume auto``, and resume with clear errors.
 
 timm 1.0.31's saver writes ``tmp.pth.tar`` and then *deletes* ``last.pth.tar`` before renaming the new file in
 (a Windows workaround), and copies ``model_best`` / ``checkpoint-N`` the same way: a kill in that gap leaves no
 ``last.pth.tar``, and ``--resume auto`` silently restarted from epoch 0. :class:`AtomicCheckpointSaver` keeps
 timm's bookkeeping (history ranking, best metric, resumable saver state) and changes only the file operations:
+timm's ``save_checkpoint`` decides which files change; they, with the epoch's rows of the other run files, are
+written as one epoch record (:mod:`cfl_timm.training.epoch_record`: stage, commit, apply), and every copy is
+renamed *over* its target (a hard link, or a copy, to a temp name, then ``os.replace``).
 
-* every checkpoint file is written through :func:`cfl_timm.files.atomic_write_bytes` (a hidden temp file,
-  fsynced, then ``os.replace``): ``tmp.pth.tar`` exists only complete;
-* ``tmp.pth.tar`` -> ``last.pth.tar`` and the ``checkpoint-N`` / ``model_best`` copies are renamed *over* the
-  target (a hard link, or a copy, to a temp name, then ``os.replace``): the target never disappears.
-
-So at every moment the newest complete state is on disk as ``last.pth.tar`` (or, between the two renames, as
-``tmp.pth.tar``). :func:`recover_run_dir`, run when a run folder is opened, finishes what a kill interrupted:
-it deletes partial temp files, promotes a complete ``tmp.pth.tar`` newer than ``last.pth.tar``, and restores
-``model_best.pth.tar`` when the kill came before its copy. :func:`find_resume_checkpoint` then returns the
-newest complete checkpoint of the folder. Every file operation goes through the module functions
-:func:`_write_file`, :func:`_rename`, :func:`_link_or_copy` and :func:`_remove`, the points where the tests kill
-the process.
+:func:`recover_run_dir`, run when a run folder is opened, finishes what a kill interrupted: it deletes partial
+temp files and rolls an interrupted epoch forward (committed) or back (not committed).
+:func:`find_resume_checkpoint` then returns the newest complete checkpoint of the folder.
 """
 import argparse
 import logging
-import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import Any, Optional
 
 import torch
 from timm.utils import CheckpointSaver
 
-from ..files import atomic_write_bytes, is_temp_file, temp_path_for
+from ..files import is_temp_file
+from .epoch_record import (
+    RECORD_NAME,
+    STAGED_NAME,
+    _link_or_copy,
+    _remove,
+    _rename,
+    _write_file,
+    commit_epoch_record,
+    recover_epoch_record,
+)
 
 __all__ = ['CHECKPOINT_EXTENSION', 'AtomicCheckpointSaver', 'checkpoint_epoch', 'find_resume_checkpoint',
            'load_training_checkpoint', 'recorded_best_epoch', 'recover_run_dir', 'restore_training_state',
@@ -45,40 +47,13 @@ def _not_the_checkpoint_list(record: logging.LogRecord) -> bool:
 
 CHECKPOINT_EXTENSION = '.pth.tar'
 LAST_NAME = 'last' + CHECKPOINT_EXTENSION
-TMP_NAME = 'tmp' + CHECKPOINT_EXTENSION  # timm's name of the freshly written state
+TMP_NAME = STAGED_NAME
 BEST_NAME = 'model_best' + CHECKPOINT_EXTENSION
-# Files whose presence means a folder already holds a run of train.py.
-RUN_FILES = ('args.yaml', 'run.json', 'summary.csv', LAST_NAME, TMP_NAME, BEST_NAME)
-
-
-# ------------------------------------------------------------------------------ file operations (kill points)
-
-def _write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Fill ``path`` through ``write(f)`` atomically: the file is complete or absent, never torn."""
-    atomic_write_bytes(path, write)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    """Rename ``src`` over ``dst`` in one step: ``dst`` is the old or the new file at every moment."""
-    os.replace(src, dst)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same content as ``src`` (hard link, else copy) through a temp name renamed over ``dst``."""
-    tmp = temp_path_for(dst)
-    try:
-        os.link(src, tmp)
-    except (OSError, NotImplementedError):
-        shutil.copyfile(src, tmp)
-    _rename(tmp, dst)
-
-
-def _remove(path: Path) -> None:
-    """Delete ``path`` if present."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+# Files whose presence means a folder holds a run of train.py that finished an epoch, or is saving one (with
+# checkpoint-N and recovery-E-B). args.yaml and run.json alone mean a run that failed before its first epoch:
+# the identical command reuses that folder (cfl_timm.training.resume_args).
+RUN_FILES = ('summary.csv', LAST_NAME, TMP_NAME, BEST_NAME, RECORD_NAME)
+_NUMBERED_PREFIXES = ('checkpoint-', 'recovery-')
 
 
 # ------------------------------------------------------------------------------------------------ the saver
@@ -94,6 +69,26 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args, run_id: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_id = run_id
+        # Set only inside save_checkpoint: timm's save decides the file operations, collected here, not done.
+        self._planned: Optional[list[tuple[str, str]]] = None
+
+    def save_checkpoint(self, epoch, metric=None, updates: Sequence[dict[str, Any]] = ()):
+        """timm's save (same files, ranking and return value) as one atomic epoch record.
+
+        Args:
+            epoch: The epoch saved.
+            metric: Its metric, ranking the checkpoint (None: kept by recency).
+            updates: The epoch's rows of other run files, committed with it
+                (:meth:`cfl_timm.files.SummaryCSV.epoch_update`, :meth:`cfl_timm.files.ReliabilityLog.epoch_update`).
+        """
+        self._planned = []
+        try:
+            result = super().save_checkpoint(epoch, metric)  # stages tmp.pth.tar; collects the rest
+            operations = self._planned
+        finally:
+            self._planned = None
+        commit_epoch_record(self.checkpoint_dir, epoch, operations, updates)
+        return result
 
     def _save(self, save_path, epoch, metric=None):
         # timm builds the state and hands save_path to torch.save, which also takes an open file.
@@ -119,10 +114,16 @@ class AtomicCheckpointSaver(CheckpointSaver):
         return 'Current checkpoints:\n' + ''.join(f' {entry}\n' for entry in self.checkpoint_files)
 
     def _replace(self, src, dst):
-        _rename(Path(src), Path(dst))
+        if self._planned is None:  # a recovery checkpoint (save_recovery): renamed at once
+            _rename(Path(src), Path(dst))
+        else:  # tmp -> last inside an epoch record: a copy, the staged state stays until the record is closed
+            self._planned.append(('copy', Path(dst).name))
 
     def _duplicate(self, src, dst):
-        _link_or_copy(Path(src), Path(dst))
+        if self._planned is None:
+            _link_or_copy(Path(src), Path(dst))
+        else:  # timm copies last.pth.tar, which the record makes from the staged state
+            self._planned.append(('copy', Path(dst).name))
 
     def _cleanup_checkpoints(self, trim=0):
         trim = min(len(self.checkpoint_files), trim)
@@ -130,7 +131,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if delete_index < 0 or len(self.checkpoint_files) <= delete_index:
             return
         for path, _ in self.checkpoint_files[delete_index:]:
-            _remove(Path(path))
+            if self._planned is None:
+                _remove(Path(path))
+            else:
+                self._planned.append(('remove', Path(path).name))
         self.checkpoint_files = self.checkpoint_files[:delete_index]
 
 
@@ -178,22 +182,21 @@ def checkpoint_epoch(path: str | Path) -> Optional[int]:
 
 
 def run_dir_in_use(output_dir: str | Path) -> list[str]:
-    """The run files (args.yaml, summary.csv, checkpoints) already in ``output_dir``: non-empty means a run."""
+    """The run files (summary.csv, checkpoints, an epoch record) already in ``output_dir``: non-empty means a run
+    that finished an epoch. A run that failed before (only ``args.yaml`` / ``run.json``) is not counted."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     return sorted(p.name for p in output_dir.iterdir() if p.name in RUN_FILES
-                  or (p.name.startswith('checkpoint-') and p.name.endswith(CHECKPOINT_EXTENSION)))
+                  or (p.name.startswith(_NUMBERED_PREFIXES) and p.name.endswith(CHECKPOINT_EXTENSION)))
 
 
 def recover_run_dir(output_dir: str | Path) -> list[str]:
     """Finish what a kill interrupted in a run folder; returns what was done (for the log).
 
     * temp files of the atomic writer (``.<name>.<random>.tmp``) are partial: deleted;
-    * ``tmp.pth.tar`` complete and newer than ``last.pth.tar`` (killed between the two renames): renamed over
-      ``last.pth.tar``; otherwise (older, or torn by timm's own saver): deleted;
-    * ``model_best.pth.tar`` older than the best epoch recorded in ``last.pth.tar`` (killed before the copy):
-      copied again from ``last.pth.tar`` when that is the best epoch.
+    * an interrupted epoch is rolled forward when its record was committed, back otherwise
+      (:func:`cfl_timm.training.epoch_record.recover_epoch_record`), so all run files hold the same epoch.
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -203,24 +206,7 @@ def recover_run_dir(output_dir: str | Path) -> list[str]:
         if is_temp_file(path) and path.is_file():
             _remove(path)
             done.append(f'removed the partial file {path.name}')
-    last, tmp = output_dir / LAST_NAME, output_dir / TMP_NAME
-    if tmp.exists():
-        tmp_epoch, last_epoch = checkpoint_epoch(tmp), checkpoint_epoch(last)
-        if tmp_epoch is not None and (last_epoch is None or tmp_epoch > last_epoch):
-            _rename(tmp, last)
-            done.append(f'completed the interrupted save of epoch {tmp_epoch} ({TMP_NAME} -> {LAST_NAME})')
-        else:
-            _remove(tmp)
-            done.append(f'removed the stale {TMP_NAME}')
-    last_epoch = checkpoint_epoch(last)
-    if last_epoch is not None:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            best_epoch = recorded_best_epoch(torch.load(last, map_location='cpu', weights_only=True, mmap=True))
-        best = output_dir / BEST_NAME
-        if best_epoch == last_epoch and checkpoint_epoch(best) != last_epoch:
-            _link_or_copy(last, best)
-            done.append(f'restored {BEST_NAME} (epoch {last_epoch})')
-    return done
+    return done + recover_epoch_record(output_dir)
 
 
 def recorded_best_epoch(checkpoint: dict[str, Any]) -> Optional[int]:

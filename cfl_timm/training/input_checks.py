@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import run_dir_in_use
+from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
            'check_name_args', 'check_number_args', 'coerce_config_value', 'image_mode', 'input_channels']
@@ -136,20 +137,21 @@ def check_model_kwargs(model: str, kwargs: dict) -> None:
 
 
 def check_file_args(args: argparse.Namespace) -> None:
-    """The resume checkpoint exists, and an explicit run folder is never reused without --resume (the other files
-    named by flags are checked by their ``arg_types.existing_file`` declaration)."""
+    """The resume checkpoint exists, an explicit run folder is never reused without --resume, and a resume keeps
+    the run's settings (:func:`cfl_timm.training.resume_args.check_resume_args`); the other files named by flags
+    are checked by their ``arg_types.existing_file`` declaration."""
     if args.resume and args.resume != 'auto' and not os.path.isfile(args.resume):
         raise ValueError(f"--resume: checkpoint not found: {args.resume} (a file, or 'auto' for the run folder's "
                          'newest complete checkpoint)')
     output = Path(args.output or './output/train')
     if output.exists() and not output.is_dir():
         raise ValueError(f'--output: {output} is a file, not a folder.')
-    if args.experiment and not args.resume:
-        in_use = run_dir_in_use(output / args.experiment)
-        if in_use:
-            raise ValueError(f'--output/--experiment: {output / args.experiment} already holds a run '
-                             f'({", ".join(in_use[:4])}); pass --resume auto to continue it, or choose another '
-                             '--experiment.')
+    run_dir = output / args.experiment if args.experiment else None
+    in_use = run_dir_in_use(run_dir) if run_dir is not None else []
+    if in_use and not args.resume:
+        raise ValueError(f'--output/--experiment: {run_dir} already holds a run ({", ".join(in_use[:4])}); pass '
+                         '--resume auto to continue it, or choose another --experiment.')
+    check_resume_args(args, run_dir, bool(in_use))  # a resume (or a re-run) with changed settings
 
 
 def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str) -> Any:
