@@ -477,6 +477,33 @@ def test_gradcheck(name):
         assert torch.autograd.gradcheck(lambda x: loss(x, target), (z,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_confidence_penalty_clamps_both_ends_as_the_formula(dtype):
+    # p below 1e-10 (every dtype) and, in float64 only, a row with p above 1 - 1e-10 (1 - 1e-10 rounds to 1 in
+    # float32): value and gradient against the clamped formula with autograd (clamp: no gradient where clamped).
+    logits, target = random_case(6, 5, 2.0, seed=21)
+    logits[:3, 0] = -40.0
+    logits[3] = torch.tensor([40.0, 0.0, 1.0, -2.0, 0.5], dtype=torch.float64)
+    for reduction in ('none', 'mean'):
+        z = logits.to(dtype).requires_grad_()
+        value = create_calibration_loss('confidence-penalty', reduction=reduction)(z, target)
+        z_ref = logits.to(dtype).double().requires_grad_()
+        if dtype == torch.float32:  # the float32 bounds: 1 - 1e-10 is 1, no upper clamp
+            p = torch.softmax(z_ref, 1)
+            clamped = p.clamp(min=float(torch.tensor(1e-10, dtype=dtype)))
+            rows = -torch.log_softmax(z_ref, 1).gather(1, target.unsqueeze(1)).squeeze(1) + \
+                0.1 * (clamped * clamped.log()).sum(1) / 5
+            expected = rows if reduction == 'none' else rows.mean()
+        else:
+            expected = reference('confidence-penalty', z_ref, target, reduction=reduction, cp_alpha=0.1,
+                                 cp_norm='classes')
+        value.sum().backward()
+        expected.sum().backward()
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
+        assert torch.allclose(value.double(), expected, rtol=tol, atol=tol)
+        assert torch.allclose(z.grad.double(), z_ref.grad, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
 def test_sum_is_n_times_mean_and_none_is_per_sample(name):
     logits, target = random_case(8, 6, 3.0, seed=2)

@@ -83,10 +83,15 @@ _BOUNDS: dict = {}
 
 
 def _clamp_bounds(eps: float, dtype: torch.dtype) -> tuple:
-    """(eps, 1 - eps) as the dtype holds them, as Python floats (cached per dtype)."""
+    """(eps, 1 - eps, the largest number below eps) as the dtype holds them, as Python floats (cached per dtype).
+
+    ``F.threshold(x, below, 0)`` keeps x > below, i.e. x >= eps, in one pass.
+    """
     key = (eps, dtype)
     if key not in _BOUNDS:
-        _BOUNDS[key] = tuple(torch.tensor([eps, 1 - eps], dtype=dtype).tolist())
+        low, high = torch.tensor([eps, 1 - eps], dtype=dtype).unbind()
+        below = torch.nextafter(low, torch.tensor(-math.inf, dtype=dtype))
+        _BOUNDS[key] = (float(low), float(high), float(below))
     return _BOUNDS[key]
 
 
@@ -939,27 +944,33 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
         else:
             weight = alpha / logits.shape[1]
             p = logp.exp()
-            # log p^ = clamp(logp, log lo, log hi) with the bounds as the compute dtype holds them (in float32
-            # 1 - 1e-10 is 1, so the upper clamp is a no-op there, as in the official float32 code). This avoids a
-            # log pass over (N, K); it equals log(clamp(p)) up to rounding at the clamp boundary.
-            low, high = _clamp_bounds(self.CLAMP, p.dtype)
-            log_low, log_high = math.log(low), math.log(high)
-            if not logp.is_cuda and _within(logp, log_low, log_high):
+            low, high, below_low = _clamp_bounds(self.CLAMP, p.dtype)
+            if not logp.is_cuda and _within(logp, math.log(low), math.log(high)):
                 # Nothing is clamped (one read pass to know, on the CPU where passes over (N, K) dominate):
-                # p^ = p, log p^ = logp, c = p (logp + 1) and -sum p logp = sum p - sum c.
+                # c = p (logp + 1) and sum p logp = sum c - sum p.
                 c = torch.addcmul(p, p, logp, out=logp)
                 c_sum = c.sum(1)
-                rows = ce.add_(p.sum(1).sub_(c_sum), alpha=-weight)
+                plogp_sum = c_sum - p.sum(1)
             else:
-                clamped = p.clamp(low, high)
-                unclamped = clamped == p if need_grad else None
-                log_clamped = logp.clamp_(log_low, log_high)
-                rows = ce.add_(clamped.mul_(log_clamped).sum(1), alpha=weight)  # CE - (alpha / K) H~
-                if not need_grad:
-                    return rows, None
-                # c_k = p_k (log p^_k + 1) where p is not clamped, else 0. Built in the buffers already allocated.
-                c = torch.addcmul(p, p, log_clamped, out=log_clamped).mul_(unclamped)
+                # c_k = p_k (logp_k + 1) where p is not clamped, else 0 (no gradient through a clamped p), built over
+                # logp from the kept p (the others zeroed in one threshold pass: bool masks are slow on the CPU);
+                # sum_k p^_k log p^_k = sum_k (c_k - kept_k) + (number clamped low) lo log lo (+ hi log hi).
+                kept = F.threshold(p, below_low, 0.0)
+                over = None
+                if high < 1:  # float64: a p within 1e-10 of 1 is clamped too (in float32 1 - 1e-10 is 1)
+                    top, top_index = kept.max(1)
+                    over = (top > high).to(p.dtype)
+                    kept.scatter_(1, top_index.unsqueeze(1), top.mul(1 - over).unsqueeze(1))
+                c = torch.addcmul(kept, kept, logp, out=logp)
                 c_sum = c.sum(1)
+                plogp_sum = c_sum - kept.sum(1)
+                # sign(kept) is 1 where kept (p >= lo > 0) and 0 where zeroed, here the high-clamped entry too.
+                num_low = torch.sign(kept, out=kept).sum(1).sub_(logits.shape[1]).neg_()
+                if over is not None:
+                    num_low.sub_(over)
+                    plogp_sum.add_(over, alpha=high * math.log(high))
+                plogp_sum.add_(num_low, alpha=low * math.log(low))
+            rows = ce.add_(plogp_sum, alpha=weight)  # CE - (alpha / K) H~
             if not need_grad:
                 return rows, None
             # d(-alpha H~)/dz = (alpha / K)(c - p sum_k c_k); with CE: p (1 - (alpha / K) sum c) + (alpha / K) c - q.
