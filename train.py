@@ -424,17 +424,15 @@ def compile_task(task: nn.Module, backend: str, mode: Optional[str]) -> None:
     """torch.compile the task's model (timm's ``task.compile``: student and teacher) and its training loss.
 
     The loss is compiled in place (``nn.Module.compile``), so its state_dict and the checkpoint keys stay as
-    they are. A loss that follows the cyclical position stays eager: the cyclical focal loss (``set_epoch``) and
-    a loss under the temperature schedule (the scheduler's forward pre-hook) read a Python float that changes
-    every epoch (or update), and dynamo would recompile for each value until its recompile limit, then fall back
-    to eager anyway (docs/training.md: the measured cost).
+    they are. A loss that follows the cyclical position compiles too: the cyclical focal loss's eta and the
+    scheduler's temperature reach the graph as 0-dim tensors updated in place, so one graph serves every epoch.
     """
     # The losses' hyperparameters are constants: specialize Python floats (torch 2.14's symbolic floats fail a
     # dynamo guard on the focal losses' eps / K at large K).
     torch._dynamo.config.specialize_float = True
     task.compile(backend=backend, mode=mode)
     criterion = task.criterion
-    if isinstance(criterion, nn.Module) and not hasattr(criterion, 'set_epoch') and not criterion._forward_pre_hooks:
+    if isinstance(criterion, nn.Module):
         criterion.compile(backend=backend, mode=mode)
 
 

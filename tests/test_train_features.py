@@ -173,6 +173,52 @@ def test_focal_losses_compile_to_one_graph(name):
     assert explanation.graph_count == 1
 
 
+def _cyclical_loss_under_schedule():
+    """asym-cyclical with the temperature schedule on, as train.py attaches them (eta and T both move)."""
+    from cfl_timm.scheduler import CyclicalScheduler
+
+    loss = timm.loss.create_classification_loss('asym-cyclical', epochs=10, gamma_hc=3.0, gamma_pos=2.0,
+                                                gamma_neg=2.0, cyclical_factor=4.0)
+    loss.check_finite = False
+    scheduler = CyclicalScheduler(None, num_epochs=10, cyclical_factor=4.0, t_min=0.5, t_max=2.0)
+    scheduler.attach_loss(loss)
+    return loss, scheduler
+
+
+def test_cyclical_eta_and_temperature_do_not_recompile_the_loss():
+    # eta and T reach the compiled graph as 0-dim tensors updated in place: moving the cyclical position (by epoch
+    # and within one) reuses the one graph (a recompile raises), and every value and gradient equals the eager
+    # float path at that position.
+    import torch._dynamo as dynamo
+
+    compiled, compiled_scheduler = _cyclical_loss_under_schedule()
+    eager, eager_scheduler = _cyclical_loss_under_schedule()
+    train.compile_task(CriterionStateClassificationTask(torch.nn.Linear(2, 5), compiled, verbose=False),
+                       'aot_eager', None)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 5, generator=generator) * 3
+    target = torch.randint(0, 5, (16,), generator=generator)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    seen = set()
+    with dynamo.config.patch(error_on_recompile=True):
+        for epoch in (0, 1, 2.5, 4, 7):
+            compiled_scheduler.set_epoch(epoch)
+            eager_scheduler.set_epoch(epoch)
+            seen.add((eager.eta, eager_scheduler.temperature))
+            z, z_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+            value, expected = compiled(z, target), eager(z_ref, target)
+            value.backward()
+            expected.backward()
+            torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-5, atol=1e-7)
+    assert len(seen) == 5  # five different (eta, T) pairs
+    # Two graphs, each compiled once: the temperature pre-hook's division and the loss (dynamo compiles the hook
+    # and the loss's forward as separate frames).
+    assert dynamo.utils.counters['stats']['unique_graphs'] == 2
+    assert compiled.eta_tensor.item() == eager.eta and 'eta_tensor' not in compiled.state_dict()
+
+
 def test_torchcompile_trains_a_tiny_model(tmp_path):
     result, run_dir = _run(tmp_path, *CYCLICAL, '--torchcompile', 'aot_eager')
     row = _summary(run_dir)[0]

@@ -91,6 +91,22 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
+def _is_zero(value) -> bool:
+    """Whether ``value`` is known to be 0: a float equal to 0; never a tensor (the compiled path's eta), whose terms
+    are then computed (they vanish at 0)."""
+    return not isinstance(value, torch.Tensor) and value == 0
+
+
+def _add_scaled_(x: torch.Tensor, y: torch.Tensor, a) -> torch.Tensor:
+    """x += a * y in place, a a float (one fused pass) or a 0-dim tensor."""
+    return x.add_(y * a) if isinstance(a, torch.Tensor) else x.add_(y, alpha=a)
+
+
+def _addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, a) -> torch.Tensor:
+    """x + a * y * z as a new tensor, a a float (one fused pass) or a 0-dim tensor."""
+    return x + y * z * a if isinstance(a, torch.Tensor) else torch.addcmul(x, y, z, value=a)
+
+
 def _power(p: torch.Tensor, logp: torch.Tensor, gamma: float) -> torch.Tensor:
     """A new tensor p ** gamma for p = exp(logp): in-place multiplications for integer gamma (the common 1 to 4,
     several times faster than pow or exp on CPU), exp(gamma * logp) otherwise."""
@@ -140,16 +156,16 @@ def _positive_terms(logp: torch.Tensor, eta: float, gamma_pos: float, gamma_hc: 
         # (1 - p)^(gamma_pos - 1) * p * logp = (1 - p)^gamma_pos * p * logp / (1 - p); at p = 1 the focal factor
         # is 0 and the clamped ratio finite, giving the limit 0.
         ratio = p_logp.div(one_minus_p.clamp_min_(torch.finfo(logp.dtype).tiny))
-        grad_term = torch.addcmul(weight, focal, ratio, value=-(1 - eta) * gamma_pos)
+        grad_term = _addcmul(weight, focal, ratio, -(1 - eta) * gamma_pos)
     else:
         grad_term = weight.clone()
-    if eta != 0:
+    if not _is_zero(eta):
         one_plus_p = p.add_(1.0)
         hard = one_plus_p.pow(gamma_hc)
-        weight.add_(hard, alpha=eta)
-        grad_term.add_(hard, alpha=eta)
+        _add_scaled_(weight, hard, eta)
+        _add_scaled_(grad_term, hard, eta)
         if gamma_hc != 0:
-            grad_term.addcmul_(hard, p_logp.div_(one_plus_p), value=eta * gamma_hc)
+            _add_scaled_(grad_term, hard * p_logp.div_(one_plus_p), eta * gamma_hc)
     return weight.mul_(logp), grad_term
 
 
@@ -194,7 +210,7 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
         else:
             sum_pow_logp = torch.linalg.vecdot(p_pow, logp)
     loss = torch.mul(sum_pow_logp, smooth * (1 - eta))
-    loss.add_(sum_logp, alpha=smooth * eta).addcmul_(neg_weight_t, logp_t, value=-smooth)
+    _add_scaled_(loss, sum_logp, smooth * eta).addcmul_(neg_weight_t, logp_t, value=-smooth)
     loss.add_(pos_loss, alpha=target_mass)
     if not need_grad:
         return loss, None
@@ -206,20 +222,19 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
         neg_grad_t = neg_weight_t
         row_sum = torch.full_like(logp_t, scale * smooth * num_classes)
     else:
-        neg_grad_t = torch.addcmul(neg_weight_t, p_pow_t, logp_t, value=(1 - eta) * gamma_neg)
+        neg_grad_t = _addcmul(neg_weight_t, p_pow_t, logp_t, (1 - eta) * gamma_neg)
         row_sum = torch.add(sum_pow, sum_pow_logp, alpha=gamma_neg)
         row_sum.mul_(scale * smooth * (1 - eta)).add_(scale * smooth * num_classes * eta)
     row_sum.add_(neg_grad_t, alpha=-scale * smooth).add_(pos_grad, alpha=scale * target_mass)
     target_grad = torch.mul(p_t, row_sum).add_(pos_grad, alpha=-scale * target_mass)
-    if p_pow is None:
-        shift = smooth * scale
-    else:
-        shift = smooth * scale * eta
-    # p * row_sum - shift in one pass (a 0-dim input broadcasts), written over p.
-    grad = torch.addcmul(p.new_full((), -shift), p, row_sum.unsqueeze(1), out=p) if shift != 0 \
-        else p.mul_(row_sum.unsqueeze(1))
+    shift = smooth * scale if p_pow is None else smooth * scale * eta
+    if _is_zero(shift):
+        grad = p.mul_(row_sum.unsqueeze(1))
+    else:  # p * row_sum - shift in one pass (a 0-dim input broadcasts), written over p
+        shift = shift.to(p.dtype) if isinstance(shift, torch.Tensor) else p.new_full((), shift)
+        grad = torch.addcmul(shift.neg(), p, row_sum.unsqueeze(1), out=p)
     if p_pow is not None:
-        grad.add_(grad_pow, alpha=-smooth * scale * (1 - eta))
+        _add_scaled_(grad, grad_pow, -smooth * scale * (1 - eta))
     return loss, grad.scatter_(1, index, target_grad.unsqueeze(1))
 
 
@@ -486,13 +501,30 @@ class CyclicalFocalLoss(_FocalLossBase):
                              "(timm's num_epochs: --epochs plus --cooldown-epochs); there is no default.")
         cyclical_eta(0, epochs, cyclical_factor)  # validates epochs and factor eagerly
         self.cyclical_factor = float(cyclical_factor)
-        self.epochs = int(epochs)
+        self._epochs = int(epochs)
         self.epoch = 0.0
+        # eta as a 0-dim tensor for the compiled path: updated in place, so one graph serves every epoch (a Python
+        # float would be a constant of the graph and recompile it for each value). Not saved: it follows the epoch.
+        self.register_buffer('eta_tensor', torch.tensor(self.eta, dtype=torch.float64), persistent=False)
+
+    @property
+    def epochs(self) -> int:
+        """Number of epochs the schedule spans (the cyclical scheduler sets it to its own ``num_epochs``)."""
+        return self._epochs
+
+    @epochs.setter
+    def epochs(self, epochs: int) -> None:
+        cyclical_eta(0, epochs, self.cyclical_factor)  # validates epochs
+        self._epochs = int(epochs)
+        self.set_epoch(self.epoch)
 
     def set_epoch(self, epoch: float) -> None:
         """Set the 0-based (fractional) training epoch that the following forward passes belong to."""
         cyclical_eta(epoch, self.epochs, self.cyclical_factor)  # validates epoch
         self.epoch = float(epoch)
+        if 'eta_tensor' in self._buffers:
+            with torch.no_grad():
+                self.eta_tensor.fill_(self.eta)
 
     @property
     def eta(self) -> float:
@@ -506,7 +538,9 @@ class CyclicalFocalLoss(_FocalLossBase):
         self.set_epoch(state['epoch'])
 
     def _loss_params(self):
-        return self.eta, self.gamma_hc, self.gamma_pos, self.gamma_neg, False
+        # Eager: the float (fused scalar kernels). Compiled: the tensor, an input of the graph, not a constant.
+        eta = self.eta_tensor if torch.compiler.is_compiling() else self.eta
+        return eta, self.gamma_hc, self.gamma_pos, self.gamma_neg, False
 
     def extra_repr(self) -> str:
         return (f'gamma_hc={self.gamma_hc}, gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, '

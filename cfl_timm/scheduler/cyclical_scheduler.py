@@ -129,6 +129,9 @@ class CyclicalScheduler:
                 optimizer, wd_min=wd_min, wd_max=wd_max, num_epochs=num_epochs, cyclical_factor=cyclical_factor)
         self.loss: Optional[nn.Module] = None
         self._hook = None
+        # The temperature the pre-hook divides by, as a 0-dim tensor updated in place: a compiled loss then takes
+        # it as a graph input and one graph serves every epoch (a Python float would recompile per value).
+        self._temperature_tensor = torch.ones((), dtype=torch.float64)
         self._epoch_values: dict[int, dict[str, Optional[float]]] = {}
         self.epoch = 0.0
         self.set_epoch(0.0)
@@ -158,6 +161,8 @@ class CyclicalScheduler:
             self.weight_decay_scheduler.set_epoch(self.epoch)
         if self.loss is not None and hasattr(self.loss, 'set_epoch'):
             self.loss.set_epoch(self.epoch)
+        if self.ranges['temperature'] is not None:
+            self._temperature_tensor.fill_(self.temperature)
         if self.epoch.is_integer():
             self._epoch_values[int(self.epoch)] = self.values()
             for old in sorted(self._epoch_values)[:-2]:
@@ -235,7 +240,7 @@ class CyclicalScheduler:
 
     def _divide_logits(self, module: nn.Module, inputs: tuple) -> tuple:
         logits, *rest = inputs
-        return (logits / self.temperature, *rest)
+        return (logits / self._temperature_tensor, *rest)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
