@@ -571,24 +571,25 @@ class MMCEWLoss(_MMCEBase):
             f_cc, f_ii, f_ci = 1 / (m * m * (m * m + 1e-5)), 1 / (n * n * (n * n + 1e-5)), 1 / (m * n * (m * n + 1e-5))
         else:
             f_cc, f_ii, f_ci = 1 / (m * m), 1 / (n * n), 1 / (m * n)
-        weights = torch.stack([(1 - r) * cc, r * (1 - cc)], dim=1)  # a_i, b_i
+        # W = [a, b] with a_i = (1 - r_i) c_i, b_i = r_i (1 - c_i); with F = [[f_cc, -f_ci], [-f_ci, f_ii]] and the
+        # kernel symmetric, D = sum_i W_i . (K W F)_i, and dD/dr_i = 2 W'_i . (K W F)_i - (2 / w) W_i . (S W F)_i
+        # with W' = dW/dr = [-c, 1 - c]: a few (N, 2) operations instead of one line per term (at small N the
+        # number of operator calls is the cost).
+        rc = r * cc
+        weights = torch.stack([cc - rc, r - rc], dim=1)
+        form = r.new_tensor([[f_cc, -f_ci], [-f_ci, f_ii]])
         kernel_sum, sign_sum = _laplacian_kernel_sums(r, weights, MMCE_KERNEL_WIDTH)
-        a, b = weights.unbind(1)
-        ka, kb = kernel_sum.unbind(1)
-        sa, sb = sign_sum.unbind(1)
-        d = f_cc * torch.dot(a, ka) + f_ii * torch.dot(b, kb) - 2 * f_ci * torch.dot(a, kb)
+        kernel_form = kernel_sum @ form
+        d = torch.linalg.vecdot(weights.flatten(), kernel_form.flatten())
         penalty = torch.sqrt(d.clamp_min(0) + 1e-10)
         if not need_grad:
             return penalty, None
-        w = MMCE_KERNEL_WIDTH
-        da, db = -cc, 1 - cc  # d a_i / d r_i, d b_i / d r_i
-        d_cc = 2 * da * ka - (2 / w) * a * sa
-        d_ii = 2 * db * kb - (2 / w) * b * sb
-        d_ci = da * kb + db * ka - (1 / w) * (a * sb + b * sa)
-        d_d = f_cc * d_cc + f_ii * d_ii - 2 * f_ci * d_ci
         if float(d) < 0:
-            d_d = torch.zeros_like(d_d)
-        return penalty, d_d / (2 * penalty)
+            return penalty, torch.zeros_like(r)
+        slopes = torch.stack([cc.neg(), 1 - cc], dim=1)
+        d_d = torch.linalg.vecdot(slopes, kernel_form).sub_(
+            torch.linalg.vecdot(weights, sign_sum @ form), alpha=1 / MMCE_KERNEL_WIDTH)
+        return penalty, d_d.div_(penalty)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -945,8 +946,9 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
             weight = alpha / logits.shape[1]
             p = logp.exp()
             low, high, below_low = _clamp_bounds(self.CLAMP, p.dtype)
-            if not logp.is_cuda and _within(logp, math.log(low), math.log(high)):
-                # Nothing is clamped (one read pass to know, on the CPU where passes over (N, K) dominate):
+            if not logp.is_cuda and not torch.compiler.is_compiling() and _within(logp, math.log(low), math.log(high)):
+                # Nothing is clamped (one read pass and a host read to know: eager CPU only, where passes over (N, K)
+                # dominate; compiled, the threshold branch traces without a graph break):
                 # c = p (logp + 1) and sum p logp = sum c - sum p.
                 c = torch.addcmul(p, p, logp, out=logp)
                 c_sum = c.sum(1)
