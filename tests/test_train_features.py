@@ -15,6 +15,7 @@ from timm.models import create_model
 
 import train
 from cfl_timm import ALL_LOSS_TYPES
+from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss
 from cfl_timm.training import CriterionStateClassificationTask, ProcessInfo
 from cfl_timm.training import args as train_args
 
@@ -169,6 +170,19 @@ def test_focal_losses_compile_to_one_graph(name):
     if hasattr(criterion, 'check_finite'):
         criterion.check_finite = False
     explanation = dynamo.explain(criterion)(torch.randn(8, 5, requires_grad=True), torch.arange(8) % 5)
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize('name', [n for n in CALIBRATION_LOSS_TYPES if n != 'mmce-w'])
+def test_calibration_losses_compile_to_one_graph(name):
+    # No host read while compiling (the CPU target check becomes an async assert, the backward always scales):
+    # one graph, no break. mmce-w reads its correct count and the sign of D on the host (docs/speed.md).
+    import torch._dynamo as dynamo
+
+    with dynamo.config.patch(specialize_float=True):  # as train.py's compile_task
+        explanation = dynamo.explain(create_calibration_loss(name))(torch.randn(8, 5, requires_grad=True),
+                                                                   torch.arange(8) % 5)
     assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
     assert explanation.graph_count == 1
 

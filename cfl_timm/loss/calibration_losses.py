@@ -185,7 +185,7 @@ class _CalibrationLossFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.per_row:
             grad = grad * grad_output.unsqueeze(1)
-        elif grad_output.is_cuda or float(grad_output) != 1.0:
+        elif grad_output.is_cuda or torch.compiler.is_compiling() or float(grad_output) != 1.0:
             grad = grad * grad_output
         return grad, None, None, None, None
 
@@ -267,7 +267,7 @@ class _CalibrationLoss(nn.Module):
 
 def _check_indices(loss: str, index: torch.Tensor, num_classes: int) -> None:
     message = f'{loss}: target class indices must lie in [0, {num_classes})'
-    if index.is_cuda:
+    if index.is_cuda or torch.compiler.is_compiling():  # no host read: none on the GPU, no graph break compiled
         torch._assert_async(((index >= 0) & (index < num_classes)).all(), message)
         return
     low, high = (int(v) for v in torch.aminmax(index))
@@ -279,7 +279,7 @@ def _check_soft_targets(loss: str, dist: torch.Tensor) -> None:
     message = (f'{loss}: soft targets must be non-negative and sum to 1 over classes '
                f'(tolerance {_SOFT_TARGET_ATOL:g})')
     ok = (dist.amin() >= 0) & ((dist.sum(1) - 1).abs().amax() <= _SOFT_TARGET_ATOL)
-    if dist.is_cuda:
+    if dist.is_cuda or torch.compiler.is_compiling():
         torch._assert_async(ok, message)
     elif not bool(ok):
         raise ValueError(f'{message}; got minimum {float(dist.amin()):g} and row sums in '
@@ -926,6 +926,8 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
         super().__init__(reduction)
         self.alpha = check_number(self.name, 'cp_alpha', alpha)
         self.norm = check_choice(self.name, 'cp_norm', norm, self.NORMS)
+        for dtype in (torch.float32, torch.float64):  # fill the cache here: computing it would break a compiled graph
+            _clamp_bounds(self.CLAMP, dtype)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         alpha = self.alpha
