@@ -15,7 +15,7 @@ from timm.models import create_model
 
 import train
 from cfl_timm import ALL_LOSS_TYPES
-from cfl_timm.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss
+from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss
 from cfl_timm.training import CriterionStateClassificationTask, ProcessInfo
 from cfl_timm.training import args as train_args
 
