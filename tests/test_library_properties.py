@@ -26,6 +26,7 @@ from cfl_timm.metrics.posthoc import POSTHOC_METHODS
 # derandomize: the same examples every run (a failure reproduces; CI is never flaky), no example database written.
 SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
+LOSS_SETTINGS = settings(SETTINGS, max_examples=8)  # 15 losses each: fewer examples apiece
 FINITE = st.floats(-30, 30, allow_nan=False, allow_infinity=False, width=32)
 BAD_FLOAT = st.sampled_from([math.nan, math.inf, -math.inf])
 
@@ -178,3 +179,53 @@ def test_cyclical_epochs_must_be_a_positive_integer(span):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ValueError, match='cyclical_epochs'):
         timm.scheduler.create_scheduler_v2(optimizer, num_epochs=4, wd_min=1e-4, cyclical_epochs=span)
+
+
+# ----------------------------------------------------------------------------------------------------------- losses
+
+def _loss(name: str, soft: bool = False):
+    from cfl_timm.loss.cfl_loss_factory import create_loss
+    return create_loss(name, soft_targets=soft, **({'epochs': 4} if name == 'asym-cyclical' else {}))
+
+
+def _loss_names():
+    from cfl_timm.loss.cfl_loss_factory import LOSS_TYPES
+    return LOSS_TYPES
+
+
+def _soft_loss_names():
+    from cfl_timm.loss.cfl_loss_factory import SOFT_TARGET_LOSSES
+    return SOFT_TARGET_LOSSES
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets())
+@pytest.mark.parametrize('name', _loss_names())
+def test_losses_are_finite_on_finite_input(name, data):
+    logits, targets = data
+    assert torch.isfinite(_loss(name)(logits, targets))
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets(), st.sampled_from(['bool', 'float', 'out_of_range', 'negative', 'shape']))
+@pytest.mark.parametrize('name', _loss_names())
+def test_losses_refuse_bad_hard_targets(name, data, kind):
+    logits, targets = data
+    bad = {'bool': targets > 0, 'float': targets.double() + 0.7,
+           'out_of_range': torch.full_like(targets, logits.shape[1]), 'negative': targets - targets.max() - 1,
+           'shape': targets[:, None]}[kind]
+    with pytest.raises(ValueError, match='target'):
+        _loss(name)(logits, bad)
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets(), st.sampled_from(['nan', 'unnormalised', 'negative']))
+@pytest.mark.parametrize('name', _soft_loss_names())
+def test_soft_target_losses_refuse_bad_distributions(name, data, kind):
+    logits, _ = data
+    soft = torch.softmax(logits.flip(0), dim=1)
+    bad = {'nan': soft.masked_fill(torch.zeros_like(soft, dtype=torch.bool).index_fill_(1, torch.tensor([0]), True),
+                                   math.nan),
+           'unnormalised': soft * 2, 'negative': soft - 0.5}[kind]
+    with pytest.raises(ValueError, match='soft targets'):
+        _loss(name, soft=True)(logits, bad)

@@ -1,14 +1,20 @@
-"""What every cfl-timm loss module shares: the reductions and the checks of constructor arguments, with one
-message form (``<loss>: <argument> must be ...`` / ``<loss>: unknown <argument> ..., expected one of ...``).
+"""What every cfl-timm loss module shares: the reductions, the checks of constructor arguments and of targets, with
+one message form (``<loss>: <argument> must be ...`` / ``<loss>: unknown <argument> ..., expected one of ...``).
 
-Standard library only, so ``patches/apply.py`` can copy it into ``timm/loss/`` with the loss modules that import
-it (relative imports among the copied files work in both layouts).
+torch and the standard library only, so ``patches/apply.py`` can copy it into ``timm/loss/`` with the loss modules
+that import it (relative imports among the copied files work in both layouts).
 """
 import math
 import numbers
 from typing import Any
 
-__all__ = ['REDUCTIONS', 'check_choice', 'check_number', 'check_reduction']
+import torch
+
+__all__ = ['REDUCTIONS', 'SOFT_TARGET_ATOL', 'check_choice', 'check_number', 'check_reduction',
+           'check_soft_targets', 'check_target_indices', 'check_target_kind']
+
+# Soft targets (Mixup / CutMix) must sum to 1 over classes within this tolerance.
+SOFT_TARGET_ATOL = 1e-3
 
 # How a loss reduces its per-sample values over the batch.
 REDUCTIONS = ('none', 'mean', 'sum')
@@ -38,3 +44,39 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple) -> Any:
 def check_reduction(owner: str, reduction: Any) -> str:
     """``reduction``, or a ValueError unless it is one of :data:`REDUCTIONS`."""
     return check_choice(owner, 'reduction', reduction, REDUCTIONS)
+
+
+def check_target_kind(owner: str, target: torch.Tensor) -> None:
+    """Hard targets are integer class indices: a bool or complex tensor is refused (it would pass as 0 / 1)."""
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f'{owner}: target must hold integer class indices (e.g. torch.int64) or float soft '
+                         f'targets, got {target.dtype}.')
+
+
+def check_target_indices(owner: str, index: torch.Tensor, num_classes: int) -> None:
+    """Class indices in [0, K): a ValueError on the CPU, an asynchronous assert on the GPU and when compiling (no
+    host read: none on the GPU, no graph break compiled)."""
+    message = f'{owner}: target class indices must lie in [0, {num_classes})'
+    if index.numel() == 0:
+        return
+    if index.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(((index >= 0) & (index < num_classes)).all(), message)
+        return
+    low, high = (int(v) for v in torch.aminmax(index))
+    if low < 0 or high >= num_classes:
+        raise ValueError(f'{message}, got values in [{low}, {high}].')
+
+
+def check_soft_targets(owner: str, dist: torch.Tensor) -> None:
+    """Soft targets (N, K) are finite, non-negative and sum to 1 over classes (within :data:`SOFT_TARGET_ATOL`);
+    a ValueError on the CPU, an asynchronous assert on the GPU and when compiling. NaN fails both tests."""
+    message = (f'{owner}: soft targets must be non-negative and sum to 1 over classes '
+               f'(tolerance {SOFT_TARGET_ATOL:g})')
+    if dist.numel() == 0:
+        return
+    ok = (dist.amin() >= 0) & ((dist.sum(1) - 1).abs().amax() <= SOFT_TARGET_ATOL)
+    if dist.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(f'{message}; got minimum {float(dist.amin()):g} and row sums in '
+                         f'[{float(dist.sum(1).amin()):g}, {float(dist.sum(1).amax()):g}].')

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import check_choice, check_number, check_reduction
+from ._base import check_choice, check_number, check_reduction, check_soft_targets, check_target_indices
 
 __all__ = [
     'CALIBRATION_LOSS_TYPES', 'CALIBRATION_LOSS_DEFAULTS', 'SOFT_TARGET_LOSSES',
@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 MMCE_KERNEL_WIDTH = 0.4
-_SOFT_TARGET_ATOL = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,12 +244,12 @@ class _CalibrationLoss(nn.Module):
                 raise ValueError(f'{self.name}: soft targets (Mixup / CutMix) are not supported, this loss needs the '
                                  f'target class; losses accepting soft targets: {SOFT_TARGET_LOSSES}.')
             dist = target.to(logits.dtype)
-            _check_soft_targets(self.name, dist)
+            check_soft_targets(self.name, dist)
             return logits, None, dist
         if target.shape == (num_rows,) and not target.is_floating_point() and target.dtype != torch.bool \
                 and not target.is_complex():
             index = target.long()
-            _check_indices(self.name, index, num_classes)
+            check_target_indices(self.name, index, num_classes)
             return logits, index, None
         allowed = f' or soft targets of shape {tuple(logits.shape)}' if self.soft_targets else ''
         raise ValueError(f'{self.name}: target must hold integer class indices of shape ({num_rows},){allowed}, '
@@ -263,27 +262,6 @@ class _CalibrationLoss(nn.Module):
     def extra_repr(self) -> str:
         parts = [f'{arg}={getattr(self, arg)!r}' for arg in self.factory_keywords.values()]
         return ', '.join(parts + [f'reduction={self.reduction!r}'])
-
-
-def _check_indices(loss: str, index: torch.Tensor, num_classes: int) -> None:
-    message = f'{loss}: target class indices must lie in [0, {num_classes})'
-    if index.is_cuda or torch.compiler.is_compiling():  # no host read: none on the GPU, no graph break compiled
-        torch._assert_async(((index >= 0) & (index < num_classes)).all(), message)
-        return
-    low, high = (int(v) for v in torch.aminmax(index))
-    if low < 0 or high >= num_classes:
-        raise ValueError(f'{message}, got values in [{low}, {high}].')
-
-
-def _check_soft_targets(loss: str, dist: torch.Tensor) -> None:
-    message = (f'{loss}: soft targets must be non-negative and sum to 1 over classes '
-               f'(tolerance {_SOFT_TARGET_ATOL:g})')
-    ok = (dist.amin() >= 0) & ((dist.sum(1) - 1).abs().amax() <= _SOFT_TARGET_ATOL)
-    if dist.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(ok, message)
-    elif not bool(ok):
-        raise ValueError(f'{message}; got minimum {float(dist.amin()):g} and row sums in '
-                         f'[{float(dist.sum(1).amin()):g}, {float(dist.sum(1).amax()):g}].')
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import check_choice, check_number, check_reduction
+from ._base import (
+    check_choice,
+    check_number,
+    check_reduction,
+    check_soft_targets,
+    check_target_indices,
+    check_target_kind,
+)
 
 __all__ = [
     'FOCAL_LOSS_TYPES', 'SOFT_TARGET_MODES', 'cyclical_eta',
@@ -359,8 +366,10 @@ class _FocalLossBase(nn.Module):
             logits = logits.float()
         flat_logits = logits.movedim(1, -1).reshape(-1, num_classes) if logits.dim() > 2 else logits
         target_index, target_dist = None, None
+        check_target_kind(type(self).__name__, target)
         if target.shape == logits.shape and target.is_floating_point():
             flat_target = target.movedim(1, -1).reshape(-1, num_classes) if target.dim() > 2 else target
+            check_soft_targets(type(self).__name__, flat_target)
             if self.soft_target_mode == 'argmax':
                 target_index = flat_target.argmax(1)
             else:
@@ -386,17 +395,9 @@ class _FocalLossBase(nn.Module):
             # On the CPU gather/scatter reject out-of-range indices; turn that into a clear error. (On CUDA an
             # out-of-range index is a device-side assert, as in torch's cross-entropy.)
             if target_index is not None and not target_index.is_cuda:
-                _check_targets(target_index, num_classes)
+                check_target_indices(type(self).__name__, target_index, num_classes)
             raise
         return loss.reshape(out_shape) if scale is None else loss
-
-
-def _check_targets(target_index: torch.Tensor, num_classes: int) -> None:
-    if target_index.numel() == 0:
-        return
-    low, high = (int(v) for v in torch.aminmax(target_index))
-    if low < 0 or high >= num_classes:
-        raise ValueError(f'target class indices must lie in [0, {num_classes}), got values in [{low}, {high}].')
 
 
 def _check_finite(logits: torch.Tensor) -> None:
