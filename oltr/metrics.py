@@ -7,28 +7,12 @@ from typing import Optional
 
 import numpy as np
 
+from cfl_timm.data.subsets import SHOT_GROUPS, SHOT_RULES, shot_groups
+
 __all__ = ['SHOT_RULES', 'OPEN_THRESHOLD', 'shot_groups', 'shot_accuracies', 'macro_f1',
            'open_set_predictions', 'open_set_f_measure']
 
-# 'code': OLTR's released code, many >= 100, few <= 20 training images; 'paper': the paper text, > 100 / < 20.
-SHOT_RULES = ('code', 'paper')
 OPEN_THRESHOLD = 0.1
-GROUPS = ('many', 'medium', 'few')
-
-
-def shot_groups(train_counts: Sequence[int], *, rule: str = 'code', many: int = 100, few: int = 20) -> np.ndarray:
-    """Shot group per class: 0 many, 1 medium, 2 few.
-
-    ``rule='code'``: many if count >= ``many``, few if count <= ``few``; ``rule='paper'``: > ``many`` and < ``few``.
-    """
-    if rule not in SHOT_RULES:
-        raise ValueError(f"Unknown shot rule '{rule}', expected one of {SHOT_RULES}.")
-    counts = np.asarray(train_counts)
-    if rule == 'code':
-        is_many, is_few = counts >= many, counts <= few
-    else:
-        is_many, is_few = counts > many, counts < few
-    return np.where(is_many, 0, np.where(is_few, 2, 1))
 
 
 def shot_accuracies(preds: Sequence[int], labels: Sequence[int], train_counts: Sequence[int], *,
@@ -49,7 +33,7 @@ def shot_accuracies(preds: Sequence[int], labels: Sequence[int], train_counts: S
     per_class_correct = np.bincount(labels, weights=correct, minlength=num_classes)
     groups = shot_groups(train_counts, rule=rule)
     result = {'overall': float(correct.mean())}
-    for index, name in enumerate(GROUPS):
+    for index, name in enumerate(SHOT_GROUPS):
         members = (groups == index) & (per_class_total > 0)
         accs = per_class_correct[members] / per_class_total[members]
         result[name] = float(accs.mean()) if accs.size else float('nan')

@@ -28,6 +28,8 @@ from .strict import (
     verify_images,
 )
 from .subsets import (
+    SHOT_GROUPS,
+    SHOT_RULES,
     SUBSET_MODES,
     SubsetDataset,
     class_counts,
@@ -38,6 +40,8 @@ from .subsets import (
     long_tailed_indices,
     read_sampler_indices,
     select_train_subset,
+    shot_group_classes,
+    shot_groups,
     stratified_indices,
 )
 from .svhn import SVHN_SPLITS, svhn_dataset, svhn_file

@@ -22,8 +22,8 @@ from .wrapped import WrappedDataset
 
 __all__ = [
     'SUBSET_MODES', 'SubsetDataset', 'class_counts', 'dataset_targets', 'first_n_indices', 'log_class_counts',
-    'long_tailed_counts', 'long_tailed_indices', 'read_sampler_indices', 'select_train_subset',
-    'stratified_indices',
+    'SHOT_GROUPS', 'SHOT_RULES', 'long_tailed_counts', 'long_tailed_indices', 'read_sampler_indices',
+    'select_train_subset', 'shot_group_classes', 'shot_groups', 'stratified_indices',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -103,6 +103,34 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> 
     c = np.arange(num_classes, dtype=np.float64)
     counts = np.floor(n_max * imbalance_ratio ** (-c / (num_classes - 1)) + 1e-9).astype(np.int64)
     return np.maximum(counts, 1)
+
+
+# OLTR's shot groups (Z. Liu et al., "Large-Scale Long-Tailed Recognition in an Open World", arXiv 1904.05160):
+# 'code' is the released code (many >= 100, few <= 20 training images), 'paper' the paper's text (> 100, < 20).
+SHOT_RULES = ('code', 'paper')
+SHOT_GROUPS = ('many', 'medium', 'few')
+
+
+def shot_groups(train_counts: Sequence[int], *, rule: str = 'code', many: int = 100, few: int = 20) -> np.ndarray:
+    """Shot group of each class by its training count: 0 many, 1 medium, 2 few (the order of :data:`SHOT_GROUPS`).
+
+    ``rule='code'``: many if count >= ``many``, few if count <= ``few``; ``rule='paper'``: > ``many`` and < ``few``.
+    """
+    if rule not in SHOT_RULES:
+        raise ValueError(f"Unknown shot rule '{rule}', expected one of {SHOT_RULES}.")
+    counts = np.asarray(train_counts)
+    if rule == 'code':
+        is_many, is_few = counts >= many, counts <= few
+    else:
+        is_many, is_few = counts > many, counts < few
+    return np.where(is_many, 0, np.where(is_few, 2, 1))
+
+
+def shot_group_classes(train_counts: Sequence[int], *, rule: str = 'code', many: int = 100,
+                       few: int = 20) -> dict[str, tuple[int, ...]]:
+    """:func:`shot_groups` as group name -> the classes in it (ascending), e.g. for per-group mean accuracies."""
+    groups = shot_groups(train_counts, rule=rule, many=many, few=few)
+    return {name: tuple(int(c) for c in np.flatnonzero(groups == index)) for index, name in enumerate(SHOT_GROUPS)}
 
 
 def long_tailed_indices(targets: np.ndarray, imbalance_ratio: float, n_max: Optional[int] = None) -> np.ndarray:
