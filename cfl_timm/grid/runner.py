@@ -1,6 +1,6 @@
 """A resumable grid runner whose cells can be shared by many workers on many hosts through one directory.
 
-Used by ``bench/reproduce.py`` (the cyclical focal loss study, arXiv 2202.08978 and 2202.08835). Every cell runs
+Used by the grid tool (``cfl-grid``; the cyclical focal loss study, arXiv 2202.08978 and 2202.08835). Every cell runs
 in ``RUNS/<cell>/``; the guarantees are that a cell is never run by two workers at once and that a worker never
 records a cell whose lock it lost:
 
@@ -40,11 +40,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from cfl_timm.files import atomic_write_text
+
+GUARD_SCRIPT = Path(__file__).resolve().with_name('guard.py')
+
 __all__ = ['Cell', 'CellFailed', 'CellLock', 'GridRunner', 'atomic_write_json', 'load_cell_fn', 'live_child',
            'run_guarded']
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -67,22 +68,9 @@ class CellFailed(Exception):
         self.output_tail = output_tail
 
 
-def _project_io():
-    """The project's one atomic writer (``cfl_timm.files``, standard library only), loaded from its file without
-    running ``cfl_timm/__init__`` (which imports torch): the runner coordinates workers and must start in a
-    fraction of a second."""
-    module = sys.modules.get('cfl_timm.files')
-    if module is None:
-        spec = importlib.util.spec_from_file_location('_cfl_timm_files', REPO_ROOT / 'cfl_timm' / 'files.py')
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules['cfl_timm.files'] = module
-    return module
-
-
 def atomic_write_json(path: Path, payload: Any) -> None:
     """JSON to ``path`` through the project's atomic writer (temp file, fsync, ``os.replace``)."""
-    _project_io().atomic_write_text(path, json.dumps(payload, indent=1))
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -132,28 +120,6 @@ def live_child(run_dir: Path, host: str) -> Optional[dict[str, Any]]:
     return record if _pid_alive(int(record.get('pid', -1)), record.get('start_time')) else None
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _guard_and_exec(parent_pid: int, command: list[str]) -> None:
-    """Run in the guard process: ask for SIGKILL when the worker dies, then become ``command`` (same pid).
-
-    The parent-death signal survives ``execve`` (it is only cleared for set-user-ID binaries) and fires when the
-    thread that started the guard exits, which is the worker's main thread. Checking the parent after setting it
-    closes the window in which the worker could have died first.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
-    except (OSError, AttributeError) as exc:
-        sys.stderr.write(f'reproduce guard: cannot tie the command to its worker ({exc}); it may outlive it\n')
-    if os.getppid() != parent_pid:
-        sys.exit(f'reproduce guard: worker {parent_pid} died before its command started')
-    os.execvp(command[0], command)
-
-
 def run_guarded(command: Sequence[str], run_dir: Path, log_path: Path, *, should_stop: Callable[[], bool],
                 env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None, host: Optional[str] = None,
                 poll_interval: float = 0.5, term_timeout: float = 30.0) -> int:
@@ -166,7 +132,9 @@ def run_guarded(command: Sequence[str], run_dir: Path, log_path: Path, *, should
     seconds, and :class:`CellFailed` is raised.
     """
     run_dir = Path(run_dir)
-    guard = [sys.executable, str(Path(__file__).resolve()), '--guard', str(os.getpid()), '--', *command]
+    # The guard is a standard-library script run by its path: it starts in milliseconds, before any import of the
+    # package (and torch).
+    guard = [sys.executable, str(GUARD_SCRIPT), str(os.getpid()), '--', *command]
     with open(log_path, 'ab') as log:
         log.write(('\n$ ' + ' '.join(command) + '\n').encode())
         log.flush()
@@ -586,11 +554,5 @@ class GridRunner:
                 print(f'  failed: {cell.name} (exit code {error.get("exit_code")})')
 
     def _log(self, message: str) -> None:
-        print(f'[reproduce {time.strftime("%H:%M:%S")} pid {os.getpid()}] {message}', file=self.stream, flush=True)
+        print(f'[cfl-grid {time.strftime("%H:%M:%S")} pid {os.getpid()}] {message}', file=self.stream, flush=True)
 
-
-if __name__ == '__main__':
-    # The guard of run_guarded: reproduce_runner.py --guard WORKER_PID -- COMMAND...
-    if len(sys.argv) < 5 or sys.argv[1] != '--guard' or sys.argv[3] != '--':
-        sys.exit('usage: reproduce_runner.py --guard WORKER_PID -- COMMAND [ARG...]')
-    _guard_and_exec(int(sys.argv[2]), sys.argv[4:])

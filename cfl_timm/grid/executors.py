@@ -1,6 +1,6 @@
 """Where the cells of the study grid run: worker processes on this machine, or one Slurm job per cell.
 
-Both executors run the same worker (:func:`run_worker`: a :class:`reproduce_runner.GridRunner` over some cells),
+Both executors run the same worker (:func:`run_worker`: a :class:`cfl_timm.grid.runner.GridRunner` over some cells),
 so local workers and Slurm jobs can share one runs directory: the cell locks keep them apart, ``done.json`` (or
 the per-run result file) makes every later invocation skip a finished cell, and a cell that failed is run again
 by the next invocation.
@@ -16,8 +16,6 @@ by the next invocation.
 import abc
 import json
 import multiprocessing
-import os
-import shlex
 import subprocess
 import sys
 import time
@@ -26,13 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from reproduce_runner import Cell, GridRunner, atomic_write_json, load_cell_fn
+from .runner import Cell, GridRunner, atomic_write_json, load_cell_fn
 
 __all__ = ['EXECUTORS', 'Executor', 'LocalExecutor', 'SlurmExecutor', 'WorkerSpec', 'run_worker', 'slurm_job_states']
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -190,12 +184,10 @@ class SlurmExecutor(Executor):
 
     def parameters(self) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters of every job."""
-        path = os.pathsep.join([str(BENCH_DIR), str(REPO_ROOT)])
+        # The job runs this Python (submitit's default), where cfl_timm is installed: nothing to put on a path.
         params: dict[str, Any] = {
             'time': self.time_min, 'cpus_per_task': self.cpus_per_task, 'ntasks_per_node': 1, 'nodes': 1,
-            # The job imports reproduce_runner / executors / the cell factory from bench/ and cfl_timm from the
-            # repository, like a worker started from this checkout.
-            'setup': [f'export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}', *self.setup],
+            'setup': list(self.setup),
         }
         if self.partition:
             params['partition'] = self.partition
@@ -255,7 +247,7 @@ class SlurmExecutor(Executor):
         return 1 if not_done else 0
 
     def _log(self, message: str) -> None:
-        print(f'[reproduce slurm {time.strftime("%H:%M:%S")}] {message}', file=self.stream, flush=True)
+        print(f'[cfl-grid slurm {time.strftime("%H:%M:%S")}] {message}', file=self.stream, flush=True)
 
 
 EXECUTORS = {'local': LocalExecutor, 'slurm': SlurmExecutor}

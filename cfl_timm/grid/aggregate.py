@@ -1,7 +1,8 @@
-"""Aggregate of a study protocol, rebuilt from whatever per-run result files exist.
+"""Aggregates of a grid, rebuilt from whatever per-run results exist.
 
-Reads ``bench/results/<protocol>/runs/<cell>.json`` (one per finished run, written by the grid runner) and writes
-beside them, in ``bench/results/<protocol>/``:
+Grids that score their last checkpoint (``score_split``, the study protocols): :func:`aggregate_study` reads
+``RESULTS_DIR/<grid>/runs/<cell>.json`` (one per finished run, written by the grid runner) and writes beside them,
+in ``RESULTS_DIR/<grid>/``:
 
 - ``runs.csv``: one row per run (every metric before and after temperature scaling, shot groups);
 - ``summary.csv``: per (data setting, method): the number of seeds, mean and sd of each metric, and the
@@ -10,6 +11,10 @@ beside them, in ``bench/results/<protocol>/``:
   method the study asks about) and every other method of its setting;
 - ``table.md``: the same as markdown tables (mean +- sd), headed by how many runs of the grid are done;
 - ``plot.png``: top-1 and ECE before / after temperature scaling per method.
+
+Other grids (a user's grid, the first study ``cpu``): :func:`aggregate` reads the ``done.json`` files of
+``WORK_DIR/<grid>/runs/`` and writes ``<grid>_runs.csv``, ``<grid>.csv``, ``<grid>.md`` and ``<grid>.png`` into
+``RESULTS_DIR``.
 
 Pairing: runs with the same seed share the initialisation and data order, so differences are taken seed by seed
 and only over the seeds both methods have finished.
@@ -21,10 +26,11 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from reproduce_protocols import Protocol
-from reproduce_runner import _project_io  # the project's one atomic writer
+from cfl_timm.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ['METRICS', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'plot', 'study_figure',
+from .grid_file import Protocol
+
+__all__ = ['METRICS', 'aggregate', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'plot', 'study_figure',
            'study_records', 'write_csv']
 
 # Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
@@ -129,7 +135,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], float_format: str = '.6g')
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (format(v, float_format) if isinstance(v, float) else v) for k, v in row.items()})
-    _project_io().atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _fmt(row: dict[str, Any], metric: str, digits: int) -> str:
@@ -274,7 +280,7 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: i
     import matplotlib.pyplot as plt
     fig = study_figure(protocol, rows, num_done, num_cells)
     try:
-        _project_io().atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=100, format='png'))
+        atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=100, format='png'))
     finally:
         plt.close(fig)
 
@@ -295,6 +301,134 @@ def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
     write_csv(paths['runs'], records)
     write_csv(paths['summary'], rows)
     text = markdown(protocol, rows, num_done, len(names), machine, records)
-    _project_io().atomic_write_text(paths['md'], text)
+    atomic_write_text(paths['md'], text)
     plot(protocol, rows, paths['png'], num_done, len(names))
     return paths
+
+
+# ------------------------------------------------ grids without a scored split (done.json in the work folder)
+
+
+def run_records(protocol: Protocol, runs_dir: Path) -> list[dict[str, Any]]:
+    """One flat record per finished cell (``done.json``), with the shot-group accuracies of its data setting."""
+    records = []
+    for done in sorted(Path(runs_dir).glob('*/done.json')):
+        payload = json.loads(done.read_text())
+        cell, result = payload['cell'], payload['result']
+        record = {'loss': cell['loss'], 'data': cell['data'], 'seed': cell['seed'], 'top1': result['top1'],
+                  'ece': result['eval_ece'], 'nll': result['eval_nll'],
+                  'wall_s': result.get('train_seconds', payload['wall_seconds']), 'epochs': result['epochs']}
+        per_class = result['per_class_top1']
+        for group, classes in protocol.shot_groups.get(cell['data'], {}).items():
+            record[group] = sum(per_class[c] for c in classes) / len(classes) if classes else float('nan')
+        for c, value in enumerate(per_class):
+            record[f'class{c}'] = value
+        records.append(record)
+    return records
+
+
+RUN_METRICS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'wall_s')
+
+
+def aggregate(protocol: Protocol, runs_dir: Path, results_dir: Path, machine: str = '') -> dict[str, Path]:
+    """Write ``<protocol>_runs.csv`` (per run), ``<protocol>.csv`` (mean/sd), ``<protocol>.md`` and ``.png``."""
+    records = run_records(protocol, runs_dir)
+    if not records:
+        raise ValueError(f'No finished runs under {runs_dir}.')
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: results_dir / f'{protocol.name}{suffix}' for k, suffix in
+             (('runs', '_runs.csv'), ('csv', '.csv'), ('md', '.md'), ('png', '.png'))}
+
+    write_csv(paths['runs'], records, float_format='.4f')
+
+    rows = []
+    for data in protocol.data_settings:
+        for loss in protocol.grid[data]:
+            group = [r for r in records if r['loss'] == loss and r['data'] == data]
+            if not group:
+                continue
+            row = {'data': data, 'loss': loss, 'n_seeds': len(group)}
+            for metric in RUN_METRICS:
+                row[f'{metric}_mean'], row[f'{metric}_sd'] = mean_sd([r[metric] for r in group if metric in r])
+            rows.append(row)
+    for row in rows:
+        for baseline in BASELINES:
+            row[f'd_top1_vs_{baseline}_mean'], row[f'd_top1_vs_{baseline}_sd'] = paired_difference(
+                records, row['data'], row['loss'], baseline)
+    write_csv(paths['csv'], rows, float_format='.4f')
+    atomic_write_text(paths['md'], markdown_table(protocol, rows, machine))
+    summary_plot(protocol, rows, paths['png'])
+    return paths
+
+
+BASELINES = ('ce', 'ce_ls0.1')
+
+
+def paired_difference(records: list[dict[str, Any]], data: str, loss: str, baseline: str) -> tuple[float, float]:
+    """Mean and sd over seeds of top-1(loss) - top-1(baseline), paired by seed (same init and data order)."""
+    by_seed = {r['seed']: r['top1'] for r in records if r['data'] == data and r['loss'] == baseline}
+    diffs = [r['top1'] - by_seed[r['seed']] for r in records
+             if r['data'] == data and r['loss'] == loss and r['seed'] in by_seed]
+    return mean_sd(diffs) if diffs else (float('nan'), float('nan'))
+
+
+def markdown_table(protocol: Protocol, rows: list[dict[str, Any]], machine: str = '') -> str:
+    def cell(row, metric, digits):
+        mean, sd = row[f'{metric}_mean'], row[f'{metric}_sd']
+        sign = '+' if metric.startswith('d_') and mean > 0 else ''
+        return f'{sign}{mean:.{digits}f} ± {sd:.{digits}f}' if sd == sd else f'{sign}{mean:.{digits}f}'
+
+    lines = [f'Protocol `{protocol.name}`: {protocol.description}; epochs '
+             + ', '.join(f'{d} {e}' for d, e in protocol.epochs.items())
+             + (f'. Machine: {machine}.' if machine else '.'), '',
+             'Mean ± sd over seeds; top-1, many/medium/few (class groups 0-2 / 3-6 / 7-9) in %, ECE (15 bins) '
+             'and NLL on the balanced validation set; Δ = top-1 minus the baseline\'s top-1, paired by seed '
+             '(same initialisation and data order); wall = seconds of train.py per run.', '',
+             '| data | loss | seeds | top-1 | Δ vs ce | Δ vs ce_ls0.1 | many | medium | few | ECE | NLL | wall s |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        long_tailed = row['data'] in protocol.shot_groups
+        shots = [cell(row, m, 1) if long_tailed else '' for m in ('many', 'medium', 'few')]
+        deltas = [cell(row, f'd_top1_vs_{b}', 2) if row['loss'] != b and row[f'd_top1_vs_{b}_mean'] == row[
+            f'd_top1_vs_{b}_mean'] else '' for b in BASELINES]
+        lines.append(f"| {row['data']} | {row['loss']} | {row['n_seeds']} | {cell(row, 'top1', 2)} | "
+                     + ' | '.join(deltas + shots) + f" | {cell(row, 'ece', 3)} | {cell(row, 'nll', 3)} | "
+                     f"{cell(row, 'wall_s', 0)} |")
+    return '\n'.join(lines) + '\n'
+
+
+def summary_figure(protocol: Protocol, rows: list[dict[str, Any]]):
+    """The first study's figure: top-1 bars (± sd) per loss, one panel per data setting."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    settings = [d for d in protocol.data_settings if any(r['data'] == d for r in rows)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+    for ax, data in zip(axes[0], settings):
+        group = [r for r in rows if r['data'] == data]
+        x = range(len(group))
+        ax.bar(x, [r['top1_mean'] for r in group], yerr=[r['top1_sd'] for r in group], capsize=3,
+               color=['#888888' if r['loss'].startswith('ce') else '#4477aa' if 'cfl' not in r['loss']
+                      else '#cc6677' for r in group])
+        highs = [r['top1_mean'] + 2 * (r['top1_sd'] if r['top1_sd'] == r['top1_sd'] else 0) for r in group]
+        ax.set_ylim(0, max(highs) + 2)  # a bar's length is its value: the axis starts at 0
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([r['loss'] for r in group], rotation=45, ha='right', fontsize=8)
+        ax.set_title(data)
+        ax.set_ylabel('top-1 (%)')
+    fig.suptitle(f'protocol {protocol.name}: mean ± sd over seeds', fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def summary_plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
+    """:func:`summary_figure` written to ``path`` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(protocol, rows)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=110, format='png'))
+    finally:
+        plt.close(fig)
