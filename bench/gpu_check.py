@@ -1,6 +1,7 @@
 """The Python steps of ``bench/gpu_check.sh``, the one-script check of this project on a CUDA GPU.
 
-Subcommands (each writes its result as JSON; the shell script times, logs and collects them):
+Run from the repository root as ``python -m bench.gpu_check`` (it imports that checkout's train.py). Subcommands (each
+writes its result as JSON; the shell script times, logs and collects them):
 
 - ``cuda OUT_DIR``: whether CUDA is usable; without it writes ``OUT_DIR/summary.json`` (``"cuda": false``) and
   exits with code 3, before any other step runs.
@@ -19,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
-from cfl_timm.files import atomic_write_text  # noqa: E402
+import train
+from cfl_timm.files import atomic_write_text
 
 NO_CUDA_EXIT = 3
 

@@ -48,7 +48,7 @@ export PYTHONDONTWRITEBYTECODE=1 TMPDIR="$OUT/tmp" TORCHINDUCTOR_CACHE_DIR="$OUT
   TRITON_CACHE_DIR="$OUT/cache/triton" MPLCONFIGDIR="$OUT/cache/matplotlib" XDG_CACHE_HOME="$OUT/cache"
 mkdir -p "$TMPDIR"
 cd "$REPO_DIR" || exit 2
-CHECK="$REPO_DIR/bench/gpu_check.py"
+CHECK=(-m bench.gpu_check)  # from the repository root (cd above): it imports its train.py
 
 # step NAME TIMEOUT_S CMD...: run CMD with a timeout, its output in OUT/NAME.log; one line in OUT/steps.tsv.
 step() {
@@ -66,7 +66,7 @@ step() {
 skip() { printf '%s\tskip\t0\t%s\n' "$1" "$2" >>"$OUT/steps.tsv"; echo "== $1 skipped: $2"; }
 
 # 1. The first CUDA call: stop here without a GPU.
-timeout --kill-after=10 30 "$PYTHON" "$CHECK" cuda "$OUT" >"$OUT/cuda.log" 2>&1
+timeout --kill-after=10 30 "$PYTHON" "${CHECK[@]}" cuda "$OUT" >"$OUT/cuda.log" 2>&1
 code=$?
 if [[ $code -eq 3 ]]; then
   echo "$0: no CUDA device (torch.cuda.is_available() is False); wrote $OUT/summary.json" >&2; exit 3
@@ -77,7 +77,7 @@ fi
 
 # Data: DATA_DIR, else a CIFAR-10 subset, else digits.
 if [[ -z "$DATA_DIR" && -f "${CFL_TIMM_DATA:-}/cifar10-jpeg.tar.gz" ]]; then
-  if step data 45 "$PYTHON" bench/reproduce.py prepare-data --archive "$CFL_TIMM_DATA/cifar10-jpeg.tar.gz" \
+  if step data 45 "$PYTHON" -m cfl_timm.grid prepare-data --archive "$CFL_TIMM_DATA/cifar10-jpeg.tar.gz" \
       --out "$OUT/cifar10" --train-per-class 500 --val-per-class 100; then
     DATA_DIR=$(tail -n 1 "$OUT/data.log")
   fi
@@ -95,13 +95,13 @@ for mode in none bf16 fp16; do
 done
 
 # 3. Two-epoch training: --amp --channels-last, then --torchcompile.
-step train_amp 45 "$PYTHON" "$CHECK" train "$OUT/train_amp.json" -- "${TRAIN[@]}" --amp --channels-last \
+step train_amp 45 "$PYTHON" "${CHECK[@]}" train "$OUT/train_amp.json" -- "${TRAIN[@]}" --amp --channels-last \
   --output "$OUT/runs" --experiment amp
-step train_compile 90 "$PYTHON" "$CHECK" train "$OUT/train_compile.json" -- "${TRAIN[@]}" --torchcompile \
+step train_compile 90 "$PYTHON" "${CHECK[@]}" train "$OUT/train_compile.json" -- "${TRAIN[@]}" --torchcompile \
   --output "$OUT/runs" --experiment compile
 
 # 4. A float16 overflow that the GradScaler skips.
-step fp16_overflow 40 "$PYTHON" "$CHECK" overflow "$OUT/fp16_overflow.json" "$OUT/runs"
+step fp16_overflow 40 "$PYTHON" "${CHECK[@]}" overflow "$OUT/fp16_overflow.json" "$OUT/runs"
 
 # 5. torchrun with one process: NCCL on CUDA.
 step distributed 50 ./distributed_train.sh 1 --dataset sklearn/digits --model test_resnet --img-size 32 -b 64 \
@@ -118,4 +118,4 @@ else
   step cfl_train 45 "$PYTHON" train.py "${CMP[@]}" --output "$OUT/runs" --experiment cfl_train
 fi
 
-"$PYTHON" "$CHECK" summarize "$OUT"
+"$PYTHON" "${CHECK[@]}" summarize "$OUT"

@@ -29,19 +29,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss  # noqa: E402
-from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss  # noqa: E402
+from cfl_timm import AsymmetricFocalLoss, CyclicalFocalLoss, FocalLoss
+from cfl_timm.loss.calibration_losses import CALIBRATION_LOSS_TYPES, create_calibration_loss
 
 DEFAULT_SIZES = ('256x10', '256x1000', '128x21843')
 AUTOCAST_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}

@@ -19,18 +19,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import timm  # noqa: E402
-
-from cfl_timm.files import atomic_write_text  # noqa: E402
-from cfl_timm.models import CIFAR_MODELS  # noqa: E402  (importing cfl_timm registers the models)
+from cfl_timm.files import atomic_write_text
+from cfl_timm.models import CIFAR_MODELS  # (importing cfl_timm registers the models)
 
 BASELINE = 'resnet18'
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}

@@ -12,18 +12,15 @@ Usage: python bench/study_data_share.py --data-dir bench/_work/cifar10 [--repeat
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import timm
 import torch
+from timm.data import create_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import timm  # noqa: E402
-from timm.data import create_dataset  # noqa: E402
-
-import cfl_timm  # noqa: E402,F401  (registers the *_cifar models)
-from cfl_timm.data.transforms import create_cifar_train_transform  # noqa: E402
+import cfl_timm  # noqa: F401  (registers the *_cifar models)
+from cfl_timm.data.transforms import create_cifar_train_transform
 
 
 def epoch_seconds(loader, step=None) -> float:

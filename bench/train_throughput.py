@@ -14,7 +14,7 @@ With ``--torchcompile [BACKEND]`` both variants train with train.py's ``--torchc
 through timm's task, the loss compiled where it is not epoch-aware); compilation falls in the dropped first
 epoch of each repeat.
 
-Usage: python bench/train_throughput.py [--repeats 3] [--epochs 3] [--model test_resnet] [--img-size 32]
+Usage (from the repository root, whose train.py it imports): python -m bench.train_throughput [--repeats 3] [--epochs 3] [--model test_resnet] [--img-size 32]
        [--batch-size 64] [--train-size 768] [--torchcompile [BACKEND]] [--json results.json]
 """
 import argparse
@@ -22,14 +22,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
+import train
 
 CFL_FLAGS = ['--focal_loss', 'asym-cyclical', '--gamma_hc', '3', '--gamma_pos', '2', '--gamma_neg', '4',
              '--wd_min', '1e-4', '--wd_max', '1e-3', '--T_min', '0.5', '--T_max', '2', '--clip_min', '1',

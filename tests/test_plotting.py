@@ -83,30 +83,20 @@ def _read_rows(path):
         return [{k: value(v) for k, v in row.items() if v != ''} for row in csv.DictReader(stream)]
 
 
-@pytest.fixture()
-def bench_modules():
-    import sys
-    from pathlib import Path
-    bench_dir = str(Path(__file__).resolve().parents[1] / 'bench')
-    if bench_dir not in sys.path:
-        sys.path.insert(0, bench_dir)
-    import reproduce
-    import reproduce_aggregate
-    return reproduce, reproduce_aggregate
-
-
-def test_study_bar_charts_start_at_zero(bench_modules):
+def test_study_bar_charts_start_at_zero():
     # The committed aggregates of both studies (read only): their lowest top-1 is far above 0, so an axis fitted to
     # the bars would start well above 0 and exaggerate every difference.
     from pathlib import Path
-    reproduce, reproduce_aggregate = bench_modules
+
+    from cfl_timm.grid.aggregate import study_figure, summary_figure
+    from cfl_timm.grid.grid_file import load_protocol
     results = Path(__file__).resolve().parents[1] / 'bench' / 'results'
     study_rows = _read_rows(results / 'study-cpu' / 'summary.csv')
     cpu_rows = _read_rows(results / 'cpu.csv')
     assert min(r['top1_mean'] for r in study_rows) > 12 and min(r['top1_mean'] for r in cpu_rows) > 12
     plt = require_matplotlib()
-    for figure in (reproduce_aggregate.study_figure(reproduce.PROTOCOLS['study-cpu'], study_rows, 72, 72),
-                   reproduce.summary_figure(reproduce.PROTOCOLS['cpu'], cpu_rows)):
+    for figure in (study_figure(load_protocol('study-cpu'), study_rows, 72, 72),
+                   summary_figure(load_protocol('cpu'), cpu_rows)):
         try:
             bar_axes = [axis for axis in figure.axes if axis.patches]
             assert bar_axes

@@ -50,7 +50,7 @@ def test_readme_names_the_committed_study_results_as_they_are():
     assert 'bench/results/study-cpu/table.md' in paths and 'bench/results/cpu.csv' in paths
     for path in paths:
         assert list(REPO_ROOT.glob(path)), f'README.md or docs/study.md names {path}, which does not exist'
-    # The aggregate's files, as bench/reproduce.py (first study) and bench/reproduce_aggregate.py (studies) name
+    # The aggregate's files, as cfl_timm.grid.aggregate names them (aggregate: first study; aggregate_study)
     # them, are the ones the README lists beside their folder.
     study = re.search(r'aggregate in\s+`bench/results/study-cpu/table\.md`((?:,\s*`[^`]+`)+)', text)
     assert study, 'docs/study.md no longer lists the study-cpu aggregate'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a real single-node Slurm on this machine (controller and compute node on localhost), for the Slurm
-# executor of bench/reproduce.py and its smoke test. Idempotent: a second call finds everything running and
+# executor of cfl-grid (cfl_timm/grid) and its smoke test. Idempotent: a second call finds everything running and
 # only waits for the node to be ready.
 #
 # Needs root and a Debian-like system. Installs the Debian packages slurm-wlm and munge when sbatch is missing,

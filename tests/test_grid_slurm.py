@@ -1,4 +1,4 @@
-"""The Slurm executor of bench/reproduce.py against a real Slurm (``bench/slurm/start_local_slurm.sh``, started
+"""The Slurm executor of cfl-grid against a real Slurm (``bench/slurm/start_local_slurm.sh``, started
 by ``.ci/run``): cells submitted through submitit and ``sbatch``, job ids recorded, a failed job's cell retried by
 the next invocation, a queued cell never submitted twice, and two real train.py cells run end to end.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = REPO_ROOT / 'bench'
+CFL_GRID = [sys.executable, '-m', 'cfl_timm.grid']  # the cfl-grid command of this checkout
 THIS_FILE = Path(__file__).resolve()
 WAIT_S = 240.0  # upper bound of every wait; reached only when Slurm does not run the jobs
 
@@ -67,7 +67,7 @@ def _run(tmp_path, cells, *extra, env=None, protocol='cpu', data_dir=None, cell_
         data_dir = tmp_path / 'data'
         (data_dir / 'train').mkdir(parents=True, exist_ok=True)
         (data_dir / 'val').mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(BENCH_DIR / 'reproduce.py'), 'run', '--protocol', protocol, '--executor', 'slurm',
+    command = [*CFL_GRID, 'run', '--protocol', protocol, '--executor', 'slurm',
                '--work-dir', str(tmp_path / 'work'), '--results-dir', str(tmp_path / 'results'),
                '--data-dir', str(data_dir), '--slurm-log-dir', str(tmp_path / 'slurm'), '--time', '10',
                '--cpus-per-task', '1', '--poll', '0.5', '--only', ','.join(cells), *extra]

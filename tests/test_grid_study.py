@@ -1,6 +1,6 @@
-"""The study's per-run result files and their aggregate (bench/reproduce.py, bench/reproduce_aggregate.py).
+"""The study's per-run result files and their aggregate (cfl-grid: cfl_timm.grid.cells, cfl_timm.grid.aggregate).
 
-Worker processes are real (``bench/reproduce.py run`` with the fake cell of this file); the aggregate is checked
+Worker processes are real (``cfl-grid run`` with the fake cell of this file); the aggregate is checked
 against numbers computed by hand from result files written here.
 """
 import csv
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = REPO_ROOT / 'bench'
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+from cfl_timm.grid.aggregate import aggregate_study, last_fifth_gain
+from cfl_timm.grid.cells import find_train_script, make_train_cell, run_pilot
+from cfl_timm.grid.grid_file import load_protocol, protocol_names
+from cfl_timm.grid.runner import Cell, GridRunner
 
-from reproduce_aggregate import aggregate_study, last_fifth_gain  # noqa: E402
-from reproduce_protocols import PROTOCOLS  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CFL_GRID = [sys.executable, '-m', 'cfl_timm.grid']  # the cfl-grid command of this checkout
 
 THIS_FILE = Path(__file__).resolve()
 
@@ -35,7 +35,7 @@ def _run(tmp_path, *extra):
     data = tmp_path / 'data'
     (data / 'train').mkdir(parents=True, exist_ok=True)
     (data / 'val').mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(BENCH_DIR / 'reproduce.py'), 'run', '--protocol', 'cpu', '--seeds', '0',
+    command = [*CFL_GRID, 'run', '--protocol', 'cpu', '--seeds', '0',
                '--work-dir', str(tmp_path / 'work'), '--results-dir', str(tmp_path / 'results'),
                '--data-dir', str(data), '--cell-fn', f'{THIS_FILE}:logging_cell', *extra]
     return subprocess.run(command, env={**os.environ, 'STUDY_LOG': str(tmp_path / 'cells.log')},
@@ -46,7 +46,7 @@ def test_per_run_result_files_carry_the_grid_to_another_machine(tmp_path):
     done = _run(tmp_path, '--jobs', '2')
     assert done.returncode == 0, done.stderr
     results = tmp_path / 'results' / 'cpu' / 'runs'
-    cells = [c for c in PROTOCOLS['cpu'].cells() if c.seed == 0]
+    cells = [c for c in load_protocol('cpu').cells() if c.seed == 0]
     assert sorted(p.stem for p in results.glob('*.json')) == sorted(c.name for c in cells)
     lines = (tmp_path / 'cells.log').read_text().splitlines()
     for cell in cells:
@@ -84,7 +84,7 @@ def _write(runs, data, method, seed, result):
 
 
 def test_aggregate_of_a_partial_grid(tmp_path):
-    protocol = PROTOCOLS['study-cpu']
+    protocol = load_protocol('study-cpu')
     runs = tmp_path / protocol.name / 'runs'
     ce = {0: 70.0, 1: 72.0, 2: 71.0}
     cfl = {0: 71.0, 1: 72.5, 2: 72.5}  # paired differences +1.0, +0.5, +1.5: mean 1, sd 0.5, t = 2 sqrt(3)
@@ -148,7 +148,7 @@ def test_last_fifth_gain_is_the_convergence_check():
 
 
 def test_study_protocol_cells_and_flags():
-    protocol = PROTOCOLS['study-cpu']
+    protocol = load_protocol('study-cpu')
     cells = protocol.cells()
     assert len(cells) == 3 * (15 + 9) and len({c.name for c in cells}) == len(cells)
     assert {c.loss for c in cells if c.data == 'c10lt100'} == {'ce', 'ce_ls0.1', 'fl3', 'flsd', 'dual_focal',
@@ -170,14 +170,14 @@ def test_study_protocol_cells_and_flags():
     assert all(value(m, '--seed') == 0 for m in flags)
 
 
-@pytest.mark.parametrize('name', sorted(PROTOCOLS))
+@pytest.mark.parametrize('name', protocol_names())
 def test_every_protocol_cell_is_a_valid_train_command(name, tmp_path):
     """Each cell's train.py flags pass train.py's parser and its input checks (before any GPU-hour is spent)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     import train
 
-    protocol = PROTOCOLS[name]
+    protocol = load_protocol(name)
     for split in ('train', 'val', 'monitor'):
         (tmp_path / split / 'a').mkdir(parents=True)
     checked = set()
@@ -195,29 +195,27 @@ def test_every_protocol_cell_is_a_valid_train_command(name, tmp_path):
 def _tiny_study(digits_dir, tmp_path):
     """A data folder of digits PNGs (its test split doubles as the monitor split) and a one-cell study protocol
     on it: the smoke protocol's tiny network, 240 training images plus 60 held out."""
-    from reproduce import Protocol
+    import dataclasses
 
     data = tmp_path / 'data'
     data.mkdir()
     for split, source in (('train', 'train'), ('val', 'val'), ('monitor', 'val')):
         (data / split).symlink_to(digits_dir / source, target_is_directory=True)
-    smoke = PROTOCOLS['smoke']
-    protocol = Protocol(name='tiny-study', description='test', common=smoke.common + ['--val-split', 'monitor'],
-                        data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
-                        epochs={'tiny': 2}, grid={'tiny': ('ce',)}, threads=1, score_split='validation',
-                        temperature_scaling=True)
+    smoke = load_protocol('smoke')
+    protocol = dataclasses.replace(
+        smoke, name='tiny-study', description='test', common=smoke.common + ['--val-split', 'monitor'],
+        data={'tiny': ['--train_size', '300', '--train_size_mode', 'stratified', '--holdout', '60']},
+        epochs={'tiny': 2}, grid={'tiny': ('ce',)}, score_split='validation', temperature_scaling=True)
     return data, protocol
 
 
 def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scaling(digits_dir, tmp_path):
     """A real study cell on digits PNGs: train.py with --holdout, the last checkpoint scored on the test split and
     calibrated with a temperature fitted on the held-out split only."""
-    from reproduce import make_train_cell
-    from reproduce_runner import Cell, GridRunner
-
     data, protocol = _tiny_study(digits_dir, tmp_path)
     cell = Cell('ce', 'tiny', 0)
-    summary = GridRunner([cell], tmp_path / 'runs', make_train_cell(protocol, data), heartbeat_interval=1,
+    summary = GridRunner([cell], tmp_path / 'runs', make_train_cell(protocol, data, find_train_script()),
+                         heartbeat_interval=1,
                          stale_after=30, results_dir=tmp_path / 'results').run()
     run_dir = tmp_path / 'runs' / cell.name
     assert summary['ran'] == [cell.name], (run_dir / 'error.json').read_text() if summary['failed'] else ''
@@ -245,8 +243,6 @@ def test_study_cell_scores_the_last_checkpoint_before_and_after_temperature_scal
 def test_a_result_file_is_never_overwritten(tmp_path):
     """Another machine recorded the cell while this one ran it (say the results came in with a git pull): the
     earlier result stays, this run records nothing."""
-    from reproduce_runner import Cell, GridRunner
-
     cell = Cell('ce', 'c10', 0)
     results = tmp_path / 'results'
 
@@ -263,12 +259,11 @@ def test_a_result_file_is_never_overwritten(tmp_path):
 
 
 def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
-    """``reproduce.py pilot``: the protocol's CE cell with other epochs (and extra flags), trained for real on digits;
+    """``cfl-grid pilot``: the protocol's CE cell with other epochs (and extra flags), trained for real on digits;
     its record holds the per-epoch curve and the convergence check, and is never overwritten."""
-    from reproduce import run_pilot
-
     data, protocol = _tiny_study(digits_dir, tmp_path)
-    path = run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5', ('--lr', '0.02'))
+    path = run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5', find_train_script(),
+                     ('--lr', '0.02'))
     assert path == tmp_path / 'results' / 'tiny-study' / 'pilots' / 'p5.json'
     record = json.loads(path.read_text())
     assert [row['epoch'] for row in record['curve']] == list(range(5))
@@ -281,22 +276,25 @@ def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
     assert command[command.index('--epochs') + 1] == '5' and command[last_lr + 1] == '0.02'
     assert '$DATA' in command and str(tmp_path) not in ' '.join(command)  # no machine path in a committed record
     with pytest.raises(ValueError, match='never overwritten'):
-        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5')
+        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', 'p5', find_train_script())
     with pytest.raises(ValueError, match='must be a plain file name'):  # before anything runs or is written
-        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', '../p6')
+        run_pilot(protocol, 'tiny', 5, data, tmp_path / 'work', tmp_path / 'results', '../p6',
+                  find_train_script())
     assert not (tmp_path / 'results' / 'tiny-study' / 'p6.json').exists()
     # A bad data setting is a usage error of the command line, before anything runs.
-    done = subprocess.run([sys.executable, str(BENCH_DIR / 'reproduce.py'), 'pilot', '--protocol', 'study-cpu',
+    done = subprocess.run([*CFL_GRID, 'pilot', '--protocol', 'study-cpu',
                            '--data-setting', 'c10', '--epochs', '40', '--name', 'x', '--data-dir', str(data),
                            '--work-dir', str(tmp_path / 'work2'), '--results-dir', str(tmp_path / 'results2')],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--data-setting 'c10': protocol study-cpu has ['c10_4k', 'c10lt100']" in done.stderr
+    assert done.returncode == 2 and "--data-setting 'c10': grid study-cpu has ['c10_4k', 'c10lt100']" in done.stderr
     assert 'Traceback' not in done.stderr and not (tmp_path / 'work2').exists()
 
 
 def test_data_share_bench_times_the_data_loop_and_the_whole_epoch(digits_dir, tmp_path):
     """bench/study_data_share.py on digits: both loops run over the same loader; the data loop is a part of the
     whole epoch, so its share lies in (0, 1)."""
+    if str(REPO_ROOT / 'bench') not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / 'bench'))
     import study_data_share
 
     result = study_data_share.main(['--data-dir', str(digits_dir), '--repeats', '2', '--images', '320',
@@ -313,11 +311,11 @@ def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
     data = tmp_path / 'data'
     for split in ('train', 'val'):
         (data / split).mkdir(parents=True)
-    cell = PROTOCOLS['study-cpu'].cells()[0]
-    total = len(PROTOCOLS['study-cpu'].cells())
-    committed = BENCH_DIR / 'results' / 'study-cpu' / 'runs'
+    cell = load_protocol('study-cpu').cells()[0]
+    total = len(load_protocol('study-cpu').cells())
+    committed = REPO_ROOT / 'bench' / 'results' / 'study-cpu' / 'runs'
     before = sorted(committed.glob('*.json')) if committed.is_dir() else []
-    base = [sys.executable, str(BENCH_DIR / 'reproduce.py')]
+    base = CFL_GRID
     work = ['--protocol', 'study-cpu', '--work-dir', str(tmp_path / 'work')]
     status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and status.stdout.startswith(f'0/{total} done'), status.stdout + status.stderr
@@ -331,16 +329,3 @@ def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
     assert (sorted(committed.glob('*.json')) if committed.is_dir() else []) == before
     status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
     assert status.stdout.startswith(f'1/{total} done'), status.stdout
-
-
-def test_every_subcommand_has_a_described_help():
-    base = [sys.executable, str(BENCH_DIR / 'reproduce.py')]
-    top = subprocess.run([*base, '--help'], capture_output=True, text=True, timeout=120)
-    assert top.returncode == 0
-    commands = ('prepare-data', 'pilot', 'list', 'run', 'status', 'aggregate')
-    for name in commands:
-        line = next((ln for ln in top.stdout.splitlines() if ln.strip().startswith(name + ' ')), '')
-        assert len(line.split()) > 2, f'{name!r} has no one-line summary in the top-level help:\n{top.stdout}'
-        sub = subprocess.run([*base, name, '--help'], capture_output=True, text=True, timeout=120)
-        paragraphs = sub.stdout.split('\n\n')
-        assert sub.returncode == 0 and len(paragraphs) > 2 and not paragraphs[1].startswith('options'), sub.stdout

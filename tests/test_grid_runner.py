@@ -1,7 +1,7 @@
-"""Tests of the reproduction-study grid runner (bench/reproduce.py, bench/reproduce_runner.py).
+"""Tests of the grid runner (cfl-grid: cfl_timm.grid.runner, cfl_timm.grid.cli, cfl_timm.grid.cells).
 
 The runner tests use cheap fake cells (the functions at the top of this file, loaded by the worker processes
-through ``--cell-fn tests/test_reproduce.py:NAME``); one test runs a real train.py cell on CIFAR-10 JPEGs.
+through ``--cell-fn tests/test_grid_runner.py:NAME``); one test runs a real train.py cell on CIFAR-10 JPEGs.
 """
 import csv
 import json
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = REPO_ROOT / 'bench'
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+from cfl_timm.grid.grid_file import load_protocol
+from cfl_timm.grid.runner import Cell, CellFailed, CellLock, GridRunner
 
-from reproduce_runner import Cell, CellFailed, CellLock, GridRunner  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CFL_GRID = [sys.executable, '-m', 'cfl_timm.grid']  # the cfl-grid command of this checkout
 
 THIS_FILE = Path(__file__).resolve()
 
@@ -53,12 +52,12 @@ def _cells(n_seeds=1):
 
 
 def _worker(tmp_path, env_extra, *extra_args):
-    """A real worker process: reproduce.py run with the fake cell over the cpu protocol's seed-0 grid."""
+    """A real worker process: cfl-grid run with the fake cell over the cpu protocol's seed-0 grid."""
     data_dir = tmp_path / 'data'
     (data_dir / 'train').mkdir(parents=True, exist_ok=True)
     (data_dir / 'val').mkdir(parents=True, exist_ok=True)
     env = {**os.environ, 'FAKE_CELL_LOG': str(tmp_path / 'cells.log'), **env_extra}
-    command = [sys.executable, str(BENCH_DIR / 'reproduce.py'), 'run', '--protocol', 'cpu', '--seeds', '0',
+    command = [*CFL_GRID, 'run', '--protocol', 'cpu', '--seeds', '0',
                '--work-dir', str(tmp_path / 'work'), '--data-dir', str(data_dir),
                '--cell-fn', f'{THIS_FILE}:fake_cell', *extra_args]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -172,8 +171,7 @@ def test_other_host_lock_taken_over_only_after_heartbeat_timeout(tmp_path):
 
 def test_stale_locks_taken_over_by_exactly_one_of_two_processes(tmp_path):
     runs_dir = tmp_path / 'work' / 'cpu' / 'runs'
-    from reproduce import PROTOCOLS
-    cells = [c for c in PROTOCOLS['cpu'].cells() if c.seed == 0]
+    cells = [c for c in load_protocol('cpu').cells() if c.seed == 0]
     old = time.time() - 3600
     for cell in cells:
         (runs_dir / cell.name).mkdir(parents=True)
@@ -246,9 +244,9 @@ def test_bad_runner_settings_fail_early(tmp_path):
 
 
 def test_aggregate_writes_csv_table_and_plot(tmp_path):
-    from reproduce import PROTOCOLS, aggregate
+    from cfl_timm.grid.aggregate import aggregate
 
-    protocol = PROTOCOLS['cpu']
+    protocol = load_protocol('cpu')
     runs_dir = tmp_path / 'runs'
     for cell in protocol.cells():
         if cell.loss not in ('ce', 'cfl_authors') or cell.data == 'c10lt10':
@@ -284,14 +282,17 @@ def _num_images(split_dir):
 def test_real_train_cell_on_real_images(image_folder, tmp_path):
     """One real cell: train.py in a subprocess on a long-tailed subset of real images (digits PNGs, CIFAR-10
     JPEGs), then the per-class checkpoint evaluation."""
-    from reproduce import PROTOCOLS, Protocol, make_train_cell
+    import dataclasses
 
-    cpu = PROTOCOLS['cpu']
-    protocol = Protocol(name='tiny', description='test', common=cpu.common, epochs={'c10lt10': 1},
-                        data={'c10lt10': ['--imbalance_ratio', '10', '--imbalance_max', '40']},
-                        grid={'c10lt10': ('cfl_authors',)}, threads=1)
+    from cfl_timm.grid.cells import find_train_script, make_train_cell
+
+    cpu = load_protocol('cpu')
+    protocol = dataclasses.replace(cpu, name='tiny', epochs={'c10lt10': 1},
+                                   data={'c10lt10': ['--imbalance_ratio', '10', '--imbalance_max', '40']},
+                                   grid={'c10lt10': ('cfl_authors',)})
     cell = Cell('cfl_authors', 'c10lt10', 0)
-    summary = GridRunner([cell], tmp_path, make_train_cell(protocol, image_folder), heartbeat_interval=1,
+    cell_fn = make_train_cell(protocol, image_folder, find_train_script())
+    summary = GridRunner([cell], tmp_path, cell_fn, heartbeat_interval=1,
                          stale_after=30).run()
     run_dir = tmp_path / cell.name
     assert summary['ran'] == [cell.name], (run_dir / 'error.json').read_text() if summary['failed'] else ''
@@ -310,9 +311,10 @@ def test_checkpoint_evaluation_of_a_split_bn_model(image_folder, tmp_path):
     """The GPU protocol trains with --aug-splits 3 --split-bn: its checkpoints hold the auxiliary BN layers."""
     import torch
     import yaml
-    from reproduce import evaluate_checkpoint
     from timm.layers import convert_splitbn_model
     from timm.models import create_model
+
+    from cfl_timm.grid.cells import evaluate_checkpoint
 
     torch.manual_seed(0)
     model = convert_splitbn_model(create_model('test_resnet', num_classes=10), 3)
@@ -330,7 +332,7 @@ def test_checkpoint_evaluation_of_a_split_bn_model(image_folder, tmp_path):
 def test_prepare_data_extracts_and_caps_per_class(image_folder, tmp_path):
     import tarfile
 
-    from reproduce import prepare_data
+    from cfl_timm.grid.cells import prepare_data
 
     archive = tmp_path / 'cifar10.tar.gz'
     with tarfile.open(archive, 'w:gz') as tar:

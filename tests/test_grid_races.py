@@ -1,8 +1,8 @@
 """The three grid-runner races of issue 12 (item 7), reproduced with real worker processes.
 
 Every ordering is forced with files and signals (a cell waits for a ``go`` file, the test waits for a marker file
-or a process exit through a pidfd); no sleep decides an outcome. Worker processes are ``bench/reproduce.py run``
-with the fake cells defined here (``--cell-fn tests/test_reproduce_races.py:NAME``).
+or a process exit through a pidfd); no sleep decides an outcome. Worker processes are ``cfl-grid run``
+with the fake cells defined here (``--cell-fn tests/test_grid_races.py:NAME``).
 """
 import json
 import os
@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = REPO_ROOT / 'bench'
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+from cfl_timm.grid.runner import run_guarded
 
-from reproduce_runner import run_guarded  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CFL_GRID = [sys.executable, '-m', 'cfl_timm.grid']  # the cfl-grid command of this checkout
 
 THIS_FILE = Path(__file__).resolve()
 CELL = 'c10__ce__s0'
@@ -80,7 +78,7 @@ def _worker(race, cell_fn, *extra, only=CELL):
     data = race / 'data'
     (data / 'train').mkdir(parents=True, exist_ok=True)
     (data / 'val').mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(BENCH_DIR / 'reproduce.py'), 'run', '--protocol', 'cpu', '--seeds', '0',
+    command = [*CFL_GRID, 'run', '--protocol', 'cpu', '--seeds', '0',
                '--work-dir', str(race / 'work'), '--results-dir', str(race / 'results'), '--data-dir', str(data),
                '--cell-fn', f'{THIS_FILE}:{cell_fn}', *extra]
     if only:
