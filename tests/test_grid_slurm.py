@@ -62,12 +62,13 @@ def slurm_fake_cell(cell, run_dir, should_stop=lambda: False):
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _run(tmp_path, cells, *extra, env=None, protocol='cpu', data_dir=None, cell_fn=True, background=False):
+def _run(tmp_path, cells, *extra, env=None, protocol='cpu', grid=None, data_dir=None, cell_fn=True, background=False):
     if data_dir is None:
         data_dir = tmp_path / 'data'
         (data_dir / 'train').mkdir(parents=True, exist_ok=True)
         (data_dir / 'val').mkdir(parents=True, exist_ok=True)
-    command = [*CFL_GRID, 'run', '--protocol', protocol, '--executor', 'slurm',
+    which = ['--grid', str(grid)] if grid else ['--protocol', protocol]
+    command = [*CFL_GRID, 'run', *which, '--executor', 'slurm',
                '--work-dir', str(tmp_path / 'work'), '--results-dir', str(tmp_path / 'results'),
                '--data-dir', str(data_dir), '--slurm-log-dir', str(tmp_path / 'slurm'), '--time', '10',
                '--cpus-per-task', '1', '--poll', '0.5', '--only', ','.join(cells), *extra]
@@ -152,19 +153,37 @@ def test_a_queued_or_running_cell_is_not_submitted_again(tmp_path):
     assert (run_dir / 'done.json').is_file()
 
 
-def test_slurm_smoke_two_real_train_cells(digits_dir, tmp_path):
-    """Two real cells (train.py, test_resnet, 1 epoch on digits PNGs) submitted with sbatch, run and collected."""
-    cells = ['tiny__ce__s0', 'tiny__cfl_authors__s0']
-    code, err = _run(tmp_path, cells, '--wait', protocol='smoke', data_dir=digits_dir, cell_fn=False)
-    assert code == 0, err
+USER_GRID = """\
+name: my-slurm-grid
+models: [test_resnet]
+losses:
+  ce: [--smoothing, '0']
+  cfl: [--focal_loss, asym-cyclical, --gamma_hc, '3', --gamma_pos, '2', --gamma_neg, '2', --cyclical_factor, '4']
+data:
+  tiny: [--train_size, '200', --train_size_mode, stratified]
+seeds: [0]
+epochs: 1
+flags: [--img-size, '32', -b, '32', --opt, sgd, --lr, '0.05', -j, '0', --checkpoint-hist, '1', --log-interval, '1000']
+threads: 1
+"""
+
+
+def test_slurm_runs_a_users_two_cell_grid_file(digits_dir, tmp_path):
+    """A user's own two-cell grid file (train.py, test_resnet, 1 epoch on digits PNGs) submitted with sbatch, run
+    and collected into the user's fresh results folder."""
+    grid = tmp_path / 'grid.yaml'
+    grid.write_text(USER_GRID)
+    cells = ['tiny__ce__s0', 'tiny__cfl__s0']
+    code, err = _run(tmp_path, cells, '--wait', grid=grid, data_dir=digits_dir, cell_fn=False)
+    assert code == 0 and 'done before 0' in err, err
     for name in cells:
-        run_dir = tmp_path / 'work' / 'smoke' / 'runs' / name
+        run_dir = tmp_path / 'work' / 'my-slurm-grid' / 'runs' / name
         job_id = _jobs(run_dir)[0]['job_id']
-        payload = json.loads((tmp_path / 'results' / 'smoke' / 'runs' / f'{name}.json').read_text())
+        payload = json.loads((tmp_path / 'results' / 'my-slurm-grid' / 'runs' / f'{name}.json').read_text())
         assert payload['slurm_job_id'] == job_id and payload['cell']['loss'] == name.split('__')[1]
         result = payload['result']
         assert result['epochs'] == 1 and 0.0 <= result['top1'] <= 100.0 and len(result['per_class_top1']) == 10
         assert result['num_val_images'] == sum(1 for p in (digits_dir / 'val').rglob('*') if p.is_file())
         log = (run_dir / 'train.log').read_text()
-        assert '--seed 0' in log and '--train_size 200' in log
+        assert '--seed 0' in log and '--train_size 200' in log and '--model test_resnet' in log
         assert not (run_dir / 'lock').exists() and not (run_dir / 'child.json').exists()
