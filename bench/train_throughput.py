@@ -14,7 +14,8 @@ With ``--torchcompile [BACKEND]`` both variants train with train.py's ``--torchc
 through timm's task, the loss compiled where it is not epoch-aware); compilation falls in the dropped first
 epoch of each repeat.
 
-Usage (from the repository root, whose train.py it imports): python -m bench.train_throughput [--repeats 3] [--epochs 3] [--model test_resnet] [--img-size 32]
+Usage, from the repository root (whose train.py it imports):
+       python -m bench.train_throughput [--repeats 3] [--epochs 3] [--model test_resnet] [--img-size 32]
        [--batch-size 64] [--train-size 768] [--torchcompile [BACKEND]] [--json results.json]
 """
 import argparse
