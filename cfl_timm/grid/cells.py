@@ -185,29 +185,17 @@ def calibration(logits, targets, num_classes: int) -> dict[str, float]:
     return {k: float(v) for k, v in meter.compute().items()}
 
 
-def holdout_dataset(args: dict[str, Any], data_dir: Path):
-    """The run's ``--holdout`` split with evaluation transforms: the training subset the run selected (its
-    ``args.yaml``), split by :func:`cfl_timm.data.holdout.holdout_split` with the run's seed, as train.py does."""
-    import numpy as np
-    from timm.data import create_dataset
+def holdout_dataset(args: dict[str, Any], train_dir: Path, data_dir: Path):
+    """The run's ``--holdout`` split as train.py recorded it (``train_dir/holdout.json``: the same images, by their
+    indices), read from ``data_dir`` with evaluation transforms; a ``ValueError`` when the data differ."""
+    import argparse
 
-    from cfl_timm.data import DigitsDataset, SubsetDataset, dataset_targets, is_digits_dataset, select_train_subset
-    from cfl_timm.data.holdout import holdout_split
+    from cfl_timm.data import build_dataset, dataset_kwargs
+    from cfl_timm.data.holdout import holdout_subset, read_holdout_record
 
-    split = args.get('train_split') or 'train'
-    if is_digits_dataset(args.get('dataset')):
-        dataset = DigitsDataset(split)
-    else:
-        dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=split, is_training=False,
-                                 class_map=args.get('class_map') or '')
-    targets = dataset_targets(dataset)
-    subset = select_train_subset(targets, train_size=args.get('train_size'),
-                                 train_size_mode=args.get('train_size_mode') or 'first',
-                                 sampler_path=args.get('read_sampler'), imbalance_ratio=args.get('imbalance_ratio'),
-                                 imbalance_max=args.get('imbalance_max'))
-    indices = np.arange(len(dataset), dtype=np.int64) if subset is None else np.asarray(subset)
-    _, holdout_positions = holdout_split(targets[indices], args['holdout'], args['seed'])
-    return SubsetDataset(dataset, indices[holdout_positions])
+    record = read_holdout_record(train_dir)
+    kwargs = {**dataset_kwargs(argparse.Namespace(**args)), 'root': str(data_dir)}
+    return holdout_subset(record, build_dataset(split=record.split, is_training=False, **kwargs))
 
 
 def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, Any]:
@@ -227,7 +215,7 @@ def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, 
               'num_images': int(targets.numel()), 'test': calibration(logits, targets, num_classes),
               'per_class_top1': per_class_top1(logits, targets, num_classes)}
     if protocol.temperature_scaling:
-        holdout_logits, holdout_targets = predict(model, holdout_dataset(args, data_dir), data_config)
+        holdout_logits, holdout_targets = predict(model, holdout_dataset(args, train_dir, data_dir), data_config)
         temperature, scaled = evaluate_temperature_scaled(holdout_logits, holdout_targets, logits, targets,
                                                           num_classes, split='holdout')
         scored.update(temperature=temperature, num_holdout_images=int(holdout_targets.numel()),

@@ -22,6 +22,8 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
+from cfl_timm.training.arg_types import run_cli
+
 from .aggregate import aggregate, aggregate_study
 from .cells import find_train_script, make_train_cell, prepare_data, run_pilot, train_command
 from .executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec
@@ -250,9 +252,4 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """The ``cfl-grid`` console entry point: bad input is one usage line and exit status 2, never a traceback."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except ValueError as error:
-        parser.error(str(error))
+    return run_cli(get_args_parser(), main, argv)
