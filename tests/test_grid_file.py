@@ -34,14 +34,24 @@ def _cfl_grid(*argv, **kwargs):
                           env={**os.environ, 'OMP_NUM_THREADS': '1'}, **kwargs)
 
 
-def test_a_two_cell_grid_lists_its_commands_and_runs_locally(digits_dir, tmp_path):
+def _in_process(capsys, *argv) -> tuple[int, str, str]:
+    """cfl-grid's own function in this process (a command's start costs seconds of imports); (status, out, err)."""
+    from cfl_timm.grid.cli import cli
+
+    code = cli(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_two_cell_grid_lists_its_commands_and_runs_locally(digits_dir, tmp_path, capsys):
+    """The run is the real command (a subprocess); list, status, the second run and aggregate run in process."""
     grid = tmp_path / 'grid.yaml'
     grid.write_text(GRID)
     work = tmp_path / 'work'
     where = ['--grid', str(grid), '--data-dir', str(digits_dir), '--work-dir', str(work)]
-    listed = _cfl_grid('list', *where)
-    assert listed.returncode == 0, listed.stderr
-    commands = dict(line.split(': ', 1) for line in listed.stdout.splitlines())
+    code, out, err = _in_process(capsys, 'list', *where)
+    assert code == 0, err
+    commands = dict(line.split(': ', 1) for line in out.splitlines())
     assert sorted(commands) == ['all__ce__s0', 'all__cfl__s0'] and not work.exists()  # a dry run writes nothing
     cfl = shlex.split(commands['all__cfl__s0'])
     assert cfl[1] == str(REPO_ROOT / 'train.py') and cfl[cfl.index('--focal_loss') + 1] == 'asym-cyclical'
@@ -55,12 +65,12 @@ def test_a_two_cell_grid_lists_its_commands_and_runs_locally(digits_dir, tmp_pat
         assert result['epochs'] == 1 and 0 <= result['top1'] <= 100 and result['num_val_images'] == 355
         log = (work / 'digits-demo' / 'runs' / name / 'train.log').read_text()
         assert command.split(' ', 1)[1] in log  # the listed command is the one that ran
-    status = _cfl_grid('status', '--grid', str(grid), '--work-dir', str(work))
-    assert status.stdout.startswith('2/2 done'), status.stdout
-    again = _cfl_grid('run', *where)
-    assert again.returncode == 0 and 'ran 0, failed 0, done before 2' in again.stderr, again.stderr
-    table = _cfl_grid('aggregate', '--grid', str(grid), '--work-dir', str(work))
-    assert table.returncode == 0, table.stderr
+    code, out, err = _in_process(capsys, 'status', '--grid', str(grid), '--work-dir', str(work))
+    assert out.startswith('2/2 done'), out
+    code, out, err = _in_process(capsys, 'run', *where)
+    assert code == 0 and 'ran 0, failed 0, done before 2' in err, err
+    code, out, err = _in_process(capsys, 'aggregate', '--grid', str(grid), '--work-dir', str(work))
+    assert code == 0, err
     rows = (work / 'results' / 'digits-demo.csv').read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith('all,ce,1,') and rows[2].startswith('all,cfl,1,')
 

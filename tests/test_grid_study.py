@@ -258,7 +258,7 @@ def test_a_result_file_is_never_overwritten(tmp_path):
     assert not (tmp_path / 'runs' / cell.name / 'done.json').exists() and len(list(results.iterdir())) == 1
 
 
-def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
+def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path, capsys):
     """``cfl-grid pilot``: the protocol's CE cell with other epochs (and extra flags), trained for real on digits;
     its record holds the per-epoch curve and the convergence check, and is never overwritten."""
     data, protocol = _tiny_study(digits_dir, tmp_path)
@@ -282,12 +282,13 @@ def test_pilot_records_the_curve_and_the_last_fifth_gain(digits_dir, tmp_path):
                   find_train_script())
     assert not (tmp_path / 'results' / 'tiny-study' / 'p6.json').exists()
     # A bad data setting is a usage error of the command line, before anything runs.
-    done = subprocess.run([*CFL_GRID, 'pilot', '--protocol', 'study-cpu',
-                           '--data-setting', 'c10', '--epochs', '40', '--name', 'x', '--data-dir', str(data),
-                           '--work-dir', str(tmp_path / 'work2'), '--results-dir', str(tmp_path / 'results2')],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--data-setting 'c10': grid study-cpu has ['c10_4k', 'c10lt100']" in done.stderr
-    assert 'Traceback' not in done.stderr and not (tmp_path / 'work2').exists()
+    from cfl_timm.grid.cli import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli(['pilot', '--protocol', 'study-cpu', '--data-setting', 'c10', '--epochs', '40', '--name', 'x',
+             '--data-dir', str(data), '--work-dir', str(tmp_path / 'work2'),
+             '--results-dir', str(tmp_path / 'results2')])
+    assert "--data-setting 'c10': grid study-cpu has ['c10_4k', 'c10lt100']" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and not (tmp_path / 'work2').exists()
 
 
 def test_data_share_bench_times_the_data_loop_and_the_whole_epoch(digits_dir, tmp_path):
@@ -305,7 +306,7 @@ def test_data_share_bench_times_the_data_loop_and_the_whole_epoch(digits_dir, tm
         study_data_share.main(['--data-dir', str(digits_dir), '--images', '100000'])
 
 
-def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
+def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path, capsys):
     """Without --results-dir the results go to WORK_DIR/results: the committed bench/results never count as done,
     and a user's runs never land among them."""
     data = tmp_path / 'data'
@@ -317,8 +318,8 @@ def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
     before = sorted(committed.glob('*.json')) if committed.is_dir() else []
     base = CFL_GRID
     work = ['--protocol', 'study-cpu', '--work-dir', str(tmp_path / 'work')]
-    status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and status.stdout.startswith(f'0/{total} done'), status.stdout + status.stderr
+    from cfl_timm.grid.cli import cli
+    assert cli(['status', *work]) == 0 and capsys.readouterr().out.startswith(f'0/{total} done')
     done = subprocess.run([*base, 'run', *work, '--data-dir', str(data), '--only', cell.name,
                            '--cell-fn', f'{THIS_FILE}:logging_cell'],
                           env={**os.environ, 'STUDY_LOG': str(tmp_path / 'cells.log')},
@@ -327,5 +328,4 @@ def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path):
     result = tmp_path / 'work' / 'results' / 'study-cpu' / 'runs' / f'{cell.name}.json'
     assert json.loads(result.read_text())['result'] == {'value': len(cell.loss)}
     assert (sorted(committed.glob('*.json')) if committed.is_dir() else []) == before
-    status = subprocess.run([*base, 'status', *work], capture_output=True, text=True, timeout=120)
-    assert status.stdout.startswith(f'1/{total} done'), status.stdout
+    assert cli(['status', *work]) == 0 and capsys.readouterr().out.startswith(f'1/{total} done')
