@@ -10,16 +10,13 @@ Usage: python bench/evidence_overhead.py [--model resnet18] [--img-size 32] [--b
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cfl_timm import create_loss  # noqa: E402
-from cfl_timm.training.evidence import TrainingEvidence  # noqa: E402
+from cfl_timm import create_loss
+from cfl_timm.training.evidence import TrainingEvidence
 
 
 def _synchronize(device: torch.device) -> None:
