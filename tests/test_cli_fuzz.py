@@ -14,6 +14,7 @@ its range.
 import argparse
 import contextlib
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ SKIP = {
 class Entry:
     """A command-line tool: its parser and its parse-and-check stage (everything before any work)."""
 
-    name: str
+    name: str  # the program name its usage errors start with
     parser: Callable[[], argparse.ArgumentParser]
     check: Callable[[list[str]], None]  # raises SystemExit(2) through parser.error on a bad input
     base: Callable[[Path], list[str]]  # arguments of an otherwise valid command line
@@ -141,11 +142,46 @@ def _oltr_base(tmp: Path) -> list[str]:
     return ['--config', str(config), '--data-root', str(tmp), '--output', str(tmp / 'logs')]
 
 
+GRID_COMMANDS = ('list', 'status', 'aggregate', 'run', 'pilot', 'prepare-data')
+GRID_RUNS_MAIN = ('list', 'status')  # cheap and side-effect free: the whole command is the check stage
+
+
+def _grid_subparser(command: str) -> Callable[[], argparse.ArgumentParser]:
+    def parser() -> argparse.ArgumentParser:
+        from cfl_timm.grid.cli import get_args_parser
+        subparsers = next(a for a in get_args_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        return subparsers.choices[command]
+    return parser
+
+
+def _grid_check(command: str) -> Callable[[list[str]], None]:
+    def check(argv: list[str]) -> None:
+        from cfl_timm.grid.cli import get_args_parser, main
+        from cfl_timm.training.arg_types import run_cli
+        # Commands that start work are fuzzed on the parse (their declarations); list and status run whole.
+        run_cli(get_args_parser(), main if command in GRID_RUNS_MAIN else lambda args: 0, [command, *argv])
+    return check
+
+
+def _grid_base(command: str) -> Callable[[Path], list[str]]:
+    def base(tmp: Path) -> list[str]:
+        (tmp / 'data' / 'train').mkdir(parents=True, exist_ok=True)
+        (tmp / 'data' / 'val').mkdir(parents=True, exist_ok=True)
+        grid = ['--protocol', 'smoke', '--work-dir', str(tmp / 'work')]
+        data = ['--data-dir', str(tmp / 'data')]
+        return {'list': grid + data, 'status': grid, 'aggregate': grid, 'run': grid + data,
+                'pilot': grid + data + ['--data-setting', 'x', '--epochs', '1', '--name', 'p'],
+                'prepare-data': ['--archive', str(tmp / 'a.tar.gz'), '--out', str(tmp / 'prepared')]}[command]
+    return base
+
+
 ENTRIES = {
     'train.py': Entry('train.py', _train_parser, _train_check,
                       lambda tmp: [*DIGITS, '--output', str(tmp / 'out'), '--experiment', 'run', '-j', '0']),
     'validate.py': Entry('validate.py', _validate_parser, _validate_check, _validate_base),
     'python -m oltr.train': Entry('python -m oltr.train', _module_parser('oltr.train'), _oltr_check, _oltr_base),
+    **{f'cfl-grid {c}': Entry('cfl-grid', _grid_subparser(c), _grid_check(c), _grid_base(c))
+       for c in GRID_COMMANDS},
     'python -m cfl_timm.shift': Entry('python -m cfl_timm.shift', _module_parser('cfl_timm.shift'), _shift_check,
                                       _shift_base),
     'python -m cfl_timm.evaluate': Entry('python -m cfl_timm.evaluate', _module_parser('cfl_timm.evaluate'),
@@ -226,7 +262,7 @@ def test_every_bad_value_is_a_usage_error_or_accepted(entry_name, flag, tmp_path
             continue
         if outcome != 'usage':
             problems.append(f'{shown}: {outcome} ({line})')
-        elif not line.startswith(f'{entry.name}: error: '):
+        elif not re.match(rf'{re.escape(entry.name)}( [a-z-]+)?: error: ', line):  # the tool, or its subcommand
             problems.append(f'{shown}: the last line is not a usage error: {line!r}')
         elif not _names_input(line, action):
             problems.append(f'{shown}: the message names no input: {line!r}')
@@ -245,7 +281,7 @@ def test_every_numeric_flag_declares_its_check(entry_name):
     plain = [a.option_strings[-1] for a in parser._actions if a.type in (int, float)]
     assert not plain, f'declare these with a cfl_timm.training.arg_types converter: {plain}'
     unknown = [a.option_strings[-1] for a in parser._actions
-               if callable(a.type) and a.type is not str and a.type not in arg_types.CONVERTERS]
+               if callable(a.type) and a.type not in (str, Path) and a.type not in arg_types.CONVERTERS]
     assert not unknown, f'flags with a converter not registered with @arg_types.converter: {unknown}'
 
 

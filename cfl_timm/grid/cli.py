@@ -22,7 +22,7 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
-from cfl_timm.training.arg_types import run_cli
+from cfl_timm.training.arg_types import non_negative_int, positive_float, positive_int, run_cli, seed
 
 from .aggregate import aggregate, aggregate_study
 from .cells import find_train_script, make_train_cell, prepare_data, run_pilot, train_command
@@ -123,29 +123,31 @@ def get_args_parser() -> argparse.ArgumentParser:
         if name in ('run', 'list'):
             sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
             sub.add_argument('--only', default=None, help='comma-separated cell names (default: all)')
-            sub.add_argument('--seeds', type=int, nargs='+', default=None, help='subset of the seeds')
+            sub.add_argument('--seeds', type=seed, nargs='+', default=None, help='subset of the seeds')
             _add_train_script(sub)
         if name == 'run':
             sub.add_argument('--executor', default='local', choices=tuple(EXECUTORS),
                              help='local: worker processes on this host; slurm: one Slurm job per cell (submitit)')
-            sub.add_argument('--jobs', type=int, default=1, help='local executor: worker processes on this host')
-            sub.add_argument('--stale-after', type=float, default=300.0,
+            sub.add_argument('--jobs', type=positive_int, default=1,
+                             help='local executor: worker processes on this host')
+            sub.add_argument('--stale-after', type=positive_float, default=300.0,
                              help='seconds without heartbeat after which another host may take a lock over')
-            sub.add_argument('--heartbeat', type=float, default=10.0, help='heartbeat interval in seconds')
+            sub.add_argument('--heartbeat', type=positive_float, default=10.0, help='heartbeat interval in seconds')
             sub.add_argument('--cell-fn', default=None,
                              help='FILE.py:function or module:function replacing the train.py cell (for tests)')
             slurm = sub.add_argument_group('Slurm executor (--executor slurm)')
             slurm.add_argument('--partition', default=None, help='Slurm partition (default: the cluster default)')
-            slurm.add_argument('--time', type=int, default=60, metavar='MINUTES', help='time limit per job')
-            slurm.add_argument('--cpus-per-task', type=int, default=1, help='CPUs per job (default 1)')
-            slurm.add_argument('--gpus-per-task', type=int, default=0, help='GPUs per job (default 0)')
+            slurm.add_argument('--time', type=positive_int, default=60, metavar='MINUTES', help='time limit per job')
+            slurm.add_argument('--cpus-per-task', type=positive_int, default=1, help='CPUs per job (default 1)')
+            slurm.add_argument('--gpus-per-task', type=non_negative_int, default=0, help='GPUs per job (default 0)')
             slurm.add_argument('--slurm-setup', action='append', default=[], metavar='LINE',
                                help='shell line run before each job (repeatable), e.g. "module load cuda"')
             slurm.add_argument('--slurm-log-dir', type=Path, default=None,
                                help='submitit job folders (default WORK_DIR/<grid>/slurm)')
             slurm.add_argument('--wait', action='store_true',
                                help='wait until every submitted job ended; exit 1 if a cell is not done')
-            slurm.add_argument('--poll', type=float, default=5.0, help='seconds between squeue polls with --wait')
+            slurm.add_argument('--poll', type=positive_float, default=5.0,
+                               help='seconds between squeue polls with --wait')
         if name == 'aggregate':
             sub.add_argument('--machine', default='', help='machine description for the table')
 
@@ -153,19 +155,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser('prepare-data', help=summary, description=description)
     prep.add_argument('--archive', type=Path, required=True, help='the CIFAR-10 JPEG archive (.tar.gz)')
     prep.add_argument('--out', type=Path, required=True, help='extract into OUT/train and OUT/val')
-    prep.add_argument('--train-per-class', type=int, default=None, help='a capped copy: first N train images')
-    prep.add_argument('--val-per-class', type=int, default=None, help='a capped copy: first N val images')
-    prep.add_argument('--monitor-per-class', type=int, default=None,
+    prep.add_argument('--train-per-class', type=positive_int, default=None, help='a capped copy: first N train images')
+    prep.add_argument('--val-per-class', type=positive_int, default=None, help='a capped copy: first N val images')
+    prep.add_argument('--monitor-per-class', type=positive_int, default=None,
                       help='also link the first N val images per class into monitor/ (study protocols: 100)')
 
     summary, description = OTHER_COMMANDS['pilot']
     pilot = commands.add_parser('pilot', help=summary, description=description)
     _add_grid_choice(pilot)
     pilot.add_argument('--data-setting', required=True, help="one of the grid's data settings")
-    pilot.add_argument('--epochs', type=int, required=True)
+    pilot.add_argument('--epochs', type=positive_int, required=True)
     pilot.add_argument('--name', required=True, help='the pilot record is RESULTS_DIR/<grid>/pilots/NAME.json')
     pilot.add_argument('--data-dir', type=Path, required=True)
-    pilot.add_argument('--seed', type=int, default=0)
+    pilot.add_argument('--seed', type=seed, default=0)
     _add_train_script(pilot)
     pilot.add_argument('extra_flags', nargs=argparse.REMAINDER,
                        help="train.py flags after '--', appended after the setting's data flags")
