@@ -146,7 +146,10 @@ def test_ctrl_c_ends_with_one_line_and_exit_status_130(tmp_path):
            'PYTHONPATH': os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)}
     command = [sys.executable, str(REPO_ROOT / 'train.py'), *_argv(tmp_path, '--epochs', '1000', '--log-interval',
                                                                    '1')]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # pytest-xdist's workers ignore SIGINT, and a child inherits an ignored signal (Python then installs no
+    # KeyboardInterrupt handler): restore the default disposition a terminal's train.py has.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in process.stderr:  # an event, not a time: the first logged training step
