@@ -131,9 +131,10 @@ class _AffineScaling(PosthocCalibrator):
     def features(logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def _solve(self, x: torch.Tensor, targets: torch.Tensor, lam: float, mu: float):
+    def _solve(self, x: torch.Tensor, targets: torch.Tensor, lam: float, mu: float, temperature: float):
+        """LBFGS from the temperature-scaling solution of (x, targets), ``temperature`` (fitted once per split by the
+        caller: it does not depend on lambda and mu)."""
         classes = x.shape[1]
-        temperature = fit_temperature(x, targets)
         if self.full_matrix:
             weight = torch.eye(classes, dtype=torch.float64) / temperature
         else:
@@ -180,18 +181,20 @@ class _AffineScaling(PosthocCalibrator):
             fold_of[torch.randperm(count, generator=torch.Generator().manual_seed(0))] = \
                 torch.arange(count) % self.folds
             pairs = [(a, b) for a in self.grid for b in self.grid]
+            fold_temperatures = [fit_temperature(x[fold_of != fold], targets[fold_of != fold])
+                                 for fold in range(self.folds)]
             scores = []
             for a, b in pairs:
                 nll = 0.0
                 for fold in range(self.folds):
                     held = fold_of == fold
-                    weight, bias = self._solve(x[~held], targets[~held], a, b)
+                    weight, bias = self._solve(x[~held], targets[~held], a, b, fold_temperatures[fold])
                     scaled = self._apply(x[held], weight, bias)
                     nll += float(torch.nn.functional.cross_entropy(scaled, targets[held], reduction='sum'))
                 scores.append(nll / count)
             lam, mu = pairs[int(np.argmin(scores))]
             state.update(odir_lambda=lam, odir_mu=mu, cv_grid=pairs, cv_nll=scores)
-        weight, bias = self._solve(x, targets, lam, mu)
+        weight, bias = self._solve(x, targets, lam, mu, fit_temperature(x, targets))
         state.update(weight=weight, bias=bias)
         return state
 
