@@ -13,8 +13,10 @@ Two sources of real images:
 behaviour checked on CIFAR-10 is also checked on images every machine has.
 """
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +25,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+# Every temporary file of the suite stays in the checkout. Set here, before any test module is collected: importing
+# timm.utils imports W&B, which makes temp folders at import time, and an xdist worker that ends without running
+# its interpreter's exit hooks leaves them behind. One folder per process (the controller and each worker), emptied
+# when that process starts, git-ignored; torchrun, W&B and every subprocess inherit it.
+_TEMP_ROOT = REPO_ROOT / '.pytest_tmpdir' / os.environ.get('PYTEST_XDIST_WORKER', 'main')
+shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
+_TEMP_ROOT.mkdir(parents=True, exist_ok=True)
+os.environ['TMPDIR'] = str(_TEMP_ROOT)
+tempfile.tempdir = None  # gettempdir() caches its answer: make it read TMPDIR again
 
 DATA_ENV = 'CFL_TIMM_DATA'
 CIFAR10_ARCHIVE_NAME = 'cifar10-jpeg.tar.gz'
@@ -83,27 +95,6 @@ def write_digits_folder(dest: Path, image_size: int = 32, per_class: Optional[in
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f'{index:04d}.png')
     return dest
-
-
-@pytest.fixture(scope='session', autouse=True)
-def _temp_folder_inside_basetemp(tmp_path_factory):
-    """Point TMPDIR (and :mod:`tempfile`) at a folder inside pytest's base temp folder for the whole session.
-
-    torchrun (torchelastic_* folders), W&B and every other subprocess inherit it, so a suite run leaves nothing in
-    the system temp folder; the base temp folder itself is ``--basetemp`` (pyproject's addopts: inside the
-    checkout, emptied by pytest at the start of the next run)."""
-    import tempfile
-    folder = tmp_path_factory.getbasetemp() / 'tmpdir'
-    folder.mkdir(exist_ok=True)
-    previous = os.environ.get('TMPDIR')
-    os.environ['TMPDIR'] = str(folder)
-    tempfile.tempdir = None  # gettempdir() caches its answer: make it read TMPDIR again
-    yield
-    if previous is None:
-        os.environ.pop('TMPDIR', None)
-    else:
-        os.environ['TMPDIR'] = previous
-    tempfile.tempdir = None
 
 
 @pytest.fixture(autouse=True)
