@@ -77,7 +77,7 @@ from cfl_timm.training import (
     metrics_of_logits,
     predict,
 )
-from cfl_timm.training.input_checks import check_model_kwargs
+from cfl_timm.training.input_checks import check_model_kwargs, default_image_mode
 from cfl_timm.training.validate_args import (
     add_validate_args,
     check_args,
@@ -259,7 +259,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
 
 def load_splits(args: argparse.Namespace, in_chans: int) -> Splits:
     """Every split of the evaluation, read and checked (class folders, the held-out record) before any model."""
-    img_mode = 'RGB' if in_chans == 3 else 'L'
+    img_mode = default_image_mode(in_chans)
     evaluated = build_dataset(args, args.split, img_mode)
     record = holdout_record(args)
     calibration = None
@@ -335,7 +335,7 @@ def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False,
         return svhn_dataset(folder, 'test', verify_md5=verify_md5)
     check_folder_tree(folder)
     try:
-        dataset = ImageDataset(folder, input_img_mode='RGB' if in_chans == 3 else 'L')
+        dataset = ImageDataset(folder, input_img_mode=default_image_mode(in_chans))
     except RuntimeError as error:  # timm: no images found
         raise ValueError(f'--ood-data-dir {folder}: {error}') from None
     return strict_folder_dataset(dataset, '--ood-data-dir', skip_bad_images=skip_bad_images)

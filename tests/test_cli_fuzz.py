@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,7 +290,3 @@ def test_values_cover_every_kind_of_flag(tmp_path):
     parser = ENTRIES['train.py'].parser()
     empty = [a.option_strings[-1] for a in _actions(parser) if a.nargs != 0 and not _values(a, tmp_path)]
     assert not empty
-
-
-def _flags(parser: argparse.ArgumentParser) -> Sequence[str]:
-    return [a.option_strings[-1] for a in _actions(parser)]

@@ -17,7 +17,8 @@ from .checkpoint import run_dir_in_use
 from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
-           'check_name_args', 'check_number_args', 'coerce_config_value', 'image_mode', 'input_channels']
+           'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode', 'image_mode',
+           'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -44,11 +45,14 @@ def input_channels(args: argparse.Namespace) -> int:
     return (args.input_size[0] if args.input_size else None) or args.in_chans or 3
 
 
+def default_image_mode(channels: int) -> str:
+    """timm's rule for the PIL mode images are read in: 'L' for a one-channel model, else 'RGB'."""
+    return 'L' if channels == 1 else 'RGB'
+
+
 def image_mode(args: argparse.Namespace) -> str:
-    """The PIL mode images are read in: ``--input-img-mode``, else timm's rule ('RGB' for 3 channels, 'L' for 1)."""
-    if args.input_img_mode:
-        return args.input_img_mode
-    return 'L' if input_channels(args) == 1 else 'RGB'
+    """The PIL mode images are read in: ``--input-img-mode``, else :func:`default_image_mode`."""
+    return args.input_img_mode or default_image_mode(input_channels(args))
 
 
 def check_image_mode(args: argparse.Namespace) -> None:
