@@ -45,7 +45,6 @@ from cfl_timm.data import (
 from cfl_timm.data.cifar10c import (
     CIFAR10_CLASSES,
     META_FILE,
-    NUMBERED_CLASSES,
     PUBLISHED_SET_NAME,
     check_set_classes,
 )
@@ -57,6 +56,9 @@ from cfl_timm.training.arg_types import converter, non_negative_int, positive_in
 __all__ = ['cli', 'get_args_parser', 'main']
 
 _logger = logging.getLogger('cfl_timm.shift')
+# Named training datasets whose labels a published CIFAR-10-C set may be compared with: CIFAR-10 itself, and the
+# offline digits set, whose classes are named by their labels 0 to 9 (the numbered-folder rule of check_set_classes).
+_LABELS_0_TO_9_DATASETS = ('torch/cifar10', 'sklearn/digits')
 
 
 def _name_list(choices: Sequence) -> Any:
@@ -220,8 +222,7 @@ def check_model_labels(run: dict[str, Any], num_classes: int, checkpoint: str) -
         raise ValueError(f'--checkpoint {checkpoint}: the model has {num_classes} classes, but the published '
                          f'CIFAR-10-C labels are CIFAR-10\'s {len(CIFAR10_CLASSES)}.')
     dataset = str(run.get('dataset') or '')
-    known = {'torch/cifar10': CIFAR10_CLASSES, 'sklearn/digits': NUMBERED_CLASSES}
-    if dataset and dataset.lower() not in known:
+    if dataset and dataset.lower() not in _LABELS_0_TO_9_DATASETS:
         raise ValueError(f'--checkpoint {checkpoint} was trained on --dataset {dataset}, whose labels are not '
                          f'CIFAR-10\'s ({", ".join(CIFAR10_CLASSES)}), which the published CIFAR-10-C labels mean.')
 

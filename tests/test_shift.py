@@ -430,3 +430,11 @@ def test_published_set_refuses_a_model_of_other_classes(tmp_path):
         shift_cli.check_model_labels({'dataset': ''}, 100, 'm.pth')
     with pytest.raises(ValueError, match='trained on --dataset torch/svhn, whose labels are not CIFAR-10'):
         shift_cli.check_model_labels({'dataset': 'torch/svhn'}, 10, 'm.pth')
+
+
+def test_the_real_cifar10_folder_has_the_labels_of_cifar10c(cifar10_dir):
+    """The CIFAR-10 test images as a class-folder tree (skipped without CFL_TIMM_DATA): timm's reader gives them
+    CIFAR-10's labels, so the published CIFAR-10-C check accepts the folder."""
+    _, _, class_names = read_image_folder(cifar10_dir / 'val')
+    assert class_names == list(CIFAR10_CLASSES)
+    check_cifar10_classes(class_names, str(cifar10_dir / 'val'))
