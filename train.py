@@ -118,6 +118,7 @@ from cfl_timm.training.evidence import TrainingEvidence
 from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
+from cfl_timm.training.resume_args import recorded_settings
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
@@ -160,9 +161,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train with the parsed arguments; returns the output directory and the last epoch's metrics."""
     setup_default_logging()
     check_args(args)
-    effective_args = dict(vars(args))
     import_device_modules(args.device_modules)
     proc = init_process(args.device)
+    effective_args = recorded_settings(args, proc.world_size)  # args.yaml and the checkpoints: what resume compares
     try:
         return _train(args, effective_args, proc)
     finally:

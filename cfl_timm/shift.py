@@ -10,7 +10,9 @@ Run as::
     python -m cfl_timm.shift --data-dir cifar10/test --cache-dir output/shift-cache --seed 0 \\
         --checkpoint output/train/RUN/model_best.pth.tar --output-json shift.json
 
-``--generate-only`` writes the generated set and stops (no model). The JSON holds :func:`shift_report`'s layout
+``--generate-only`` writes the generated set and stops (no model). ``--save-logits DIR`` also writes the logits of
+every evaluated set, one saved-logits file each (:mod:`cfl_timm.metrics.logits_file`), for
+``python -m cfl_timm.evaluate``. The JSON holds :func:`shift_report`'s layout
 plus what was evaluated (``set``: "CIFAR-10-C" or "CIFAR-10-C-style, generated", its folder, seed and synthesised
 corruptions). See ``docs/shift.md``. D. Hendrycks and T. Dietterich, ICLR 2019, https://arxiv.org/abs/1903.12261;
 Y. Ovadia et al., NeurIPS 2019, https://arxiv.org/abs/1906.02530.
@@ -40,15 +42,23 @@ from cfl_timm.data import (
     shift_set_name,
     strict_folder_dataset,
 )
-from cfl_timm.data.cifar10c import META_FILE
-from cfl_timm.files import atomic_write_text
-from cfl_timm.metrics import shift_report
+from cfl_timm.data.cifar10c import (
+    CIFAR10_CLASSES,
+    META_FILE,
+    PUBLISHED_SET_NAME,
+    check_set_classes,
+)
+from cfl_timm.files import atomic_write_bytes, atomic_write_text
+from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
-from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, run_cli, seed
+from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, run_cli, seed, writable_folder
 
 __all__ = ['cli', 'get_args_parser', 'main']
 
 _logger = logging.getLogger('cfl_timm.shift')
+# Named training datasets whose labels a published CIFAR-10-C set may be compared with: CIFAR-10 itself, and the
+# offline digits set, whose classes are named by their labels 0 to 9 (the numbered-folder rule of check_set_classes).
+_LABELS_0_TO_9_DATASETS = ('torch/cifar10', 'sklearn/digits')
 
 
 def _name_list(choices: Sequence) -> Any:
@@ -101,7 +111,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument('--num-bins', type=positive_int, default=15, help='equal-width bins of ECE')
     output.add_argument('--output-json', metavar='PATH', help='write the report here (atomically); default: print')
     output.add_argument('--plot', metavar='PATH.png', help='box plot of top-1 and ECE per severity')
+    output.add_argument('--save-logits', type=writable_folder, default=None, metavar='DIR',
+                        help='write the logits of every evaluated set to a new folder (DIR/clean.npz, '
+                             'DIR/<corruption>_s<severity>.npz: saved-logits files for python -m cfl_timm.evaluate)')
     return parser
+
+
+def logits_file_name(corruption: Optional[str] = None, severity: Optional[int] = None) -> str:
+    """The file of a set under ``--save-logits``: ``clean.npz``, or ``<corruption>_s<severity>.npz``."""
+    return 'clean.npz' if corruption is None else f'{corruption}_s{severity}.npz'
+
+
+def logits_split_name(corruption: Optional[str] = None, severity: Optional[int] = None) -> str:
+    """The ``split`` recorded in a set's logits file: ``clean``, or ``<corruption>-<severity>``."""
+    return 'clean' if corruption is None else f'{corruption}-{severity}'
+
+
+def check_logits_folder(args: argparse.Namespace) -> None:
+    """``--save-logits``: a folder of its own, holding no logits of an earlier run (files are never overwritten,
+    and two runs are never mixed in one folder)."""
+    folder = Path(args.save_logits).expanduser()
+    for flag, path in (('--output-json', args.output_json), ('--plot', args.plot)):
+        if path and Path(path).expanduser().resolve() == folder.resolve():
+            raise ValueError(f'--save-logits and {flag} name the same path {path}: give the logits a folder of '
+                             'their own.')
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f'--save-logits {args.save_logits} is a file: give a folder (one .npz per set is written '
+                         'there).')
+    earlier = sorted(path.name for path in folder.glob('*.npz')) if folder.is_dir() else []
+    if earlier:
+        raise ValueError(f'--save-logits {args.save_logits} already holds the logits of an earlier run '
+                         f'({", ".join(earlier[:3])}{", ..." if len(earlier) > 3 else ""}, {len(earlier)} file(s)); '
+                         'files are never overwritten: give a new or empty folder.')
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -128,6 +169,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('give --cifar10c-dir DIR (the published files) or --cache-dir DIR (to generate a '
                          'CIFAR-10-C-style set).')
     if args.generate_only:
+        if args.save_logits:
+            raise ValueError('--save-logits writes the logits of a model; it does not apply to --generate-only.')
         return
     if not args.checkpoint or not Path(args.checkpoint).is_file():
         raise ValueError(f'--checkpoint not found: {args.checkpoint!r} (needed unless --generate-only).')
@@ -136,6 +179,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, path, suffix in (('--output-json', args.output_json, '.json'), ('--plot', args.plot, '.png')):
         if path and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
             raise ValueError(f'{flag} {path}: give a file path ending in {suffix}.')
+    if args.save_logits:
+        check_logits_folder(args)
     if args.plot:
         from cfl_timm.plotting import require_matplotlib
         require_matplotlib()
@@ -147,19 +192,54 @@ def _subsample(dataset, num_samples: Optional[int]):
     return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
 
 
-def prepare_sets(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any]]:
-    """The clean dataset, the folder of the corrupted sets and what it is (generated when asked)."""
+def prepare_sets(args: argparse.Namespace) -> tuple[Any, list[str], Path, dict[str, Any]]:
+    """The clean dataset and its class names, the folder of the corrupted sets and what it is (generated when
+    asked). The clean classes are checked against what the set's labels mean (:func:`check_set_classes`)."""
+    source = f'the clean --data-dir {args.data_dir}'
     if args.cifar10c_dir is not None:
-        clean = strict_folder_dataset(ImageDataset(args.data_dir), 'clean --data-dir')
-        return clean, Path(args.cifar10c_dir), {'set': shift_set_name(args.cifar10c_dir),
-                                                'folder': str(args.cifar10c_dir)}
+        dataset = ImageDataset(args.data_dir)
+        class_to_idx = dataset.reader.class_to_idx
+        class_names = sorted(class_to_idx, key=class_to_idx.get)
+        check_set_classes(args.cifar10c_dir, class_names, source)
+        clean = strict_folder_dataset(dataset, 'clean --data-dir')
+        return clean, class_names, Path(args.cifar10c_dir), {'set': shift_set_name(args.cifar10c_dir),
+                                                             'folder': str(args.cifar10c_dir)}
     images, labels, class_names = read_image_folder(args.data_dir, args.image_size)
     folder = generate_corrupted_set(images, labels, args.cache_dir, seed=args.seed,
                                     corruptions=args.corruptions or CORRUPTIONS, class_names=class_names,
                                     source=Path(args.data_dir).name, log=_logger.info)
+    check_set_classes(folder, class_names, source)  # a cached set made from the same pixels under other names
     meta = json.loads((folder / META_FILE).read_text())
-    return ImageArrayDataset(images, labels), folder, {'set': meta['name'], 'folder': str(folder),
-                                                       'seed': meta['seed'], 'synthetic': meta['synthetic']}
+    return ImageArrayDataset(images, labels), class_names, folder, {
+        'set': meta['name'], 'folder': str(folder), 'seed': meta['seed'], 'synthetic': meta['synthetic']}
+
+
+def check_model_labels(run: dict[str, Any], num_classes: int, checkpoint: str) -> None:
+    """With the published CIFAR-10-C, the model's outputs must be CIFAR-10's ten classes: refuse a model with
+    another class count, or one whose checkpoint records a training dataset of other classes. A folder dataset
+    ('' recorded) is judged by its class count only (the checkpoint records no class names)."""
+    if num_classes != len(CIFAR10_CLASSES):
+        raise ValueError(f'--checkpoint {checkpoint}: the model has {num_classes} classes, but the published '
+                         f'CIFAR-10-C labels are CIFAR-10\'s {len(CIFAR10_CLASSES)}.')
+    dataset = str(run.get('dataset') or '')
+    if dataset and dataset.lower() not in _LABELS_0_TO_9_DATASETS:
+        raise ValueError(f'--checkpoint {checkpoint} was trained on --dataset {dataset}, whose labels are not '
+                         f'CIFAR-10\'s ({", ".join(CIFAR10_CLASSES)}), which the published CIFAR-10-C labels mean.')
+
+
+def save_set_logits(folder: Path, clean: tuple[torch.Tensor, torch.Tensor],
+                    shifted: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]], class_names: list[str],
+                    checkpoint: str) -> None:
+    """``--save-logits``: one saved-logits file per set (atomically), the logits the report is computed from."""
+    num_classes = clean[0].shape[1]
+    names = list(class_names) + [str(index) for index in range(len(class_names), num_classes)]
+    sets = [(None, None, clean)] + [(name, severity, cell) for name, cells in shifted.items()
+                                    for severity, cell in cells.items()]
+    for name, severity, (logits, targets) in sets:
+        data = save_logits_npz(logits, targets, names, split=logits_split_name(name, severity),
+                               checkpoint=checkpoint)
+        atomic_write_bytes(folder / logits_file_name(name, severity), lambda f, data=data: f.write(data))
+    _logger.info(f'logits of {len(sets)} sets written to {folder}')
 
 
 def build_model(args: argparse.Namespace, max_label: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
@@ -187,7 +267,7 @@ def build_model(args: argparse.Namespace, max_label: int) -> tuple[torch.nn.Modu
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Check, prepare the sets (generating when asked), evaluate every (corruption, severity), write the report."""
     check_args(args)
-    clean, folder, described = prepare_sets(args)
+    clean, class_names, folder, described = prepare_sets(args)
     if args.generate_only:
         _logger.info(f'{described["set"]} written to {folder}')
         return described
@@ -201,6 +281,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     max_label = max([int(dataset_targets(clean).max())] + [int(np.max(ds.targets)) for ds in cells.values()])
     device = torch.device(args.device)
     model, run, model_name = build_model(args, max_label)
+    if described['set'] == PUBLISHED_SET_NAME:
+        check_model_labels(run, model.num_classes, args.checkpoint)
     model = model.to(device).eval()
     data_config = resolve_data_config({key: run.get(key) for key in ('input_size', 'img_size', 'crop_pct', 'mean',
                                                                      'std', 'interpolation')}, model=model)
@@ -215,6 +297,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for (name, severity), dataset in cells.items():
         _logger.info(f'{name} severity {severity}: {len(dataset)} images')
         shifted.setdefault(name, {})[severity] = logits_of(dataset)
+    if args.save_logits:
+        save_set_logits(Path(args.save_logits), (clean_logits, clean_targets), shifted, class_names,
+                        Path(args.checkpoint).name)
     report = {**described, 'model': model_name, 'checkpoint': Path(args.checkpoint).name,
               'num_samples': {'clean': len(clean_targets),
                               'per_set': len(next(iter(next(iter(shifted.values())).values()))[1])},

@@ -24,7 +24,8 @@ from cfl_timm.data import (
     shift_set_name,
 )
 from cfl_timm.data import cifar10c as cifar10c_module
-from cfl_timm.metrics import CalibrationMeter, msp_auroc, shift_report
+from cfl_timm.data.cifar10c import CIFAR10_CLASSES, check_cifar10_classes, check_set_classes
+from cfl_timm.metrics import CalibrationMeter, load_logits_npz, msp_auroc, shift_report
 
 # Deterministic corruptions (no random draw): the same output whatever the seed.
 SEED_FREE = {'defocus_blur', 'zoom_blur', 'brightness', 'contrast', 'pixelate', 'jpeg_compression'}
@@ -320,3 +321,120 @@ def test_command_bad_inputs_stop_before_work(clean_folder, tmp_path, capsys):
     assert 'holds none of the corruptions' in usage_error(*data, '--cifar10c-dir', str(tmp_path))
     assert '--data-dir not found' in usage_error('--data-dir', str(tmp_path / 'missing'), '--cache-dir', 'c')
     assert not (tmp_path / 'c').exists()
+
+
+def test_save_logits_writes_the_logits_of_every_set_the_report_came_from(digits_run, clean_folder, tmp_path,
+                                                                          one_thread, capsys, monkeypatch):
+    from cfl_timm import evaluate
+    logits_dir = tmp_path / 'logits'
+    argv = ['--data-dir', str(clean_folder), '--cache-dir', str(tmp_path / 'cache'), '--corruptions',
+            'gaussian_noise,contrast', '--severities', '1,5', '--checkpoint', str(digits_run / 'model_best.pth.tar'),
+            '--num-bins', '10', '--save-logits', str(logits_dir)]
+    report = _cli(*argv, '--output-json', str(tmp_path / 'shift.json'))
+    assert sorted(path.name for path in logits_dir.iterdir()) == [
+        'clean.npz', 'contrast_s1.npz', 'contrast_s5.npz', 'gaussian_noise_s1.npz', 'gaussian_noise_s5.npz']
+    cells = {('clean', None): report['clean'], **{(name, int(s)): cell for name, by_severity in
+                                                   report['corruptions'].items() for s, cell in by_severity.items()}}
+    clean = load_logits_npz(logits_dir / 'clean.npz')
+    for (name, severity), cell in cells.items():
+        saved = load_logits_npz(logits_dir / (f'{name}_s{severity}.npz' if severity else 'clean.npz'))
+        assert saved.split == (f'{name}-{severity}' if severity else 'clean')
+        assert saved.checkpoint == 'model_best.pth.tar' and saved.class_names == [str(i) for i in range(10)]
+        assert saved.logits.shape == (20, 10) and len(saved.targets) == 20
+        # the report's numbers, recomputed from the saved logits alone
+        top1 = (saved.logits.argmax(1) == saved.targets).double().mean().item() * 100
+        assert top1 == pytest.approx(cell['top1'], rel=1e-12, abs=1e-12)
+        meter = CalibrationMeter(10, 10)
+        meter.update(saved.logits, saved.targets)
+        assert meter.compute()['ece'] == pytest.approx(cell['ece'], rel=1e-9, abs=1e-12)
+        if severity:
+            assert msp_auroc(clean.logits, saved.logits) == pytest.approx(cell['msp_auroc'], rel=1e-12)
+    # the model-free evaluator reads them
+    evaluated = evaluate.main(evaluate.get_args_parser().parse_args(
+        ['--logits', str(logits_dir / 'gaussian_noise_s5.npz'), '--num-bins', '10',
+         '--output-json', str(tmp_path / 'evaluated.json')]))
+    assert evaluated['raw']['top1'] == pytest.approx(report['corruptions']['gaussian_noise']['5']['top1'])
+
+    # a second run into the same folder, or the folder named as another output, is refused before any work
+    monkeypatch.setattr(shift_cli, 'prepare_sets', lambda args: pytest.fail('started work'))
+    before = {path.name: path.read_bytes() for path in logits_dir.iterdir()}
+
+    def usage_error(*extra):
+        with pytest.raises(SystemExit) as exit_info:
+            shift_cli.cli([*argv, *extra])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+    line = usage_error()
+    assert f'--save-logits {logits_dir} already holds the logits of an earlier run' in line, line
+    assert {path.name: path.read_bytes() for path in logits_dir.iterdir()} == before
+    argv[-1] = str(tmp_path / 'out.json')
+    assert 'name the same path' in usage_error('--output-json', str(tmp_path / 'out.json'))
+    argv[-1] = str(tmp_path / 'shift.json')
+    assert 'is a file' in usage_error()
+    argv[-1] = str(tmp_path / 'new')
+    assert 'does not apply to --generate-only' in usage_error('--generate-only')
+
+
+# --------------------------------------------------------------------------------- which classes the labels mean
+
+def _class_folders(root, names):
+    """One tiny PNG per class folder."""
+    from PIL import Image
+    for index, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        Image.new('RGB', (4, 4), (index * 20, 0, 0)).save(root / name / 'a.png')
+    return root
+
+
+def test_published_set_accepts_only_cifar10_classes_in_its_order(tmp_path):
+    from timm.data import ImageDataset
+    root, _ = _published_layout(tmp_path / 'c10c')
+    cifar_names = tmp_path / 'reversed'
+    _class_folders(cifar_names, CIFAR10_CLASSES)
+    assert list(CIFAR10_CLASSES) == sorted(CIFAR10_CLASSES) and len(set(CIFAR10_CLASSES)) == 10
+    reader = ImageDataset(str(cifar_names)).reader  # timm sorts the class folders: CIFAR-10's order
+    assert sorted(reader.class_to_idx, key=reader.class_to_idx.get) == list(CIFAR10_CLASSES)
+    check_set_classes(root, CIFAR10_CLASSES, 'folder')
+    check_set_classes(root, [str(i) for i in range(10)], 'folder')
+    for names in (CIFAR10_CLASSES[:9], [*CIFAR10_CLASSES[:9], 'lorry'], [str(i) for i in range(1, 11)],
+                  ['Airplane', *CIFAR10_CLASSES[1:]]):
+        with pytest.raises(ValueError, match='folder has .* CIFAR-10.s classes in its order'):
+            check_cifar10_classes(names, 'folder')
+    # a generated set's labels mean the class names it was generated with
+    folder = generate_corrupted_set(np.zeros((3, 4, 4, 3), np.uint8), np.array([0, 1, 2]), tmp_path / 'cache',
+                                    corruptions=['contrast'], class_names=['a', 'b', 'c'])
+    check_set_classes(folder, ['a', 'b', 'c'], 'folder')
+    with pytest.raises(ValueError, match=r"folder has 3 classes \(a, c, b\), but the set in .* was generated with "
+                                         r"3 classes \(a, b, c\)"):
+        check_set_classes(folder, ['a', 'c', 'b'], 'folder')
+
+
+def test_command_refuses_a_clean_folder_of_other_classes_before_the_model(tmp_path, capsys, monkeypatch):
+    root, _ = _published_layout(tmp_path / 'c10c')
+    checkpoint = tmp_path / 'model.pth.tar'
+    checkpoint.write_bytes(b'never loaded')
+    monkeypatch.setattr(shift_cli, 'build_model', lambda *a: pytest.fail('built the model'))
+    clean = _class_folders(tmp_path / 'clean', [*CIFAR10_CLASSES[:9], 'lorry'])
+    with pytest.raises(SystemExit) as exit_info:
+        shift_cli.cli(['--data-dir', str(clean), '--cifar10c-dir', str(root), '--checkpoint', str(checkpoint)])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f'the clean --data-dir {clean} has 10 classes (airplane, automobile, bird, cat, deer, dog, frog, horse, '\
+           'lorry, ship), but the labels of the published CIFAR-10-C' in line, line
+
+
+def test_published_set_refuses_a_model_of_other_classes(tmp_path):
+    shift_cli.check_model_labels({'dataset': 'torch/cifar10'}, 10, 'm.pth')
+    shift_cli.check_model_labels({'dataset': ''}, 10, 'm.pth')  # a folder dataset: its class count only
+    with pytest.raises(ValueError, match='--checkpoint m.pth: the model has 100 classes'):
+        shift_cli.check_model_labels({'dataset': ''}, 100, 'm.pth')
+    with pytest.raises(ValueError, match='trained on --dataset torch/svhn, whose labels are not CIFAR-10'):
+        shift_cli.check_model_labels({'dataset': 'torch/svhn'}, 10, 'm.pth')
+
+
+def test_the_real_cifar10_folder_has_the_labels_of_cifar10c(cifar10_dir):
+    """The CIFAR-10 test images as a class-folder tree (skipped without CFL_TIMM_DATA): timm's reader gives them
+    CIFAR-10's labels, so the published CIFAR-10-C check accepts the folder."""
+    _, _, class_names = read_image_folder(cifar10_dir / 'val')
+    assert class_names == list(CIFAR10_CLASSES)
+    check_cifar10_classes(class_names, str(cifar10_dir / 'val'))

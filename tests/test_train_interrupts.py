@@ -14,7 +14,13 @@ import torch
 import train
 from cfl_timm.files import DiskFullError, append_jsonl, atomic_write_bytes, atomic_write_text, is_temp_file
 from cfl_timm.training import checkpoint as ckpt
-from cfl_timm.training.resume_args import UNCOMPARED_SETTINGS, changed_settings, format_changes
+from cfl_timm.training.resume_args import (
+    UNCOMPARED_SETTINGS,
+    WORLD_SIZE_KEY,
+    changed_settings,
+    format_changes,
+    recorded_settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-b', '32', '-j', '0',
@@ -85,6 +91,49 @@ def test_changed_settings_compares_all_but_the_uncompared_and_formats_them():
     assert format_changes(changes) == '--amp off -> on, --scale 0.08 1.0 -> 0.5 1.0, --wd-min 0.0001 -> (not set)'
     # Every uncompared setting is a real flag of train.py (a renamed flag would silently be compared).
     assert UNCOMPARED_SETTINGS <= set(vars(train.parse_args([]))) | {'allow_changed_args'}
+    # The number of processes is recorded beside the flags and compared like them; it is named as what it is.
+    args = train.parse_args([])
+    assert WORLD_SIZE_KEY not in vars(args)  # not a flag: the launcher sets it
+    changes = changed_settings(recorded_settings(args, 2), recorded_settings(args, 1))
+    assert changes == [('world_size', 2, 1)]
+    assert format_changes(changes) == 'the number of processes (world size) 2 -> 1'
+    assert changed_settings(vars(args), recorded_settings(args, 2)) == []  # a run recorded before: not compared
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path, capsys, monkeypatch):
+    """A run records its number of processes (args.yaml, the checkpoints); resuming with another one changes the
+    global batch and the learning rate, so it is refused before anything is built unless --allow-changed-args."""
+    import yaml
+    train.cli(_argv(tmp_path, '--epochs', '1'))
+    run_dir = tmp_path / 'run'
+    assert yaml.safe_load((run_dir / 'args.yaml').read_text())[WORLD_SIZE_KEY] == 1
+    checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
+    assert vars(checkpoint['args'])[WORLD_SIZE_KEY] == 1
+    # A config copied from an args.yaml may hold the recorded count: not a flag, so not an unknown key.
+    (tmp_path / 'config.yaml').write_text(f'epochs: 3\n{WORLD_SIZE_KEY}: 2\n')
+    assert train.parse_args(['-c', str(tmp_path / 'config.yaml')]).epochs == 3
+
+    def refused(*extra: str) -> str:
+        with pytest.raises(SystemExit) as info:
+            train.cli(_argv(tmp_path, '--epochs', '1', *extra))
+        assert info.value.code == 2
+        return _last_stderr_line(capsys)
+
+    # The checkpoint of this 1-process run resumed by 2 processes (torchrun's WORLD_SIZE): refused in the checks,
+    # before any process group is set up.
+    with monkeypatch.context() as patch:
+        patch.setenv('WORLD_SIZE', '2')
+        line = refused('--resume', str(run_dir / 'last.pth.tar'), '--experiment', 'other')
+    assert 'trained with other settings, and they change its training trajectory: the number of processes ' \
+           '(world size) 1 -> 2.' in line, line
+    # A run recorded by 2 processes, resumed by 1.
+    recorded = yaml.safe_load((run_dir / 'args.yaml').read_text())
+    (run_dir / 'args.yaml').write_text(yaml.safe_dump({**recorded, WORLD_SIZE_KEY: 2}))
+    line = refused('--resume', 'auto')
+    assert line.endswith('they change its training trajectory: the number of processes (world size) 2 -> 1. Repeat '
+                         'its settings, or pass --allow-changed-args to continue with the new ones.'), line
+    train.cli(_argv(tmp_path, '--epochs', '1', '--resume', 'auto', '--allow-changed-args'))
+    assert yaml.safe_load((run_dir / 'args.yaml').read_text())[WORLD_SIZE_KEY] == 1  # records the new count
 
 
 # ------------------------------------------------------------------------------------------ a full disk

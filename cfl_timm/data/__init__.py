@@ -1,10 +1,13 @@
 """Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed), an offline digits set, the
 CIFAR statistics and training transform, CIFAR-10-C corruptions and files, SVHN, and the OOD overlap check."""
 from .cifar10c import (
+    CIFAR10_CLASSES,
     GENERATED_SET_NAME,
     PUBLISHED_SET_NAME,
     ImageArrayDataset,
     available_corruptions,
+    check_cifar10_classes,
+    check_set_classes,
     generate_corrupted_set,
     load_corrupted,
     read_image_folder,

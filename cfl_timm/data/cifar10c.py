@@ -7,6 +7,10 @@ order, N = 10,000 CIFAR-10 test images each; ``labels.npy`` holds the 5 N labels
 :mod:`cfl_timm.data.corruptions`, plus ``shift_set.json`` naming it "CIFAR-10-C-style, generated" (never
 "CIFAR-10-C") with the seed, the version and what is synthesised, so :func:`load_corrupted` reads both alike.
 
+The labels of a set mean the classes of the clean folder beside it: :func:`check_set_classes` refuses a clean
+folder whose classes are not those the set's labels were made with (the published release: CIFAR-10's ten
+classes in CIFAR-10's order, :data:`CIFAR10_CLASSES`; a generated set: the class names in its ``shift_set.json``).
+
 The cache is keyed by the decoded source pixels and labels, the seed and :data:`GENERATOR_VERSION`: a folder
 ``<cache_dir>/cifar10c-style-<key>`` is reused only for the same inputs, and each file in it is written atomically,
 so an interrupted generation resumes at the first missing corruption and never leaves a torn file.
@@ -26,8 +30,9 @@ from cfl_timm.files import atomic_write_bytes, atomic_write_text
 
 from .corruptions import CIFAR10C_PARAMS, CORRUPTIONS, SEVERITIES, SYNTHETIC_CORRUPTIONS, corrupt, corruption_rng
 
-__all__ = ['GENERATED_SET_NAME', 'GENERATOR_VERSION', 'LABELS_FILE', 'META_FILE', 'PUBLISHED_SET_NAME',
-           'ImageArrayDataset', 'available_corruptions', 'generate_corrupted_set', 'load_corrupted',
+__all__ = ['CIFAR10_CLASSES', 'GENERATED_SET_NAME', 'GENERATOR_VERSION', 'LABELS_FILE', 'META_FILE',
+           'NUMBERED_CLASSES', 'PUBLISHED_SET_NAME', 'ImageArrayDataset', 'available_corruptions',
+           'check_cifar10_classes', 'check_set_classes', 'generate_corrupted_set', 'load_corrupted',
            'read_image_folder', 'shift_set_name']
 
 LABELS_FILE = 'labels.npy'
@@ -35,6 +40,10 @@ META_FILE = 'shift_set.json'
 GENERATOR_VERSION = 1  # bump when a corruption's output changes, so older caches are not reused
 PUBLISHED_SET_NAME = 'CIFAR-10-C'
 GENERATED_SET_NAME = 'CIFAR-10-C-style, generated'
+# CIFAR-10's label order (label i of labels.npy is CIFAR-10's class i). It is also the sorted order of the names,
+# so a class-folder tree of CIFAR-10 read by timm (which sorts folder names) has the same labels.
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+NUMBERED_CLASSES = tuple(str(label) for label in range(len(CIFAR10_CLASSES)))  # folders named by the label itself
 
 
 def available_corruptions(root: str | os.PathLike) -> list[str]:
@@ -47,6 +56,57 @@ def shift_set_name(root: str | os.PathLike) -> str:
     """What the folder holds: the generated set's recorded name, else the published one."""
     meta = Path(root) / META_FILE
     return json.loads(meta.read_text())['name'] if meta.is_file() else PUBLISHED_SET_NAME
+
+
+def _shown_names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ', '.join(map(str, names[:limit]))
+    return f'{len(names)} classes ({shown}{", ..." if len(names) > limit else ""})'
+
+
+def check_cifar10_classes(class_names: Sequence[str], source: str) -> None:
+    """Refuse classes whose labels are not CIFAR-10's: the published CIFAR-10-C labels 0..9 mean CIFAR-10's classes.
+
+    Accepted: exactly :data:`CIFAR10_CLASSES` in that order, or exactly the folders ``'0'`` ... ``'9'`` (named by
+    the label).
+
+    Args:
+        class_names: The classes in label order (timm's reader: the sorted class folder names).
+        source: What they are, for the message (e.g. the folder).
+
+    Raises:
+        ValueError: Naming ``source``, what it has and what CIFAR-10-C's labels mean.
+    """
+    names = tuple(str(name) for name in class_names)
+    if names in (CIFAR10_CLASSES, NUMBERED_CLASSES):
+        return
+    raise ValueError(f'{source} has {_shown_names(names)}, but the labels of the published CIFAR-10-C (labels.npy, '
+                     f'0 to 9) are CIFAR-10\'s classes in its order ({", ".join(CIFAR10_CLASSES)}): give the clean '
+                     'CIFAR-10 test folder with exactly those ten class folders, or folders named 0 to 9.')
+
+
+def check_set_classes(root: str | os.PathLike, class_names: Sequence[str], source: str) -> None:
+    """Refuse clean classes that are not those the labels of the set under ``root`` were made with: a generated
+    set's ``shift_set.json`` class names (when it records them), else the published release's CIFAR-10 classes
+    (:func:`check_cifar10_classes`).
+
+    Args:
+        root: The CIFAR-10-C layout folder.
+        class_names: The clean images' classes in label order.
+        source: What they are, for the message (e.g. the clean folder).
+    """
+    meta = Path(root) / META_FILE
+    if not meta.is_file():
+        check_cifar10_classes(class_names, source)
+        return
+    try:
+        recorded = json.loads(meta.read_text(encoding='utf-8')).get('class_names') or []
+    except (ValueError, OSError, AttributeError) as error:
+        raise ValueError(f'{meta} is not the JSON of a generated set ({error}).') from None
+    names = [str(name) for name in class_names]
+    if recorded and [str(name) for name in recorded] != names:
+        raise ValueError(f'{source} has {_shown_names(names)}, but the set in {root} was generated with '
+                         f'{_shown_names(recorded)} ({META_FILE}): its labels mean those. Give the folder it was '
+                         'generated from, or another cache folder.')
 
 
 class ImageArrayDataset(torch.utils.data.Dataset):

@@ -76,6 +76,7 @@ from .cyclical_args import (
 )
 from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
 from .loggers import check_logger_extras
+from .resume_args import WORLD_SIZE_KEY
 
 __all__ = [
     'ARG_CHECKS', 'ARG_GROUPS', 'EVAL_SPLIT_NAMES', 'SOFT_TARGET_MODES', 'TRAIN_SPLIT_NAMES',
@@ -681,6 +682,8 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
                          f"{cfg['config']!r}; configs do not include other configs): delete the line (a run's "
                          'args.yaml already holds every value of the config it names).')
     cfg.pop('config', None)
+    # A run's args.yaml also records how many processes ran it: a fact of that run, not a flag (the launcher sets it).
+    cfg.pop(WORLD_SIZE_KEY, None)
     actions = {a.dest: a for a in parser._actions}
     resolved, unknown = {}, []
     for key, value in cfg.items():

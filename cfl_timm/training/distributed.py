@@ -4,9 +4,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from timm.utils.distributed import init_distributed_device_so
+from timm.utils.distributed import init_distributed_device_so, is_distributed_env, world_info_from_env
 
-__all__ = ['ProcessInfo', 'barrier', 'ddp_device_ids', 'gather_objects', 'init_process']
+__all__ = ['ProcessInfo', 'barrier', 'ddp_device_ids', 'gather_objects', 'init_process', 'launched_world_size']
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,12 @@ def init_process(device: str) -> ProcessInfo:
     info = init_distributed_device_so(device=device)
     return ProcessInfo(device=torch.device(info['device']), rank=info['global_rank'],
                        world_size=info['world_size'], distributed=info['distributed'])
+
+
+def launched_world_size() -> int:
+    """The number of processes this run is launched with, read from the launcher's environment (torchrun's
+    ``WORLD_SIZE``, or SLURM's) by the rule :func:`init_process` follows, before any process group exists."""
+    return world_info_from_env()[2] if is_distributed_env() else 1
 
 
 def ddp_device_ids(device: torch.device) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import run_dir_in_use
+from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
@@ -155,7 +156,7 @@ def check_file_args(args: argparse.Namespace) -> None:
     if in_use and not args.resume:
         raise ValueError(f'--output/--experiment: {run_dir} already holds a run ({", ".join(in_use[:4])}); pass '
                          '--resume auto to continue it, or choose another --experiment.')
-    check_resume_args(args, run_dir, bool(in_use))  # a resume (or a re-run) with changed settings
+    check_resume_args(args, run_dir, bool(in_use), launched_world_size())  # a resume (or re-run) that changed
 
 
 def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str) -> Any:

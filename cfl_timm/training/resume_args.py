@@ -6,7 +6,9 @@ says so. :func:`check_resume_args` compares the new settings with the recorded o
 for ``--resume auto``, the checkpoint's own ``args`` for ``--resume PATH``) and refuses any difference in a
 setting that alters the training trajectory, listing every one (flag, old value, new value) in one message,
 unless ``--allow-changed-args`` is given. :data:`UNCOMPARED_SETTINGS` names, explicitly, the settings that do not
-alter the trajectory; every other setting, a new flag included, is compared.
+alter the trajectory; every other setting, a new flag included, is compared. So is the number of processes
+(:data:`WORLD_SIZE_KEY`, recorded beside the flags): each process draws its own batch, so another number changes
+the global batch, the scaled learning rate and the data each step sees.
 
 The same comparison lets the identical command reuse a folder whose run never finished an epoch (a late
 failure left ``args.yaml`` and ``run.json`` there, but no checkpoint or summary row): only a changed command is
@@ -21,7 +23,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
-__all__ = ['UNCOMPARED_SETTINGS', 'changed_settings', 'check_resume_args', 'format_changes']
+__all__ = ['UNCOMPARED_SETTINGS', 'WORLD_SIZE_KEY', 'changed_settings', 'check_resume_args', 'format_changes',
+           'recorded_settings']
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +45,16 @@ UNCOMPARED_SETTINGS = frozenset({
     'workers', 'pin_mem', 'synchronize_step', 'local_rank',
 })
 _NOTED_SETTINGS = ('workers',)  # uncompared, but named in the log when changed
+# Recorded with the flags (args.yaml, the checkpoint's args) and compared like them, but set by the launcher
+# (distributed_train.sh N / torchrun), not by a flag.
+WORLD_SIZE_KEY = 'world_size'
+_NOT_FLAGS = {WORLD_SIZE_KEY: 'the number of processes (world size)'}
+
+
+def recorded_settings(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
+    """What a run records of its settings (``args.yaml``, the checkpoints' ``args``) and a resume compares: every
+    flag, and the number of processes."""
+    return {**vars(args), WORLD_SIZE_KEY: world_size}
 
 
 def _plain(value: Any) -> Any:
@@ -79,8 +92,10 @@ def _shown(value: Any) -> str:
 
 
 def format_changes(changes: list[tuple[str, Any, Any]]) -> str:
-    """``--img-size 32 -> 64, --wd-min 0.0001 -> (not set)``."""
-    return ', '.join(f'--{name.replace("_", "-")} {_shown(old)} -> {_shown(new)}' for name, old, new in changes)
+    """``--img-size 32 -> 64, --wd-min 0.0001 -> (not set)``; a setting that is not a flag by its description
+    (``the number of processes (world size) 2 -> 1``)."""
+    return ', '.join(f'{_NOT_FLAGS.get(name) or "--" + name.replace("_", "-")} {_shown(old)} -> {_shown(new)}'
+                     for name, old, new in changes)
 
 
 def _recorded_args_yaml(run_dir: Path) -> Optional[dict[str, Any]]:
@@ -105,13 +120,14 @@ def _recorded_checkpoint_args(path: str) -> Optional[dict[str, Any]]:
     return vars(saved) if isinstance(saved, argparse.Namespace) else saved if isinstance(saved, dict) else None
 
 
-def check_resume_args(args: argparse.Namespace, run_dir: Optional[Path], run_started: bool) -> None:
+def check_resume_args(args: argparse.Namespace, run_dir: Optional[Path], run_started: bool, world_size: int) -> None:
     """Refuse a resume (or a re-run in a folder whose run never finished an epoch) with changed settings.
 
     Args:
         args: The parsed arguments (``--resume``, ``--allow-changed-args`` and every setting compared).
         run_dir: The run folder when known before the model is built (``--experiment`` given), else None.
         run_started: Whether ``run_dir`` holds a run that finished an epoch (checkpoints, summary rows).
+        world_size: The number of processes this command runs with (compared with the recorded one).
 
     Raises:
         ValueError: ``--resume auto`` without ``--experiment``; or changed settings, all listed, without
@@ -130,7 +146,7 @@ def check_resume_args(args: argparse.Namespace, run_dir: Optional[Path], run_sta
         return
     if recorded is None:
         return
-    current = vars(args)
+    current = recorded_settings(args, world_size)
     noted = [(name, recorded[name], current[name]) for name in _NOTED_SETTINGS
              if name in recorded and name in current and recorded[name] != current[name]]
     if noted:
