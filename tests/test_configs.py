@@ -162,3 +162,22 @@ def test_an_empty_config_key_is_accepted(tmp_path):
     path = tmp_path / 'run.yaml'
     path.write_text("config: ''\nepochs: 3\n")
     assert train.parse_args(['-c', str(path)]).epochs == 3
+
+
+def test_a_runs_own_args_yaml_is_a_valid_config(tmp_path):
+    """timm's convention: ``-c RUN/args.yaml`` repeats a run. Every recorded value, including empty lists that
+    are a flag's default (``wandb_tags: []``), must read back to the same settings."""
+    from cfl_timm.training import save_args_yaml
+    args = train.parse_args(['--model', 'resnet18', '--epochs', '3'])
+    path = tmp_path / 'args.yaml'
+    save_args_yaml(path, {**vars(args), 'world_size': 1})
+    assert 'wandb_tags: []' in path.read_text()
+    again = train.parse_args(['-c', str(path)])
+    assert (again.model, again.epochs, again.wandb_tags) == ('resnet18', 3, [])
+
+
+def test_an_empty_list_for_a_flag_that_needs_a_value_is_refused(tmp_path):
+    path = tmp_path / 'bad.yaml'
+    path.write_text('decay_milestones: []\n')
+    with pytest.raises(ValueError, match=r"key 'decay_milestones' expects at least one value"):
+        train.parse_args(['-c', str(path)])

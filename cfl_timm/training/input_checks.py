@@ -181,7 +181,7 @@ def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str
             value = [value]
         if isinstance(action.nargs, int) and len(value) != action.nargs:
             raise ValueError(f'{where} expects {action.nargs} values, got {len(value)}.')
-        if action.nargs == '+' and not value:
+        if action.nargs == '+' and not value and value != action.default:  # [] is fine where it is the default
             raise ValueError(f'{where} expects at least one value.')
         items = [_coerce_scalar(action, where, item) for item in value]
         check = getattr(action, 'check', None)  # a declared post-check (e.g. arg_types.Ascending)
