@@ -179,9 +179,10 @@ class _AffineScaling(PosthocCalibrator):
     :class:`AffineNLL`; :func:`~cfl_timm.metrics.lbfgs.minimize_lbfgs` never ends above its start, so the
     fitting NLL is no worse than TS's. With ``regularise``, (lambda, mu) is chosen from ``grid`` x ``grid`` by the
     mean held-out NLL of ``folds``-fold cross-validation on the fitting split (folds from a fixed permutation; ties
-    go to the first pair); the chosen values and the CV NLLs are recorded in the state. Within a fold, each pair
-    starts from the previous pair's solution (the problems are convex, so the start changes the result only within
-    the optimiser's tolerance, and a nearby start saves most iterations); the final fit starts from TS.
+    go to the first pair); the chosen values and the CV NLLs are recorded in the state. Within a fold the pairs are
+    solved from the strongest to the weakest, each starting from the previous solution (the problems are convex,
+    so the start changes the result only within the optimiser's tolerance, and the weakly regularised, worst
+    conditioned problems start close to their optimum); the first starts from the fold's TS, the final fit from TS.
     """
     full_matrix = True
     regularise = True
@@ -223,13 +224,15 @@ class _AffineScaling(PosthocCalibrator):
                 torch.arange(count) % self.folds
             pairs = [(a, b) for a in self.grid for b in self.grid]
             held_nll = np.zeros(len(pairs))
+            # a regularisation path: strongest (lambda, mu) first, each solve starting from the previous solution
+            order = sorted(range(len(pairs)), key=pairs.__getitem__, reverse=True)
             for fold in range(self.folds):
                 held = fold_of == fold
                 objective = AffineNLL(x[~held], targets[~held], self.full_matrix)
                 held_out = AffineNLL(x[held], targets[held], self.full_matrix)
                 params = self._temperature_start(x[~held], targets[~held])
-                for index, (a, b) in enumerate(pairs):
-                    params = self._solve(objective, a, b, params)
+                for index in order:
+                    params = self._solve(objective, *pairs[index], params)
                     held_nll[index] += held_out(params)[0] * held_out.count
             scores = (held_nll / count).tolist()
             lam, mu = pairs[int(np.argmin(scores))]
