@@ -13,14 +13,6 @@ GRID = (1e-2, 100.0)  # a 2 x 2 grid and 2 folds keep the reference's autograd f
 FOLDS = 2
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def miscalibrated(count: int, seed: int):
     """Labels drawn from softmax(z + class bias); the model reports 3 z (over-confident, biased)."""
     generator = torch.Generator().manual_seed(seed)

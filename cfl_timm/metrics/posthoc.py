@@ -20,7 +20,7 @@ from .calibration import bin_indices
 from .lbfgs import minimize_lbfgs
 from .temperature import fit_temperature
 
-__all__ = ['POSTHOC_METHODS', 'PosthocCalibrator', 'TemperatureScaling', 'VectorScaling', 'MatrixScaling',
+__all__ = ['POSTHOC_METHODS', 'AffineNLL', 'PosthocCalibrator', 'TemperatureScaling', 'VectorScaling', 'MatrixScaling',
            'DirichletCalibration', 'HistogramBinning', 'IsotonicCalibration', 'fit_posthoc', 'posthoc_from_state']
 
 DEFAULT_ODIR_GRID = (1e-2, 1.0, 100.0)  # tried for lambda and for mu (all 9 pairs)
