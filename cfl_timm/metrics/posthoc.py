@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from .calibration import bin_indices
+from .lbfgs import minimize_lbfgs
 from .temperature import fit_temperature
 
-__all__ = ['POSTHOC_METHODS', 'PosthocCalibrator', 'TemperatureScaling', 'VectorScaling', 'MatrixScaling',
+__all__ = ['POSTHOC_METHODS', 'AffineNLL', 'PosthocCalibrator', 'TemperatureScaling', 'VectorScaling', 'MatrixScaling',
            'DirichletCalibration', 'HistogramBinning', 'IsotonicCalibration', 'fit_posthoc', 'posthoc_from_state']
 
 DEFAULT_ODIR_GRID = (1e-2, 1.0, 100.0)  # tried for lambda and for mu (all 9 pairs)
@@ -105,15 +106,83 @@ class TemperatureScaling(PosthocCalibrator):
         return torch.softmax(logits / self.state['temperature'], dim=1)
 
 
+class AffineNLL:
+    """The ODIR-regularised mean NLL of softmax(W x + b) on one split, with its analytic gradient, in float64 numpy.
+
+    With scores s_i = W x_i + b, p_i = softmax(s_i) and one-hot y_i over N samples::
+
+        f(W, b) = 1/N sum_i (logsumexp(s_i) - s_{i, y_i})
+                  + lambda / (K (K - 1)) sum_{k != l} W_kl^2 + mu / K sum_k b_k^2
+        df/dW = 1/N sum_i (p_i - y_i) x_i^T + 2 lambda / (K (K - 1)) offdiag(W)
+        df/db = 1/N sum_i (p_i - y_i) + 2 mu / K b
+
+    The target term is linear in (W, b): sum_i s_{i, y_i} = <W, C> + <b, n> with C = sum_i y_i x_i^T and n the class
+    counts, computed once per split. With ``full_matrix=False`` (vector scaling) W is diag(w), the gradient of w is
+    the diagonal of the above and lambda does not apply. Parameters travel as one flat vector: W (or w) row-major,
+    then b. The scores are kept as a (K, N) array so that the per-sample reductions over the K classes run along
+    contiguous rows.
+    """
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, full_matrix: bool) -> None:
+        x = features.numpy()
+        self.count, self.classes = x.shape
+        self.full_matrix = full_matrix
+        self.x, self.x_t = x, np.ascontiguousarray(x.T)
+        onehot = np.zeros((self.classes, self.count))
+        onehot[targets.numpy(), np.arange(self.count)] = 1.0
+        self.class_counts = onehot.sum(1)
+        class_sums = onehot @ x  # C: row k sums the features of the samples of class k
+        self.target_weight = class_sums if full_matrix else np.diagonal(class_sums).copy()
+        self.off_diagonal = 1.0 - np.eye(self.classes)
+
+    def unpack(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W or w, b) views of a flat parameter vector."""
+        split = self.classes * self.classes if self.full_matrix else self.classes
+        weight = params[:split].reshape(self.classes, self.classes) if self.full_matrix else params[:split]
+        return weight, params[split:]
+
+    def __call__(self, params: np.ndarray, lam: float = 0.0, mu: float = 0.0) -> tuple[float, np.ndarray]:
+        """(f, df/dparams) at ``params`` for ODIR strengths ``lam``, ``mu``."""
+        weight, bias = self.unpack(params)
+        scores = weight @ self.x_t if self.full_matrix else weight[:, None] * self.x_t
+        scores += bias[:, None]
+        top = scores.max(0)
+        scores -= top
+        np.exp(scores, out=scores)
+        total = scores.sum(0)
+        nll = (top.sum() + np.log(total).sum() - (weight * self.target_weight).sum() - bias @ self.class_counts)
+        scores /= total  # now p, (K, N)
+        if self.full_matrix:
+            grad_weight = scores @ self.x - self.target_weight
+        else:
+            grad_weight = np.einsum('kn,kn->k', scores, self.x_t) - self.target_weight
+        grad_bias = scores.sum(1) - self.class_counts
+        loss = nll / self.count
+        grad_weight /= self.count
+        grad_bias /= self.count
+        if self.full_matrix and lam:
+            off = weight * self.off_diagonal
+            coef = lam / (self.classes * (self.classes - 1))
+            loss += coef * float((off * off).sum())
+            grad_weight += 2 * coef * off
+        if mu:
+            loss += mu / self.classes * float(bias @ bias)
+            grad_bias += 2 * mu / self.classes * bias
+        return float(loss), np.concatenate([grad_weight.ravel(), grad_bias])
+
+
 class _AffineScaling(PosthocCalibrator):
-    """softmax(W x + b) on features x of the logits, fitted by NLL (+ ODIR) with LBFGS in float64.
+    """softmax(W x + b) on features x of the logits, fitted by NLL (+ ODIR) with L-BFGS in float64.
 
     W starts at the temperature-scaling solution I / T and b at 0; ODIR = lambda / (K (K - 1)) sum_{i != j} W_ij^2
-    + mu / K sum_j b_j^2 leaves that start unpenalised. The objective never increases from the start (strong-Wolfe
-    line search, and the start is kept if the optimiser ends worse), so the fitting NLL is no worse than TS's.
-    With ``regularise``, (lambda, mu) is chosen from ``grid`` x ``grid`` by the mean held-out NLL of
-    ``folds``-fold cross-validation on the fitting split (folds from a fixed permutation; ties go to the first
-    pair); the chosen values and the CV NLLs are recorded in the state.
+    + mu / K sum_j b_j^2 leaves that start unpenalised. The objective and its analytic gradient are
+    :class:`AffineNLL`; :func:`~cfl_timm.metrics.lbfgs.minimize_lbfgs` never ends above its start, so the
+    fitting NLL is no worse than TS's. With ``regularise``, (lambda, mu) is chosen from ``grid`` x ``grid`` by the
+    mean held-out NLL of ``folds``-fold cross-validation on the fitting split (folds from a fixed permutation; ties
+    go to the first pair); the chosen values and the CV NLLs are recorded in the state. Within a fold the pairs are
+    solved from the strongest to the weakest, each starting from the previous solution (the problems are convex,
+    so the start changes the result only within the optimiser's tolerance, and the weakly regularised, worst
+    conditioned problems start close to their optimum); the first starts from the fold's TS, the final fit from TS.
     """
     full_matrix = True
     regularise = True
@@ -125,51 +194,24 @@ class _AffineScaling(PosthocCalibrator):
             raise ValueError(f'the ODIR grid must be non-empty and non-negative, got {tuple(grid)}.')
         if folds < 2:
             raise ValueError(f'folds must be >= 2, got {folds}.')
+        if max_iter < 1:
+            raise ValueError(f'max_iter must be >= 1, got {max_iter}.')
         self.grid, self.folds, self.max_iter = tuple(float(g) for g in grid), int(folds), int(max_iter)
 
     @staticmethod
     def features(logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def _solve(self, x: torch.Tensor, targets: torch.Tensor, lam: float, mu: float, temperature: float):
-        """LBFGS from the temperature-scaling solution of (x, targets), ``temperature`` (fitted once per split by the
-        caller: it does not depend on lambda and mu)."""
+    def _temperature_start(self, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        """The flat parameters of W = I / T (w = 1 / T), b = 0 for the temperature fitted on (x, targets)."""
         classes = x.shape[1]
-        if self.full_matrix:
-            weight = torch.eye(classes, dtype=torch.float64) / temperature
-        else:
-            weight = torch.full((classes,), 1.0 / temperature, dtype=torch.float64)
-        bias = torch.zeros(classes, dtype=torch.float64)
-        weight.requires_grad_(True)
-        bias.requires_grad_(True)
-        off_diagonal = ~torch.eye(classes, dtype=torch.bool)
+        scale = 1.0 / fit_temperature(x, targets)
+        weight = np.eye(classes) * scale if self.full_matrix else np.full(classes, scale)
+        return np.concatenate([weight.ravel(), np.zeros(classes)])
 
-        def objective() -> torch.Tensor:
-            scores = x @ weight.T + bias if self.full_matrix else x * weight + bias
-            loss = torch.nn.functional.cross_entropy(scores, targets)
-            if self.full_matrix and lam:
-                loss = loss + lam / (classes * (classes - 1)) * weight[off_diagonal].pow(2).sum()
-            if mu:
-                loss = loss + mu / classes * bias.pow(2).sum()
-            return loss
-
-        with torch.no_grad():
-            start = (float(objective()), weight.clone(), bias.clone())
-        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-9,
-                                      tolerance_change=1e-12, history_size=20, line_search_fn='strong_wolfe')
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = objective()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            final = float(objective())
-        if not final <= start[0]:  # also catches NaN
-            return start[1], start[2]
-        return weight.detach(), bias.detach()
+    def _solve(self, objective: AffineNLL, lam: float, mu: float, start: np.ndarray) -> np.ndarray:
+        params, _ = minimize_lbfgs(lambda p: objective(p, lam, mu), start, max_iter=self.max_iter)
+        return params
 
     def _fit(self, logits, targets):
         x = self.features(logits)
@@ -181,21 +223,23 @@ class _AffineScaling(PosthocCalibrator):
             fold_of[torch.randperm(count, generator=torch.Generator().manual_seed(0))] = \
                 torch.arange(count) % self.folds
             pairs = [(a, b) for a in self.grid for b in self.grid]
-            fold_temperatures = [fit_temperature(x[fold_of != fold], targets[fold_of != fold])
-                                 for fold in range(self.folds)]
-            scores = []
-            for a, b in pairs:
-                nll = 0.0
-                for fold in range(self.folds):
-                    held = fold_of == fold
-                    weight, bias = self._solve(x[~held], targets[~held], a, b, fold_temperatures[fold])
-                    scaled = self._apply(x[held], weight, bias)
-                    nll += float(torch.nn.functional.cross_entropy(scaled, targets[held], reduction='sum'))
-                scores.append(nll / count)
+            held_nll = np.zeros(len(pairs))
+            # a regularisation path: strongest (lambda, mu) first, each solve starting from the previous solution
+            order = sorted(range(len(pairs)), key=pairs.__getitem__, reverse=True)
+            for fold in range(self.folds):
+                held = fold_of == fold
+                objective = AffineNLL(x[~held], targets[~held], self.full_matrix)
+                held_out = AffineNLL(x[held], targets[held], self.full_matrix)
+                params = self._temperature_start(x[~held], targets[~held])
+                for index in order:
+                    params = self._solve(objective, *pairs[index], params)
+                    held_nll[index] += held_out(params)[0] * held_out.count
+            scores = (held_nll / count).tolist()
             lam, mu = pairs[int(np.argmin(scores))]
             state.update(odir_lambda=lam, odir_mu=mu, cv_grid=pairs, cv_nll=scores)
-        weight, bias = self._solve(x, targets, lam, mu, fit_temperature(x, targets))
-        state.update(weight=weight, bias=bias)
+        objective = AffineNLL(x, targets, self.full_matrix)
+        weight, bias = objective.unpack(self._solve(objective, lam, mu, self._temperature_start(x, targets)))
+        state.update(weight=torch.from_numpy(weight.copy()), bias=torch.from_numpy(bias.copy()))
         return state
 
     def _apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

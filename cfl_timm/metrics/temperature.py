@@ -81,9 +81,11 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
     if not (0 < low < high < math.inf):
         raise ValueError(f'bounds must satisfy 0 < lo < hi < inf, got {tuple(bounds)}.')
     target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    # (K, N): the softmax and the sum over classes then run along contiguous rows, several times faster for small K
+    classes_first = logits.T.contiguous()
 
     def slope(beta: float) -> float:  # d/db of the mean NLL of softmax(b z)
-        return float((torch.softmax(logits * beta, dim=1) * logits).sum(1).sub_(target_logit).mean())
+        return float((torch.softmax(classes_first * beta, dim=0) * classes_first).sum(0).sub_(target_logit).mean())
 
     beta_low, beta_high = 1.0 / high, 1.0 / low
     if slope(beta_low) >= 0:
