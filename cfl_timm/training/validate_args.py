@@ -138,7 +138,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--bootstrap', type=bootstrap_count, default=0, metavar='B',
                        help='bootstrap resamples (seeded by --seed) for 95%% intervals (0: none, else >= 2)')
     group.add_argument('--temperature-method', default='nll', choices=FIT_METHODS,
-                       help="'nll': LBFGS on NLL over log T (Guo et al.); 'grid-ece': lowest ECE over T = 0.1..10")
+                       help="'nll': the NLL-optimal T (Guo et al.), exact; 'grid-ece': lowest ECE over T = 0.1..10")
     group.add_argument('--allow-test-calibration', action='store_true',
                        help='allow fitting the temperature on a test split (leaks test labels; off by default)')
     group.add_argument('--ood-data-dir', default=None, metavar='DIR',
