@@ -52,14 +52,15 @@ from timm.utils import random_seed, reparameterize_model, set_jit_fuser, setup_d
 from timm.utils.distributed import init_distributed_device_so
 
 from cfl_timm.data import (
-    SubsetDataset,
     average_softmax,
     check_disjoint_images,
     check_folder_tree,
     check_same_classes,
     check_split_tree,
+    dataset_class_names,
     dataset_kwargs,
     dataset_targets,
+    evenly_spaced,
     is_image_folder_name,
     strict_folder_dataset,
     svhn_dataset,
@@ -170,7 +171,7 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     splits = load_splits(args, in_chans)
     ctx = build_context(args, device, run, splits, data_args, in_chans)
 
-    dataset = subsample(splits.evaluated, args.num_samples)
+    dataset = evenly_spaced(splits.evaluated, args.num_samples)
     evaluation = evaluate_split(ctx.evaluator, args, dataset, ctx.metric_classes)
     plain = evaluation['plain']
     result: dict[str, Any] = dict(plain.metrics)
@@ -189,7 +190,7 @@ def _validate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
     fit = None
     if splits.calibration is not None:
-        fit = ctx.evaluator.logits(subsample(splits.calibration, args.num_samples))
+        fit = ctx.evaluator.logits(evenly_spaced(splits.calibration, args.num_samples))
         temperature, scaled = fit_temperature_scaling(ctx, fit, evaluation)
         result.update(temperature_result(ctx, splits, temperature, scaled, metric_keys))
         panels.append((f'{args.split}: after temperature scaling (T = {temperature:.3f})', scaled.reliability,
@@ -344,28 +345,6 @@ def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False,
 def ood_set_name(args: argparse.Namespace) -> str:
     """The name of the ``--ood-data-dir`` set in the JSON (``ood.<name>``) and the saved logits: its folder's."""
     return Path(args.ood_data_dir).resolve().name or 'ood'
-
-
-def subsample(dataset, num_samples: Optional[int]):
-    """N evenly spaced images of the split (a class-sorted folder keeps every class), or the whole split."""
-    if num_samples is None or num_samples >= len(dataset):
-        return dataset
-    return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
-
-
-def class_names(dataset, num_classes: int) -> list[str]:
-    """Class names of a folder (its class_to_idx), torchvision or digits dataset; indices otherwise."""
-    base = dataset
-    while hasattr(base, 'dataset'):
-        base = base.dataset
-    mapping = getattr(getattr(base, 'reader', None), 'class_to_idx', None) or getattr(base, 'class_to_idx', None)
-    if mapping:
-        names = {index: name for name, index in mapping.items()}
-        return [str(names.get(i, i)) for i in range(num_classes)]
-    classes = getattr(base, 'classes', None)
-    if classes is not None and len(classes) == num_classes:
-        return [str(c) for c in classes]
-    return [str(i) for i in range(num_classes)]
 
 
 def build_model(args: argparse.Namespace, run: dict[str, Any], num_classes: int, in_chans: int,
@@ -560,7 +539,7 @@ def draw_prediction_grid(args: argparse.Namespace, dataset, evaluation: dict[str
     confidence, prediction = probabilities.max(dim=1)
     return str(plot_prediction_grid(images.permute(0, 2, 3, 1).clamp(0, 1).numpy(),
                                     evaluation['target'][positions].tolist(), prediction.tolist(),
-                                    confidence.tolist(), class_names(dataset, num_classes), path))
+                                    confidence.tolist(), dataset_class_names(dataset, num_classes), path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -586,7 +565,7 @@ def write_outputs(ctx: ValidateContext, result: dict[str, Any], row: dict[str, A
     if args.prediction_grid:
         files['prediction_grid'] = draw_prediction_grid(args, dataset, evaluation, ctx.data_config,
                                                         ctx.metric_classes, args.prediction_grid)
-    names = class_names(dataset, ctx.metric_classes)
+    names = dataset_class_names(dataset, ctx.metric_classes)
     checkpoint = result['checkpoint'] or ''
     if args.save_logits:
         # The OOD set's logits are averaged over the same views (average_softmax returns a single view unchanged).

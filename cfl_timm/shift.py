@@ -20,7 +20,7 @@ Y. Ovadia et al., NeurIPS 2019, https://arxiv.org/abs/1906.02530.
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,9 +33,9 @@ from cfl_timm.data import (
     CORRUPTIONS,
     SEVERITIES,
     ImageArrayDataset,
-    SubsetDataset,
     available_corruptions,
     dataset_targets,
+    evenly_spaced,
     generate_corrupted_set,
     load_corrupted,
     read_image_folder,
@@ -53,7 +53,7 @@ from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
 from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, run_cli, seed, writable_folder
 
-__all__ = ['cli', 'get_args_parser', 'main']
+__all__ = ['cli', 'generate_shift_sets', 'get_args_parser', 'main', 'prepare_sets', 'shift_evaluation', 'shift_logits']
 
 _logger = logging.getLogger('cfl_timm.shift')
 # Named training datasets whose labels a published CIFAR-10-C set may be compared with: CIFAR-10 itself, and the
@@ -186,10 +186,33 @@ def check_args(args: argparse.Namespace) -> None:
         require_matplotlib()
 
 
-def _subsample(dataset, num_samples: Optional[int]):
-    if num_samples is None or num_samples >= len(dataset):
-        return dataset
-    return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
+def generate_shift_sets(data_dir: str | Path, cache_dir: str | Path, *, seed: int = 0,
+                        corruptions: Sequence[str] = CORRUPTIONS, image_size: Optional[int] = None,
+                        source: Optional[str] = None, log: Callable[[str], Any] = _logger.info
+                        ) -> tuple[ImageArrayDataset, list[str], Path, dict[str, Any]]:
+    """The clean images of a class-folder tree and the CIFAR-10-C-style set generated from them (cached).
+
+    Args:
+        data_dir: The clean images (``DIR/<class>/<image>``).
+        cache_dir: Parent folder of the cached generated sets (:func:`cfl_timm.data.generate_corrupted_set`).
+        seed: Seed of the corruptions.
+        corruptions: Names from :data:`cfl_timm.data.CORRUPTIONS` to generate.
+        image_size: Resize the clean images to this square side first (None: as they are).
+        source: How errors name the clean images (default: the folder).
+        log: Called with a progress line per corruption.
+
+    Returns:
+        The clean dataset, its class names, the folder of the generated set, and what it is (``set``, ``folder``,
+        ``seed``, ``synthetic``). A cached set made from the same pixels under other class names is refused
+        (:func:`check_set_classes`).
+    """
+    images, labels, class_names = read_image_folder(data_dir, image_size)
+    folder = generate_corrupted_set(images, labels, cache_dir, seed=seed, corruptions=corruptions,
+                                    class_names=class_names, source=Path(data_dir).name, log=log)
+    check_set_classes(folder, class_names, source or f'the clean images {data_dir}')
+    meta = json.loads((folder / META_FILE).read_text())
+    return ImageArrayDataset(images, labels), class_names, folder, {
+        'set': meta['name'], 'folder': str(folder), 'seed': meta['seed'], 'synthetic': meta['synthetic']}
 
 
 def prepare_sets(args: argparse.Namespace) -> tuple[Any, list[str], Path, dict[str, Any]]:
@@ -204,14 +227,43 @@ def prepare_sets(args: argparse.Namespace) -> tuple[Any, list[str], Path, dict[s
         clean = strict_folder_dataset(dataset, 'clean --data-dir')
         return clean, class_names, Path(args.cifar10c_dir), {'set': shift_set_name(args.cifar10c_dir),
                                                              'folder': str(args.cifar10c_dir)}
-    images, labels, class_names = read_image_folder(args.data_dir, args.image_size)
-    folder = generate_corrupted_set(images, labels, args.cache_dir, seed=args.seed,
-                                    corruptions=args.corruptions or CORRUPTIONS, class_names=class_names,
-                                    source=Path(args.data_dir).name, log=_logger.info)
-    check_set_classes(folder, class_names, source)  # a cached set made from the same pixels under other names
-    meta = json.loads((folder / META_FILE).read_text())
-    return ImageArrayDataset(images, labels), class_names, folder, {
-        'set': meta['name'], 'folder': str(folder), 'seed': meta['seed'], 'synthetic': meta['synthetic']}
+    return generate_shift_sets(args.data_dir, args.cache_dir, seed=args.seed,
+                               corruptions=args.corruptions or CORRUPTIONS, image_size=args.image_size, source=source)
+
+
+def shift_logits(logits_of: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], clean: Any,
+                 sets: Mapping[tuple[str, int], Any], num_samples: Optional[int] = None,
+                 log: Callable[[str], Any] = _logger.info
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+    """A model's logits on the clean set and on every corrupted set.
+
+    Args:
+        logits_of: The model's (logits (N, K), targets (N,)) on a dataset.
+        clean: The clean dataset.
+        sets: ``{(corruption, severity): dataset}`` (e.g. :func:`cfl_timm.data.load_corrupted`'s).
+        num_samples: Evaluate this many evenly spaced images of each set (None: all).
+        log: Called with a line per corrupted set.
+
+    Returns:
+        The clean (logits, targets) and ``{corruption: {severity: (logits, targets)}}``, as
+        :func:`shift_evaluation` takes them.
+    """
+    clean_out = logits_of(evenly_spaced(clean, num_samples))
+    shifted: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for (name, severity), dataset in sets.items():
+        log(f'{name} severity {severity}: {len(dataset)} images')
+        shifted.setdefault(name, {})[severity] = logits_of(evenly_spaced(dataset, num_samples))
+    return clean_out, shifted
+
+
+def shift_evaluation(clean: tuple[torch.Tensor, torch.Tensor],
+                     shifted: Mapping[str, Mapping[int, tuple[torch.Tensor, torch.Tensor]]],
+                     num_bins: int = 15) -> dict[str, Any]:
+    """``num_samples`` (``clean``, ``per_set``) and :func:`cfl_timm.metrics.shift_report` of :func:`shift_logits`'s
+    logits."""
+    return {'num_samples': {'clean': len(clean[1]),
+                            'per_set': len(next(iter(next(iter(shifted.values())).values()))[1])},
+            **shift_report(*clean, shifted, num_bins=num_bins)}
 
 
 def check_model_labels(run: dict[str, Any], num_classes: int, checkpoint: str) -> None:
@@ -288,22 +340,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                                      'std', 'interpolation')}, model=model)
 
     def logits_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = create_eval_loader(_subsample(dataset, args.num_samples), data_config, batch_size=args.batch_size,
-                                    num_workers=args.workers, device=device)
+        loader = create_eval_loader(dataset, data_config, batch_size=args.batch_size, num_workers=args.workers,
+                                    device=device)
         return predict(model, loader, device=device)
 
-    clean_logits, clean_targets = logits_of(clean)
-    shifted: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for (name, severity), dataset in cells.items():
-        _logger.info(f'{name} severity {severity}: {len(dataset)} images')
-        shifted.setdefault(name, {})[severity] = logits_of(dataset)
+    clean_out, shifted = shift_logits(logits_of, clean, cells, args.num_samples)
     if args.save_logits:
-        save_set_logits(Path(args.save_logits), (clean_logits, clean_targets), shifted, class_names,
-                        Path(args.checkpoint).name)
+        save_set_logits(Path(args.save_logits), clean_out, shifted, class_names, Path(args.checkpoint).name)
     report = {**described, 'model': model_name, 'checkpoint': Path(args.checkpoint).name,
-              'num_samples': {'clean': len(clean_targets),
-                              'per_set': len(next(iter(next(iter(shifted.values())).values()))[1])},
-              **shift_report(clean_logits, clean_targets, shifted, num_bins=args.num_bins)}
+              **shift_evaluation(clean_out, shifted, args.num_bins)}
     text = json.dumps(report, indent=2, allow_nan=False) + '\n'
     if args.output_json:
         atomic_write_text(args.output_json, text)

@@ -89,6 +89,18 @@ def test_a_two_cell_grid_lists_its_commands_and_runs_locally(digits_dir, tmp_pat
     ({'shot_groups': {'all': {'many': [0], 'few': [1]}}}, "'shot_groups.all' must be"),
     ({'temperature_scaling': True}, "'temperature_scaling' must be"),
     ({'models': None, 'flags': ['-b', '8']}, "missing key 'models'"),
+    ({'evaluation': {'posthoc': ['ts']}}, "'evaluation' needs 'score_split'"),
+    ({'evaluation': ['ts']}, "'evaluation' must be a mapping"),
+    ({'score_split': 'validation', 'evaluation': {'post': ['ts']}}, "unknown key evaluation.'post'"),
+    ({'score_split': 'validation', 'evaluation': {'posthoc': ['ts']}}, "data setting 'all' has no --holdout"),
+    ({'score_split': 'validation', 'evaluation': {'posthoc': ['platt']}}, "'evaluation.posthoc' names 'platt'"),
+    ({'score_split': 'validation', 'evaluation': {'posthoc': ['ts', 'ts']}}, "'evaluation.posthoc' must be"),
+    ({'score_split': 'validation', 'evaluation': {'shift': {'seed': 0}}}, 'missing key evaluation.shift.split'),
+    ({'score_split': 'validation', 'evaluation': {'shift': {'split': 'monitor', 'num_samples': 0}}},
+     "'evaluation.shift.num_samples' must be a positive integer"),
+    ({'score_split': 'validation', 'evaluation': {'shift': {'split': 'monitor', 'corruptions': ['rain']}}},
+     "'evaluation.shift.corruptions' must be"),
+    ({'score_split': 'validation', 'evaluation': {'shift': {'split': '../val'}}}, "'evaluation.shift.split' must be"),
 ])
 def test_a_bad_grid_file_is_one_usage_line_before_any_work(tmp_path, capsys, change, key):
     """In process (cfl-grid's own function); the subprocess exit status and the absent traceback are checked by

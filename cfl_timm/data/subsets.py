@@ -21,7 +21,8 @@ import torch.utils.data
 from .wrapped import WrappedDataset
 
 __all__ = [
-    'SUBSET_MODES', 'SubsetDataset', 'class_counts', 'dataset_targets', 'first_n_indices', 'log_class_counts',
+    'SUBSET_MODES', 'SubsetDataset', 'class_counts', 'dataset_class_names', 'dataset_targets', 'evenly_spaced',
+    'first_n_indices', 'log_class_counts',
     'SHOT_GROUPS', 'SHOT_RULES', 'long_tailed_counts', 'long_tailed_indices', 'read_sampler_indices',
     'select_train_subset', 'shot_group_classes', 'shot_groups', 'stratified_indices',
 ]
@@ -261,6 +262,30 @@ class SubsetDataset(WrappedDataset):
 
     def __getitem__(self, index: int):
         return self.dataset[int(self.indices[index])]
+
+
+def evenly_spaced(dataset: torch.utils.data.Dataset, num_samples: Optional[int]) -> torch.utils.data.Dataset:
+    """``num_samples`` evenly spaced items of ``dataset`` (first and last included; a class-sorted folder keeps
+    every class), or the whole dataset when ``num_samples`` is None or not smaller than it."""
+    if num_samples is None or num_samples >= len(dataset):
+        return dataset
+    return SubsetDataset(dataset, np.linspace(0, len(dataset) - 1, num_samples).round().astype(np.int64))
+
+
+def dataset_class_names(dataset: Any, num_classes: int) -> list[str]:
+    """The ``num_classes`` class names of a (wrapped) folder dataset (its ``class_to_idx``), a torchvision or
+    digits dataset (``classes``); the class indices as strings otherwise."""
+    base = dataset
+    while hasattr(base, 'dataset'):
+        base = base.dataset
+    mapping = getattr(getattr(base, 'reader', None), 'class_to_idx', None) or getattr(base, 'class_to_idx', None)
+    if mapping:
+        names = {index: name for name, index in mapping.items()}
+        return [str(names.get(i, i)) for i in range(num_classes)]
+    classes = getattr(base, 'classes', None)
+    if classes is not None and len(classes) == num_classes:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(num_classes)]
 
 
 def _check_size(train_size: int, num_samples: int) -> None:

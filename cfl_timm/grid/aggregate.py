@@ -12,6 +12,13 @@ in ``RESULTS_DIR/<grid>/``:
 - ``table.md``: the same as markdown tables (mean +- sd), headed by how many runs of the grid are done;
 - ``plot.png``: top-1 and ECE before / after temperature scaling per method.
 
+When ``cfl-grid evaluate`` wrote evaluation files (``RESULTS_DIR/<grid>/evaluation/<cell>.json``,
+:mod:`cfl_timm.grid.evaluation`), ``summary.csv`` gains their ``eval_*`` columns and ``table.md`` three tables per
+data setting after its own: the best post-hoc method per loss (chosen by mean test ECE, i.e. generously to post-hoc
+calibration) with its seed-paired ECE difference against the first baseline's best and the selective AURC / E-AURC;
+the ECE after every post-hoc method; top-1 and ECE under shift per severity with the clean-vs-corrupted MSP AUROC.
+Only evaluated runs enter them. Without evaluation files both files are what they were before evaluation existed.
+
 Other grids (a user's grid, the first study ``cpu``): :func:`aggregate` reads the ``done.json`` files of
 ``WORK_DIR/<grid>/runs/`` and writes ``<grid>_runs.csv``, ``<grid>.csv``, ``<grid>.md`` and ``<grid>.png`` into
 ``RESULTS_DIR``.
@@ -30,8 +37,8 @@ from cfl_timm.files import atomic_write_bytes, atomic_write_text
 
 from .grid_file import Protocol
 
-__all__ = ['METRICS', 'aggregate', 'aggregate_study', 'last_fifth_gain', 'mean_sd', 'paired', 'plot', 'study_figure',
-           'study_records', 'write_csv']
+__all__ = ['METRICS', 'aggregate', 'aggregate_study', 'evaluation_markdown', 'evaluation_records', 'last_fifth_gain',
+           'mean_sd', 'paired', 'plot', 'study_figure', 'study_records', 'write_csv']
 
 # Metrics of the scored split, before temperature scaling and (suffix _ts) after it. Top-1 does not change.
 METRICS = ('top1', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise_ece')
@@ -285,6 +292,124 @@ def plot(protocol: Protocol, rows: list[dict[str, Any]], path: Path, num_done: i
         plt.close(fig)
 
 
+# ------------------------------------------------------------- the evaluation pass (cfl-grid evaluate)
+
+SEVERITY_KEYS = ('1', '2', '3', '4', '5')
+
+
+def evaluation_records(evaluation_dir: Path) -> list[dict[str, Any]]:
+    """One flat record per evaluation file under ``evaluation_dir``: ``ece`` / ``nll`` / ``top1`` raw and after
+    each post-hoc method (suffix ``_<method>``), ``aurc``, ``eaurc`` and, with a shift section, ``shift_clean_*``,
+    ``shift_s<severity>_*`` (top1, ece: mean over corruptions) and ``shift_msp_auroc`` (mean over every set)."""
+    records = []
+    for path in sorted(Path(evaluation_dir).glob('*.json')):
+        payload = json.loads(path.read_text())
+        cell = payload['cell']
+        record: dict[str, Any] = {'method': cell['loss'], 'data': cell['data'], 'seed': cell['seed']}
+        for key in ('ece', 'nll', 'top1'):
+            record[key] = payload['raw'][key]
+            for method, section in payload['posthoc'].items():
+                record[f'{key}_{method}'] = section['metrics'][key]
+        record.update(aurc=payload['selective']['aurc'], eaurc=payload['selective']['eaurc'])
+        shift = payload.get('shift')
+        if shift:
+            record.update(shift_clean_top1=shift['clean']['top1'], shift_clean_ece=shift['clean']['ece'])
+            for severity, means in shift['mean_per_severity'].items():
+                record.update({f'shift_s{severity}_top1': means['top1'], f'shift_s{severity}_ece': means['ece']})
+            record['shift_msp_auroc'] = shift['mean']['msp_auroc']
+        records.append(record)
+    return records
+
+
+def _evaluation_rows(protocol: Protocol, records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(data, method) -> its ``eval_*`` summary columns; adds ``best_ece`` (the ECE after the row's best post-hoc
+    method) to each record for the seed-paired differences."""
+    rows = {}
+    for data, methods in protocol.grid.items():
+        for method in methods:
+            group = [r for r in records if r['data'] == data and r['method'] == method]
+            if not group:
+                continue
+            row: dict[str, Any] = {'eval_n': len(group)}
+            keys = list(dict.fromkeys(k for r in group for k in r if k not in ('method', 'data', 'seed')))
+            for key in keys:
+                values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+                row[f'eval_{key}_mean'], row[f'eval_{key}_sd'] = mean_sd(values)
+            means = {k[len('ece_'):]: row[f'eval_{k}_mean'] for k in keys
+                     if k.startswith('ece_') and row[f'eval_{k}_mean'] == row[f'eval_{k}_mean']}
+            if means:
+                best = min(means, key=means.get)
+                row['eval_best_posthoc'] = best
+                for key in ('ece', 'nll', 'top1'):
+                    row[f'eval_best_{key}_mean'], row[f'eval_best_{key}_sd'] = (row[f'eval_{key}_{best}_mean'],
+                                                                                row[f'eval_{key}_{best}_sd'])
+                for r in group:
+                    r['best_ece'] = r.get(f'ece_{best}')
+            rows[(data, method)] = row
+    reference = protocol.baselines[0] if protocol.baselines else None
+    for (data, method), row in rows.items():
+        if reference is not None and method != reference and (data, reference) in rows:
+            for key, value in paired(records, data, method, reference, 'best_ece').items():
+                row[f'd_eval_best_ece_vs_{reference}_{key}'] = value
+    return rows
+
+
+def evaluation_markdown(protocol: Protocol, rows: dict[tuple[str, str], dict[str, Any]], num_evaluated: int,
+                        num_done: int) -> str:
+    """The evaluation tables of ``table.md`` (see the module docstring), from :func:`_evaluation_rows`'s rows."""
+    reference = protocol.baselines[0] if protocol.baselines else None
+    # The grid's post-hoc methods, then any other that an evaluation file holds (evaluated under another config).
+    found = [key[len('eval_ece_'):-len('_mean')] for row in rows.values() for key in row
+             if key.startswith('eval_ece_') and key.endswith('_mean')]
+    methods = list(dict.fromkeys([*(protocol.evaluation.posthoc if protocol.evaluation else ()),
+                                  *(m for m in found if m)]))
+    shift = protocol.evaluation.shift if protocol.evaluation else None
+    lines = [f'**Evaluation** (`cfl-grid evaluate`): {num_evaluated} of the {num_done} finished runs evaluated; only '
+             'they enter the tables below (n = evaluated seeds). Post-hoc methods fitted on each run\'s held-out '
+             f'split, applied to the {protocol.score_split} split; ECE 15 equal-width bins; AURC / E-AURC: '
+             'selective risk of the uncalibrated model (Geifman et al. 2019).', '']
+    for data in protocol.grid:
+        group = [(method, rows[(data, method)]) for method in protocol.grid[data] if (data, method) in rows]
+        if not group:
+            continue
+        header = ['method', 'n', 'ECE raw', 'ECE TS', 'best post-hoc', 'its ECE', 'its NLL', 'its top-1',
+                  f'Δ ECE (best post-hoc) vs {reference}' if reference else 'Δ ECE (best post-hoc)', 'AURC', 'E-AURC']
+        versus = (f' minus the ECE of {reference} after its own best method (seed-paired)' if reference else '')
+        lines += [f'**{data}: after the best post-hoc method.** The best post-hoc method of a loss is the one with '
+                  'the lowest mean test ECE over its seeds: it is chosen on the test split, which is generous to '
+                  f'post-hoc calibration. Δ = that ECE{versus}.', '',
+                  '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+        for method, row in group:
+            cells = [method, str(row['eval_n']), _fmt(row, 'eval_ece', 3), _fmt(row, 'eval_ece_ts', 3),
+                     row.get('eval_best_posthoc', ''), _fmt(row, 'eval_best_ece', 3), _fmt(row, 'eval_best_nll', 3),
+                     _fmt(row, 'eval_best_top1', 2),
+                     _fmt_diff(row, 'eval_best_ece', reference, 3) if reference else '',
+                     _fmt(row, 'eval_aurc', 3), _fmt(row, 'eval_eaurc', 3)]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        lines += ['', f'**{data}: ECE after each post-hoc method** (mean ± sd over seeds)', '',
+                  '| method | n | raw | ' + ' | '.join(methods) + ' |', '|' + '---|' * (3 + len(methods))]
+        for method, row in group:
+            lines.append(f"| {method} | {row['eval_n']} | {_fmt(row, 'eval_ece', 3)} | "
+                         + ' | '.join(_fmt(row, f'eval_ece_{m}', 3) for m in methods) + ' |')
+        lines.append('')
+        shifted = [(method, row) for method, row in group if 'eval_shift_clean_top1_mean' in row]
+        if shifted:
+            what = (f'the set generated from the {shift.split} split, {len(shift.corruptions)} corruptions x 5 '
+                    f'severities, {shift.num_samples or "all"} images of each' if shift else 'the shift set')
+            lines += [f'**{data}: under shift** ({what}): top-1 % / ECE, the mean over the corruptions, then mean ± '
+                      'sd over seeds; clean = the clean images of the same split; MSP AUROC = clean vs corrupted '
+                      'by max softmax probability, mean over every (corruption, severity).', '',
+                      '| method | n | clean | ' + ' | '.join(f'severity {s}' for s in SEVERITY_KEYS)
+                      + ' | MSP AUROC |', '|' + '---|' * (4 + len(SEVERITY_KEYS))]
+            for method, row in shifted:
+                cells = [f"{_fmt(row, f'eval_shift_{s}_top1', 2)} / {_fmt(row, f'eval_shift_{s}_ece', 3)}"
+                         for s in ('clean', *(f's{k}' for k in SEVERITY_KEYS))]
+                lines.append(f"| {method} | {row['eval_n']} | " + ' | '.join(cells)
+                             + f" | {_fmt(row, 'eval_shift_msp_auroc', 3)} |")
+            lines.append('')
+    return '\n'.join(lines)
+
+
 def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
                     out_dir: Optional[Path] = None) -> dict[str, Path]:
     """Rebuild ``runs.csv``, ``summary.csv``, ``table.md`` and ``plot.png`` of ``protocol`` from its result files
@@ -298,9 +423,13 @@ def aggregate_study(protocol: Protocol, results_dir: Path, machine: str = '',
     rows = _summary_rows(protocol, records)
     paths = {'runs': out_dir / 'runs.csv', 'summary': out_dir / 'summary.csv', 'md': out_dir / 'table.md',
              'png': out_dir / 'plot.png'}
+    evaluated = evaluation_records(out_dir / 'evaluation')
+    evaluation_rows = _evaluation_rows(protocol, evaluated)
     write_csv(paths['runs'], records)
-    write_csv(paths['summary'], rows)
+    write_csv(paths['summary'], [{**row, **evaluation_rows.get((row['data'], row['method']), {})} for row in rows])
     text = markdown(protocol, rows, num_done, len(names), machine, records)
+    if evaluation_rows:
+        text += evaluation_markdown(protocol, evaluation_rows, len(evaluated), num_done)
     atomic_write_text(paths['md'], text)
     plot(protocol, rows, paths['png'], num_done, len(names))
     return paths

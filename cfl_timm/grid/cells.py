@@ -22,8 +22,8 @@ from .aggregate import last_fifth_gain
 from .grid_file import Protocol
 from .runner import Cell, CellFailed, run_guarded
 
-__all__ = ['evaluate_checkpoint', 'find_train_script', 'make_train_cell', 'prepare_data', 'run_pilot', 'score_run',
-           'train_command']
+__all__ = ['evaluate_checkpoint', 'find_train_script', 'holdout_dataset', 'load_run_model', 'make_train_cell',
+           'predict', 'prepare_data', 'run_pilot', 'score_run', 'split_dataset', 'train_command']
 
 # The checkout this package was installed from (an editable install or a run from the repository).
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -156,16 +156,20 @@ def per_class_top1(logits, targets, num_classes: int) -> list[float]:
             for c in range(num_classes)]
 
 
+def split_dataset(args: dict[str, Any], data_dir: Path, split: str):
+    """The run's dataset (``args.yaml``'s ``dataset``) split ``split`` under ``data_dir``, for evaluation."""
+    from timm.data import create_dataset
+
+    return create_dataset(args.get('dataset') or '', root=str(data_dir), split=split, is_training=False)
+
+
 def evaluate_checkpoint(train_dir: Path, data_dir: Path, batch_size: int = 256) -> dict[str, Any]:
     """Per-class top-1 (percent), NLL and 15-bin ECE of ``train_dir/last.pth.tar`` on the run's validation split.
 
     The overall top-1 equals the last ``eval_top1`` of ``summary.csv`` (checked by the caller).
     """
-    from timm.data import create_dataset
-
     model, args, data_config, epoch = load_run_model(train_dir)
-    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=args.get('val_split', 'validation'),
-                             is_training=False)
+    dataset = split_dataset(args, data_dir, args.get('val_split', 'validation'))
     logits, targets = predict(model, dataset, data_config, batch_size)
     num_classes = logits.shape[1]
     result = {'top1': 100.0 * (logits.argmax(1) == targets).double().mean().item(),
@@ -201,14 +205,11 @@ def holdout_dataset(args: dict[str, Any], train_dir: Path, data_dir: Path):
 def score_run(protocol: Protocol, train_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The study's metrics of the run's last checkpoint on ``protocol.score_split``, before and after temperature
     scaling fitted on the run's held-out split (never on the scored split)."""
-    from timm.data import create_dataset
-
     from cfl_timm.metrics import METRIC_KEYS
     from cfl_timm.training import evaluate_temperature_scaled
 
     model, args, data_config, epoch = load_run_model(train_dir)
-    dataset = create_dataset(args.get('dataset') or '', root=str(data_dir), split=protocol.score_split,
-                             is_training=False)
+    dataset = split_dataset(args, data_dir, protocol.score_split)
     logits, targets = predict(model, dataset, data_config)
     num_classes = logits.shape[1]
     scored = {'checkpoint': 'last.pth.tar', 'epoch': epoch, 'split': protocol.score_split,

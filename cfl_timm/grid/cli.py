@@ -15,6 +15,7 @@ Usage::
     cfl-grid list --grid my_grid.yaml --data-dir DATA --work-dir WORK       # the cells and commands, a dry run
     cfl-grid run --grid my_grid.yaml --data-dir DATA --work-dir WORK --jobs 2   # or --executor slurm ...
     cfl-grid status --grid my_grid.yaml --work-dir WORK
+    cfl-grid evaluate --grid my_grid.yaml --data-dir DATA --work-dir WORK   # grids with an evaluation key
     cfl-grid aggregate --grid my_grid.yaml --work-dir WORK
 """
 import argparse
@@ -26,6 +27,7 @@ from cfl_timm.training.arg_types import non_negative_int, positive_float, positi
 
 from .aggregate import aggregate, aggregate_study
 from .cells import find_train_script, make_train_cell, prepare_data, run_pilot, train_command
+from .evaluation import evaluate_grid
 from .executors import EXECUTORS, LocalExecutor, SlurmExecutor, WorkerSpec
 from .grid_file import Protocol, load_grid, load_protocol, protocol_names
 from .runner import GridRunner, load_cell_fn
@@ -66,6 +68,12 @@ GRID_COMMANDS = {
     'status': ('count the done, running and failed cells of the grid',
                'Print how many cells of the grid are done, running (lock present) and failed, with the exit code of '
                'each failed cell.'),
+    'evaluate': ("evaluate the grid's finished runs: post-hoc calibrators, AURC, shift; saved logits",
+                 'For every finished run (result file present) not yet evaluated: rebuild its last checkpoint, check '
+                 'it gives the recorded top-1, save its test and held-out logits, fit the grid\'s post-hoc '
+                 'calibrators on the held-out split, and evaluate selective risk and the shift set; writes '
+                 'RESULTS_DIR/<grid>/evaluation/<cell>.json (never overwritten). Incremental: may run while the grid '
+                 'trains.'),
     'aggregate': ("build the grid's tables and figure from its results",
                   "Rebuild the grid's per-run CSV, summary CSV, markdown table and figure in RESULTS_DIR: from the "
                   'result files there for a grid with score_split (the study protocols), else from the done.json '
@@ -120,10 +128,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     for name, (summary, description) in GRID_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=description)
         _add_grid_choice(sub)
-        if name in ('run', 'list'):
+        if name in ('run', 'list', 'evaluate'):
             sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
             sub.add_argument('--only', default=None, help='comma-separated cell names (default: all)')
             sub.add_argument('--seeds', type=seed, nargs='+', default=None, help='subset of the seeds')
+        if name in ('run', 'list'):
             _add_train_script(sub)
         if name == 'run':
             sub.add_argument('--executor', default='local', choices=tuple(EXECUTORS),
@@ -229,6 +238,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.command == 'status':
         GridRunner(cells, runs_dir, cell_fn=None, results_dir=results_dir_for(protocol, args)).print_status()
+        return 0
+    if args.command == 'evaluate':
+        evaluate_grid(protocol, cells, args.work_dir, default_results_dir(args), args.data_dir)
         return 0
     if args.command == 'aggregate':
         results_dir = default_results_dir(args)

@@ -17,7 +17,12 @@ this order). Example::
     flags: [--img-size, '32', -b, '64', -j, '0']   # train.py flags of every cell (optional)
 
 The study protocols (``cfl_timm/grid/protocols/*.yaml``) use the optional keys too: ``grid`` (the losses run on
-each data setting), ``shot_groups``, ``score_split``, ``temperature_scaling``, ``baselines``, ``pairs``, ``focus``.
+each data setting), ``shot_groups``, ``score_split``, ``temperature_scaling``, ``baselines``, ``pairs``, ``focus``,
+and ``evaluation`` (what ``cfl-grid evaluate`` computes from each finished run, :mod:`cfl_timm.grid.evaluation`)::
+
+    evaluation:
+      posthoc: [ts, vs, ms, dirichlet, hist, iso]       # fitted on each run's --holdout split
+      shift: {split: monitor, seed: 0, num_samples: 500}  # optional; also corruptions: [...] (default all 15)
 A file is checked completely before any work starts; a mistake is one ``ValueError`` naming the file and the key.
 """
 import re
@@ -25,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cfl_timm.data.corruptions import CORRUPTIONS
 from cfl_timm.data.subsets import SHOT_GROUPS, SHOT_RULES, long_tailed_counts, shot_group_classes
+from cfl_timm.metrics import POSTHOC_METHODS
 
 from .runner import Cell
 
-__all__ = ['GRID_KEYS', 'PROTOCOL_DIR', 'Protocol', 'grid_protocol', 'load_grid', 'load_protocol',
-           'protocol_names']
+__all__ = ['GRID_KEYS', 'PROTOCOL_DIR', 'EvaluationConfig', 'Protocol', 'ShiftConfig', 'grid_protocol', 'load_grid',
+           'load_protocol', 'protocol_names']
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / 'protocols'
 
@@ -53,9 +60,52 @@ GRID_KEYS = {
     'pairs': 'a list of [cyclical, constant] loss pairs (optional)',
     'focus': 'a list of losses compared with every other loss of their data setting (optional)',
     'notes': 'free text (optional)',
+    'evaluation': 'a mapping with posthoc (a list of post-hoc methods) and shift (optional; needs score_split, '
+                  'and --holdout for posthoc)',
+}
+EVALUATION_KEYS = {
+    'posthoc': f'a list of post-hoc methods from {list(POSTHOC_METHODS)}, fitted on the held-out split (optional)',
+    'shift': 'a mapping {split: SPLIT, seed: N, num_samples: N, corruptions: [...]} (optional; seed, num_samples '
+             'and corruptions optional)',
+}
+SHIFT_KEYS = {
+    'split': 'a plain name: the clean images are DATA_DIR/<split>',
+    'seed': 'an integer >= 0 (the corruptions\' seed; default 0)',
+    'num_samples': 'a positive integer (evenly spaced images of each set; default all)',
+    'corruptions': f'a non-empty list from {list(CORRUPTIONS)} (default all 15)',
 }
 DEFAULT_BASELINES = ('ce', 'ce_ls0.1')  # those of them among the grid's losses
 REQUIRED = ('name', 'losses', 'data', 'seeds', 'epochs')
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """The distribution-shift part of a grid's evaluation: a CIFAR-10-C-style set generated from one data split.
+
+    Attributes:
+        split: the clean images, ``DATA_DIR/<split>`` (a class-folder tree).
+        seed: seed of the generated corruptions.
+        num_samples: evaluate this many evenly spaced images of every set (None: all).
+        corruptions: the corruptions generated and evaluated (default the benchmark's 15).
+    """
+    split: str
+    seed: int = 0
+    num_samples: Optional[int] = None
+    corruptions: tuple[str, ...] = CORRUPTIONS
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What ``cfl-grid evaluate`` computes from each finished run (:mod:`cfl_timm.grid.evaluation`).
+
+    Attributes:
+        posthoc: post-hoc calibrators (names of :data:`cfl_timm.metrics.POSTHOC_METHODS`), fitted on the run's
+            held-out split and applied to its scored split.
+        shift: the distribution-shift evaluation (None: none).
+    """
+    posthoc: tuple[str, ...] = ()
+    shift: Optional[ShiftConfig] = None
+
 _PLAIN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+-]*$')
 
 
@@ -80,6 +130,7 @@ class Protocol:
         pairs: (cyclical, constant) method pairs compared with each other.
         focus: the methods the study asks about, each compared (seed-paired) with every other loss of its setting.
         notes: free-form facts (pilot, timing).
+        evaluation: what ``cfl-grid evaluate`` computes from each finished run (None: the grid has none).
     """
     name: str
     description: str
@@ -97,6 +148,7 @@ class Protocol:
     pairs: tuple[tuple[str, str], ...] = ()
     focus: tuple[str, ...] = ()
     notes: str = ''
+    evaluation: Optional[EvaluationConfig] = None
 
     @property
     def cyclical_methods(self) -> tuple[str, ...]:
@@ -199,6 +251,51 @@ def _shot_groups(path: Path, setting: str, value: Any, flags: list[str]) -> dict
     return shot_group_classes(counts, rule=value.get('rule', 'paper'))
 
 
+def _mapping(path: Path, key: str, value: Any, keys: dict[str, str], required: tuple[str, ...]) -> dict[str, Any]:
+    """A nested mapping of the grid file, with only ``keys`` and every one of ``required``."""
+    if not isinstance(value, dict):
+        raise ValueError(f'grid {path}: {key!r} must be a mapping with keys {list(keys)}, got {value!r}')
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise ValueError(f'grid {path}: unknown key {key}.{unknown[0]!r}; valid keys: {list(keys)}')
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ValueError(f'grid {path}: missing key {key}.{missing[0]} ({keys[missing[0]]})')
+    return value
+
+
+def _evaluation(path: Path, spec: Any, score_split: Optional[str],
+                data_flags: dict[str, list[str]]) -> EvaluationConfig:
+    """The ``evaluation`` key: post-hoc methods (each data setting must hold out a split to fit them on) and the
+    optional shift set."""
+    spec = _mapping(path, 'evaluation', spec, EVALUATION_KEYS, ())
+    if score_split is None:
+        raise ValueError(f"grid {path}: 'evaluation' needs 'score_split' (the split the runs are scored and "
+                         'evaluated on)')
+    posthoc = spec.get('posthoc', [])
+    if not isinstance(posthoc, list) or len(set(map(str, posthoc))) != len(posthoc):
+        raise ValueError(f"grid {path}: 'evaluation.posthoc' must be {EVALUATION_KEYS['posthoc']} (no repeats), "
+                         f'got {posthoc!r}')
+    posthoc = _names(path, 'evaluation.posthoc', posthoc, POSTHOC_METHODS)
+    no_holdout = [setting for setting, flags in data_flags.items() if not _flag_value(flags, '--holdout')]
+    if posthoc and no_holdout:
+        raise ValueError(f"grid {path}: 'evaluation.posthoc' fits on the held-out split, but data setting "
+                         f'{no_holdout[0]!r} has no --holdout flag')
+    shift = None
+    if spec.get('shift') is not None:
+        value = _mapping(path, 'evaluation.shift', spec['shift'], SHIFT_KEYS, ('split',))
+        checks = {'split': lambda v: isinstance(v, str) and bool(_PLAIN.match(v)),
+                  'seed': lambda v: _is_int(v) and v >= 0, 'num_samples': _positive_int,
+                  'corruptions': lambda v: (isinstance(v, list) and bool(v) and len(set(map(str, v))) == len(v)
+                                            and all(c in CORRUPTIONS for c in v))}
+        for key, item in value.items():
+            if not checks[key](item):
+                raise ValueError(f'grid {path}: \'evaluation.shift.{key}\' must be {SHIFT_KEYS[key]}, got {item!r}')
+        shift = ShiftConfig(split=value['split'], seed=value.get('seed', 0), num_samples=value.get('num_samples'),
+                            corruptions=tuple(value.get('corruptions', CORRUPTIONS)))
+    return EvaluationConfig(posthoc=posthoc, shift=shift)
+
+
 def grid_protocol(spec: Any, path: Path) -> Protocol:
     """The :class:`Protocol` of a parsed grid file ``spec`` (read from ``path``, named in errors)."""
     if not isinstance(spec, dict):
@@ -274,7 +371,9 @@ def grid_protocol(spec: Any, path: Path) -> Protocol:
         baselines=_names(path, 'baselines', spec.get('baselines', [m for m in DEFAULT_BASELINES if m in methods]),
                          methods),
         pairs=tuple(tuple(p) for p in pairs), focus=_names(path, 'focus', spec.get('focus', []), in_grid),
-        notes=texts['notes'])
+        notes=texts['notes'],
+        evaluation=None if spec.get('evaluation') is None else _evaluation(
+            path, spec['evaluation'], texts['score_split'], {s: [*common, *data[s]] for s in grid}))
 
 
 def load_grid(path: Path) -> Protocol:

@@ -44,8 +44,8 @@ from cfl_timm.files import atomic_write_text
 
 GUARD_SCRIPT = Path(__file__).resolve().with_name('guard.py')
 
-__all__ = ['Cell', 'CellFailed', 'CellLock', 'GridRunner', 'atomic_write_json', 'load_cell_fn', 'live_child',
-           'run_guarded']
+__all__ = ['Cell', 'CellFailed', 'CellLock', 'GridRunner', 'atomic_write_json', 'create_json', 'load_cell_fn',
+           'live_child', 'run_guarded']
 
 @dataclass(frozen=True)
 class Cell:
@@ -71,6 +71,20 @@ class CellFailed(Exception):
 def atomic_write_json(path: Path, payload: Any) -> None:
     """JSON to ``path`` through the project's atomic writer (temp file, fsync, ``os.replace``)."""
     atomic_write_text(path, json.dumps(payload, indent=1))
+
+
+def create_json(path: Path, payload: Any) -> None:
+    """JSON to a new file ``path``, never over an existing one: written completely under a temporary name, then
+    hard-linked to its name, which fails with ``FileExistsError`` if it exists (also when another process
+    created it meanwhile)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
+    atomic_write_json(tmp, payload)
+    try:
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -499,15 +513,10 @@ class GridRunner:
         """The per-run result file, created only if absent (an earlier run of the cell is never overwritten):
         written completely under a temporary name, then hard-linked to its name, which fails if it exists."""
         path = self.result_path(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
-        atomic_write_json(tmp, record)
         try:
-            os.link(tmp, path)
+            create_json(path, record)
         except FileExistsError:
             raise FileExistsError(f'{path} exists: an earlier run of {cell.name} was recorded') from None
-        finally:
-            os.unlink(tmp)
 
     # -- reporting
     def counts(self) -> dict[str, Any]:
