@@ -142,7 +142,7 @@ def _oltr_base(tmp: Path) -> list[str]:
     return ['--config', str(config), '--data-root', str(tmp), '--output', str(tmp / 'logs')]
 
 
-GRID_COMMANDS = ('list', 'status', 'aggregate', 'run', 'pilot', 'prepare-data')
+GRID_COMMANDS = ('list', 'status', 'evaluate', 'aggregate', 'run', 'pilot', 'prepare-data')
 GRID_RUNS_MAIN = ('list', 'status')  # cheap and side-effect free: the whole command is the check stage
 
 
@@ -169,7 +169,7 @@ def _grid_base(command: str) -> Callable[[Path], list[str]]:
         (tmp / 'data' / 'val').mkdir(parents=True, exist_ok=True)
         grid = ['--protocol', 'smoke', '--work-dir', str(tmp / 'work')]
         data = ['--data-dir', str(tmp / 'data')]
-        return {'list': grid + data, 'status': grid, 'aggregate': grid, 'run': grid + data,
+        return {'list': grid + data, 'status': grid, 'evaluate': grid + data, 'aggregate': grid, 'run': grid + data,
                 'pilot': grid + data + ['--data-setting', 'x', '--epochs', '1', '--name', 'p'],
                 'prepare-data': ['--archive', str(tmp / 'a.tar.gz'), '--out', str(tmp / 'prepared')]}[command]
     return base

@@ -57,10 +57,12 @@ class ShiftSets:
         clean: The clean dataset.
         sets: ``{(corruption, severity): dataset}``.
         described: What the set is (``set``, ``folder`` name, ``seed``, ``synthetic``, ``split``).
+        num_samples: Evenly spaced images evaluated of each set (None: all).
     """
     clean: Any
     sets: dict[tuple[str, int], Any]
     described: dict[str, Any]
+    num_samples: Optional[int] = None
 
 
 def evaluation_path(results_dir: Path, protocol: Protocol, cell: Cell) -> Path:
@@ -96,7 +98,7 @@ def prepare_shift(config: ShiftConfig, data_dir: Path, cache_dir: Path, log=lamb
     sets = {(name, severity): load_corrupted(folder, name, severity)
             for name in config.corruptions for severity in SEVERITIES}
     # The folder's name only (its cache key): a result file names no path of the machine it was made on.
-    return ShiftSets(clean, sets, {**described, 'folder': folder.name, 'split': config.split})
+    return ShiftSets(clean, sets, {**described, 'folder': folder.name, 'split': config.split}, config.num_samples)
 
 
 def _read_result(path: Path) -> dict[str, Any]:
@@ -194,7 +196,7 @@ def evaluate_run(protocol: Protocol, cell: Cell, run_dir: Path, result_path: Pat
         from cfl_timm.shift import shift_evaluation, shift_logits
 
         logits = shift_logits(lambda dataset: predict(model, dataset, data_config), shift.clean, shift.sets,
-                              config.shift.num_samples, log=lambda message: None)
+                              shift.num_samples, log=lambda message: None)
         record['shift'] = {**shift.described, **shift_evaluation(*logits)}
     return record
 
