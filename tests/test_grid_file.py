@@ -95,7 +95,7 @@ def test_a_two_cell_grid_lists_its_commands_and_runs_locally(digits_dir, tmp_pat
     ({'score_split': 'validation', 'evaluation': {'posthoc': ['ts']}}, "data setting 'all' has no --holdout"),
     ({'score_split': 'validation', 'evaluation': {'posthoc': ['platt']}}, "'evaluation.posthoc' names 'platt'"),
     ({'score_split': 'validation', 'evaluation': {'posthoc': ['ts', 'ts']}}, "'evaluation.posthoc' must be"),
-    ({'score_split': 'validation', 'evaluation': {'shift': {'seed': 0}}}, 'missing key evaluation.shift.split'),
+    ({'score_split': 'validation', 'evaluation': {'shift': {'seed': 0}}}, "missing key evaluation.shift.'split'"),
     ({'score_split': 'validation', 'evaluation': {'shift': {'split': 'monitor', 'num_samples': 0}}},
      "'evaluation.shift.num_samples' must be a positive integer"),
     ({'score_split': 'validation', 'evaluation': {'shift': {'split': 'monitor', 'corruptions': ['rain']}}},

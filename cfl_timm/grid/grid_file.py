@@ -251,16 +251,19 @@ def _shot_groups(path: Path, setting: str, value: Any, flags: list[str]) -> dict
     return shot_group_classes(counts, rule=value.get('rule', 'paper'))
 
 
-def _mapping(path: Path, key: str, value: Any, keys: dict[str, str], required: tuple[str, ...]) -> dict[str, Any]:
-    """A nested mapping of the grid file, with only ``keys`` and every one of ``required``."""
+def _mapping(path: Path, key: Optional[str], value: Any, keys: dict[str, str], required: tuple[str, ...]
+             ) -> dict[str, Any]:
+    """The grid file (``key`` None) or one of its nested mappings, with only ``keys`` and every one of ``required``."""
+    prefix = f'{key}.' if key else ''
     if not isinstance(value, dict):
-        raise ValueError(f'grid {path}: {key!r} must be a mapping with keys {list(keys)}, got {value!r}')
+        raise ValueError(f'grid {path}: {f"{key!r} " if key else ""}must be a mapping with keys {list(keys)}, got '
+                         f'{type(value).__name__}')
     unknown = [k for k in value if k not in keys]
     if unknown:
-        raise ValueError(f'grid {path}: unknown key {key}.{unknown[0]!r}; valid keys: {list(keys)}')
+        raise ValueError(f'grid {path}: unknown key {prefix}{unknown[0]!r}; valid keys: {list(keys)}')
     missing = [k for k in required if k not in value]
     if missing:
-        raise ValueError(f'grid {path}: missing key {key}.{missing[0]} ({keys[missing[0]]})')
+        raise ValueError(f'grid {path}: missing key {prefix}{missing[0]!r} ({keys[missing[0]]})')
     return value
 
 
@@ -298,14 +301,7 @@ def _evaluation(path: Path, spec: Any, score_split: Optional[str],
 
 def grid_protocol(spec: Any, path: Path) -> Protocol:
     """The :class:`Protocol` of a parsed grid file ``spec`` (read from ``path``, named in errors)."""
-    if not isinstance(spec, dict):
-        raise ValueError(f'grid {path}: must be a mapping with keys {list(GRID_KEYS)}, got {type(spec).__name__}')
-    unknown = [k for k in spec if k not in GRID_KEYS]
-    if unknown:
-        raise ValueError(f'grid {path}: unknown key {unknown[0]!r}; valid keys: {list(GRID_KEYS)}')
-    missing = [k for k in REQUIRED if k not in spec]
-    if missing:
-        raise ValueError(f'grid {path}: missing key {missing[0]!r} ({GRID_KEYS[missing[0]]})')
+    _mapping(path, None, spec, GRID_KEYS, REQUIRED)
     name = spec['name']
     if not isinstance(name, str) or not _PLAIN.match(name):
         raise _fail(path, 'name', name)
