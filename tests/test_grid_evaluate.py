@@ -223,18 +223,24 @@ def test_aggregate_tables_of_the_evaluation_by_hand(tmp_path):
     assert table.rstrip().endswith('| 0.600 ± 0.000 |')
 
 
-def test_without_evaluation_files_the_committed_tables_are_unchanged(tmp_path):
-    """The aggregate of the committed study results without their evaluation files, rebuilt here: without any, it
-    is byte for byte the committed table.md and summary.csv; with them, the committed files hold it plus the
-    evaluation (tables after it, columns beside it)."""
+def test_the_evaluation_only_adds_to_the_tables_of_the_committed_results(tmp_path):
+    """The aggregate of the committed study results (without evaluation files: the tables as they were; the
+    unchanged code path) and again with an evaluation file: table.md gains its tables after the old text,
+    summary.csv gains columns and keeps every old one as it was."""
     committed = REPO_ROOT / 'bench' / 'results' / 'study-cpu'
     shutil.copytree(committed / 'runs', tmp_path / 'study-cpu' / 'runs')
-    table = (committed / 'table.md').read_text()
-    machine = table.split(' Machine: ', 1)[1].split('.\n', 1)[0]
-    paths = aggregate_study(load_protocol('study-cpu'), tmp_path, machine)
-    if not (committed / 'evaluation').is_dir():
-        assert paths['md'].read_text() == table
-        assert paths['summary'].read_bytes() == (committed / 'summary.csv').read_bytes()
-    assert table.startswith(paths['md'].read_text())
-    rebuilt, kept = (list(csv.DictReader(open(p))) for p in (paths['summary'], committed / 'summary.csv'))
-    assert [{k: row[k] for k in rebuilt[0]} for row in kept] == rebuilt
+    protocol = load_protocol('study-cpu')
+    paths = aggregate_study(protocol, tmp_path, 'test machine')
+    before_md = paths['md'].read_text()
+    before = list(csv.DictReader(open(paths['summary'])))
+    assert '**Evaluation**' not in before_md and not any(key.startswith(('eval_', 'd_eval_')) for key in before[0])
+    (tmp_path / 'study-cpu' / 'evaluation').mkdir()
+    record = _evaluation_record('ce', 0, 0.05, {'ts': 0.02}, 0.1, 0.05)
+    (tmp_path / 'study-cpu' / 'evaluation' / 'c10_4k__ce__s0.json').write_text(json.dumps(record))
+    paths = aggregate_study(protocol, tmp_path, 'test machine')
+    after_md = paths['md'].read_text()
+    assert after_md.startswith(before_md) and '**c10_4k: after the best post-hoc method.**' in after_md
+    assert '1 of the 72 finished runs evaluated' in after_md and '**c10lt100: after' not in after_md
+    after = list(csv.DictReader(open(paths['summary'])))
+    assert [{key: row[key] for key in before[0]} for row in after] == before
+    assert after[0]['eval_best_posthoc'] == 'ts' and after[1]['eval_n'] == ''
