@@ -25,7 +25,10 @@ target q), r = max_k p_k the top-label confidence, c = [argmax p == y], sg[.] st
 CE = -logp_y, FL_g = -(1 - p_y)^g logp_y.
 
 Every loss computes its gradient analytically in the forward pass (a few in-place passes over (N, K), about the
-cost of cross-entropy) and ``loss.backward()`` only scales it. Half precision inputs are computed in float32 and
+cost of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` the losses with a
+``_formula_rows`` method compute their rows as the formula with plain differentiable ops instead, so the inductor
+differentiates it and fuses forward and backward as it does for cross-entropy (a saved analytic gradient blocks
+that fusion); both paths give the same value and gradient. Half precision inputs are computed in float32 and
 the loss is float32. Reductions: 'mean' over the batch (default), 'sum' = N x the mean form (the protocol of the
 focal-calibration, AdaFocal and Dual-focal code, which sum over the batch), 'none' the per-sample values (not for
 the MMCE losses, whose penalty is a batch statistic). Soft (Mixup / CutMix) targets (N, K) are accepted by
@@ -137,6 +140,30 @@ def _as_column(value):
     return value.unsqueeze(1) if isinstance(value, torch.Tensor) else value
 
 
+# Compiled path: the formulas with plain, out-of-place differentiable ops (autograd and the inductor see them).
+
+def _formula_ce(logp: torch.Tensor, index: Optional[torch.Tensor], dist: Optional[torch.Tensor]) -> torch.Tensor:
+    """-logp_y, or -sum_k q_k logp_k for soft targets."""
+    if dist is None:
+        return logp.gather(1, index.unsqueeze(1)).squeeze(1).neg()
+    return (dist * logp).sum(1).neg()
+
+
+def _formula_one_minus_pt(logp: torch.Tensor, index: torch.Tensor) -> tuple:
+    """(logp_y, 1 - p_y), the latter accurate as p_y -> 1."""
+    logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
+    return logp_t, torch.expm1(logp_t).neg()
+
+
+def _formula_brier(p: torch.Tensor, index: Optional[torch.Tensor], dist: Optional[torch.Tensor],
+                   one_minus_pt: Optional[torch.Tensor]) -> torch.Tensor:
+    """sum_k (p_k - e_k)^2, the target entry from the accurate 1 - p_y (or sum_k (p_k - q_k)^2)."""
+    if dist is not None:
+        return (p - dist).square().sum(1)
+    is_target = torch.arange(p.shape[1], device=p.device) == index.unsqueeze(1)
+    return torch.where(is_target, one_minus_pt.neg().unsqueeze(1), p).square().sum(1)
+
+
 def _laplacian_kernel_sums(r: torch.Tensor, v: torch.Tensor, width: float):
     """(K v, S v) for K_ij = exp(-|r_i - r_j| / width), S_ij = sign(r_i - r_j) K_ij, v of shape (N, m).
 
@@ -225,6 +252,9 @@ class _CalibrationLoss(nn.Module):
         """
         logits, index, dist = self._check_inputs(logits, target)
         scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / logits.shape[0]}[self.reduction]
+        if self._formula_rows is not None and torch.compiler.is_compiling():
+            rows = self._formula_rows(logits, index, dist)
+            return rows if scale is None else rows.sum() * scale
         return _CalibrationLossFunction.apply(logits, index, dist, self, scale)
 
     def _check_inputs(self, logits, target):
@@ -259,6 +289,10 @@ class _CalibrationLoss(nn.Module):
         """(Per-row loss (N,), gradient of scale * sum(rows) w.r.t. logits or None)."""
         raise NotImplementedError
 
+    # Compiled path (None: the loss compiles its eager analytic path): ``_formula_rows(logits, index, dist)``, the
+    # per-row loss (N,) written with plain differentiable ops, same value and gradient as ``_rows_and_grad``.
+    _formula_rows = None
+
     def extra_repr(self) -> str:
         parts = [f'{arg}={getattr(self, arg)!r}' for arg in self.factory_keywords.values()]
         return ', '.join(parts + [f'reduction={self.reduction!r}'])
@@ -292,6 +326,11 @@ class BrierLoss(_CalibrationLoss):
         if not need_grad:
             return brier, None
         return brier, _brier_family_grad(d, a, index, p_t, one_minus_pt, 0.0, 2.0 * scale, dist, p)
+
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        one_minus_pt = None if index is None else _formula_one_minus_pt(logp, index)[1]
+        return _formula_brier(logp.exp(), index, dist, one_minus_pt)
 
 
 class CEBrierLoss(_CalibrationLoss):
@@ -344,6 +383,14 @@ class CEBrierLoss(_CalibrationLoss):
             grad.add_(p_again - 1.0 / num_classes, alpha=eps * scale)
         return rows, grad
 
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        ce = _formula_ce(logp, index, dist)
+        if self.smoothing:
+            ce = ce * (1 - self.smoothing) - logp.sum(1) * (self.smoothing / logits.shape[1])
+        one_minus_pt = None if index is None else _formula_one_minus_pt(logp, index)[1]
+        return ce + self.brier_weight * _formula_brier(logp.exp(), index, dist, one_minus_pt)
+
 
 class _FocalBrierBase(_CalibrationLoss):
     """FL_gf + lambda * G * B with B = sum_k (p_k - e_k)^2 and the gate G = 1, sg[(1 - p_y)^gc] or (1 - p_y)^gc."""
@@ -377,6 +424,15 @@ class _FocalBrierBase(_CalibrationLoss):
             gate_coef = _safe_div(gate * p_t, one_minus_pt).mul_(brier).mul_(self.gamma_cal * self.lam * scale)
             coef = coef.add_(gate_coef)
         return rows, _brier_family_grad(d, a, index, p_t, one_minus_pt, coef, beta)
+
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        logp_t, one_minus_pt = _formula_one_minus_pt(logp, index)
+        brier = _formula_brier(logp.exp(), index, None, one_minus_pt)
+        if self.gated:
+            gate = one_minus_pt.pow(self.gamma_cal)
+            brier = brier * (gate.detach() if self.detach_gate else gate)
+        return one_minus_pt.pow(self.gamma).mul(logp_t).neg() + self.lam * brier
 
 
 class FocalCalibrationLoss(_FocalBrierBase):
@@ -470,6 +526,16 @@ class _MMCEBase(_CalibrationLoss):
         grad.scatter_add_(1, index.unsqueeze(1), torch.full_like(r, -scale).unsqueeze(1))
         return rows, grad.scatter_add_(1, predicted.unsqueeze(1), coef_r.unsqueeze(1))
 
+    def _formula_penalty(self, r: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """The penalty with plain differentiable ops and no host read (compiled path); r carries the graph."""
+        return self._penalty(r, correct, False)[0]
+
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        top, predicted = logp.max(1)  # r = exp(max logp): one exp per row, not per entry
+        penalty = self._formula_penalty(top.exp(), predicted == index)
+        return logp.gather(1, index.unsqueeze(1)).squeeze(1).neg() + self.weight * penalty
+
 
 class MMCEMLoss(_MMCEBase):
     """MMCE (unweighted) plus cross-entropy, ``mmce-m`` (Kumar et al., ICML 2018; focal-calibration ``MMCE``).
@@ -539,26 +605,47 @@ class MMCEWLoss(_MMCEBase):
         super().__init__(weight, reduction)
         self.norm = check_choice(self.name, 'mmce_norm', norm, self.NORMS)
 
+    def _normalisers(self, m, n) -> tuple:
+        """(f_cc, f_ii, f_ci) for the counts m, n (floats, or tensors on the compiled path)."""
+        if self.norm == 'code':
+            return 1 / (m * m * (m * m + 1e-5)), 1 / (n * n * (n * n + 1e-5)), 1 / (m * n * (m * n + 1e-5))
+        return 1 / (m * m), 1 / (n * n), 1 / (m * n)
+
+    @staticmethod
+    def _quadratic_form(r, cc, form):
+        """(W, K W F, S W F, D) for F = ``form``, the 2 x 2 matrix [[f_cc, -f_ci], [-f_ci, f_ii]].
+
+        W = [a, b] with a_i = (1 - r_i) c_i, b_i = r_i (1 - c_i); the kernel being symmetric,
+        D = sum_i W_i . (K W F)_i, and dD/dr_i = 2 W'_i . (K W F)_i - (2 / w) W_i . (S W F)_i with
+        W' = dW/dr = [-c, 1 - c]: a few (N, 2) operations instead of one line per term (at small N the number of
+        operator calls is the cost).
+        """
+        rc = r * cc
+        weights = torch.stack([cc - rc, r - rc], dim=1)
+        kernel_sum, sign_sum = _laplacian_kernel_sums(r, weights, MMCE_KERNEL_WIDTH)
+        kernel_form = kernel_sum @ form
+        return weights, kernel_form, sign_sum @ form, torch.linalg.vecdot(weights.flatten(), kernel_form.flatten())
+
+    def _formula_penalty(self, r, correct):
+        # The indicator sg[m > 0 and n > 0] as a tensor: counts clamped at 1 keep every term finite when it is 0
+        # (then the weights of the empty group are all 0), and torch.where selects the penalty or 0. No host read.
+        cc = correct.to(r.dtype)
+        m = cc.sum()
+        n = r.shape[0] - m
+        f_cc, f_ii, f_ci = self._normalisers(m.clamp_min(1), n.clamp_min(1))
+        form = torch.stack([f_cc, -f_ci, -f_ci, f_ii]).view(2, 2)
+        d = self._quadratic_form(r, cc, form)[3]
+        return torch.where((m > 0) & (n > 0), torch.sqrt(d.clamp_min(0) + 1e-10), 0.0)
+
     def _penalty(self, r, correct, need_grad):
         cc = correct.to(r.dtype)
         m = float(cc.sum())
         n = r.shape[0] - m
         if m == 0 or n == 0:
             return r.new_zeros(()), (r.new_zeros(r.shape) if need_grad else None)
-        if self.norm == 'code':
-            f_cc, f_ii, f_ci = 1 / (m * m * (m * m + 1e-5)), 1 / (n * n * (n * n + 1e-5)), 1 / (m * n * (m * n + 1e-5))
-        else:
-            f_cc, f_ii, f_ci = 1 / (m * m), 1 / (n * n), 1 / (m * n)
-        # W = [a, b] with a_i = (1 - r_i) c_i, b_i = r_i (1 - c_i); with F = [[f_cc, -f_ci], [-f_ci, f_ii]] and the
-        # kernel symmetric, D = sum_i W_i . (K W F)_i, and dD/dr_i = 2 W'_i . (K W F)_i - (2 / w) W_i . (S W F)_i
-        # with W' = dW/dr = [-c, 1 - c]: a few (N, 2) operations instead of one line per term (at small N the
-        # number of operator calls is the cost).
-        rc = r * cc
-        weights = torch.stack([cc - rc, r - rc], dim=1)
+        f_cc, f_ii, f_ci = self._normalisers(m, n)
         form = r.new_tensor([[f_cc, -f_ci], [-f_ci, f_ii]])
-        kernel_sum, sign_sum = _laplacian_kernel_sums(r, weights, MMCE_KERNEL_WIDTH)
-        kernel_form = kernel_sum @ form
-        d = torch.linalg.vecdot(weights.flatten(), kernel_form.flatten())
+        weights, kernel_form, sign_form, d = self._quadratic_form(r, cc, form)
         penalty = torch.sqrt(d.clamp_min(0) + 1e-10)
         if not need_grad:
             return penalty, None
@@ -566,7 +653,7 @@ class MMCEWLoss(_MMCEBase):
             return penalty, torch.zeros_like(r)
         slopes = torch.stack([cc.neg(), 1 - cc], dim=1)
         d_d = torch.linalg.vecdot(slopes, kernel_form).sub_(
-            torch.linalg.vecdot(weights, sign_sum @ form), alpha=1 / MMCE_KERNEL_WIDTH)
+            torch.linalg.vecdot(weights, sign_form), alpha=1 / MMCE_KERNEL_WIDTH)
         return penalty, d_d.div_(penalty)
 
 
@@ -652,6 +739,14 @@ class DualFocalLoss(_CalibrationLoss):
         grad = p.mul_((coef_t + coef_j).unsqueeze(1))
         grad.scatter_add_(1, column, coef_t.neg_().unsqueeze(1))
         return rows, grad.scatter_add_(1, j.unsqueeze(1), coef_j.neg_().unsqueeze(1))
+
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        logp_t, one_minus_pt = _formula_one_minus_pt(logp, index)
+        p = logp.exp()
+        below = p < logp_t.detach().exp().unsqueeze(1)  # the constant mask p_k < p_y
+        p_j = torch.where(below, p, 0.0).max(1).values  # 0 (and no gradient) if no p_k < p_y
+        return (one_minus_pt + p_j).pow(self.gamma).mul(logp_t).neg()
 
 
 class AdaFocalLoss(_CalibrationLoss):
@@ -880,6 +975,11 @@ class MbLSLoss(_CalibrationLoss):
             grad.sub_(dist, alpha=scale)
         return rows, grad.scatter_add_(1, argmax.unsqueeze(1), count.mul_(weight * scale).unsqueeze(1))
 
+    def _formula_rows(self, logits, index, dist):
+        weight = self.alpha / logits.shape[1] if self.norm == 'mean' else self.alpha
+        hinge = F.relu((logits.max(1, keepdim=True).values - self.margin) - logits)  # max logit not detached
+        return _formula_ce(F.log_softmax(logits, dim=1), index, dist) + weight * hinge.sum(1)
+
 
 class ConfidencePenaltyLoss(_CalibrationLoss):
     """Entropy confidence penalty, ``confidence-penalty`` (Pereyra et al. 2017; MbLS ``penalty_ent``).
@@ -961,6 +1061,17 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
         if dist is None:
             return rows, grad.scatter_add_(1, index.unsqueeze(1), torch.full_like(ce, -scale).unsqueeze(1))
         return rows, grad.sub_(dist, alpha=scale)
+
+    def _formula_rows(self, logits, index, dist):
+        logp = F.log_softmax(logits, dim=1)
+        ce = _formula_ce(logp, index, dist)
+        p = logp.exp()
+        if self.norm == 'sample':
+            return ce + self.alpha * (p * logp).sum(1)
+        # p^ log p^ = p logp where lo <= p <= hi, else the constant lo log lo (hi log hi): no gradient where clamped.
+        low, high, _ = _clamp_bounds(self.CLAMP, p.dtype)
+        plogp = torch.where(p < low, low * math.log(low), torch.where(p > high, high * math.log(high), p * logp))
+        return ce + (self.alpha / logits.shape[1]) * plogp.sum(1)
 
 
 def _within(values: torch.Tensor, low: float, high: float) -> bool:
