@@ -519,6 +519,57 @@ def test_sum_is_n_times_mean_and_none_is_per_sample(name):
         assert torch.allclose(rows[:3], create_calibration_loss(name, reduction='none')(logits[:3], target[:3]))
 
 
+# The losses with a compiled-only formula path, and mmce-w, whose penalty has a host-read-free compiled branch.
+COMPILED_PATH_LOSSES = tuple(name for name in CALIBRATION_LOSS_TYPES
+                             if cl._LOSS_CLASSES[name]._formula_rows is not None) + ('mmce-w',)
+
+
+def compiled_cases(name):
+    """(logits, target) pairs in float64 for the compiled path: random rows at two scales, and the edge cases of
+    ``name`` (every sample correct / wrong for mmce-w, both clamp ends for the confidence penalty, soft targets)."""
+    cases = [random_case(16, 5, 3.0, seed=1), random_case(12, 10, 1e3, seed=3)]
+    if name == 'mmce-w':  # m = N (n = 0) and m = 0: the indicator is 0, the penalty and its gradient vanish
+        logits = random_case(8, 4, 3.0, seed=5)[0]
+        cases += [(logits, logits.argmax(1)), (logits, (logits.argmax(1) + 1) % 4)]
+    if name == 'confidence-penalty':
+        logits, target = random_case(6, 5, 2.0, seed=21)
+        logits[:3, 0] = -40.0  # p below 1e-10
+        logits[3] = torch.tensor([40.0, 0.0, 1.0, -2.0, 0.5], dtype=torch.float64)  # p above 1 - 1e-10
+        cases.append((logits, target))
+    if name in SOFT_TARGET_LOSSES:
+        cases.append(random_case(8, 11, 3.0, seed=7, soft=True))
+    return cases
+
+
+@pytest.mark.parametrize('name', COMPILED_PATH_LOSSES)
+def test_compiled_path_matches_eager_and_formula(name):
+    # Under torch.compile mbls and the confidence penalty are their formula with plain autograd ops, and mmce-w's
+    # penalty holds m, n, the indicator and the sign of D as tensors (aot_eager traces the same branch as the
+    # inductor; fullgraph=True fails on any graph break): value and gradient equal the eager path and the
+    # independent formula, in float64.
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    kwargs = {'mbls_margin': 2.0} if name == 'mbls' else {}
+    reduction = 'sum' if name in BATCH_LOSSES else 'none'
+    loss = create_calibration_loss(name, reduction=reduction, **kwargs)
+    compiled = torch.compile(loss, backend='aot_eager', fullgraph=True, dynamic=True)
+    for logits, target in compiled_cases(name):
+        z, z_eager, z_ref = (logits.clone().requires_grad_() for _ in range(3))
+        with dynamo.config.patch(specialize_float=True):  # as train.py's compile_task
+            value = compiled(z, target)
+        eager = loss(z_eager, target)
+        expected = reference(name, z_ref, target, reduction, **kwargs)
+        weights = torch.rand(value.shape, dtype=torch.float64) if reduction == 'none' else torch.tensor(1.5)
+        for v in (value, eager, expected):
+            (v * weights).sum().backward()
+        message = f'{name} {tuple(logits.shape)} soft={target.is_floating_point()}'
+        assert torch.allclose(value, eager.detach(), rtol=1e-10, atol=1e-12), message
+        assert torch.allclose(value, expected.detach(), rtol=1e-9, atol=1e-9), message
+        assert torch.allclose(z.grad, z_eager.grad, rtol=1e-9, atol=1e-12), message
+        assert torch.allclose(z.grad, z_ref.grad, rtol=1e-7, atol=1e-9), message
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_precision_is_computed_in_float32(dtype):
     logits, target = random_case(8, 5, 3.0, seed=4)

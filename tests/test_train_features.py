@@ -174,10 +174,10 @@ def test_focal_losses_compile_to_one_graph(name):
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize('name', [n for n in CALIBRATION_LOSS_TYPES if n != 'mmce-w'])
+@pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
 def test_calibration_losses_compile_to_one_graph(name):
-    # No host read while compiling (the CPU target check becomes an async assert, the backward always scales):
-    # one graph, no break. mmce-w reads its correct count and the sign of D on the host (docs/speed.md).
+    # No host read while compiling (the CPU target check becomes an async assert, the backward always scales, the
+    # compiled formulas hold mmce-w's counts and indicator as tensors): one graph, no break.
     import torch._dynamo as dynamo
 
     with dynamo.config.patch(specialize_float=True):  # as train.py's compile_task

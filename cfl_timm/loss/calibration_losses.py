@@ -25,10 +25,11 @@ target q), r = max_k p_k the top-label confidence, c = [argmax p == y], sg[.] st
 CE = -logp_y, FL_g = -(1 - p_y)^g logp_y.
 
 Every loss computes its gradient analytically in the forward pass (a few in-place passes over (N, K), about the
-cost of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` the losses with a
-``_formula_rows`` method compute their rows as the formula with plain differentiable ops instead, so the inductor
-differentiates it and fuses forward and backward as it does for cross-entropy (a saved analytic gradient blocks
-that fusion); both paths give the same value and gradient. Half precision inputs are computed in float32 and
+cost of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` the same path is traced
+(no host read, one graph), except for ``mbls`` and ``confidence-penalty``, which compute their rows as the formula
+with plain differentiable ops there (``_formula_rows``): the inductor differentiates and fuses those faster than
+their analytic gradient, while for the other losses the analytic path is the faster one compiled too
+(docs/speed.md). Both paths give the same value and gradient. Half precision inputs are computed in float32 and
 the loss is float32. Reductions: 'mean' over the batch (default), 'sum' = N x the mean form (the protocol of the
 focal-calibration, AdaFocal and Dual-focal code, which sum over the batch), 'none' the per-sample values (not for
 the MMCE losses, whose penalty is a batch statistic). Soft (Mixup / CutMix) targets (N, K) are accepted by
@@ -140,28 +141,15 @@ def _as_column(value):
     return value.unsqueeze(1) if isinstance(value, torch.Tensor) else value
 
 
-# Compiled path: the formulas with plain, out-of-place differentiable ops (autograd and the inductor see them).
+# Compiled path (``_formula_rows``): the formula with plain, out-of-place differentiable ops. The target entry is
+# read with ``nll_loss`` and maxima with ``amax``, not ``gather`` or ``max(dim)``, whose backward scatters into a
+# new zero (N, K) tensor (extra passes the inductor does not fuse; nll_loss's and amax's backward are masks).
 
 def _formula_ce(logp: torch.Tensor, index: Optional[torch.Tensor], dist: Optional[torch.Tensor]) -> torch.Tensor:
     """-logp_y, or -sum_k q_k logp_k for soft targets."""
     if dist is None:
-        return logp.gather(1, index.unsqueeze(1)).squeeze(1).neg()
+        return F.nll_loss(logp, index, reduction='none')
     return (dist * logp).sum(1).neg()
-
-
-def _formula_one_minus_pt(logp: torch.Tensor, index: torch.Tensor) -> tuple:
-    """(logp_y, 1 - p_y), the latter accurate as p_y -> 1."""
-    logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
-    return logp_t, torch.expm1(logp_t).neg()
-
-
-def _formula_brier(p: torch.Tensor, index: Optional[torch.Tensor], dist: Optional[torch.Tensor],
-                   one_minus_pt: Optional[torch.Tensor]) -> torch.Tensor:
-    """sum_k (p_k - e_k)^2, the target entry from the accurate 1 - p_y (or sum_k (p_k - q_k)^2)."""
-    if dist is not None:
-        return (p - dist).square().sum(1)
-    is_target = torch.arange(p.shape[1], device=p.device) == index.unsqueeze(1)
-    return torch.where(is_target, one_minus_pt.neg().unsqueeze(1), p).square().sum(1)
 
 
 def _laplacian_kernel_sums(r: torch.Tensor, v: torch.Tensor, width: float):
@@ -327,11 +315,6 @@ class BrierLoss(_CalibrationLoss):
             return brier, None
         return brier, _brier_family_grad(d, a, index, p_t, one_minus_pt, 0.0, 2.0 * scale, dist, p)
 
-    def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
-        one_minus_pt = None if index is None else _formula_one_minus_pt(logp, index)[1]
-        return _formula_brier(logp.exp(), index, dist, one_minus_pt)
-
 
 class CEBrierLoss(_CalibrationLoss):
     """Cross-entropy plus weighted Brier score, ``ce-brier`` (the "CE+0.1*Brier" of the FCL multi-loss code).
@@ -383,14 +366,6 @@ class CEBrierLoss(_CalibrationLoss):
             grad.add_(p_again - 1.0 / num_classes, alpha=eps * scale)
         return rows, grad
 
-    def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
-        ce = _formula_ce(logp, index, dist)
-        if self.smoothing:
-            ce = ce * (1 - self.smoothing) - logp.sum(1) * (self.smoothing / logits.shape[1])
-        one_minus_pt = None if index is None else _formula_one_minus_pt(logp, index)[1]
-        return ce + self.brier_weight * _formula_brier(logp.exp(), index, dist, one_minus_pt)
-
 
 class _FocalBrierBase(_CalibrationLoss):
     """FL_gf + lambda * G * B with B = sum_k (p_k - e_k)^2 and the gate G = 1, sg[(1 - p_y)^gc] or (1 - p_y)^gc."""
@@ -424,15 +399,6 @@ class _FocalBrierBase(_CalibrationLoss):
             gate_coef = _safe_div(gate * p_t, one_minus_pt).mul_(brier).mul_(self.gamma_cal * self.lam * scale)
             coef = coef.add_(gate_coef)
         return rows, _brier_family_grad(d, a, index, p_t, one_minus_pt, coef, beta)
-
-    def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
-        logp_t, one_minus_pt = _formula_one_minus_pt(logp, index)
-        brier = _formula_brier(logp.exp(), index, None, one_minus_pt)
-        if self.gated:
-            gate = one_minus_pt.pow(self.gamma_cal)
-            brier = brier * (gate.detach() if self.detach_gate else gate)
-        return one_minus_pt.pow(self.gamma).mul(logp_t).neg() + self.lam * brier
 
 
 class FocalCalibrationLoss(_FocalBrierBase):
@@ -526,16 +492,6 @@ class _MMCEBase(_CalibrationLoss):
         grad.scatter_add_(1, index.unsqueeze(1), torch.full_like(r, -scale).unsqueeze(1))
         return rows, grad.scatter_add_(1, predicted.unsqueeze(1), coef_r.unsqueeze(1))
 
-    def _formula_penalty(self, r: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        """The penalty with plain differentiable ops and no host read (compiled path); r carries the graph."""
-        return self._penalty(r, correct, False)[0]
-
-    def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
-        top, predicted = logp.max(1)  # r = exp(max logp): one exp per row, not per entry
-        penalty = self._formula_penalty(top.exp(), predicted == index)
-        return logp.gather(1, index.unsqueeze(1)).squeeze(1).neg() + self.weight * penalty
-
 
 class MMCEMLoss(_MMCEBase):
     """MMCE (unweighted) plus cross-entropy, ``mmce-m`` (Kumar et al., ICML 2018; focal-calibration ``MMCE``).
@@ -626,19 +582,34 @@ class MMCEWLoss(_MMCEBase):
         kernel_form = kernel_sum @ form
         return weights, kernel_form, sign_sum @ form, torch.linalg.vecdot(weights.flatten(), kernel_form.flatten())
 
-    def _formula_penalty(self, r, correct):
-        # The indicator sg[m > 0 and n > 0] as a tensor: counts clamped at 1 keep every term finite when it is 0
-        # (then the weights of the empty group are all 0), and torch.where selects the penalty or 0. No host read.
-        cc = correct.to(r.dtype)
+    def _tensor_penalty(self, r, cc, need_grad):
+        """``_penalty`` without a host read (compiled): the indicator sg[m > 0 and n > 0] and the sign of D as
+        tensors. Counts clamped at 1 keep every term finite when one is 0 (the weights of the empty group are then
+        all 0), and torch.where selects the penalty (its gradient) or 0."""
         m = cc.sum()
         n = r.shape[0] - m
+        valid = (m > 0) & (n > 0)
         f_cc, f_ii, f_ci = self._normalisers(m.clamp_min(1), n.clamp_min(1))
         form = torch.stack([f_cc, -f_ci, -f_ci, f_ii]).view(2, 2)
-        d = self._quadratic_form(r, cc, form)[3]
-        return torch.where((m > 0) & (n > 0), torch.sqrt(d.clamp_min(0) + 1e-10), 0.0)
+        weights, kernel_form, sign_form, d = self._quadratic_form(r, cc, form)
+        penalty = torch.where(valid, torch.sqrt(d.clamp_min(0) + 1e-10), 0.0)
+        if not need_grad:
+            return penalty, None
+        d_penalty = self._d_penalty(cc, weights, kernel_form, sign_form, penalty)
+        return penalty, torch.where(valid & (d >= 0), d_penalty, 0.0)
+
+    @staticmethod
+    def _d_penalty(cc, weights, kernel_form, sign_form, penalty):
+        """d penalty / d r = (dD/dr) / (2 sqrt(D + 1e-10)) (see ``_quadratic_form``)."""
+        slopes = torch.stack([cc.neg(), 1 - cc], dim=1)
+        d_d = torch.linalg.vecdot(slopes, kernel_form).sub_(
+            torch.linalg.vecdot(weights, sign_form), alpha=1 / MMCE_KERNEL_WIDTH)
+        return d_d.div_(penalty)
 
     def _penalty(self, r, correct, need_grad):
         cc = correct.to(r.dtype)
+        if torch.compiler.is_compiling():
+            return self._tensor_penalty(r, cc, need_grad)
         m = float(cc.sum())
         n = r.shape[0] - m
         if m == 0 or n == 0:
@@ -651,10 +622,7 @@ class MMCEWLoss(_MMCEBase):
             return penalty, None
         if float(d) < 0:
             return penalty, torch.zeros_like(r)
-        slopes = torch.stack([cc.neg(), 1 - cc], dim=1)
-        d_d = torch.linalg.vecdot(slopes, kernel_form).sub_(
-            torch.linalg.vecdot(weights, sign_form), alpha=1 / MMCE_KERNEL_WIDTH)
-        return penalty, d_d.div_(penalty)
+        return penalty, self._d_penalty(cc, weights, kernel_form, sign_form, penalty)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -739,14 +707,6 @@ class DualFocalLoss(_CalibrationLoss):
         grad = p.mul_((coef_t + coef_j).unsqueeze(1))
         grad.scatter_add_(1, column, coef_t.neg_().unsqueeze(1))
         return rows, grad.scatter_add_(1, j.unsqueeze(1), coef_j.neg_().unsqueeze(1))
-
-    def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
-        logp_t, one_minus_pt = _formula_one_minus_pt(logp, index)
-        p = logp.exp()
-        below = p < logp_t.detach().exp().unsqueeze(1)  # the constant mask p_k < p_y
-        p_j = torch.where(below, p, 0.0).max(1).values  # 0 (and no gradient) if no p_k < p_y
-        return (one_minus_pt + p_j).pow(self.gamma).mul(logp_t).neg()
 
 
 class AdaFocalLoss(_CalibrationLoss):
@@ -977,7 +937,9 @@ class MbLSLoss(_CalibrationLoss):
 
     def _formula_rows(self, logits, index, dist):
         weight = self.alpha / logits.shape[1] if self.norm == 'mean' else self.alpha
-        hinge = F.relu((logits.max(1, keepdim=True).values - self.margin) - logits)  # max logit not detached
+        # The max logit is not detached; at an exact tie of the top logits amax splits its gradient among them (a
+        # subgradient; the eager path gives it to the first).
+        hinge = F.relu((logits.amax(1, keepdim=True) - self.margin) - logits)
         return _formula_ce(F.log_softmax(logits, dim=1), index, dist) + weight * hinge.sum(1)
 
 
