@@ -148,6 +148,11 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
         # Loss hyperparameters are constants: specialize Python floats (as train.py's --torchcompile does); torch
         # 2.14's symbolic floats fail a guard on the focal losses at K = 21843 (eps / K).
         torch._dynamo.config.specialize_float = True
+        # The calibration losses share one forward code object and dynamo keeps one compiled entry per loss there:
+        # above its default limit of 8 the later losses silently ran eager. Room for every loss, and an error, not
+        # an eager fallback, if that is ever not enough.
+        torch._dynamo.config.recompile_limit = max(8, 2 * len(losses))
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
         losses = {name: torch.compile(fn, **compile_options) for name, fn in losses.items()}
     if autocast_dtype is not None:
         losses = {name: with_autocast(fn, device, autocast_dtype) for name, fn in losses.items()}
