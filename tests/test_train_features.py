@@ -176,8 +176,8 @@ def test_focal_losses_compile_to_one_graph(name):
 
 @pytest.mark.parametrize('name', CALIBRATION_LOSS_TYPES)
 def test_calibration_losses_compile_to_one_graph(name):
-    # No host read while compiling (the CPU target check becomes an async assert, the backward always scales, the
-    # compiled formulas hold mmce-w's counts and indicator as tensors): one graph, no break.
+    # No host read while compiling (the CPU target check becomes an async assert, the backward always scales,
+    # mmce-w's compiled penalty holds its counts, indicator and the sign of D as tensors): one graph, no break.
     import torch._dynamo as dynamo
 
     with dynamo.config.patch(specialize_float=True):  # as train.py's compile_task
