@@ -114,6 +114,11 @@ def test_evaluate_saves_the_logits_fits_every_posthoc_method_and_skips_what_is_d
     assert shift['num_samples'] == {'clean': 30, 'per_set': 30} and shift['mean']['num_cells'] == 10
     assert not Path(shift['folder']).is_absolute() and (grid / 'work' / 'shift-cache' / shift['folder']).is_dir()
     assert str(grid) not in path.read_text()  # no path of this machine in a result
+    # The same shifted logits divided by the held-out temperature (ts is among the post-hoc methods): same top-1,
+    # another ECE, and on the clean images exactly what dividing their logits by that T gives.
+    scaled = record['shift_ts']
+    assert scaled['mean']['top1'] == pytest.approx(shift['mean']['top1'])
+    assert scaled['mean']['ece'] != pytest.approx(shift['mean']['ece'], abs=1e-9)
 
     # A second pass evaluates nothing and changes nothing.
     before = path.read_bytes(), (run_dir / 'logits' / 'test.npz').stat().st_mtime_ns
@@ -129,7 +134,7 @@ def test_evaluate_saves_the_logits_fits_every_posthoc_method_and_skips_what_is_d
     assert '**tiny: after the best post-hoc method.**' in table and 'chosen on the test split' in table
     raw, ts = record['raw']['ece'], record['posthoc']['ts']['metrics']['ece']
     assert f'| ce | 1 | {raw:.3f} | {ts:.3f} | {best} |' in table
-    assert '**tiny: under shift**' in table
+    assert '**tiny: under shift**' in table and '**tiny: ECE under shift, raw and after temperature scaling**' in table
     row = next(csv.DictReader(open(paths['summary'])))
     assert row['eval_best_posthoc'] == best and float(row['eval_n']) == 1
     assert float(row['eval_aurc_mean']) == pytest.approx(record['selective']['aurc'], rel=1e-5)
@@ -182,7 +187,10 @@ def _evaluation_record(method, seed, ece, posthoc_ece, aurc, shift_ece):
             'selective': {'aurc': aurc, 'eaurc': aurc / 2},
             'shift': {'clean': {'top1': 90.0, 'ece': 0.01, 'nll': 0.5}, 'corruptions': {'fog': cells},
                       'mean_per_severity': {s: {**c, 'num_corruptions': 1} for s, c in cells.items()},
-                      'mean': {'top1': 50.0, 'ece': shift_ece + 0.03, 'nll': 1.0, 'msp_auroc': 0.6, 'num_cells': 5}}}
+                      'mean': {'top1': 50.0, 'ece': shift_ece + 0.03, 'nll': 1.0, 'msp_auroc': 0.6, 'num_cells': 5}},
+            'shift_ts': {'clean': {'top1': 90.0, 'ece': 0.005, 'nll': 0.5},
+                         'mean_per_severity': {s: {**c, 'ece': shift_ece / 2 + int(s) / 100} for s, c in cells.items()},
+                         'mean': {'top1': 50.0, 'ece': shift_ece / 2 + 0.03, 'nll': 1.0, 'msp_auroc': 0.6}}}
 
 
 def test_aggregate_tables_of_the_evaluation_by_hand(tmp_path):
@@ -220,7 +228,13 @@ def test_aggregate_tables_of_the_evaluation_by_hand(tmp_path):
     assert '| mbls |' not in table.split('after the best post-hoc method')[1]
     # Under shift: clean 90 / 0.010, severity s top-1 80 - 10 s, ECE shift_ece + s / 100; mean MSP AUROC 0.6.
     assert '| fl3 | 3 | 90.00 ± 0.00 / 0.010 ± 0.000 | 70.00 ± 0.00 / 0.050 ± 0.000 |' in table
-    assert table.rstrip().endswith('| 0.600 ± 0.000 |')
+    assert '| 0.600 ± 0.000 |\n' in table
+    # After TS: severity s ECE shift_ece / 2 + s / 100; means shift_ece + 0.03 raw, shift_ece / 2 + 0.03 after TS;
+    # fl3 minus ce, the same on every seed: -0.010 raw (0.04 vs 0.05), -0.005 after TS (0.02 vs 0.025).
+    assert ('| fl3 | 3 | 0.050 ± 0.000 / 0.030 ± 0.000 | 0.060 ± 0.000 / 0.040 ± 0.000 |' in table)
+    assert float(rows['fl3']['d_eval_shift_mean_ece_vs_ce_mean']) == pytest.approx(-0.010)
+    assert float(rows['fl3']['d_eval_shift_ts_mean_ece_vs_ce_mean']) == pytest.approx(-0.005)
+    assert table.rstrip().endswith('| 0.070 ± 0.000 | 0.050 ± 0.000 | -0.010 ± 0.000 | -0.005 ± 0.000 |')
 
 
 def test_the_evaluation_only_adds_to_the_tables_of_the_committed_results(tmp_path):

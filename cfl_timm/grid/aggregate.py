@@ -317,6 +317,13 @@ def evaluation_records(evaluation_dir: Path) -> list[dict[str, Any]]:
             for severity, means in shift['mean_per_severity'].items():
                 record.update({f'shift_s{severity}_top1': means['top1'], f'shift_s{severity}_ece': means['ece']})
             record['shift_msp_auroc'] = shift['mean']['msp_auroc']
+            record['shift_mean_ece'] = shift['mean']['ece']
+        shift_ts = payload.get('shift_ts')
+        if shift_ts:
+            record['shift_ts_clean_ece'] = shift_ts['clean']['ece']
+            for severity, means in shift_ts['mean_per_severity'].items():
+                record[f'shift_ts_s{severity}_ece'] = means['ece']
+            record['shift_ts_mean_ece'] = shift_ts['mean']['ece']
         records.append(record)
     return records
 
@@ -349,8 +356,10 @@ def _evaluation_rows(protocol: Protocol, records: list[dict[str, Any]]) -> dict[
     reference = protocol.baselines[0] if protocol.baselines else None
     for (data, method), row in rows.items():
         if reference is not None and method != reference and (data, reference) in rows:
-            for key, value in paired(records, data, method, reference, 'best_ece').items():
-                row[f'd_eval_best_ece_vs_{reference}_{key}'] = value
+            for metric in ('best_ece', 'shift_mean_ece', 'shift_ts_mean_ece'):
+                if all(metric in r for r in records if r['data'] == data and r['method'] in (method, reference)):
+                    for key, value in paired(records, data, method, reference, metric).items():
+                        row[f'd_eval_{metric}_vs_{reference}_{key}'] = value
     return rows
 
 
@@ -406,6 +415,25 @@ def evaluation_markdown(protocol: Protocol, rows: dict[tuple[str, str], dict[str
                          for s in ('clean', *(f's{k}' for k in SEVERITY_KEYS))]
                 lines.append(f"| {method} | {row['eval_n']} | " + ' | '.join(cells)
                              + f" | {_fmt(row, 'eval_shift_msp_auroc', 3)} |")
+            lines.append('')
+        scaled = [(method, row) for method, row in group if 'eval_shift_ts_mean_ece_mean' in row]
+        if scaled:
+            versus = f'Δ mean vs {reference}' if reference else 'Δ mean'
+            lines += [f'**{data}: ECE under shift, raw and after temperature scaling** (the temperature fitted on '
+                      'the held-out split, in distribution, applied to every shifted set: does it survive the '
+                      'shift?): mean over the corruptions, then mean ± sd over seeds; mean = over every '
+                      f'(corruption, severity); Δ seed-paired.', '',
+                      '| method | n | ' + ' | '.join(f'severity {s} raw / TS' for s in SEVERITY_KEYS)
+                      + f' | mean raw | mean TS | {versus} raw | {versus} TS |',
+                      '|' + '---|' * (6 + len(SEVERITY_KEYS))]
+            for method, row in scaled:
+                cells = [f"{_fmt(row, f'eval_shift_s{s}_ece', 3)} / {_fmt(row, f'eval_shift_ts_s{s}_ece', 3)}"
+                         for s in SEVERITY_KEYS]
+                diffs = [_fmt_diff(row, metric, reference, 3) if reference else ''
+                         for metric in ('eval_shift_mean_ece', 'eval_shift_ts_mean_ece')]
+                lines.append(f"| {method} | {row['eval_n']} | " + ' | '.join(cells)
+                             + f" | {_fmt(row, 'eval_shift_mean_ece', 3)} | {_fmt(row, 'eval_shift_ts_mean_ece', 3)}"
+                             + ' | ' + ' | '.join(diffs) + ' |')
             lines.append('')
     return '\n'.join(lines)
 
