@@ -22,7 +22,7 @@ and ``evaluation`` (what ``cfl-grid evaluate`` computes from each finished run, 
 
     evaluation:
       posthoc: [ts, vs, ms, dirichlet, hist, iso]       # fitted on each run's --holdout split
-      shift: {split: monitor, seed: 0, num_samples: 500}  # optional; also corruptions: [...] (default all 15)
+      shift: {split: monitor, seed: 0, num_samples: 250}  # optional; also corruptions: [...] (default all 15)
 A file is checked completely before any work starts; a mistake is one ``ValueError`` naming the file and the key.
 """
 import re
