@@ -119,6 +119,7 @@ from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
 from cfl_timm.training.resume_args import recorded_settings
+from cfl_timm.training.termination import exit_on_sigterm
 
 _logger = logging.getLogger('train')
 # AdaFocal's per-update bin statistics, one JSON line each, in the run directory.
@@ -996,21 +997,27 @@ def _log_shard_indices(loader, output_dir: Path, epoch: int, is_primary: bool) -
         atomic_write_text(output_dir / 'shards.json', json.dumps({'epoch': epoch, 'shards': shards}))
 
 
+# After Ctrl-C or SIGTERM the folder keeps its last complete epoch record (cfl_timm.training.epoch_record).
+RESUME_HINT = ('; the run folder keeps its last completed epoch: repeat the command with --resume auto (and its '
+               '--experiment) to continue.')
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """The command line: a bad input, found before training starts, ends as a usage error (exit status 2); a full
-    disk as one line naming the file (exit status 1); Ctrl-C as one line (exit status 130), no traceback."""
+    disk as one line naming the file (exit status 1); Ctrl-C as one line (exit status 130) and SIGTERM as one line
+    (exit status 143, after the same cleanup), no traceback."""
     parser = get_args_parser()
     try:
-        args = parse_args(argv)
-        check_args(args, parser)
-        return main(args)
+        with exit_on_sigterm(parser.prog, RESUME_HINT):
+            args = parse_args(argv)
+            check_args(args, parser)
+            return main(args)
     except UsageError as e:
         parser.error(str(e))
     except DiskFullError as e:
         sys.exit(f'{parser.prog}: error: {e}')
-    except KeyboardInterrupt:  # the folder keeps its last complete epoch record (cfl_timm.training.epoch_record)
-        print(f'{parser.prog}: interrupted (Ctrl-C); the run folder keeps its last completed epoch: repeat the '
-              'command with --resume auto (and its --experiment) to continue.', file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f'{parser.prog}: interrupted (Ctrl-C){RESUME_HINT}', file=sys.stderr)
         sys.exit(130)
 
 

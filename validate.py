@@ -79,6 +79,7 @@ from cfl_timm.training import (
     predict,
 )
 from cfl_timm.training.input_checks import check_model_kwargs, default_image_mode
+from cfl_timm.training.termination import exit_on_sigterm
 from cfl_timm.training.validate_args import (
     add_validate_args,
     check_args,
@@ -616,7 +617,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        result = main(args)
+        with exit_on_sigterm(parser.prog):
+            result = main(args)
     except (ValueError, ImportError) as error:
         parser.error(_one_line(error))
     if result['files']:  # the primary process: timm's results row on stdout, after its '--result' delimiter

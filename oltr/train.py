@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from cfl_timm import create_loss
 from cfl_timm.files import atomic_write_bytes
 from cfl_timm.training import RunLock, arg_types, claim_run
+from cfl_timm.training.termination import exit_on_sigterm
 
 from .centroids import DiscCentroidsLoss, compute_centroids
 from .config import DEFAULTS, LOSSES, apply_overrides, load_config, loss_kwargs, run_name
@@ -401,7 +402,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with exit_on_sigterm(parser.prog, '; the run folder keeps its last epoch: repeat the command with --resume '
+                             'to continue.'):
+            return main(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         parser.error(str(error))
 

@@ -1,11 +1,13 @@
 """How a run ends when it does not finish: a late failure leaves a folder the identical command reuses, a full disk
-is one line naming the file (and leaves the folder resumable), Ctrl-C is one line and exit status 130, and a
-resume lists the settings that changed (docs/run-files.md)."""
+is one line naming the file (and leaves the folder resumable), Ctrl-C is one line and exit status 130, SIGTERM
+one line and exit status 143 after the same cleanup, and a resume lists the settings that changed
+(docs/run-files.md)."""
 import errno
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from cfl_timm.training.resume_args import (
     format_changes,
     recorded_settings,
 )
+from cfl_timm.training.termination import exit_on_sigterm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-b', '32', '-j', '0',
@@ -216,3 +219,94 @@ def test_ctrl_c_ends_with_one_line_and_exit_status_130(tmp_path):
     assert rest.strip().splitlines()[-1] == ('train.py: interrupted (Ctrl-C); the run folder keeps its last '
                                              'completed epoch: repeat the command with --resume auto (and its '
                                              '--experiment) to continue.')
+
+
+# ------------------------------------------------------------------------------------------ SIGTERM
+
+# train.py's cli, with a pause (until a signal) just before the third optimizer update: epoch 0's record is on disk,
+# epoch 1 has started. The test signals the process from outside at that event, never after a time.
+_PAUSE_IN_EPOCH_1 = """
+import signal, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import train
+step, calls = torch.optim.SGD.step, [0]
+def paused_step(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 3:
+        print('paused', flush=True)
+        signal.pause()
+    return step(self, *args, **kwargs)
+torch.optim.SGD.step = paused_step
+train.cli(sys.argv[2:])
+"""
+
+
+def test_sigterm_ends_cleanly_with_exit_status_143_and_leaves_no_temp_folder(tmp_path):
+    """SIGTERM (kill, Slurm, torchrun's agent, the grid runner) has a default disposition that ends the process
+    without interpreter cleanup: the two folders W&B makes in the temp folder when ``timm.utils`` is imported
+    stayed behind. train.py turns it into a clean exit, and ``--resume auto`` continues the run."""
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TMPDIR': str(temp),
+           'PYTHONPATH': os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)}
+    with open(tmp_path / 'stderr.txt', 'w') as stderr:
+        process = subprocess.Popen([sys.executable, '-c', _PAUSE_IN_EPOCH_1, str(REPO_ROOT), *_argv(tmp_path)],
+                                   env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            assert any(line == 'paused\n' for line in process.stdout)  # an event: epoch 1's second update
+            assert any(p.name.endswith('wandb-media') for p in temp.iterdir())  # what the signal used to leave
+            process.send_signal(signal.SIGTERM)
+            process.stdout.read()
+            assert process.wait(timeout=600) == 143, (tmp_path / 'stderr.txt').read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    err = (tmp_path / 'stderr.txt').read_text()
+    assert 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == ('train.py: terminated (SIGTERM); the run folder keeps its last '
+                                            'completed epoch: repeat the command with --resume auto (and its '
+                                            '--experiment) to continue.')
+    assert list(temp.iterdir()) == []
+    run_dir = tmp_path / 'run'
+    assert ckpt.checkpoint_epoch(run_dir / 'last.pth.tar') == 0
+
+    # A normal exit is unchanged: the resumed run finishes with status 0 and also leaves the temp folder empty.
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), *_argv(tmp_path, '--resume', 'auto')],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ckpt.checkpoint_epoch(run_dir / 'last.pth.tar') == 1
+    assert [line.split(',')[0] for line in (run_dir / 'summary.csv').read_text().splitlines()] == ['epoch', '0', '1']
+    assert list(temp.iterdir()) == []
+
+
+def test_exit_on_sigterm_raises_in_the_main_thread_and_restores_the_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        with exit_on_sigterm('prog', '; a hint'):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # not reached when the handler ran at once; the signal ends the pause otherwise
+    assert info.value.code == 143
+    assert capsys.readouterr().err == 'prog: terminated (SIGTERM); a hint\n'
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_exit_on_sigterm_keeps_an_ignored_sigterm_and_installs_nothing_off_the_main_thread():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. started under a parent that ignores it
+    try:
+        with exit_on_sigterm('prog'):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: the block goes on
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    seen = []
+
+    def in_a_thread():
+        with exit_on_sigterm('prog'):  # signal.signal would raise ValueError here
+            seen.append(signal.getsignal(signal.SIGTERM))
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert seen == [signal.SIG_DFL]

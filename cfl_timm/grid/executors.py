@@ -95,8 +95,17 @@ class LocalExecutor(Executor):
                    for i in range(self.jobs)]
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        try:
+            for worker in workers:
+                worker.join()
+        except BaseException:
+            # SIGTERM (or Ctrl-C) here: pass it on, so that each worker stops its cell's command; otherwise
+            # interpreter cleanup would wait for the workers to finish the whole grid.
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.join()
+            raise
         return max(1 if w.exitcode else 0 for w in workers)
 
 

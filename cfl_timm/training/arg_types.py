@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from timm.utils import ParseKwargs
 
+from .termination import exit_on_sigterm
+
 __all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
            'crop_fraction', 'existing_file', 'finite_float', 'float_in', 'fraction', 'int_in', 'integer',
            'non_negative_float', 'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name',
@@ -221,10 +223,12 @@ class Ascending(argparse.Action):
 def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
             argv: Optional[Sequence[str]] = None) -> Any:
     """Parse ``argv`` and return ``main(args)``; a ``ValueError`` from the checks becomes argparse's one-line usage
-    error (``<prog>: error: ...``, exit status 2) instead of a traceback."""
+    error (``<prog>: error: ...``, exit status 2) instead of a traceback; SIGTERM a one-line clean exit (exit status
+    143, :func:`cfl_timm.training.termination.exit_on_sigterm`)."""
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with exit_on_sigterm(parser.prog):
+            return main(args)
     except ValueError as error:
         parser.error(' '.join(str(error).split()))
 
