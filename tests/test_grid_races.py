@@ -209,3 +209,25 @@ def test_jobs_with_equals_sign_starts_exactly_that_many_workers(tmp_path):
     parents = {int(ppid) for _, _, ppid in lines}
     assert parents == {launcher.pid} and 1 <= len(workers) <= 2  # direct children of the launcher only
     assert err.count('pass finished') == 2  # exactly two workers ran a pass
+
+
+@pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='needs os.pidfd_open (Linux >= 5.3)')
+@pytest.mark.parametrize('jobs', ['1', '2'])
+def test_sigterm_stops_the_worker_and_its_command_cleanly(tmp_path, jobs):
+    """SIGTERM (Slurm's preemption, ``kill``) used to end ``cfl-grid run`` without cleanup: its command was then
+    SIGKILLed by the kernel, which skipped the command's own cleanup. Now the worker passes the stop on (with two
+    workers, the launcher first passes it to them), its command gets SIGTERM, and it exits 143 with one line."""
+    worker = _worker(tmp_path, 'guarded_child_cell', '--jobs', jobs)
+    _wait_for_file(tmp_path / 'child.pid', worker)
+    pidfd = os.pidfd_open(int((tmp_path / 'child.pid').read_text()))
+    try:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=WAIT_S)
+        readable, _, _ = select.select([pidfd], [], [], 0)  # the worker waited for its command: it is gone now
+    finally:
+        os.close(pidfd)
+    assert worker.returncode == 143, err
+    assert readable, 'the command outlived its stopped worker'
+    assert 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == 'cfl-grid: terminated (SIGTERM)'
+    assert not list(tmp_path.glob('finished-*'))
