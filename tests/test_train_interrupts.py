@@ -310,3 +310,18 @@ def test_exit_on_sigterm_keeps_an_ignored_sigterm_and_installs_nothing_off_the_m
     thread.start()
     thread.join()
     assert seen == [signal.SIG_DFL]
+
+
+def test_the_other_tools_end_ctrl_c_with_one_line_and_exit_status_130(capsys):
+    """``run_cli`` (cfl-grid, ``python -m cfl_timm.evaluate`` / ``cfl_timm.shift``): Ctrl-C as train.py ends it."""
+    import argparse
+
+    from cfl_timm.training.arg_types import run_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argparse.ArgumentParser(prog='some-tool'), interrupted, [])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ['some-tool: interrupted (Ctrl-C)']

@@ -8,6 +8,7 @@ coerce_config_value`), and :class:`Ascending`'s order check through :meth:`Ascen
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -224,13 +225,16 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
             argv: Optional[Sequence[str]] = None) -> Any:
     """Parse ``argv`` and return ``main(args)``; a ``ValueError`` from the checks becomes argparse's one-line usage
     error (``<prog>: error: ...``, exit status 2) instead of a traceback; SIGTERM a one-line clean exit (exit status
-    143, :func:`cfl_timm.training.termination.exit_on_sigterm`)."""
+    143, :func:`cfl_timm.training.termination.exit_on_sigterm`); Ctrl-C one line and exit status 130."""
     args = parser.parse_args(argv)
     try:
         with exit_on_sigterm(parser.prog):
             return main(args)
     except ValueError as error:
         parser.error(' '.join(str(error).split()))
+    except KeyboardInterrupt:  # every file these tools write is written atomically: nothing half-written is left
+        print(f'{parser.prog}: interrupted (Ctrl-C)', file=sys.stderr)
+        sys.exit(130)
 
 
 class KeyValueArgs(ParseKwargs):
