@@ -44,6 +44,7 @@ from cfl_timm.metrics import (
 )
 from cfl_timm.metrics.checks import check_logits, check_targets
 from cfl_timm.training import arg_types
+from cfl_timm.training.cli_runner import run_cli
 
 __all__ = ['PLOT_FILES', 'SAVED_OOD_NAME', 'bootstrap_count', 'check_plot_dir', 'cli', 'evaluate_logits',
            'get_args_parser', 'main', 'posthoc_list', 'posthoc_logits', 'write_plots']
@@ -306,7 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    return arg_types.run_cli(get_args_parser(), main, argv)
+    return run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == '__main__':

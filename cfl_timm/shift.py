@@ -51,7 +51,8 @@ from cfl_timm.data.cifar10c import (
 from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
-from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, run_cli, seed, writable_folder
+from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, seed, writable_folder
+from cfl_timm.training.cli_runner import run_cli
 
 __all__ = ['cli', 'generate_shift_sets', 'get_args_parser', 'main', 'prepare_sets', 'shift_evaluation', 'shift_logits']
 

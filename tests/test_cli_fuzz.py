@@ -157,7 +157,7 @@ def _grid_subparser(command: str) -> Callable[[], argparse.ArgumentParser]:
 def _grid_check(command: str) -> Callable[[list[str]], None]:
     def check(argv: list[str]) -> None:
         from cfl_timm.grid.cli import get_args_parser, main
-        from cfl_timm.training.arg_types import run_cli
+        from cfl_timm.training.cli_runner import run_cli
         # Commands that start work are fuzzed on the parse (their declarations); list and status run whole.
         run_cli(get_args_parser(), main if command in GRID_RUNS_MAIN else lambda args: 0, [command, *argv])
     return check

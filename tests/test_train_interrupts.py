@@ -316,7 +316,7 @@ def test_the_other_tools_end_ctrl_c_with_one_line_and_exit_status_130(capsys):
     """``run_cli`` (cfl-grid, ``python -m cfl_timm.evaluate`` / ``cfl_timm.shift``): Ctrl-C as train.py ends it."""
     import argparse
 
-    from cfl_timm.training.arg_types import run_cli
+    from cfl_timm.training.cli_runner import run_cli
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -23,7 +23,8 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
-from cfl_timm.training.arg_types import non_negative_int, positive_float, positive_int, run_cli, seed
+from cfl_timm.training.arg_types import non_negative_int, positive_float, positive_int, seed
+from cfl_timm.training.cli_runner import run_cli
 
 from .aggregate import aggregate, aggregate_study
 from .cells import find_train_script, make_train_cell, prepare_data, run_pilot, train_command

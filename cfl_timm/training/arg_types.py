@@ -8,18 +8,15 @@ coerce_config_value`), and :class:`Ascending`'s order check through :meth:`Ascen
 import argparse
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from timm.utils import ParseKwargs
-
-from .termination import exit_on_sigterm
 
 __all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
            'crop_fraction', 'existing_file', 'finite_float', 'float_in', 'fraction', 'int_in', 'integer',
            'non_negative_float', 'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name',
-           'run_cli', 'seed', 'writable_folder']
+           'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -218,23 +215,6 @@ class Ascending(argparse.Action):
         except argparse.ArgumentTypeError as e:
             parser.error(f'argument {option_string}: {e}')
         setattr(namespace, self.dest, values)
-
-
-
-def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
-            argv: Optional[Sequence[str]] = None) -> Any:
-    """Parse ``argv`` and return ``main(args)``; a ``ValueError`` from the checks becomes argparse's one-line usage
-    error (``<prog>: error: ...``, exit status 2) instead of a traceback; SIGTERM a one-line clean exit (exit status
-    143, :func:`cfl_timm.training.termination.exit_on_sigterm`); Ctrl-C one line and exit status 130."""
-    args = parser.parse_args(argv)
-    try:
-        with exit_on_sigterm(parser.prog):
-            return main(args)
-    except ValueError as error:
-        parser.error(' '.join(str(error).split()))
-    except KeyboardInterrupt:  # every file these tools write is written atomically: nothing half-written is left
-        print(f'{parser.prog}: interrupted (Ctrl-C)', file=sys.stderr)
-        sys.exit(130)
 
 
 class KeyValueArgs(ParseKwargs):
