@@ -29,19 +29,15 @@ https://arxiv.org/abs/1906.02530.
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from cfl_timm.files import atomic_write_bytes
 
 from .cells import CHECKOUT, holdout_dataset, load_run_model, predict, provenance, split_dataset
 from .grid_file import Protocol, ShiftConfig
 from .runner import Cell, create_json
-
-if TYPE_CHECKING:  # torch is imported where a run is evaluated: the grid tool starts without it
-    import torch
 
 __all__ = ['EVALUATION_DIR', 'LOGITS_FILES', 'SHIFT_CACHE', 'ShiftSets', 'evaluate_grid', 'evaluate_run',
            'evaluation_path', 'prepare_shift']
@@ -204,22 +200,12 @@ def evaluate_run(protocol: Protocol, cell: Cell, run_dir: Path, result_path: Pat
                                                        log=lambda message: None)
         record['shift'] = {**shift.described, **shift_evaluation((clean, clean_targets), shifted)}
         if 'ts' in config.posthoc:  # Ovadia et al.'s question: does an in-distribution temperature survive shift?
-            scale = temperature_map(fit)
+            temperature = record['posthoc']['ts']['params']['temperature']  # the one fitted on the held-out split
             record['shift_ts'] = shift_evaluation(
-                (scale(clean), clean_targets),
-                {name: {severity: (scale(logits), targets) for severity, (logits, targets) in cells.items()}
+                (clean / temperature, clean_targets),
+                {name: {severity: (logits / temperature, targets) for severity, (logits, targets) in cells.items()}
                  for name, cells in shifted.items()})
     return record
-
-
-def temperature_map(fit: tuple['torch.Tensor', 'torch.Tensor']) -> Callable[['torch.Tensor'], 'torch.Tensor']:
-    """Logits -> the logits of temperature scaling fitted on ``fit`` (the run's held-out logits and targets), as
-    the ``ts`` post-hoc method maps them."""
-    from cfl_timm.evaluate import posthoc_logits
-    from cfl_timm.metrics import fit_posthoc
-
-    calibrator = fit_posthoc('ts', *fit)
-    return lambda logits: posthoc_logits(calibrator.predict_proba(logits))
 
 
 def evaluate_grid(protocol: Protocol, cells: list[Cell], work_dir: Path, results_dir: Path, data_dir: Path,
