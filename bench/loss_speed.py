@@ -13,13 +13,17 @@ ratio to the baseline's median. ``autograd-ref`` is the loss written as the form
 against the compiled baseline, configured as train.py builds them (no finiteness check); compilation happens
 in the warm-up calls, outside the timed rounds.
 
+``--analytic-too`` (with ``--compile``) adds, for each calibration loss with a compiled-only path (its formula, or
+its row form: rows from row reductions and the gradient rebuilt in the backward), a row ``NAME (analytic)`` that
+compiles the eager analytic path instead, so the two are compared in the same run.
+
 ``--autocast bf16|fp16`` runs every loss's forward (the baseline's too) inside ``torch.autocast(device type,
 dtype)`` on float32 logits, the mixed-precision setting of train.py ``--amp``; the backward runs outside, as in
 training. The default ``none`` measures plain float32.
 
 Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 256x10 256x1000 128x21843]
        [--losses NAME ...] [--clock wall|cpu] [--compile [--compile-backend inductor] [--compile-mode MODE]]
-       [--autocast none|bf16|fp16]
+       [--analytic-too] [--autocast none|bf16|fp16]
 
 ``--clock cpu`` times with the process CPU time instead of the wall clock (CPU only): on a machine shared with
 other jobs it does not count the time the process waits for a core, so ratios stay meaningful under load.
@@ -68,7 +72,15 @@ def adafocal_with_state():
     return loss
 
 
-def make_losses(num_epochs: int = 10, names=None):
+def analytic_variant(loss):
+    """``loss`` (a calibration loss) with its compiled-only paths switched off: compiled, it traces the analytic
+    path."""
+    loss._formula_rows = None
+    loss._row_form = None
+    return loss
+
+
+def make_losses(num_epochs: int = 10, names=None, analytic_too: bool = False):
     cyclical = CyclicalFocalLoss(gamma_hc=3.0, gamma_pos=2.0, gamma_neg=2.0, cyclical_factor=4.0, epochs=num_epochs)
     cyclical.set_epoch(1.0)  # eta strictly between 0 and 1: every term of the loss is active
     calibration = {name: adafocal_with_state() if name == 'adafocal' else create_calibration_loss(name)
@@ -83,6 +95,11 @@ def make_losses(num_epochs: int = 10, names=None):
     }
     if names:
         losses = {name: fn for i, (name, fn) in enumerate(losses.items()) if i == 0 or name in names}
+    if analytic_too:
+        for name in [name for name in losses if name in calibration]:
+            if losses[name]._formula_rows is not None or losses[name]._row_form is not None:
+                variant = adafocal_with_state() if name == 'adafocal' else create_calibration_loss(name)
+                losses[f'{name} (analytic)'] = analytic_variant(variant)
     return losses
 
 
@@ -133,13 +150,13 @@ def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
 
 def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: int, names=None,
                clock=time.perf_counter, compile_options: Optional[dict] = None,
-               autocast_dtype: Optional[torch.dtype] = None) -> list[dict]:
+               autocast_dtype: Optional[torch.dtype] = None, analytic_too: bool = False) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, num_classes, generator=generator) * 3
     target = torch.randint(0, num_classes, (num_rows,), generator=generator)
     target[::2] = logits[::2].argmax(1)  # half of the rows correct
     logits, target = logits.to(device).requires_grad_(), target.to(device)
-    losses = make_losses(names=names)
+    losses = make_losses(names=names, analytic_too=analytic_too)
     for fn in losses.values():  # as train.py builds them: no finiteness check (a host sync) in the loop
         if hasattr(fn, 'check_finite'):
             fn.check_finite = False
@@ -191,11 +208,15 @@ def main(argv=None) -> None:
     parser.add_argument('--compile', action='store_true', help='torch.compile every loss and the baseline')
     parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend (default: inductor)')
     parser.add_argument('--compile-mode', default=None, help='torch.compile mode (default: None)')
+    parser.add_argument('--analytic-too', action='store_true',
+                        help='with --compile: also time the analytic path of the losses that compile another one')
     parser.add_argument('--autocast', choices=tuple(AUTOCAST_DTYPES), default='none',
                         help='run each forward inside torch.autocast with this dtype (default: none, float32)')
     args = parser.parse_args(argv)
     autocast_dtype = AUTOCAST_DTYPES[args.autocast]
     compile_options = {'backend': args.compile_backend, 'mode': args.compile_mode} if args.compile else None
+    if args.analytic_too and not args.compile:
+        parser.error('--analytic-too compares compiled paths and needs --compile')
     device = torch.device(args.device)
     if args.clock == 'cpu' and device.type != 'cpu':
         parser.error('--clock cpu measures CPU time and needs --device cpu')
@@ -212,7 +233,7 @@ def main(argv=None) -> None:
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
         for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock, compile_options,
-                              autocast_dtype):
+                              autocast_dtype, args.analytic_too):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
                   f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
 

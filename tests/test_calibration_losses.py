@@ -519,9 +519,10 @@ def test_sum_is_n_times_mean_and_none_is_per_sample(name):
         assert torch.allclose(rows[:3], create_calibration_loss(name, reduction='none')(logits[:3], target[:3]))
 
 
-# The losses with a compiled-only formula path, and mmce-w, whose penalty has a host-read-free compiled branch.
-COMPILED_PATH_LOSSES = tuple(name for name in CALIBRATION_LOSS_TYPES
-                             if cl._LOSS_CLASSES[name]._formula_rows is not None) + ('mmce-w',)
+# The losses with a compiled-only path: their formula (mbls, confidence penalty) or a row form (the Brier family,
+# MMCE, Dual focal; mmce-w's penalty also has a host-read-free compiled branch).
+COMPILED_PATH_LOSSES = tuple(name for name in CALIBRATION_LOSS_TYPES if cl._LOSS_CLASSES[name]._formula_rows is not None
+                             or cl._LOSS_CLASSES[name]._row_form is not None)
 
 
 def compiled_cases(name):
@@ -541,16 +542,20 @@ def compiled_cases(name):
     return cases
 
 
+COMPILED_PATH_KWARGS = {'mbls': {'mbls_margin': 2.0}, 'ce-brier': {'smoothing': 0.1}}
+
+
 @pytest.mark.parametrize('name', COMPILED_PATH_LOSSES)
 def test_compiled_path_matches_eager_and_formula(name):
-    # Under torch.compile mbls and the confidence penalty are their formula with plain autograd ops, and mmce-w's
-    # penalty holds m, n, the indicator and the sign of D as tensors (aot_eager traces the same branch as the
-    # inductor; fullgraph=True fails on any graph break): value and gradient equal the eager path and the
+    # Under torch.compile mbls and the confidence penalty are their formula with plain autograd ops, the Brier
+    # family, MMCE and Dual focal their row form (rows from row reductions, the gradient rebuilt in the backward),
+    # and mmce-w's penalty holds m, n, the indicator and the sign of D as tensors (aot_eager traces the same branch
+    # as the inductor; fullgraph=True fails on any graph break): value and gradient equal the eager path and the
     # independent formula, in float64.
     import torch._dynamo as dynamo
 
     dynamo.reset()
-    kwargs = {'mbls_margin': 2.0} if name == 'mbls' else {}
+    kwargs = COMPILED_PATH_KWARGS.get(name, {})
     reduction = 'sum' if name in BATCH_LOSSES else 'none'
     loss = create_calibration_loss(name, reduction=reduction, **kwargs)
     compiled = torch.compile(loss, backend='aot_eager', fullgraph=True, dynamic=True)

@@ -119,3 +119,17 @@ def test_with_autocast_runs_the_forward_in_the_autocast_dtype():
                                        torch.device('cpu'), torch.bfloat16)
     wrapped(torch.randn(4, 3, requires_grad=True), None).backward()
     assert seen == [torch.bfloat16]
+
+
+def test_loss_speed_analytic_too_needs_compile(capsys):
+    with pytest.raises(SystemExit) as error:
+        loss_speed.main(['--device', 'cpu', '--analytic-too'])
+    assert error.value.code == 2
+    assert '--analytic-too compares compiled paths and needs --compile' in capsys.readouterr().err
+
+
+def test_analytic_variants_are_added_for_the_losses_with_a_compiled_only_path():
+    losses = loss_speed.make_losses(names=['brier', 'flsd', 'mbls'], analytic_too=True)
+    assert list(losses)[1:] == ['brier', 'flsd', 'mbls', 'brier (analytic)', 'mbls (analytic)']
+    variant = losses['brier (analytic)']
+    assert variant._row_form is None and variant._formula_rows is None and losses['brier']._row_form is not None

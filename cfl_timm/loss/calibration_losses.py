@@ -24,21 +24,23 @@ Notation: z logits (N, K), logp = log_softmax(z), p = exp(logp), y the target cl
 target q), r = max_k p_k the top-label confidence, c = [argmax p == y], sg[.] stop-gradient,
 CE = -logp_y, FL_g = -(1 - p_y)^g logp_y.
 
-Every loss computes its gradient analytically in the forward pass (a few in-place passes over (N, K), about the
-cost of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` the same path is traced
-(no host read, one graph), except for ``mbls`` and ``confidence-penalty``, which compute their rows as the formula
-with plain differentiable ops there (``_formula_rows``): the inductor differentiates and fuses those faster than
-their analytic gradient, while for the other losses the analytic path is the faster one compiled too
-(docs/speed.md). Both paths give the same value and gradient. Half precision inputs are computed in float32 and
-the loss is float32. Reductions: 'mean' over the batch (default), 'sum' = N x the mean form (the protocol of the
-focal-calibration, AdaFocal and Dual-focal code, which sum over the batch), 'none' the per-sample values (not for
-the MMCE losses, whose penalty is a batch statistic). Soft (Mixup / CutMix) targets (N, K) are accepted by
-``brier``, ``ce-brier``, ``mbls`` and ``confidence-penalty`` only (e becomes q, CE becomes -sum_k q_k logp_k);
-label smoothing only by ``ce-brier`` (on its CE term, as timm's ``LabelSmoothingCrossEntropy``).
+Every loss computes its gradient analytically in the forward pass (a few in-place passes over (N, K), about the cost
+of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` (no host read, one graph) most
+losses compile another path, measured faster there (docs/speed.md): ``mbls`` and ``confidence-penalty`` compute
+their rows as the formula with plain differentiable ops (``_formula_rows``), which the inductor differentiates and
+fuses; the Brier family, MMCE and Dual focal, for hard targets, compute their rows from a few row reductions and
+save (N,) row coefficients, and the backward rebuilds the gradient from the logits in one pass (``_row_form``),
+instead of writing an (N, K) gradient in the forward and reading it back. ``flsd`` and ``adafocal`` compile their
+analytic path. Every path gives the same value and gradient. Half precision inputs are
+computed in float32 and the loss is float32. Reductions: 'mean' over the batch (default), 'sum' = N x the mean form
+(the protocol of the focal-calibration, AdaFocal and Dual-focal code, which sum over the batch), 'none' the
+per-sample values (not for the MMCE losses, whose penalty is a batch statistic). Soft (Mixup / CutMix) targets
+(N, K) are accepted by ``brier``, ``ce-brier``, ``mbls`` and ``confidence-penalty`` only (e becomes q, CE becomes
+-sum_k q_k logp_k); label smoothing only by ``ce-brier`` (on its CE term, as timm's ``LabelSmoothingCrossEntropy``).
 """
 import inspect
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -204,6 +206,87 @@ class _CalibrationLossFunction(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+class _RowGradient(NamedTuple):
+    """A gradient over (N, K) given by (N,) row vectors (the compiled path's saved state, see ``_RowFormFunction``).
+
+    ``grad[i, k] = base_i + p_ik (linear_i + square_i p_ik) + [k = y_i] target_i + [k = other_index_i] other_i``
+    with p = exp(z - lse). ``base``, ``square`` and ``other_index`` / ``other`` may be None (0).
+    """
+
+    lse: torch.Tensor
+    linear: torch.Tensor
+    target: torch.Tensor
+    base: Optional[torch.Tensor] = None
+    square: Optional[torch.Tensor] = None
+    other_index: Optional[torch.Tensor] = None
+    other: Optional[torch.Tensor] = None
+
+
+class _RowFormFunction(torch.autograd.Function):
+    """The compiled path of the losses with a ``_row_form``: the forward computes the rows from a few row
+    reductions of the logits and saves (N,) row vectors, the backward rebuilds the gradient from the logits in one
+    elementwise pass. Compiled, that is one forward kernel of about CE's passes and one backward kernel like CE's,
+    where the analytic path writes an (N, K) gradient in the forward and reads it back (docs/speed.md).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, index, loss, scale):
+        rows, form = loss._row_form(logits, index, 1.0 if scale is None else scale)
+        ctx.save_for_backward(logits, index, *form)
+        ctx.per_row = scale is None
+        return rows if scale is None else rows.sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError('The calibration losses are once differentiable: a second derivative '
+                               '(create_graph=True) is not supported.')
+        logits, index, *saved = ctx.saved_tensors
+        form = _RowGradient(*saved)
+        scale = grad_output if ctx.per_row else grad_output.expand(logits.shape[0])
+        p = torch.exp(logits - form.lse.unsqueeze(1))
+        slope = (form.linear * scale).unsqueeze(1)
+        if form.square is not None:
+            slope = slope + (form.square * scale).unsqueeze(1) * p
+        grad = p * slope
+        if form.base is not None:
+            grad = grad + (form.base * scale).unsqueeze(1)
+        classes = torch.arange(logits.shape[1], device=logits.device)
+        grad = grad + torch.where(classes == index.unsqueeze(1), (form.target * scale).unsqueeze(1), 0.0)
+        if form.other is not None:
+            grad = grad + torch.where(classes == form.other_index.unsqueeze(1), (form.other * scale).unsqueeze(1), 0.0)
+        return grad, None, None, None
+
+
+def _target_row_stats(logits: torch.Tensor, index: torch.Tensor, squares: bool = False):
+    """(lse, logp_y, sum_{k != y} p_k^2 or None) from one max and one fused pass of exps over the logits."""
+    top = logits.amax(1, keepdim=True)
+    shifted = torch.exp(logits - top)
+    total = shifted.sum(1)
+    lse = total.log() + top.squeeze(1)
+    logp_t = logits.gather(1, index.unsqueeze(1)).squeeze(1) - lse
+    if not squares:
+        return lse, logp_t, None
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    others = torch.where(classes == index.unsqueeze(1), 0.0, shifted * shifted).sum(1)
+    return lse, logp_t, others / (total * total)
+
+
+def _brier_row_form(logits, index):
+    """(lse, logp_y, p_y, 1 - p_y, B, a) of the Brier score for hard targets: B = sum_{k != y} p_k^2 + (1 - p_y)^2,
+    a = sum_k p_k d_k = sum_{k != y} p_k^2 - p_y (1 - p_y)."""
+    lse, logp_t, others = _target_row_stats(logits, index, squares=True)
+    p_t, one_minus_pt = logp_t.exp(), _one_minus_exp(logp_t)
+    return lse, logp_t, p_t, one_minus_pt, others + one_minus_pt.square(), others - p_t * one_minus_pt
+
+
+def _brier_family_row_gradient(lse, p_t, a, coef, beta) -> _RowGradient:
+    """``_brier_family_grad`` as a row form: coef (p - e) + beta p (d - a) = p (coef - beta a + beta p) at k != y,
+    minus coef + beta p_y at k = y."""
+    coef, beta = (torch.as_tensor(value, dtype=lse.dtype, device=lse.device) for value in (coef, beta))
+    return _RowGradient(lse=lse, linear=coef - beta * a, square=beta.expand_as(lse), target=-(coef + beta * p_t))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Base class
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,9 +323,12 @@ class _CalibrationLoss(nn.Module):
         """
         logits, index, dist = self._check_inputs(logits, target)
         scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / logits.shape[0]}[self.reduction]
-        if self._formula_rows is not None and torch.compiler.is_compiling():
-            rows = self._formula_rows(logits, index, dist)
-            return rows if scale is None else rows.sum() * scale
+        if torch.compiler.is_compiling():
+            if self._formula_rows is not None:
+                rows = self._formula_rows(logits, index, dist)
+                return rows if scale is None else rows.sum() * scale
+            if self._row_form is not None and dist is None:
+                return _RowFormFunction.apply(logits, index, self, scale)
         return _CalibrationLossFunction.apply(logits, index, dist, self, scale)
 
     def _check_inputs(self, logits, target):
@@ -280,6 +366,9 @@ class _CalibrationLoss(nn.Module):
     # Compiled path (None: the loss compiles its eager analytic path): ``_formula_rows(logits, index, dist)``, the
     # per-row loss (N,) written with plain differentiable ops, same value and gradient as ``_rows_and_grad``.
     _formula_rows = None
+    # Compiled path for hard targets (None: the analytic path): ``_row_form(logits, index, scale)``, the per-row
+    # loss (N,) and the gradient of scale * sum(rows) as a ``_RowGradient``, same value and gradient.
+    _row_form = None
 
     def extra_repr(self) -> str:
         parts = [f'{arg}={getattr(self, arg)!r}' for arg in self.factory_keywords.values()]
@@ -314,6 +403,10 @@ class BrierLoss(_CalibrationLoss):
         if not need_grad:
             return brier, None
         return brier, _brier_family_grad(d, a, index, p_t, one_minus_pt, 0.0, 2.0 * scale, dist, p)
+
+    def _row_form(self, logits, index, scale):
+        lse, _, p_t, _, brier, a = _brier_row_form(logits, index)
+        return brier, _brier_family_row_gradient(lse, p_t, a, 0.0, 2.0 * scale)
 
 
 class CEBrierLoss(_CalibrationLoss):
@@ -366,6 +459,19 @@ class CEBrierLoss(_CalibrationLoss):
             grad.add_(p_again - 1.0 / num_classes, alpha=eps * scale)
         return rows, grad
 
+    def _row_form(self, logits, index, scale):
+        eps, num_classes = self.smoothing, logits.shape[1]
+        lse, logp_t, p_t, _, brier, a = _brier_row_form(logits, index)
+        ce = logp_t.neg()
+        if eps:  # sum_k logp_k = sum_k z_k - K lse
+            ce = ce * (1 - eps) - (logits.sum(1) - num_classes * lse) * (eps / num_classes)
+        rows = ce + self.brier_weight * brier
+        form = _brier_family_row_gradient(lse, p_t, a, (1 - eps) * scale, 2.0 * self.brier_weight * scale)
+        if eps:  # + eps (p - 1 / K)
+            form = form._replace(linear=form.linear + eps * scale,
+                                 base=torch.full_like(lse, -eps * scale / num_classes))
+        return rows, form
+
 
 class _FocalBrierBase(_CalibrationLoss):
     """FL_gf + lambda * G * B with B = sum_k (p_k - e_k)^2 and the gate G = 1, sg[(1 - p_y)^gc] or (1 - p_y)^gc."""
@@ -379,26 +485,36 @@ class _FocalBrierBase(_CalibrationLoss):
         self.lam = check_number(self.name, 'fcl_lambda', lam)
         self.gamma_cal = check_number(self.name, 'safcl_gamma_cal', gamma_cal)
 
-    def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
-        logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
+    def _rows_and_coefs(self, logp_t, p_t, one_minus_pt, brier, scale):
+        """(rows, coef, beta): the rows and the row coefficients of ``_brier_family_grad``."""
         focal_weight, focal_coef = _focal_terms(logp_t, self.gamma)
-        one_minus_pt = _one_minus_exp(logp_t)
-        p_t = logp_t.exp()
-        p = logp.exp_()
-        d, brier, a = _brier_parts(p, index, None, one_minus_pt)
         gate = one_minus_pt.pow(self.gamma_cal) if self.gated else None
         weighted_brier = brier * self.lam if gate is None else brier * gate * self.lam
         rows = focal_weight.mul_(logp_t).neg_().add_(weighted_brier)
-        if not need_grad:
-            return rows, None
         beta = 2.0 * self.lam * scale if gate is None else gate * (2.0 * self.lam * scale)
         coef = focal_coef.mul_(scale)
         if self.gated and not self.detach_gate and self.gamma_cal:
             # d gate / d z = gamma_c (1 - p_y)^(gamma_c - 1) p_y (p - e): adds lambda B gamma_c gate p_y / (1 - p_y).
             gate_coef = _safe_div(gate * p_t, one_minus_pt).mul_(brier).mul_(self.gamma_cal * self.lam * scale)
             coef = coef.add_(gate_coef)
+        return rows, coef, beta
+
+    def _rows_and_grad(self, logits, index, dist, scale, need_grad):
+        logp = F.log_softmax(logits, dim=1)
+        logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
+        one_minus_pt = _one_minus_exp(logp_t)
+        p_t = logp_t.exp()
+        p = logp.exp_()
+        d, brier, a = _brier_parts(p, index, None, one_minus_pt)
+        rows, coef, beta = self._rows_and_coefs(logp_t, p_t, one_minus_pt, brier, scale)
+        if not need_grad:
+            return rows, None
         return rows, _brier_family_grad(d, a, index, p_t, one_minus_pt, coef, beta)
+
+    def _row_form(self, logits, index, scale):
+        lse, logp_t, p_t, one_minus_pt, brier, a = _brier_row_form(logits, index)
+        rows, coef, beta = self._rows_and_coefs(logp_t, p_t, one_minus_pt, brier, scale)
+        return rows, _brier_family_row_gradient(lse, p_t, a, coef, beta)
 
 
 class FocalCalibrationLoss(_FocalBrierBase):
@@ -475,22 +591,35 @@ class _MMCEBase(_CalibrationLoss):
         """(penalty (scalar tensor), d penalty / d r (N,) or None), in r's dtype."""
         raise NotImplementedError
 
+    def _rows_and_coef(self, ce, r, predicted, index, scale, need_grad):
+        """(rows, coef_r or None): scale * sum(rows) = scale * (sum CE + N lambda penalty), and coef_r the row
+        coefficient of d r_i / d z_i = r_i (e_argmax - p_i) in its gradient."""
+        penalty, d_penalty = self._penalty(r, predicted == index, need_grad)
+        rows = ce.add_(penalty.to(ce.dtype) * self.weight)
+        if not need_grad:
+            return rows, None
+        return rows, d_penalty.to(r.dtype).mul_(r).mul_(r.shape[0] * self.weight * scale)
+
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         logp = F.log_softmax(logits, dim=1)
         ce = logp.gather(1, index.unsqueeze(1)).squeeze(1).neg_()
         p = logp.exp_()
         r, predicted = p.max(1)
-        correct = predicted == index
-        penalty, d_penalty = self._penalty(r, correct, need_grad)
-        rows = ce.add_(penalty.to(ce.dtype) * self.weight)
+        rows, coef_r = self._rows_and_coef(ce, r, predicted, index, scale, need_grad)
         if not need_grad:
             return rows, None
-        # scale * sum(rows) = scale * (sum CE + N lambda penalty); d r_i / d z_i = r_i (e_argmax - p_i).
-        num_rows = logits.shape[0]
-        coef_r = d_penalty.to(p.dtype).mul_(r).mul_(num_rows * self.weight * scale)
         grad = p.mul_((scale - coef_r).unsqueeze(1))
         grad.scatter_add_(1, index.unsqueeze(1), torch.full_like(r, -scale).unsqueeze(1))
         return rows, grad.scatter_add_(1, predicted.unsqueeze(1), coef_r.unsqueeze(1))
+
+    def _row_form(self, logits, index, scale):
+        top, predicted = logits.max(1)
+        total = torch.exp(logits - top.unsqueeze(1)).sum(1)
+        lse = total.log() + top
+        ce = lse - logits.gather(1, index.unsqueeze(1)).squeeze(1)
+        rows, coef_r = self._rows_and_coef(ce, total.reciprocal(), predicted, index, scale, True)  # r = 1 / total
+        return rows, _RowGradient(lse=lse, linear=scale - coef_r, target=torch.full_like(lse, -scale),
+                                  other_index=predicted, other=coef_r)
 
 
 class MMCEMLoss(_MMCEBase):
@@ -684,7 +813,6 @@ class DualFocalLoss(_CalibrationLoss):
         self.gamma = check_number(self.name, 'dual_gamma', gamma)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        gamma = self.gamma
         logp = F.log_softmax(logits, dim=1)
         column = index.unsqueeze(1)
         logp_t = logp.gather(1, column).squeeze(1)
@@ -695,18 +823,32 @@ class DualFocalLoss(_CalibrationLoss):
         # >= 0. Three fast passes instead of a (slow on CPU) masked fill; p_j is read back from p at j.
         smallest, j = torch.sub(p, p_t).reciprocal_().min(1)
         p_j = p.gather(1, j.unsqueeze(1)).squeeze(1).masked_fill_(smallest >= 0, 0.0)
-        p_t = p_t.squeeze(1)
+        rows, coef_t, coef_j = self._rows_and_coefs(logp_t, p_t.squeeze(1), p_j, scale, need_grad)
+        if not need_grad:
+            return rows, None
+        grad = p.mul_((coef_t + coef_j).unsqueeze(1))
+        grad.scatter_add_(1, column, coef_t.neg_().unsqueeze(1))
+        return rows, grad.scatter_add_(1, j.unsqueeze(1), coef_j.neg_().unsqueeze(1))
+
+    def _rows_and_coefs(self, logp_t, p_t, p_j, scale, need_grad):
+        """(rows, coef_t, coef_j): the gradient is coef_t (p - e_y) + coef_j (p - e_j)."""
+        gamma = self.gamma
         base = _one_minus_exp(logp_t).add_(p_j)
         weight = base.pow(gamma)
         rows = torch.mul(weight, logp_t).neg_()
         if not need_grad:
-            return rows, None
+            return rows, None, None
         u = _safe_div(weight * logp_t, base).mul_(gamma * scale)  # gamma b^(gamma-1) logp_y, scaled
         coef_t = torch.addcmul(weight.mul_(scale), u, p_t, value=-1.0)
-        coef_j = u.mul_(p_j)
-        grad = p.mul_((coef_t + coef_j).unsqueeze(1))
-        grad.scatter_add_(1, column, coef_t.neg_().unsqueeze(1))
-        return rows, grad.scatter_add_(1, j.unsqueeze(1), coef_j.neg_().unsqueeze(1))
+        return rows, coef_t, u.mul_(p_j)
+
+    def _row_form(self, logits, index, scale):
+        lse, logp_t, _ = _target_row_stats(logits, index)
+        p = torch.exp(logits - lse.unsqueeze(1))
+        p_t = logp_t.exp()
+        below, j = torch.where(p < p_t.unsqueeze(1), p, -1.0).max(1)  # p_j = max{p_k : p_k < p_y}, -1 if none
+        rows, coef_t, coef_j = self._rows_and_coefs(logp_t, p_t, below.clamp_min(0.0), scale, True)
+        return rows, _RowGradient(lse=lse, linear=coef_t + coef_j, target=-coef_t, other_index=j, other=-coef_j)
 
 
 class AdaFocalLoss(_CalibrationLoss):
