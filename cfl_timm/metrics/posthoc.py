@@ -11,12 +11,13 @@ Every calibrator fits in float64 on the CPU, is deterministic, and keeps its fit
 ``state_dict()`` so they can be saved and re-applied with ``load_state_dict`` (or :func:`posthoc_from_state`).
 """
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from .calibration import bin_indices
+from .checks import check_logits, check_targets
 from .lbfgs import minimize_lbfgs
 from .temperature import fit_temperature
 
@@ -25,28 +26,6 @@ __all__ = ['POSTHOC_METHODS', 'AffineNLL', 'PosthocCalibrator', 'TemperatureScal
 
 DEFAULT_ODIR_GRID = (1e-2, 1.0, 100.0)  # tried for lambda and for mu (all 9 pairs)
 DEFAULT_FOLDS = 3
-
-
-def check_logits(logits: torch.Tensor, targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-    """Validate (N, K) logits (and (N,) targets in [0, K)); return them as float64 / int64 CPU tensors."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f'logits must be a non-empty (N, K) tensor with K >= 2, got {shape}.')
-    logits = logits.detach().double().cpu()
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError('logits contain NaN or infinite values.')
-    if targets is None:
-        return (logits,)
-    if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape[:1]:
-        shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise ValueError(f'targets must be an (N,) tensor matching logits {tuple(logits.shape)}, got {shape}.')
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f'targets must hold integer class indices, got dtype {targets.dtype}.')
-    targets = targets.detach().long().cpu()
-    if int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]:
-        raise ValueError(f'targets must lie in [0, {logits.shape[1]}), got values in '
-                         f'[{int(targets.min())}, {int(targets.max())}].')
-    return logits, targets
 
 
 class PosthocCalibrator:
@@ -62,7 +41,8 @@ class PosthocCalibrator:
 
     def fit(self, logits: torch.Tensor, targets: torch.Tensor) -> 'PosthocCalibrator':
         """Fit on a held-out split and return ``self``."""
-        logits, targets = check_logits(logits, targets)
+        logits = check_logits(logits)
+        targets = check_targets(targets, logits.shape[0], logits.shape[1])
         self.state = {'num_classes': logits.shape[1], **self._fit(logits, targets)}
         return self
 
@@ -70,7 +50,7 @@ class PosthocCalibrator:
         """Calibrated probabilities (N, K), float64, rows summing to one."""
         if not self.state:
             raise ValueError(f"the '{self.name}' calibrator is not fitted: call fit(logits, targets) first.")
-        (logits,) = check_logits(logits)
+        logits = check_logits(logits)
         if logits.shape[1] != self.state['num_classes']:
             raise ValueError(f"the '{self.name}' calibrator was fitted on {self.state['num_classes']} classes, "
                              f'got logits with {logits.shape[1]}.')
@@ -356,7 +336,7 @@ class IsotonicCalibration(PosthocCalibrator):
 
     def per_class(self, logits: torch.Tensor) -> torch.Tensor:
         """The K one-vs-rest isotonic values (N, K) before renormalisation."""
-        (logits,) = check_logits(logits)
+        logits = check_logits(logits)
         probs = torch.softmax(logits, dim=1).numpy()
         columns = [np.interp(probs[:, k], x.numpy(), y.numpy())
                    for k, (x, y) in enumerate(zip(self.state['thresholds'], self.state['values']))]
