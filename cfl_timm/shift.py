@@ -53,6 +53,7 @@ from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
 from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, seed, writable_folder
 from cfl_timm.training.cli_runner import run_cli
+from cfl_timm.training.validate_args import check_writable_file
 
 __all__ = ['cli', 'generate_shift_sets', 'get_args_parser', 'main', 'prepare_sets', 'shift_evaluation', 'shift_logits']
 
@@ -88,7 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help='the clean images, a class-folder tree (DIR/<class>/<image>), e.g. the CIFAR-10 test set')
     data.add_argument('--cifar10c-dir', metavar='DIR',
                       help='the published CIFAR-10-C files (labels.npy, <corruption>.npy); else generate')
-    data.add_argument('--cache-dir', metavar='DIR', help='where generated sets are cached (needed to generate)')
+    data.add_argument('--cache-dir', type=writable_folder, default=None, metavar='DIR',
+                      help='where generated sets are cached (needed to generate)')
     data.add_argument('--seed', type=seed, default=0, help='seed of the generated corruptions')
     data.add_argument('--image-size', type=positive_int, default=None,
                       help='resize the clean images to this square side before corrupting (default: as they are)')
@@ -166,7 +168,7 @@ def check_args(args: argparse.Namespace) -> None:
         if missing:
             raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no file for {missing}; it has '
                              f'{present}.')
-    elif args.cache_dir is None:
+    elif not args.cache_dir:
         raise ValueError('give --cifar10c-dir DIR (the published files) or --cache-dir DIR (to generate a '
                          'CIFAR-10-C-style set).')
     if args.generate_only:
@@ -178,8 +180,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.model is not None and not is_model(args.model):
         raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")
     for flag, path, suffix in (('--output-json', args.output_json, '.json'), ('--plot', args.plot, '.png')):
-        if path and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
-            raise ValueError(f'{flag} {path}: give a file path ending in {suffix}.')
+        if path:  # a path that cannot be written would fail only after the whole evaluation
+            check_writable_file(path, flag, suffix)
     if args.save_logits:
         check_logits_folder(args)
     if args.plot:
@@ -295,31 +297,40 @@ def save_set_logits(folder: Path, clean: tuple[torch.Tensor, torch.Tensor],
     _logger.info(f'logits of {len(sets)} sets written to {folder}')
 
 
-def build_model(args: argparse.Namespace, max_label: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """The checkpoint's network with its weights, the training arguments it records, and its name."""
+def open_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The weights of ``--checkpoint`` (its EMA weights with ``--use-ema``), the training arguments it records and
+    the model name, read and checked before any set is read or generated (a file that is not a usable checkpoint is
+    refused before that work)."""
     checkpoint = load_training_checkpoint(args.checkpoint, '--checkpoint')
     run = vars(checkpoint['args']) if isinstance(checkpoint.get('args'), argparse.Namespace) else {}
     name = args.model or checkpoint.get('arch') or run.get('model')
     if not name:
         raise ValueError(f'--checkpoint {args.checkpoint} names no architecture: give --model NAME.')
+    key = 'state_dict_ema' if args.use_ema else 'state_dict'
+    if key not in checkpoint:
+        raise ValueError(f'--checkpoint {args.checkpoint} has no {key} (--use-ema needs EMA weights).')
+    return checkpoint[key], run, name
+
+
+def build_model(args: argparse.Namespace, state_dict: dict[str, Any], run: dict[str, Any], name: str,
+                max_label: int) -> torch.nn.Module:
+    """The network ``name`` with :func:`open_checkpoint`'s weights, for images labelled up to ``max_label``."""
     num_classes = args.num_classes or run.get('num_classes') or max_label + 1
     if max_label >= num_classes:
         raise ValueError(f'the images have label {max_label}, but the model has {num_classes} classes.')
     model = create_model(name, num_classes=num_classes, **(run.get('model_kwargs') or {}))
-    key = 'state_dict_ema' if args.use_ema else 'state_dict'
-    if key not in checkpoint:
-        raise ValueError(f'--checkpoint {args.checkpoint} has no {key} (--use-ema needs EMA weights).')
     try:
-        model.load_state_dict(clean_state_dict(checkpoint[key]))
+        model.load_state_dict(clean_state_dict(state_dict))
     except RuntimeError as error:
         raise ValueError(f'--checkpoint {args.checkpoint} does not fit {name} with {num_classes} classes: '
                          f'{str(error).splitlines()[0]}') from None
-    return model, run, name
+    return model
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Check, prepare the sets (generating when asked), evaluate every (corruption, severity), write the report."""
     check_args(args)
+    opened = None if args.generate_only else open_checkpoint(args)
     clean, class_names, folder, described = prepare_sets(args)
     if args.generate_only:
         _logger.info(f'{described["set"]} written to {folder}')
@@ -333,7 +344,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
              for name in corruptions for severity in args.severities}  # every file checked before the model runs
     max_label = max([int(dataset_targets(clean).max())] + [int(np.max(ds.targets)) for ds in cells.values()])
     device = torch.device(args.device)
-    model, run, model_name = build_model(args, max_label)
+    state_dict, run, model_name = opened
+    model = build_model(args, state_dict, run, model_name, max_label)
     if described['set'] == PUBLISHED_SET_NAME:
         check_model_labels(run, model.num_classes, args.checkpoint)
     model = model.to(device).eval()

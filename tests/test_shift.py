@@ -413,6 +413,8 @@ def test_command_refuses_a_clean_folder_of_other_classes_before_the_model(tmp_pa
     root, _ = _published_layout(tmp_path / 'c10c')
     checkpoint = tmp_path / 'model.pth.tar'
     checkpoint.write_bytes(b'never loaded')
+    # the checkpoint is read before the sets (open_checkpoint); the network is built only after the class check
+    monkeypatch.setattr(shift_cli, 'open_checkpoint', lambda args: ({}, {}, 'test_resnet'))
     monkeypatch.setattr(shift_cli, 'build_model', lambda *a: pytest.fail('built the model'))
     clean = _class_folders(tmp_path / 'clean', [*CIFAR10_CLASSES[:9], 'lorry'])
     with pytest.raises(SystemExit) as exit_info:
