@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import io
 import re
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,9 @@ def _grid_base(command: str) -> Callable[[Path], list[str]]:
     def base(tmp: Path) -> list[str]:
         (tmp / 'data' / 'train').mkdir(parents=True, exist_ok=True)
         (tmp / 'data' / 'val').mkdir(parents=True, exist_ok=True)
+        if not (tmp / 'a.tar.gz').exists():  # prepare-data's --archive is read as a tar file when parsed
+            with tarfile.open(tmp / 'a.tar.gz', 'w:gz') as tar:
+                tar.add(tmp / 'data', arcname='data')
         grid = ['--protocol', 'smoke', '--work-dir', str(tmp / 'work')]
         data = ['--data-dir', str(tmp / 'data')]
         return {'list': grid + data, 'status': grid, 'evaluate': grid + data, 'aggregate': grid, 'run': grid + data,

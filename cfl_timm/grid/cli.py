@@ -20,10 +20,19 @@ Usage::
 """
 import argparse
 import shlex
+import tarfile
 from pathlib import Path
 from typing import Optional
 
-from cfl_timm.training.arg_types import non_negative_int, positive_float, positive_int, seed
+from cfl_timm.training.arg_types import (
+    converter,
+    existing_file,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+    writable_folder,
+)
 from cfl_timm.training.cli_runner import run_cli
 
 from .aggregate import aggregate, aggregate_study
@@ -88,6 +97,27 @@ OTHER_COMMANDS = {
               "Train the grid's ce cell of one data setting for EPOCHS epochs and record its curve and last-fifth "
               'gain in RESULTS_DIR/<grid>/pilots/NAME.json (never overwritten).'),
 }
+
+
+@converter
+def tar_archive(value: str) -> Path:
+    """``prepare-data --archive``: an existing tar file (plain or compressed), checked before anything is
+    extracted."""
+    path = existing_file(value)
+    try:
+        is_tar = bool(path) and tarfile.is_tarfile(path)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f'cannot read {path} ({error.strerror})') from None
+    if not is_tar:
+        raise argparse.ArgumentTypeError(f'{value} is not a tar archive (.tar, .tar.gz, .tar.bz2 or .tar.xz)')
+    return Path(path)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """``--data-dir`` of the commands that train: a folder holding train/ and val/ class folders."""
+    if not (data_dir / 'train').is_dir() or not (data_dir / 'val').is_dir():
+        raise ValueError(f'--data-dir {data_dir} must hold train/ and val/ class folders '
+                         '(see the prepare-data subcommand).')
 
 
 def default_results_dir(args: argparse.Namespace) -> Path:
@@ -163,8 +193,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     summary, description = OTHER_COMMANDS['prepare-data']
     prep = commands.add_parser('prepare-data', help=summary, description=description)
-    prep.add_argument('--archive', type=Path, required=True, help='the CIFAR-10 JPEG archive (.tar.gz)')
-    prep.add_argument('--out', type=Path, required=True, help='extract into OUT/train and OUT/val')
+    prep.add_argument('--archive', type=tar_archive, required=True, help='the CIFAR-10 JPEG archive (.tar.gz)')
+    prep.add_argument('--out', type=writable_folder, required=True, help='extract into OUT/train and OUT/val')
     prep.add_argument('--train-per-class', type=positive_int, default=None, help='a capped copy: first N train images')
     prep.add_argument('--val-per-class', type=positive_int, default=None, help='a capped copy: first N val images')
     prep.add_argument('--monitor-per-class', type=positive_int, default=None,
@@ -206,6 +236,7 @@ def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
         raise ValueError(f'pilot: grid {protocol.name} has no loss named ce (the pilot trains it)')
     if args.epochs < 5:
         raise ValueError(f'--epochs must be >= 5 for a last fifth to exist, got {args.epochs}.')
+    check_data_dir(args.data_dir)
     train_script = find_train_script(args.train_script)
     extra = args.extra_flags[1:] if args.extra_flags[:1] == ['--'] else args.extra_flags
     print(run_pilot(protocol, args.data_setting, args.epochs, args.data_dir, args.work_dir, default_results_dir(args),
@@ -252,9 +283,7 @@ def main(args: argparse.Namespace) -> int:
         print('\n'.join(str(p) for p in paths.values()))
         return 0
 
-    if not (args.data_dir / 'train').is_dir() or not (args.data_dir / 'val').is_dir():
-        raise ValueError(f'--data-dir {args.data_dir} must hold train/ and val/ class folders '
-                         '(see the prepare-data subcommand).')
+    check_data_dir(args.data_dir)
     train_script = None if args.cell_fn else str(find_train_script(args.train_script))
     spec = WorkerSpec(runs_dir=runs_dir.resolve(), factory='cfl_timm.grid.cli:make_cell_fn',
                       factory_kwargs={'protocol': protocol.name, 'data_dir': str(args.data_dir.resolve()),
