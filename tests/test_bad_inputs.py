@@ -1,17 +1,21 @@
-"""Bad input never runs silently: one table of bad inputs to train.py, validate.py, the OLTR trainer and the
-library, each with the message fragment it must produce, all rejected before any training work.
+"""Bad input never runs silently: one table of bad inputs to train.py, validate.py, the OLTR trainer, the shift
+evaluation (``python -m cfl_timm.shift``), ``cfl-grid`` and the library, each with the message fragment it must
+produce, all rejected before any training work.
 
-Command-line rows run the real entry point in-process (``train.cli``, ``validate.cli``, ``oltr.train.cli``)
-and expect a usage error: exit status 2 and one last line ``<prog>: error: ...`` holding the fragment; then no
-run folder, checkpoint or output file may exist. Library rows expect a ``ValueError`` holding the fragment.
+Command-line rows run the real entry point in-process (``train.cli``, ``validate.cli``, ``oltr.train.cli``,
+``cfl_timm.shift.cli``, ``cfl_timm.grid.cli.cli``) and expect a usage error: exit status 2 and one last line
+``<prog>: error: ...`` holding the fragment; then no run folder, checkpoint, cache or output file may exist.
+Library rows expect a ``ValueError`` holding the fragment.
 The ``bad-inputs`` section of docs/bad-input.md is this table (``python tests/test_bad_inputs.py`` prints it).
 """
 import argparse
 import re
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from timm.models import create_model
@@ -25,9 +29,10 @@ DIGITS = ('--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size',
 class Row:
     """One bad input: where it enters, what it is (README wording), the arguments and the expected fragment."""
 
-    entry: str  # train.py, validate.py, oltr, library
+    entry: str  # train.py, validate.py, oltr, cfl_timm.shift, cfl-grid, library
     what: str
-    args: tuple  # command-line arguments ({files} is the folder of prepared bad files), or a library call name
+    args: tuple  # command-line arguments ({files}: the folder of prepared bad files; {out}: a folder that must not
+    # come to exist), or a library call name
     message: str
 
 
@@ -348,6 +353,74 @@ OLTR_ROWS = [
 ]
 
 
+# the digits val split as the clean images; generated sets cached and the report written under {out}
+SHIFT = ('--data-dir', '{files}/digits/val', '--cache-dir', '{out}/cache', '--output-json', '{out}/shift.json',
+         '--workers', '0')
+CHECKPOINT = ('--checkpoint', '{files}/focal.pth.tar')
+
+
+def S(what, message, *args, base=SHIFT):  # noqa: N802
+    return Row('cfl_timm.shift', what, (*base, *args), message)
+
+
+SHIFT_ROWS = [
+    S('`--corruptions frost,rain` (unknown)', 'argument --corruptions: expected a comma-separated list from '
+      'gaussian_noise,', '--corruptions', 'frost,rain', *CHECKPOINT),
+    S('`--severities 0`', "argument --severities: expected a comma-separated list from 1,2,3,4,5, got '0'",
+      '--severities', '0', *CHECKPOINT),
+    S('`--data-dir` missing', '--data-dir not found', '--data-dir', '{files}/nothing', *CHECKPOINT),
+    S('neither `--cifar10c-dir` nor `--cache-dir`', 'give --cifar10c-dir DIR (the published files) or --cache-dir',
+      '--data-dir', '{files}/digits/val', *CHECKPOINT, base=()),
+    S('`--cifar10c-dir` without `labels.npy`', 'has no labels.npy', '--cifar10c-dir', '{files}/no_train',
+      *CHECKPOINT),
+    S('`--corruptions fog` that the `--cifar10c-dir` lacks', "has no file for ['fog']; it has ['frost']",
+      '--cifar10c-dir', '{files}/c10c_frost', '--corruptions', 'fog', *CHECKPOINT),
+    S('`--generate-only` with `--cifar10c-dir`', 'they do not apply to --cifar10c-dir', '--cifar10c-dir',
+      '{files}/c10c_frost', '--generate-only'),
+    S('`--cache-dir` below a file', 'empty.csv is a file, not a folder', '--cache-dir', '{files}/empty.csv/cache',
+      '--generate-only'),
+    S('`--checkpoint` missing file', '--checkpoint not found', '--checkpoint', '{files}/absent.pth.tar'),
+    S('`--checkpoint` that is not a checkpoint (refused before generating)', 'is not a complete PyTorch checkpoint',
+      '--checkpoint', '{files}/text.pth.tar'),
+    S('`--use-ema` with a checkpoint without EMA weights', 'has no state_dict_ema (--use-ema needs EMA weights)',
+      *CHECKPOINT, '--use-ema'),
+    S('`--output-json` and `--plot` naming one `.png`', 'the file name must end in .json', *CHECKPOINT,
+      '--output-json', '{out}/shift.png', '--plot', '{out}/shift.png'),
+    S('`--output-json` below a file', 'cannot write into', *CHECKPOINT, '--output-json',
+      '{files}/empty.csv/shift.json'),
+]
+
+# a grid's cells would train in {out}/work
+WORK = ('--work-dir', '{out}/work')
+
+
+def G(what, message, *args):  # noqa: N802
+    return Row('cfl-grid', what, args, message)
+
+
+GRID_ROWS = [
+    G('`--protocol bogus` (unknown)', "argument --protocol: invalid choice: 'bogus'", 'run', '--protocol', 'bogus',
+      '--data-dir', '{files}/digits', *WORK),
+    G('`run --jobs 0`', 'argument --jobs: must be an integer >= 1', 'run', '--protocol', 'cpu', '--data-dir',
+      '{files}/digits', *WORK, '--jobs', '0'),
+    G('`run --data-dir` missing', 'must hold train/ and val/ class folders', 'run', '--protocol', 'cpu',
+      '--data-dir', '{files}/nothing', *WORK),
+    G('`--grid` missing file', 'absent.yaml: cannot read it (No such file or directory)', 'run', '--grid',
+      '{files}/absent.yaml', '--data-dir', '{files}/digits', *WORK),
+    G('`pilot --data-dir` missing', 'must hold train/ and val/ class folders', 'pilot', '--protocol', 'study-cpu',
+      '--data-setting', 'c10_4k', '--epochs', '10', '--name', 'p', '--data-dir', '{files}/nothing', *WORK),
+    G('`prepare-data --archive` missing', 'argument --archive: file not found', 'prepare-data', '--archive',
+      '{files}/absent.tar.gz', '--out', '{out}/data'),
+    G('`prepare-data --archive` that is not a tar file', 'text.pth.tar is not a tar archive', 'prepare-data',
+      '--archive', '{files}/text.pth.tar', '--out', '{out}/data'),
+    G('`prepare-data --out` a file', 'empty.csv is a file, not a folder', 'prepare-data', '--archive',
+      '{files}/archive.tar.gz', '--out', '{files}/empty.csv'),
+    G('`evaluate` a grid without an evaluation key', 'grid cpu has no evaluation key', 'evaluate', '--protocol',
+      'cpu', '--data-dir', '{files}/digits', *WORK),
+    G('`aggregate` with a missing `--work-dir`', 'No finished runs under', 'aggregate', '--protocol', 'cpu', *WORK),
+]
+
+
 def L(what, message, call):  # noqa: N802
     return Row('library', what, (call,), message)
 
@@ -366,7 +439,7 @@ LIBRARY_ROWS = [
     L('`coerce_config_value(--epochs, "ten")`', "expected an integer, got 'ten'", 'coerce_word'),
 ]
 
-ROWS = TRAIN_ROWS + VALIDATE_ROWS + OLTR_ROWS + LIBRARY_ROWS
+ROWS = TRAIN_ROWS + VALIDATE_ROWS + OLTR_ROWS + SHIFT_ROWS + GRID_ROWS + LIBRARY_ROWS
 
 
 def _row_id(row: Row) -> str:
@@ -377,7 +450,8 @@ def _row_id(row: Row) -> str:
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory, digits_dir) -> Path:
-    """The prepared bad files: samplers, configs, checkpoints, a folder holding a run, OLTR list folders."""
+    """The prepared bad files: samplers, configs, checkpoints, a folder holding a run, OLTR list folders, a
+    CIFAR-10-C-style folder holding one corruption, a tar archive."""
     root = tmp_path_factory.mktemp('bad_inputs')
     samplers = {'empty.csv': b'', 'word.csv': b'1\nx\n', 'fraction.csv': b'1.5\n', 'too_big.csv': b'0\n1442\n',
                 'negative.csv': b'-1\n3\n', 'huge.csv': b'3\n100000000000000000000000\n',
@@ -436,6 +510,11 @@ def files(tmp_path_factory, digits_dir) -> Path:
     (root / 'stage_2.yaml').write_text((REPO_ROOT / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_2.yaml').read_text())
     torch.save({'model': {}, 'epoch': 0, 'config': {'stage': 1, 'backbone': 'resnet152', 'num_classes': 365,
                                                     'feature_dim': 512}}, root / 'places_stage1.pth')
+    (root / 'c10c_frost').mkdir()  # the published layout with one corruption: labels.npy and frost.npy
+    np.save(root / 'c10c_frost' / 'labels.npy', np.zeros(5, dtype=np.int64))
+    np.save(root / 'c10c_frost' / 'frost.npy', np.zeros((5, 8, 8, 3), dtype=np.uint8))
+    with tarfile.open(root / 'archive.tar.gz', 'w:gz') as tar:
+        tar.add(root / 'empty.csv', arcname='empty.csv')
     return root
 
 
@@ -499,8 +578,8 @@ def _write_oltr_lists(root: Path, digits_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ runners
 
-def _expand(args, files: Path) -> list[str]:
-    return [str(a).replace('{files}', str(files)) for a in args]
+def _expand(args, files: Path, out: Path = Path('{out}')) -> list[str]:
+    return [str(a).replace('{files}', str(files)).replace('{out}', str(out)) for a in args]
 
 
 def _usage_error(capsys, call) -> str:
@@ -552,9 +631,25 @@ def test_oltr_rejects_bad_input_before_training(row, files, digits_dir, tmp_path
     assert not output.exists()
 
 
-def _library_call(name: str, files: Path):
-    import numpy as np
+@pytest.mark.parametrize('row', SHIFT_ROWS, ids=_row_id)
+def test_shift_rejects_bad_input_before_reading_images(row, files, tmp_path, capsys):
+    from cfl_timm import shift
+    out = tmp_path / 'out'
+    line = _usage_error(capsys, lambda: shift.cli(_expand(row.args, files, out)))
+    assert line.startswith('python -m cfl_timm.shift: error: ') and row.message in line, line
+    assert not out.exists()  # no cache folder, no generated set, no report
 
+
+@pytest.mark.parametrize('row', GRID_ROWS, ids=_row_id)
+def test_cfl_grid_rejects_bad_input_before_any_work(row, files, tmp_path, capsys):
+    from cfl_timm.grid.cli import cli
+    out = tmp_path / 'out'
+    line = _usage_error(capsys, lambda: cli(_expand(row.args, files, out)))
+    assert re.match(r'cfl-grid( [a-z-]+)?: error: ', line) and row.message in line, line
+    assert not out.exists()  # no work folder, no run, no extracted data
+
+
+def _library_call(name: str, files: Path):
     from cfl_timm import create_loss, cyclical_eta
     from cfl_timm.data import long_tailed_counts, select_train_subset, stratified_indices
     from cfl_timm.files import SummaryCSV
