@@ -415,6 +415,8 @@ GRID_ROWS = [
       '--archive', '{files}/text.pth.tar', '--out', '{out}/data'),
     G('`prepare-data --out` a file', 'empty.csv is a file, not a folder', 'prepare-data', '--archive',
       '{files}/archive.tar.gz', '--out', '{files}/empty.csv'),
+    G('`prepare-data --out` empty', '--out: give the folder to extract into', 'prepare-data', '--archive',
+      '{files}/archive.tar.gz', '--out', ''),
     G('`evaluate` a grid without an evaluation key', 'grid cpu has no evaluation key', 'evaluate', '--protocol',
       'cpu', '--data-dir', '{files}/digits', *WORK),
     G('`aggregate` with a missing `--work-dir`', 'No finished runs under', 'aggregate', '--protocol', 'cpu', *WORK),

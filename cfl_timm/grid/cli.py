@@ -246,6 +246,8 @@ def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
+        if not args.out:  # writable_folder lets '' through as "not given"; here it would extract into the cwd
+            raise ValueError('--out: give the folder to extract into, got an empty path.')
         print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class, args.monitor_per_class))
         return 0
     protocol = protocol_of(args)
