@@ -28,15 +28,16 @@ Every loss computes its gradient analytically in the forward pass (a few in-plac
 of cross-entropy) and ``loss.backward()`` only scales it. Under ``torch.compile`` (no host read, one graph) most
 losses compile another path, measured faster there (docs/speed.md): ``mbls`` and ``confidence-penalty`` compute
 their rows as the formula with plain differentiable ops (``_formula_rows``), which the inductor differentiates and
-fuses; the Brier family, MMCE and Dual focal, for hard targets, compute their rows from a few row reductions and
-save (N,) row coefficients, and the backward rebuilds the gradient from the logits in one pass (``_row_form``),
-instead of writing an (N, K) gradient in the forward and reading it back. ``flsd`` and ``adafocal`` compile their
-analytic path. Every path gives the same value and gradient. Half precision inputs are
-computed in float32 and the loss is float32. Reductions: 'mean' over the batch (default), 'sum' = N x the mean form
-(the protocol of the focal-calibration, AdaFocal and Dual-focal code, which sum over the batch), 'none' the
-per-sample values (not for the MMCE losses, whose penalty is a batch statistic). Soft (Mixup / CutMix) targets
-(N, K) are accepted by ``brier``, ``ce-brier``, ``mbls`` and ``confidence-penalty`` only (e becomes q, CE becomes
--sum_k q_k logp_k); label smoothing only by ``ce-brier`` (on its CE term, as timm's ``LabelSmoothingCrossEntropy``).
+fuses; ``brier``, ``ce-brier``, MMCE and Dual focal, for hard targets, compute their rows from a few row reductions
+and save (N,) row coefficients, and the backward rebuilds the gradient from the logits in one pass (``_row_form``),
+instead of writing an (N, K) gradient in the forward and reading it back. ``flsd``, ``adafocal`` and the
+focal-calibration losses (FCL, SA-FCL) compile their analytic path. Every path gives the same value and gradient.
+Half precision inputs are computed in float32 and the loss is float32. Reductions: 'mean' over the batch (default),
+'sum' = N x the mean form (the protocol of the focal-calibration, AdaFocal and Dual-focal code, which sum over the
+batch), 'none' the per-sample values (not for the MMCE losses, whose penalty is a batch statistic). Soft (Mixup /
+CutMix) targets (N, K) are accepted by ``brier``, ``ce-brier``, ``mbls`` and ``confidence-penalty`` only (e becomes
+q, CE becomes -sum_k q_k logp_k); label smoothing only by ``ce-brier`` (on its CE term, as timm's
+``LabelSmoothingCrossEntropy``).
 """
 import inspect
 import math
@@ -511,10 +512,8 @@ class _FocalBrierBase(_CalibrationLoss):
             return rows, None
         return rows, _brier_family_grad(d, a, index, p_t, one_minus_pt, coef, beta)
 
-    def _row_form(self, logits, index, scale):
-        lse, logp_t, p_t, one_minus_pt, brier, a = _brier_row_form(logits, index)
-        rows, coef, beta = self._rows_and_coefs(logp_t, p_t, one_minus_pt, brier, scale)
-        return rows, _brier_family_row_gradient(lse, p_t, a, coef, beta)
+    # No row form: compiled, the inductor recomputed the focal and gate terms (pow, expm1) of the row coefficients
+    # once per element in the backward's loop, which measured slower than the analytic path (docs/speed.md).
 
 
 class FocalCalibrationLoss(_FocalBrierBase):
