@@ -14,4 +14,5 @@ REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_PROC" "$REPO_DIR/train.py" "$@"
+# cfl_timm/training/launch.py is torchrun with a log folder that is removed at the end (torchrun leaves one in TMPDIR).
+exec "$PYTHON" "$REPO_DIR/cfl_timm/training/launch.py" --standalone --nproc_per_node="$NUM_PROC" "$REPO_DIR/train.py" "$@"

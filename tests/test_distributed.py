@@ -27,10 +27,15 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
         '--wd-min', '1e-4', '--T-min', '0.5', '--clip-min', '1', '--dist-bn', 'reduce', '--log-shard-indices',
         '--output', str(tmp_path), '--experiment', 'ddp', '--log-interval', '1000']
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path}
+    temp = tmp_path / 'system_temp'  # the launch's TMPDIR: torchrun's agent logs there
+    temp.mkdir()
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path, 'TMPDIR': str(temp)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, every_rank_log(result.stderr)
     assert 'Process 1 of 2, device cpu (backend gloo)' in result.stderr
+    # Nothing of the launch is left in the temp folder (torchrun alone leaves a torchelastic_* folder per launch);
+    # torch's import makes its compile cache folder there, which is meant to stay.
+    assert sorted(p.name for p in temp.iterdir() if not p.name.startswith('torchinductor_')) == []
 
     run_dir = tmp_path / 'ddp'
     shards = json.loads((run_dir / 'shards.json').read_text())['shards']
@@ -79,3 +84,19 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
                               interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
                               crop_pct=config['crop_pct'], num_workers=0, device=torch.device('cpu'))
         assert round(correct) == sum((model(x).argmax(1) == y).sum().item() for x, y in plain)
+
+
+def test_a_failed_launch_ends_with_the_rank_status_and_no_traceback(tmp_path):
+    """A usage error on every rank: distributed_train.sh exits 2 like train.py, with torchrun's table of the failed
+    ranks but not the agent's traceback, and leaves nothing in the temp folder."""
+    temp = tmp_path / 'system_temp'
+    temp.mkdir()
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path, 'TMPDIR': str(temp)}
+    command = [str(REPO_ROOT / 'distributed_train.sh'), '2', '--dataset', 'sklearn/digits', '--model', 'test_resnet',
+               '--model-kwargs', 'depth=foo', '--output', str(tmp_path / 'out')]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, every_rank_log(result.stderr)
+    assert "train.py: error: --model-kwargs depth='foo'" in result.stderr
+    assert 'FAILED' in result.stderr and 'Traceback' not in result.stderr
+    assert sorted(p.name for p in temp.iterdir() if not p.name.startswith('torchinductor_')) == []
