@@ -51,7 +51,14 @@ from cfl_timm.data.cifar10c import (
 from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
-from cfl_timm.training.arg_types import converter, non_negative_int, positive_int, seed, writable_folder
+from cfl_timm.training.arg_types import (
+    converter,
+    existing_folder,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    seed,
+)
 from cfl_timm.training.cli_runner import run_cli
 from cfl_timm.training.validate_args import check_writable_file
 
@@ -85,11 +92,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         description='Accuracy, ECE, NLL and clean-vs-corrupted MSP AUROC on CIFAR-10-C or a generated '
                     'CIFAR-10-C-style set.')
     data = parser.add_argument_group('data')
-    data.add_argument('--data-dir', required=True, metavar='DIR',
+    data.add_argument('--data-dir', type=existing_folder, required=True, metavar='DIR',
                       help='the clean images, a class-folder tree (DIR/<class>/<image>), e.g. the CIFAR-10 test set')
-    data.add_argument('--cifar10c-dir', metavar='DIR',
+    data.add_argument('--cifar10c-dir', type=existing_folder, metavar='DIR',
                       help='the published CIFAR-10-C files (labels.npy, <corruption>.npy); else generate')
-    data.add_argument('--cache-dir', type=writable_folder, default=None, metavar='DIR',
+    data.add_argument('--cache-dir', type=output_folder, default=None, metavar='DIR',
                       help='where generated sets are cached (needed to generate)')
     data.add_argument('--seed', type=seed, default=0, help='seed of the generated corruptions')
     data.add_argument('--image-size', type=positive_int, default=None,
@@ -114,7 +121,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument('--num-bins', type=positive_int, default=15, help='equal-width bins of ECE')
     output.add_argument('--output-json', metavar='PATH', help='write the report here (atomically); default: print')
     output.add_argument('--plot', metavar='PATH.png', help='box plot of top-1 and ECE per severity')
-    output.add_argument('--save-logits', type=writable_folder, default=None, metavar='DIR',
+    output.add_argument('--save-logits', type=output_folder, default=None, metavar='DIR',
                         help='write the logits of every evaluated set to a new folder (DIR/clean.npz, '
                              'DIR/<corruption>_s<severity>.npz: saved-logits files for python -m cfl_timm.evaluate)')
     return parser
@@ -150,13 +157,9 @@ def check_logits_folder(args: argparse.Namespace) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every input checked before any work."""
-    if not Path(args.data_dir).is_dir():
-        raise ValueError(f'--data-dir not found: {args.data_dir}')
     if args.cifar10c_dir is not None:
         if args.generate_only or args.image_size is not None:
             raise ValueError('--generate-only and --image-size generate a set; they do not apply to --cifar10c-dir.')
-        if not Path(args.cifar10c_dir).is_dir():
-            raise ValueError(f'--cifar10c-dir not found: {args.cifar10c_dir}')
         if not (Path(args.cifar10c_dir) / 'labels.npy').is_file():
             raise ValueError(f'--cifar10c-dir {args.cifar10c_dir} has no labels.npy (expected the CIFAR-10-C '
                              'layout: labels.npy and one <corruption>.npy per corruption).')

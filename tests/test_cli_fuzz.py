@@ -171,6 +171,7 @@ def _grid_base(command: str) -> Callable[[Path], list[str]]:
         if not (tmp / 'a.tar.gz').exists():  # prepare-data's --archive is read as a tar file when parsed
             with tarfile.open(tmp / 'a.tar.gz', 'w:gz') as tar:
                 tar.add(tmp / 'data', arcname='data')
+        (tmp / 'work').mkdir(exist_ok=True)  # status, evaluate and aggregate read an existing work folder
         grid = ['--protocol', 'smoke', '--work-dir', str(tmp / 'work')]
         data = ['--data-dir', str(tmp / 'data')]
         return {'list': grid + data, 'status': grid, 'evaluate': grid + data, 'aggregate': grid, 'run': grid + data,
@@ -203,12 +204,15 @@ def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
     if action.nargs == 0:  # a switch: nothing to fuzz but a stray value
         return []
     kind = action.type
+    path_kind = arg_types.PATH_KINDS.get(kind)
     if action.choices is not None:
         singles = ['bogus', '', '0']
-    elif kind in (arg_types.existing_file,):
-        singles = [str(tmp / 'missing.pth'), str(tmp), str(tmp / 'a_file.txt') + '/below']
-    elif kind is arg_types.writable_folder:
-        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
+    elif path_kind == 'file':
+        singles = [str(tmp / 'missing.pth'), str(tmp), str(tmp / 'a_file.txt') + '/below', '']
+    elif path_kind == 'folder':
+        singles = [str(tmp / 'missing'), str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
+    elif path_kind == 'output':
+        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new')]
     elif kind in (None, str):
         singles = list(TEXT_VALUES) + [str(tmp / 'a_file.txt'), str(tmp / 'missing')]
     else:
@@ -254,6 +258,7 @@ def test_every_bad_value_is_a_usage_error_or_accepted(entry_name, flag, tmp_path
     entry = ENTRIES[entry_name]
     action = _option(entry.parser(), flag)
     (tmp_path / 'a_file.txt').write_text('not a checkpoint\n')
+    (tmp_path / 'read_only').mkdir(mode=0o555)
     problems = []
     for values in _values(action, tmp_path):
         argv = entry.base(tmp_path) + [flag, *values]
@@ -280,13 +285,14 @@ def _names_input(line: str, action: argparse.Action) -> bool:
 
 
 @pytest.mark.parametrize('entry_name', sorted(ENTRIES))
-def test_every_numeric_flag_declares_its_check(entry_name):
-    """A flag parsed as a number carries a range converter (plain ``int``/``float`` would accept nan, -1, ...)."""
+def test_every_numeric_and_path_flag_declares_its_check(entry_name):
+    """A flag parsed as a number carries a range converter (plain ``int``/``float`` would accept nan, -1, ...), and
+    one parsed as a path a path converter (plain ``Path`` would accept a missing file, a file for a folder, '')."""
     parser = ENTRIES[entry_name].parser()
-    plain = [a.option_strings[-1] for a in parser._actions if a.type in (int, float)]
+    plain = [a.option_strings[-1] for a in parser._actions if a.type in (int, float, Path)]
     assert not plain, f'declare these with a cfl_timm.training.arg_types converter: {plain}'
     unknown = [a.option_strings[-1] for a in parser._actions
-               if callable(a.type) and a.type not in (str, Path) and a.type not in arg_types.CONVERTERS]
+               if callable(a.type) and a.type is not str and a.type not in arg_types.CONVERTERS]
     assert not unknown, f'flags with a converter not registered with @arg_types.converter: {unknown}'
 
 

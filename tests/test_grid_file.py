@@ -158,6 +158,10 @@ def test_the_console_entry_point_is_the_cli():
 def test_a_missing_train_script_is_one_usage_line(tmp_path):
     grid = tmp_path / 'grid.yaml'
     grid.write_text(GRID)
+    for split in ('train', 'val'):
+        (tmp_path / split).mkdir()
     done = _cfl_grid('list', '--grid', str(grid), '--data-dir', str(tmp_path), '--work-dir', str(tmp_path / 'w'),
                      '--train-script', str(tmp_path / 'nowhere.py'))
-    assert done.returncode == 2 and 'error: --train-script' in done.stderr and 'Traceback' not in done.stderr
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f'argument --train-script: file not found: '
+                                                         f'{tmp_path / "nowhere.py"}'), done.stderr

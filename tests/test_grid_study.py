@@ -319,6 +319,7 @@ def test_a_fresh_work_dir_starts_from_nothing_and_keeps_its_results(tmp_path, ca
     base = CFL_GRID
     work = ['--protocol', 'study-cpu', '--work-dir', str(tmp_path / 'work')]
     from cfl_timm.grid.cli import cli
+    (tmp_path / 'work').mkdir()
     assert cli(['status', *work]) == 0 and capsys.readouterr().out.startswith(f'0/{total} done')
     done = subprocess.run([*base, 'run', *work, '--data-dir', str(data), '--only', cell.name,
                            '--cell-fn', f'{THIS_FILE}:logging_cell'],

@@ -319,7 +319,8 @@ def test_command_bad_inputs_stop_before_work(clean_folder, tmp_path, capsys):
     assert 'has no labels.npy' in usage_error(*data, '--cifar10c-dir', str(tmp_path))
     np.save(tmp_path / 'labels.npy', np.zeros(5, dtype=np.int64))
     assert 'holds none of the corruptions' in usage_error(*data, '--cifar10c-dir', str(tmp_path))
-    assert '--data-dir not found' in usage_error('--data-dir', str(tmp_path / 'missing'), '--cache-dir', 'c')
+    assert 'argument --data-dir: folder not found' in usage_error('--data-dir', str(tmp_path / 'missing'),
+                                                                  '--cache-dir', 'c')
     assert not (tmp_path / 'c').exists()
 
 

@@ -22,16 +22,17 @@ import argparse
 import shlex
 import tarfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from cfl_timm.training.arg_types import (
-    converter,
     existing_file,
+    existing_folder,
     non_negative_int,
+    output_folder,
+    path_converter,
     positive_float,
     positive_int,
     seed,
-    writable_folder,
 )
 from cfl_timm.training.cli_runner import run_cli
 
@@ -99,25 +100,59 @@ OTHER_COMMANDS = {
 }
 
 
-@converter
-def tar_archive(value: str) -> Path:
+@path_converter('file')
+def file_path(value: Any) -> Path:
+    """``--grid``, ``--train-script``: an existing file."""
+    if not str(value):
+        raise argparse.ArgumentTypeError('give a file, got an empty path')
+    return Path(existing_file(value))
+
+
+@path_converter('file')
+def tar_archive(value: Any) -> Path:
     """``prepare-data --archive``: an existing tar file (plain or compressed), checked before anything is
     extracted."""
-    path = existing_file(value)
+    path = file_path(value)
     try:
-        is_tar = bool(path) and tarfile.is_tarfile(path)
+        is_tar = tarfile.is_tarfile(path)
     except OSError as error:
         raise argparse.ArgumentTypeError(f'cannot read {path} ({error.strerror})') from None
     if not is_tar:
         raise argparse.ArgumentTypeError(f'{value} is not a tar archive (.tar, .tar.gz, .tar.bz2 or .tar.xz)')
-    return Path(path)
+    return path
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """``--data-dir`` of the commands that train: a folder holding train/ and val/ class folders."""
-    if not (data_dir / 'train').is_dir() or not (data_dir / 'val').is_dir():
-        raise ValueError(f'--data-dir {data_dir} must hold train/ and val/ class folders '
-                         '(see the prepare-data subcommand).')
+@path_converter('folder')
+def folder_path(value: Any) -> Path:
+    """``evaluate --data-dir``: an existing folder (what it must hold depends on the grid)."""
+    return Path(existing_folder(value))
+
+
+@path_converter('folder')
+def training_data(value: Any) -> Path:
+    """``--data-dir`` of the commands that train (and list their commands): a folder holding train/ and val/
+    class folders."""
+    path = folder_path(value)
+    if not (path / 'train').is_dir() or not (path / 'val').is_dir():
+        raise argparse.ArgumentTypeError(f'{value} must hold train/ and val/ class folders (see the prepare-data '
+                                         'subcommand)')
+    return path
+
+
+@path_converter('output')
+def output_path(value: Any) -> Path:
+    """``--work-dir``, ``--results-dir``, ``--slurm-log-dir``, ``prepare-data --out``: a folder that is or can be
+    made writable."""
+    return Path(output_folder(value))
+
+
+def check_grid_state(args: argparse.Namespace) -> None:
+    """``status``, ``evaluate``, ``aggregate`` read a grid's state: its work folder, or the results folder given,
+    must exist (a mistyped path would otherwise report an empty grid)."""
+    folders = [args.work_dir] + ([args.results_dir] if args.results_dir is not None else [])
+    if not any(folder.is_dir() for folder in folders):
+        raise ValueError(f'--work-dir {args.work_dir}: no such folder, so no run of the grid is there '
+                         f'({args.command} reads the runs that cfl-grid run wrote).')
 
 
 def default_results_dir(args: argparse.Namespace) -> Path:
@@ -127,18 +162,18 @@ def default_results_dir(args: argparse.Namespace) -> Path:
 
 def _add_grid_choice(sub: argparse.ArgumentParser) -> None:
     grid = sub.add_mutually_exclusive_group(required=True)
-    grid.add_argument('--grid', type=Path, metavar='FILE.yaml',
+    grid.add_argument('--grid', type=file_path, metavar='FILE.yaml',
                       help="a grid file of one's own (models, losses, data, seeds, epochs, flags; docs/grid.md)")
     grid.add_argument('--protocol', choices=protocol_names(), help='one of the study protocols shipped with cfl_timm')
-    sub.add_argument('--work-dir', type=Path, required=True, help='runs go to WORK_DIR/<grid>/runs/<cell>/')
-    sub.add_argument('--results-dir', type=Path, default=None,
+    sub.add_argument('--work-dir', type=output_path, required=True, help='runs go to WORK_DIR/<grid>/runs/<cell>/')
+    sub.add_argument('--results-dir', type=output_path, default=None,
                      help='per-run result files go to RESULTS_DIR/<grid>/runs/ and aggregate writes its tables '
                           'there (default WORK_DIR/results; the cpu protocol writes no per-run files unless given); '
                           "bench/results in a checkout holds the project's committed results")
 
 
 def _add_train_script(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument('--train-script', type=Path, default=None, metavar='PATH',
+    sub.add_argument('--train-script', type=file_path, default=None, metavar='PATH',
                      help='the train.py each cell runs (default: the one of the cfl-timm checkout the package is '
                           'installed from, else ./train.py)')
 
@@ -160,7 +195,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=description)
         _add_grid_choice(sub)
         if name in ('run', 'list', 'evaluate'):
-            sub.add_argument('--data-dir', type=Path, required=True, help='folder with train/ and val/ class folders')
+            sub.add_argument('--data-dir', type=folder_path if name == 'evaluate' else training_data, required=True,
+                             help='folder with train/ and val/ class folders')
             sub.add_argument('--only', default=None, help='comma-separated cell names (default: all)')
             sub.add_argument('--seeds', type=seed, nargs='+', default=None, help='subset of the seeds')
         if name in ('run', 'list'):
@@ -182,7 +218,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             slurm.add_argument('--gpus-per-task', type=non_negative_int, default=0, help='GPUs per job (default 0)')
             slurm.add_argument('--slurm-setup', action='append', default=[], metavar='LINE',
                                help='shell line run before each job (repeatable), e.g. "module load cuda"')
-            slurm.add_argument('--slurm-log-dir', type=Path, default=None,
+            slurm.add_argument('--slurm-log-dir', type=output_path, default=None,
                                help='submitit job folders (default WORK_DIR/<grid>/slurm)')
             slurm.add_argument('--wait', action='store_true',
                                help='wait until every submitted job ended; exit 1 if a cell is not done')
@@ -194,7 +230,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     summary, description = OTHER_COMMANDS['prepare-data']
     prep = commands.add_parser('prepare-data', help=summary, description=description)
     prep.add_argument('--archive', type=tar_archive, required=True, help='the CIFAR-10 JPEG archive (.tar.gz)')
-    prep.add_argument('--out', type=writable_folder, required=True, help='extract into OUT/train and OUT/val')
+    prep.add_argument('--out', type=output_path, required=True, help='extract into OUT/train and OUT/val')
     prep.add_argument('--train-per-class', type=positive_int, default=None, help='a capped copy: first N train images')
     prep.add_argument('--val-per-class', type=positive_int, default=None, help='a capped copy: first N val images')
     prep.add_argument('--monitor-per-class', type=positive_int, default=None,
@@ -206,7 +242,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     pilot.add_argument('--data-setting', required=True, help="one of the grid's data settings")
     pilot.add_argument('--epochs', type=positive_int, required=True)
     pilot.add_argument('--name', required=True, help='the pilot record is RESULTS_DIR/<grid>/pilots/NAME.json')
-    pilot.add_argument('--data-dir', type=Path, required=True)
+    pilot.add_argument('--data-dir', type=training_data, required=True, help='folder with train/ and val/ class '
+                       'folders')
     pilot.add_argument('--seed', type=seed, default=0)
     _add_train_script(pilot)
     pilot.add_argument('extra_flags', nargs=argparse.REMAINDER,
@@ -236,7 +273,6 @@ def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
         raise ValueError(f'pilot: grid {protocol.name} has no loss named ce (the pilot trains it)')
     if args.epochs < 5:
         raise ValueError(f'--epochs must be >= 5 for a last fifth to exist, got {args.epochs}.')
-    check_data_dir(args.data_dir)
     train_script = find_train_script(args.train_script)
     extra = args.extra_flags[1:] if args.extra_flags[:1] == ['--'] else args.extra_flags
     print(run_pilot(protocol, args.data_setting, args.epochs, args.data_dir, args.work_dir, default_results_dir(args),
@@ -246,11 +282,11 @@ def _pilot(protocol: Protocol, args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if args.command == 'prepare-data':
-        if not args.out:  # writable_folder lets '' through as "not given"; here it would extract into the cwd
-            raise ValueError('--out: give the folder to extract into, got an empty path.')
         print(prepare_data(args.archive, args.out, args.train_per_class, args.val_per_class, args.monitor_per_class))
         return 0
     protocol = protocol_of(args)
+    if args.command in ('status', 'evaluate', 'aggregate'):
+        check_grid_state(args)
     if args.command == 'pilot':
         return _pilot(protocol, args)
     runs_dir = args.work_dir / protocol.name / 'runs'
@@ -285,7 +321,6 @@ def main(args: argparse.Namespace) -> int:
         print('\n'.join(str(p) for p in paths.values()))
         return 0
 
-    check_data_dir(args.data_dir)
     train_script = None if args.cell_fn else str(find_train_script(args.train_script))
     spec = WorkerSpec(runs_dir=runs_dir.resolve(), factory='cfl_timm.grid.cli:make_cell_fn',
                       factory_kwargs={'protocol': protocol.name, 'data_dir': str(args.data_dir.resolve()),

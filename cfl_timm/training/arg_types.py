@@ -14,9 +14,9 @@ from typing import Any
 from timm.utils import ParseKwargs
 
 __all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
-           'crop_fraction', 'existing_file', 'finite_float', 'float_in', 'fraction', 'int_in', 'integer',
-           'non_negative_float', 'non_negative_int', 'positive_float', 'positive_int', 'probability', 'relative_name',
-           'seed', 'writable_folder']
+           'PATH_KINDS', 'crop_fraction', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
+           'int_in', 'integer', 'non_negative_float', 'non_negative_int', 'output_folder', 'path_converter',
+           'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -28,6 +28,23 @@ def converter(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     ``argparse.ArgumentTypeError`` saying what is valid."""
     CONVERTERS.add(function)
     return function
+
+
+# The kind of path each path converter takes, so that tests/test_cli_fuzz.py generates the right wrong paths for it:
+# 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable).
+PATH_KINDS: dict[Callable[[Any], Any], str] = {}
+
+
+def path_converter(kind: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: 'file', 'folder' or
+    'output'."""
+    if kind not in ('file', 'folder', 'output'):
+        raise ValueError(f"kind must be 'file', 'folder' or 'output', got {kind!r}")
+
+    def register(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        PATH_KINDS[function] = kind
+        return converter(function)
+    return register
 
 
 SEED_MAX = 2 ** 32 - 1  # numpy's seed range, used by timm's random_seed
@@ -160,7 +177,7 @@ def seed(value: Any) -> int:
     return number
 
 
-@converter
+@path_converter('file')
 def existing_file(value: Any) -> str:
     """The path of an existing file ('' = none given)."""
     path = str(value)
@@ -169,13 +186,19 @@ def existing_file(value: Any) -> str:
     return path
 
 
-@converter
-def writable_folder(value: Any) -> str:
-    """A folder that exists and is writable, or can be created: its nearest existing ancestor is a writable
-    folder ('' = the default)."""
+@path_converter('folder')
+def existing_folder(value: Any) -> str:
+    """The path of an existing folder."""
     path = str(value)
     if not path:
-        return path
+        raise argparse.ArgumentTypeError('give a folder, got an empty path')
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f'{path} is a file, not a folder' if os.path.exists(path)
+                                         else f'folder not found: {path}')
+    return path
+
+
+def _check_writable(path: str) -> str:
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -187,6 +210,23 @@ def writable_folder(value: Any) -> str:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f'folder {probe} is not writable (in {path})')
     return path
+
+
+@path_converter('output')
+def output_folder(value: Any) -> str:
+    """A folder to write into: it exists and is writable, or can be created (its nearest existing ancestor is a
+    writable folder)."""
+    path = str(value)
+    if not path:  # an empty path would write into the working folder
+        raise argparse.ArgumentTypeError('give a folder, got an empty path')
+    return _check_writable(path)
+
+
+@path_converter('output')
+def writable_folder(value: Any) -> str:
+    """:func:`output_folder`, or '' for the flag's default (train.py's ``--output ''`` is timm's ./output)."""
+    path = str(value)
+    return _check_writable(path) if path else path
 
 
 @converter
