@@ -234,7 +234,7 @@ def _ood_entry(text: str) -> tuple[str, str]:
     name, sep, path = text.partition('=')
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f'expected NAME=FILE.npz, got {text!r}.')
-    return name, path
+    return name, arg_types.existing_file(path)
 
 
 @arg_types.converter
@@ -253,8 +253,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m cfl_timm.evaluate', allow_abbrev=False,
         description='Evaluate saved logits: calibration, post-hoc calibrators, OOD detection, selective risk.')
-    parser.add_argument('--logits', required=True, metavar='TEST.npz', help='evaluated logits and targets (.npz)')
-    parser.add_argument('--fit', metavar='HOLDOUT.npz', help='held-out logits and targets to fit --posthoc on')
+    parser.add_argument('--logits', type=arg_types.existing_file, required=True, metavar='TEST.npz',
+                        help='evaluated logits and targets (.npz)')
+    parser.add_argument('--fit', type=arg_types.existing_file, metavar='HOLDOUT.npz',
+                        help='held-out logits and targets to fit --posthoc on')
     parser.add_argument('--ood', type=_ood_entry, action='append', default=[], metavar='NAME=FILE.npz',
                         help='an out-of-distribution set (repeatable)')
     parser.add_argument('--posthoc', type=posthoc_list, default=[], metavar='LIST',
@@ -264,8 +266,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=arg_types.seed, default=0, help='seed of the bootstrap resampling')
     parser.add_argument('--num-bins', type=arg_types.positive_int, default=15,
                         help='equal-width bins of the binned metrics')
-    parser.add_argument('--output-json', metavar='PATH', help='write the results here (atomically)')
-    parser.add_argument('--plot-dir', metavar='DIR', help=f'draw {" and ".join(PLOT_FILES.values())} into DIR '
+    parser.add_argument('--output-json', type=arg_types.json_file, metavar='PATH',
+                        help='write the results here (atomically)')
+    parser.add_argument('--plot-dir', type=arg_types.output_folder, metavar='DIR',
+                        help=f'draw {" and ".join(PLOT_FILES.values())} into DIR '
                         '(reliability diagrams before / after each --posthoc method, risk-coverage curves)')
     return parser
 
@@ -284,8 +288,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if repeated:
         raise ValueError(f'--ood names must be distinct and not {SAVED_OOD_NAME!r} (the --logits file\'s own '
                          f'ood_logits), got {repeated}.')
-    if args.output_json and Path(args.output_json).is_dir():
-        raise ValueError(f'--output-json {args.output_json} is a folder; give a file path.')
     check_plot_dir(args.plot_dir)
     evaluated = _load('--logits', args.logits)
     fit = _load('--fit', args.fit) if args.fit else None

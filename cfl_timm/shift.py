@@ -53,14 +53,16 @@ from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
 from cfl_timm.training.arg_types import (
     converter,
+    existing_file,
     existing_folder,
+    json_file,
     non_negative_int,
     output_folder,
+    png_file,
     positive_int,
     seed,
 )
 from cfl_timm.training.cli_runner import run_cli
-from cfl_timm.training.validate_args import check_writable_file
 
 __all__ = ['cli', 'generate_shift_sets', 'get_args_parser', 'main', 'prepare_sets', 'shift_evaluation', 'shift_logits']
 
@@ -109,7 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help='evaluate N evenly spaced images of each set (default: all)')
     data.add_argument('--generate-only', action='store_true', help='write the generated set and stop')
     model = parser.add_argument_group('model')
-    model.add_argument('--checkpoint', metavar='PATH', help='a train.py checkpoint')
+    model.add_argument('--checkpoint', type=existing_file, metavar='PATH', help='a train.py checkpoint')
     model.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s)')
     model.add_argument('--use-ema', action='store_true', help='evaluate the EMA weights of the checkpoint')
     model.add_argument('--num-classes', type=positive_int, default=None,
@@ -119,8 +121,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument('--device', default='cpu')
     output = parser.add_argument_group('output')
     output.add_argument('--num-bins', type=positive_int, default=15, help='equal-width bins of ECE')
-    output.add_argument('--output-json', metavar='PATH', help='write the report here (atomically); default: print')
-    output.add_argument('--plot', metavar='PATH.png', help='box plot of top-1 and ECE per severity')
+    output.add_argument('--output-json', type=json_file, metavar='PATH',
+                        help='write the report here (atomically); default: print')
+    output.add_argument('--plot', type=png_file, metavar='PATH.png', help='box plot of top-1 and ECE per severity')
     output.add_argument('--save-logits', type=output_folder, default=None, metavar='DIR',
                         help='write the logits of every evaluated set to a new folder (DIR/clean.npz, '
                              'DIR/<corruption>_s<severity>.npz: saved-logits files for python -m cfl_timm.evaluate)')
@@ -182,9 +185,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--checkpoint not found: {args.checkpoint!r} (needed unless --generate-only).')
     if args.model is not None and not is_model(args.model):
         raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")
-    for flag, path, suffix in (('--output-json', args.output_json, '.json'), ('--plot', args.plot, '.png')):
-        if path:  # a path that cannot be written would fail only after the whole evaluation
-            check_writable_file(path, flag, suffix)
     if args.save_logits:
         check_logits_folder(args)
     if args.plot:

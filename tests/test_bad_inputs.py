@@ -381,7 +381,7 @@ SHIFT_ROWS = [
       '{files}/c10c_frost', '--generate-only'),
     S('`--cache-dir` below a file', 'empty.csv is a file, not a folder', '--cache-dir', '{files}/empty.csv/cache',
       '--generate-only'),
-    S('`--checkpoint` missing file', '--checkpoint not found', '--checkpoint', '{files}/absent.pth.tar'),
+    S('`--checkpoint` missing file', 'argument --checkpoint: file not found', '--checkpoint', '{files}/absent.pth.tar'),
     S('`--checkpoint` that is not a checkpoint (refused before generating)', 'is not a complete PyTorch checkpoint',
       '--checkpoint', '{files}/text.pth.tar'),
     S('`--use-ema` with a checkpoint without EMA weights', 'has no state_dict_ema (--use-ema needs EMA weights)',

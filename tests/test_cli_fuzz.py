@@ -211,6 +211,9 @@ def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
         singles = [str(tmp / 'missing.pth'), str(tmp), str(tmp / 'a_file.txt') + '/below', '']
     elif path_kind == 'folder':
         singles = [str(tmp / 'missing'), str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
+    elif path_kind == 'output_file':
+        singles = [str(tmp), str(tmp / 'a_file.txt' / 'below.json'), '', str(tmp / 'wrong.suffix'),
+                   str(tmp / 'read_only' / 'new.json')]
     elif path_kind == 'output':
         singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new')]
     elif kind in (None, str):

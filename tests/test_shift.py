@@ -312,7 +312,8 @@ def test_command_bad_inputs_stop_before_work(clean_folder, tmp_path, capsys):
         return capsys.readouterr().err.strip().splitlines()[-1]
 
     data = ['--data-dir', str(clean_folder)]
-    assert '--cifar10c-dir DIR' in usage_error(*data, '--checkpoint', 'x.pth')
+    assert '--cifar10c-dir DIR' in usage_error(*data)
+    assert 'argument --checkpoint: file not found: x.pth' in usage_error(*data, '--checkpoint', 'x.pth')
     assert 'expected a comma-separated list' in usage_error(*data, '--corruptions', 'frost,speckle')
     assert 'expected a comma-separated list' in usage_error(*data, '--severities', '0')
     assert '--checkpoint not found' in usage_error(*data, '--cache-dir', str(tmp_path / 'c'))

@@ -15,7 +15,8 @@ from timm.utils import ParseKwargs
 
 __all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
            'PATH_KINDS', 'crop_fraction', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
-           'int_in', 'integer', 'non_negative_float', 'non_negative_int', 'output_folder', 'path_converter',
+           'check_output_file', 'int_in', 'integer', 'json_file', 'non_negative_float', 'non_negative_int',
+           'npz_file', 'output_file', 'output_folder', 'path_converter', 'png_file',
            'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
@@ -31,15 +32,17 @@ def converter(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # The kind of path each path converter takes, so that tests/test_cli_fuzz.py generates the right wrong paths for it:
-# 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable).
+# 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable),
+# 'output_file' (a file to write, in such a folder).
 PATH_KINDS: dict[Callable[[Any], Any], str] = {}
+_PATH_KIND_NAMES = ('file', 'folder', 'output', 'output_file')
 
 
 def path_converter(kind: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: 'file', 'folder' or
-    'output'."""
-    if kind not in ('file', 'folder', 'output'):
-        raise ValueError(f"kind must be 'file', 'folder' or 'output', got {kind!r}")
+    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: one of 'file', 'folder',
+    'output', 'output_file'."""
+    if kind not in _PATH_KIND_NAMES:
+        raise ValueError(f'kind must be one of {_PATH_KIND_NAMES}, got {kind!r}')
 
     def register(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         PATH_KINDS[function] = kind
@@ -227,6 +230,39 @@ def writable_folder(value: Any) -> str:
     """:func:`output_folder`, or '' for the flag's default (train.py's ``--output ''`` is timm's ./output)."""
     path = str(value)
     return _check_writable(path) if path else path
+
+
+def check_output_file(path: str, suffix: str) -> str:
+    """``path`` unless it does not end in ``suffix``, is a folder, or lies where no file can be written (its
+    nearest existing ancestor is not a writable folder); raises ``argparse.ArgumentTypeError`` saying which."""
+    target = os.path.expanduser(path)
+    if not target:
+        raise argparse.ArgumentTypeError(f'give a file name ending in {suffix}, got an empty path')
+    if os.path.splitext(target)[1].lower() != suffix:
+        raise argparse.ArgumentTypeError(f'{path}: the file name must end in {suffix}')
+    if os.path.isdir(target):
+        raise argparse.ArgumentTypeError(f'{path} is a folder: give a file name ending in {suffix}')
+    folder = os.path.dirname(os.path.realpath(target))
+    while not os.path.exists(folder):  # the missing folders are created on writing: their ancestor must allow it
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f'{path}: cannot write into {folder} (not a writable folder)')
+    return path
+
+
+def output_file(suffix: str, name: str) -> Callable[[Any], str]:
+    """A registered converter, named ``name``, to the path of a file to write ending in ``suffix`` (checked when
+    parsed, so that a long evaluation does not fail at its last step)."""
+    def convert(value: Any) -> str:
+        return check_output_file(str(value), suffix)
+    convert.__name__ = name
+    convert.__doc__ = f'A file to write, ending in {suffix}, in a folder that is or can be made writable.'
+    return path_converter('output_file')(convert)
+
+
+json_file = output_file('.json', 'json_file')
+png_file = output_file('.png', 'png_file')
+npz_file = output_file('.npz', 'npz_file')
 
 
 @converter
