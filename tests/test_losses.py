@@ -81,6 +81,41 @@ def test_cyclical_matches_formula_and_gradients(gammas, eta, eps):
     assert torch.autograd.gradcheck(lambda z: loss_fn(z, target), (logits,))
 
 
+@pytest.mark.parametrize('shape', [(1, 10), (31, 10), (32, 10), (257, 10), (64, 1), (40, 2), (33, 15), (48, 16),
+                                   (40, 17), (8, 1000)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_short_row_log_softmax_equals_torch(shape, dtype):
+    """The losses' log-softmax (transposed for rows of < 16 classes in batches of >= 32 on the CPU) gives
+    torch.log_softmax's values and gradient, extreme logits included."""
+    from cfl_timm.loss._base import log_softmax
+    generator = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
+    logits = torch.randn(shape, generator=generator, dtype=torch.float64) * 10
+    logits[0, 0], logits[-1, -1] = 1e4, -1e4
+    logits = logits.to(dtype).requires_grad_()
+    ours, expected = log_softmax(logits), torch.log_softmax(logits, 1)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=0, atol=4 * torch.finfo(dtype).eps * 1e4)
+    weights = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+    grad_ours, = torch.autograd.grad(ours, logits, weights)
+    grad_expected, = torch.autograd.grad(expected, logits, weights)
+    torch.testing.assert_close(grad_ours, grad_expected)
+
+
+@pytest.mark.parametrize('eps', EPSILONS)
+@pytest.mark.parametrize('rows, classes', [(64, 10), (40, 3)])
+def test_cyclical_matches_formula_on_short_rows_in_a_batch(rows, classes, eps):
+    """Batches that take the transposed log-softmax: value, gradient and gradcheck against the formula."""
+    loss_fn = cyclical_at_eta(0.3, 3.0, 2.0, 2.0, eps)
+    logits, target = random_logits(rows, classes)
+    ours = loss_fn(logits, target)
+    expected = formula(logits, target, 0.3, 3.0, 2.0, 2.0, eps)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    grad_ours, = torch.autograd.grad(ours.sum(), logits)
+    grad_expected, = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad_ours, grad_expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: loss_fn(z, target), (logits,))
+
+
 @pytest.mark.parametrize('eps', EPSILONS)
 @pytest.mark.parametrize('gammas', GAMMAS)
 def test_extreme_logits_finite_and_exact(gammas, eps):

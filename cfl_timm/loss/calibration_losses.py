@@ -47,7 +47,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import check_choice, check_number, check_reduction, check_soft_targets, check_target_indices
+from ._base import (
+    check_choice,
+    check_number,
+    check_reduction,
+    check_soft_targets,
+    check_target_indices,
+    log_softmax,
+)
 
 __all__ = [
     'CALIBRATION_LOSS_TYPES', 'CALIBRATION_LOSS_DEFAULTS', 'SOFT_TARGET_LOSSES',
@@ -394,7 +401,7 @@ class BrierLoss(_CalibrationLoss):
     soft_targets = True
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         p_t = one_minus_pt = None
         if index is not None:
             logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
@@ -436,7 +443,7 @@ class CEBrierLoss(_CalibrationLoss):
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         eps, num_classes = self.smoothing, logits.shape[1]
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         if dist is None:
             logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
             ce = logp_t.neg()
@@ -456,7 +463,7 @@ class CEBrierLoss(_CalibrationLoss):
         grad = _brier_family_grad(d, a, index, p_t, one_minus_pt, coef, 2.0 * self.brier_weight * scale, dist, p)
         if eps:
             # Hard targets turned p into d in place; recompute it (only when smoothing).
-            p_again = logits.softmax(1) if dist is None else p
+            p_again = log_softmax(logits).exp_() if dist is None else p
             grad.add_(p_again - 1.0 / num_classes, alpha=eps * scale)
         return rows, grad
 
@@ -501,7 +508,7 @@ class _FocalBrierBase(_CalibrationLoss):
         return rows, coef, beta
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
         one_minus_pt = _one_minus_exp(logp_t)
         p_t = logp_t.exp()
@@ -600,7 +607,7 @@ class _MMCEBase(_CalibrationLoss):
         return rows, d_penalty.to(r.dtype).mul_(r).mul_(r.shape[0] * self.weight * scale)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         ce = logp.gather(1, index.unsqueeze(1)).squeeze(1).neg_()
         p = logp.exp_()
         r, predicted = p.max(1)
@@ -780,7 +787,7 @@ class FLSDLoss(_CalibrationLoss):
         return torch.where(p_t < 0.2, 5.0, torch.where(p_t < 0.5, 3.0, self.gamma)).to(p_t.dtype)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
         gamma = self.sample_gamma(logp_t.exp())
         weight, coef = _focal_terms(logp_t, gamma)
@@ -812,7 +819,7 @@ class DualFocalLoss(_CalibrationLoss):
         self.gamma = check_number(self.name, 'dual_gamma', gamma)
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         column = index.unsqueeze(1)
         logp_t = logp.gather(1, column).squeeze(1)
         p = logp.exp_()
@@ -931,7 +938,7 @@ class AdaFocalLoss(_CalibrationLoss):
         return self.gammas.to(device=p_t.device, dtype=p_t.dtype)[bins]
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         logp_t = logp.gather(1, index.unsqueeze(1)).squeeze(1)
         p_t = logp_t.exp()
         gamma = self.sample_gamma(p_t)
@@ -1053,7 +1060,7 @@ class MbLSLoss(_CalibrationLoss):
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         weight = self.alpha / logits.shape[1] if self.norm == 'mean' else self.alpha
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         if dist is None:
             ce = logp.gather(1, index.unsqueeze(1)).squeeze(1).neg_()
         else:
@@ -1081,7 +1088,7 @@ class MbLSLoss(_CalibrationLoss):
         # The max logit is not detached; at an exact tie of the top logits amax splits its gradient among them (a
         # subgradient; the eager path gives it to the first).
         hinge = F.relu((logits.amax(1, keepdim=True) - self.margin) - logits)
-        return _formula_ce(F.log_softmax(logits, dim=1), index, dist) + weight * hinge.sum(1)
+        return _formula_ce(log_softmax(logits), index, dist) + weight * hinge.sum(1)
 
 
 class ConfidencePenaltyLoss(_CalibrationLoss):
@@ -1112,7 +1119,7 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
 
     def _rows_and_grad(self, logits, index, dist, scale, need_grad):
         alpha = self.alpha
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         if dist is None:
             ce = logp.gather(1, index.unsqueeze(1)).squeeze(1).neg_()
         else:
@@ -1166,7 +1173,7 @@ class ConfidencePenaltyLoss(_CalibrationLoss):
         return rows, grad.sub_(dist, alpha=scale)
 
     def _formula_rows(self, logits, index, dist):
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         ce = _formula_ce(logp, index, dist)
         p = logp.exp()
         if self.norm == 'sample':

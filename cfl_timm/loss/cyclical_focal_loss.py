@@ -30,7 +30,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._base import (
     check_choice,
@@ -39,6 +38,7 @@ from ._base import (
     check_soft_targets,
     check_target_indices,
     check_target_kind,
+    log_softmax,
 )
 
 __all__ = [
@@ -286,7 +286,7 @@ class _FocalLossFunction(torch.autograd.Function):
         # 256 x 10).
         (logits, target_index, target_dist, eta, gamma_hc, gamma_pos, gamma_neg, symmetric, eps, scale,
          need_grad) = inputs
-        logp = F.log_softmax(logits, dim=1)
+        logp = log_softmax(logits)
         row_scale = 1.0 if scale is None else scale
         if target_dist is None and (eps == 0 or not symmetric):
             loss, grad = _hard_target_loss(
