@@ -114,6 +114,11 @@ def _addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, a) -> torch.Tens
     return x + y * z * a if isinstance(a, torch.Tensor) else torch.addcmul(x, y, z, value=a)
 
 
+def _addcmul_(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, a) -> torch.Tensor:
+    """x += a * y * z in place, a a float (one fused pass) or a 0-dim tensor."""
+    return x.add_(y * z * a) if isinstance(a, torch.Tensor) else x.addcmul_(y, z, value=a)
+
+
 def _power(p: torch.Tensor, logp: torch.Tensor, gamma: float) -> torch.Tensor:
     """A new tensor p ** gamma for p = exp(logp): in-place multiplications for integer gamma (the common 1 to 4,
     several times faster than pow or exp on CPU), exp(gamma * logp) otherwise."""
@@ -152,28 +157,31 @@ def _negative_terms(logp: torch.Tensor, eta: float, gamma_neg: float):
 def _positive_terms(logp: torch.Tensor, eta: float, gamma_pos: float, gamma_hc: float):
     """Per-class loss term A = w_pos * logp and gradient term B = w_pos + p * logp * dw_pos/dp (targets).
 
-    Written with few fused kernels: on the (M,) target column the cost is the number of launches.
+    With the focal part F = (1 - p)^gamma_pos and the high-confidence part H = (1 + p)^gamma_hc,
+    w_pos = lerp(F, H, eta) and B = lerp(F - gamma_pos F p logp / (1 - p), H + gamma_hc H p logp / (1 + p), eta).
+    Written with few fused kernels and no tensor-times-Python-float product (on a float32 tensor each such
+    product first copies the float into a float32 tensor): on the (M,) target column the cost is the number
+    of launches.
     """
     p = logp.exp()
     one_minus_p = torch.expm1(logp).neg_()  # accurate as p -> 1
     p_logp = p * logp
     focal = one_minus_p.pow(gamma_pos)
-    weight = focal.mul(1 - eta)
     if gamma_pos != 0:
         # (1 - p)^(gamma_pos - 1) * p * logp = (1 - p)^gamma_pos * p * logp / (1 - p); at p = 1 the focal factor
         # is 0 and the clamped ratio finite, giving the limit 0.
         ratio = p_logp.div(one_minus_p.clamp_min_(torch.finfo(logp.dtype).tiny))
-        grad_term = _addcmul(weight, focal, ratio, -(1 - eta) * gamma_pos)
+        focal_grad = torch.addcmul(focal, focal, ratio, value=-gamma_pos)
     else:
-        grad_term = weight.clone()
-    if not _is_zero(eta):
-        one_plus_p = p.add_(1.0)
-        hard = one_plus_p.pow(gamma_hc)
-        _add_scaled_(weight, hard, eta)
-        _add_scaled_(grad_term, hard, eta)
-        if gamma_hc != 0:
-            _add_scaled_(grad_term, hard * p_logp.div_(one_plus_p), eta * gamma_hc)
-    return weight.mul_(logp), grad_term
+        focal_grad = focal
+    if _is_zero(eta):
+        return focal.mul(logp), focal_grad
+    if isinstance(eta, torch.Tensor):  # the compiled path's 0-dim eta: lerp takes a weight of the inputs' dtype
+        eta = eta.to(logp.dtype)
+    one_plus_p = p.add_(1.0)
+    hard = one_plus_p.pow(gamma_hc)
+    hard_grad = torch.addcmul(hard, hard, p_logp.div_(one_plus_p), value=gamma_hc) if gamma_hc != 0 else hard
+    return torch.lerp(focal, hard, eta).mul_(logp), torch.lerp(focal_grad, hard_grad, eta)
 
 
 def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamma_neg, eps, scale, need_grad):
@@ -197,27 +205,31 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
         return pos_loss, grad.scatter_add_(1, index, row_sum.neg_().unsqueeze(1))
 
     # Negative weight w_j = (1 - eta) * p_j^g + eta summed against logp_j over every class, then the target's
-    # own negative term taken out (it carries the positive weight instead).
+    # own negative term taken out (it carries the positive weight instead). The target column's terms are added
+    # as products with the row vectors (alpha / value arguments), never as tensor-times-float products, which on
+    # a float32 tensor first copy the float into a tensor.
     p = _probabilities(logits, logp) if need_grad or gamma_neg != 0 else None
     sum_logp = logp.sum(1)
     if gamma_neg == 0:
         p_pow = None
-        neg_weight_t = torch.ones_like(logp_t)
-        sum_pow, sum_pow_logp = float(num_classes), sum_logp
+        loss = torch.mul(sum_logp, smooth)
+        loss.add_(logp_t, alpha=-smooth)
     else:
         p_pow = _power(p, logp, gamma_neg)
         p_pow_t = p_pow.gather(1, index).squeeze(1)
-        neg_weight_t = p_pow_t.mul(1 - eta).add_(eta)
         sum_pow = p_pow.sum(1)
         if need_grad:
-            # Gradient term p^g + g * p^g * logp in place; its row sum also yields sum p^g * logp, so no (M, K)
-            # temporary is allocated (on CPU each new large tensor costs page faults).
+            # Gradient term p^g + g * p^g * logp in place; its row sum sum_b also yields sum p^g * logp =
+            # (sum_b - sum p^g) / g, so no (M, K) temporary is allocated (on CPU each new large tensor costs page
+            # faults).
             grad_pow = p_pow.addcmul_(p_pow, logp, value=gamma_neg)
-            sum_pow_logp = (grad_pow.sum(1) - sum_pow) / gamma_neg
+            sum_b = grad_pow.sum(1)
+            loss = torch.sub(sum_b, sum_pow).mul_(smooth * (1 - eta) / gamma_neg)
         else:
-            sum_pow_logp = torch.linalg.vecdot(p_pow, logp)
-    loss = torch.mul(sum_pow_logp, smooth * (1 - eta))
-    _add_scaled_(loss, sum_logp, smooth * eta).addcmul_(neg_weight_t, logp_t, value=-smooth)
+            loss = torch.linalg.vecdot(p_pow, logp).mul_(smooth * (1 - eta))
+        _add_scaled_(loss, sum_logp, smooth * eta)
+        _addcmul_(loss, p_pow_t, logp_t, -smooth * (1 - eta))
+        _add_scaled_(loss, logp_t, -smooth * eta)
     loss.add_(pos_loss, alpha=target_mass)
     if not need_grad:
         return loss, None
@@ -226,13 +238,12 @@ def _hard_target_loss(logits, logp, target_index, eta, gamma_hc, gamma_pos, gamm
     # for j != t, c_t = target_mass * B_pos; grad = p * sum_j c_j - c (all scaled by the reduction).
     p_t = p.gather(1, index).squeeze(1)
     if p_pow is None:
-        neg_grad_t = neg_weight_t
-        row_sum = torch.full_like(logp_t, scale * smooth * num_classes)
+        row_sum = torch.full_like(logp_t, scale * smooth * (num_classes - 1))
     else:
-        neg_grad_t = _addcmul(neg_weight_t, p_pow_t, logp_t, (1 - eta) * gamma_neg)
-        row_sum = torch.add(sum_pow, sum_pow_logp, alpha=gamma_neg)
-        row_sum.mul_(scale * smooth * (1 - eta)).add_(scale * smooth * num_classes * eta)
-    row_sum.add_(neg_grad_t, alpha=-scale * smooth).add_(pos_grad, alpha=scale * target_mass)
+        row_sum = sum_b.mul_(scale * smooth * (1 - eta)).add_(scale * smooth * (num_classes - 1) * eta)
+        _add_scaled_(row_sum, p_pow_t, -scale * smooth * (1 - eta))
+        _addcmul_(row_sum, p_pow_t, logp_t, -scale * smooth * (1 - eta) * gamma_neg)
+    row_sum.add_(pos_grad, alpha=scale * target_mass)
     target_grad = torch.mul(p_t, row_sum).add_(pos_grad, alpha=-scale * target_mass)
     shift = smooth * scale if p_pow is None else smooth * scale * eta
     if _is_zero(shift):
