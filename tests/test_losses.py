@@ -466,11 +466,11 @@ def test_bad_inputs_raise_clear_errors(loss_fn):
 
 
 def test_loss_file_works_standalone_outside_the_package(tmp_path):
-    """The module imports torch and its sibling ``_base`` only: the two dropped into any package (e.g. timm/loss/)
-    work there on their own."""
+    """The module imports torch, the standard library and its sibling ``_base`` only: the two dropped into any
+    package (e.g. timm/loss/) work there on their own."""
     source = Path(loss_module.__file__)
     imports = [line.strip() for line in source.read_text().splitlines() if line.startswith(('import ', 'from '))]
-    assert all(line.split()[1].split('.')[0] in ('torch', 'math', 'typing') or line.split()[1] == '._base'
+    assert all(line.split()[1].split('.')[0] in {'torch', *sys.stdlib_module_names} or line.split()[1] == '._base'
                for line in imports), imports
     copy = tmp_path / 'standalone_copy'
     copy.mkdir()
