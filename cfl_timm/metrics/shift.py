@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .calibration import CalibrationMeter
-from .checks import check_logits, check_targets
+from .checks import check_logits, check_same_classes, check_targets
 from .ood import msp_auroc
 
 __all__ = ['SHIFT_METRIC_KEYS', 'shift_cell_metrics', 'shift_report']
@@ -32,6 +32,7 @@ def shift_cell_metrics(clean_logits: torch.Tensor, logits: torch.Tensor, targets
     ``msp_auroc``, the AUROC of telling the clean images (positive) from these by max softmax probability (0.5:
     the model's confidence does not react to the corruption)."""
     logits = check_logits(logits, 'corrupted logits')
+    check_same_classes(check_logits(clean_logits, 'clean logits'), logits, 'clean logits', 'corrupted logits')
     targets = check_targets(targets, logits.shape[0], logits.shape[1], 'corrupted targets')
     return {**_calibration(logits, targets, num_bins), 'msp_auroc': msp_auroc(clean_logits, logits)}
 
