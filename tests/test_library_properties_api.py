@@ -7,6 +7,7 @@ the argument, before any work: never a silent number, never an ``AttributeError`
 in step with the packages' exports. Valid inputs are checked against their documented ranges and invariances.
 The strategies and settings are those of ``test_library_properties.py`` (deterministic, no example database).
 """
+import argparse
 import functools
 import math
 
@@ -15,9 +16,22 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_library_properties import FINITE, SETTINGS, logits_and_targets
+from test_library_properties import FINITE, LOSS_SETTINGS, SETTINGS, logits_and_targets
 
+import cfl_timm.loss as loss_package
 import cfl_timm.metrics as metrics
+import cfl_timm.scheduler as scheduler_package
+from cfl_timm.loss import (
+    CALIBRATION_LOSS_DEFAULTS,
+    FOCAL_LOSS_TYPES,
+    LOSS_KWARGS,
+    LOSS_TYPES,
+    AdaFocalLoss,
+    create_calibration_loss,
+    create_loss,
+    cyclical_eta,
+    loss_kwargs,
+)
 from cfl_timm.metrics import (
     POSTHOC_METHODS,
     CalibrationMeter,
@@ -49,6 +63,14 @@ from cfl_timm.metrics import (
     shift_report,
     smooth_ece,
     smooth_ece_at_bandwidth,
+)
+from cfl_timm.scheduler import (
+    CyclicalScheduler,
+    CyclicalWeightDecayScheduler,
+    OneCycleLRScheduler,
+    check_cyclical_arguments,
+    create_scheduler_v2,
+    cyclical_value,
 )
 
 pytestmark = pytest.mark.filterwarnings('ignore:The NLL-optimal temperature lies beyond')  # clipped T
@@ -427,4 +449,275 @@ def test_every_public_name_is_covered():
     constants = {name for name in dir(metrics) if name.isupper()}
     public = {name for name in dir(metrics) if not name.startswith('_') and not isinstance(
         getattr(metrics, name), type(metrics))} - constants
+    assert public - covered == set()
+
+
+# ------------------------------------------------------------------------------------------------------- losses
+
+def _loss(name: str, **kwargs):
+    return create_loss(name, **({'epochs': 4} if name == 'asym-cyclical' and 'epochs' not in kwargs else {}),
+                       **kwargs)
+
+
+LOSS_LOGITS_KINDS = ['int', 'bool', 'complex', 'numpy', 'list', '0-dim', '1-D', 'one class']
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets(min_samples=2, max_samples=8), st.sampled_from(LOSS_LOGITS_KINDS))
+@pytest.mark.parametrize('name', LOSS_TYPES)
+def test_losses_refuse_bad_logits(name, data, kind):
+    # the focal losses cast int / bool logits to float, dropped the imaginary part of complex logits, returned 0
+    # for one class and raised AttributeError on numpy arrays
+    logits, targets = data
+    bad = _bad_logits(logits, kind)
+    if kind in ('0-dim', '1-D'):
+        targets = targets[0]
+    elif kind == 'one class':
+        targets = torch.zeros_like(targets)
+    with pytest.raises(ValueError, match='logits'):
+        _loss(name)(bad, targets)
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets(min_samples=2, max_samples=8),
+       st.sampled_from(['numpy', 'list', 'complex', 'fewer', 'more']))
+@pytest.mark.parametrize('name', LOSS_TYPES)
+def test_losses_refuse_more_bad_targets(name, data, kind):
+    # (bool, float, out-of-range, negative and (N, 1) targets: test_library_properties.py)
+    logits, targets = data
+    with pytest.raises(ValueError, match='target'):
+        _loss(name)(logits, _bad_targets(targets, logits.shape[1], kind))
+
+
+@pytest.mark.parametrize('name', LOSS_TYPES)
+def test_non_finite_logits_are_refused_or_give_a_non_finite_loss(name):
+    logits, targets = torch.randn(4, 3, dtype=torch.float64), torch.arange(4) % 3
+    logits[1, 2] = math.nan
+    if name in FOCAL_LOSS_TYPES:  # check_finite=True, the library default
+        with pytest.raises(ValueError, match='logits contain NaN or inf'):
+            _loss(name)(logits, targets)
+        logits.requires_grad_(True)
+        assert not torch.isfinite(_loss(name, check_finite=False)(logits, targets))
+    else:  # documented: no host sync per step, a non-finite loss as cross-entropy gives
+        assert not torch.isfinite(_loss(name)(logits, targets))
+
+
+@pytest.mark.parametrize('name', LOSS_TYPES)
+def test_an_empty_batch_is_refused_or_documented(name):
+    logits, targets = torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)
+    if name in FOCAL_LOSS_TYPES:  # documented: 0 for 'mean' and 'sum', shape (0,) for 'none'
+        assert float(_loss(name)(logits, targets)) == 0.0
+        assert _loss(name, reduction='none')(logits, targets).shape == (0,)
+    else:
+        with pytest.raises(ValueError, match='logits must have shape'):
+            _loss(name)(logits, targets)
+
+
+def _lower_bound(name: str, num_classes: int) -> float:
+    # CE - alpha * H~ with H~ <= log K (norm 'sample'; 'classes' divides it by K): the only loss below 0
+    return -CALIBRATION_LOSS_DEFAULTS['confidence-penalty']['cp_alpha'] * math.log(num_classes) \
+        if name == 'confidence-penalty' else 0.0
+
+
+@LOSS_SETTINGS
+@given(logits_and_targets(), st.sampled_from(['mean', 'sum']))
+@pytest.mark.parametrize('name', LOSS_TYPES)
+def test_losses_are_above_their_lower_bound_with_finite_gradients(name, data, reduction):
+    logits, targets = data
+    logits.requires_grad_(True)
+    loss = _loss(name, reduction=reduction)(logits, targets)
+    loss.backward()
+    loss = loss.detach()
+    scale = 1 if reduction == 'mean' else logits.shape[0]
+    assert float(loss) >= _lower_bound(name, logits.shape[1]) * scale - 1e-9, float(loss)
+    assert bool(torch.isfinite(logits.grad).all())
+
+
+BAD_LOSS_VALUES = [math.nan, math.inf, '2', True, None]
+
+
+def _loss_keywords():
+    for name in LOSS_TYPES:
+        for keyword in LOSS_KWARGS[name]:
+            yield name, keyword
+        for keyword in ('smoothing', 'reduction', 'soft_targets'):
+            yield name, keyword
+
+
+@pytest.mark.parametrize(('name', 'keyword'), list(_loss_keywords()))
+def test_loss_arguments_are_checked(name, keyword):
+    # cyclical_eta raised OverflowError for epochs=inf and 'cannot convert float NaN' for nan; factor=True passed as
+    # 1; check_finite='no' and soft_targets='no' counted as True
+    bad = list(BAD_LOSS_VALUES)
+    if keyword in ('soft_target_mode', 'mmce_norm', 'mbls_norm', 'cp_norm', 'reduction'):
+        bad = ['x', None, 1, ['mean']]
+    elif keyword in ('check_finite', 'soft_targets'):
+        bad = ['no', 1, None]
+    elif keyword in ('adafocal_bins', 'adafocal_update_every', 'epochs'):
+        bad += [0, 2.5]
+    elif keyword in ('cyclical_factor',):
+        bad += [0.5]
+    elif keyword == 'smoothing':
+        bad += [-0.1, 1.0]
+    elif not keyword.startswith('adafocal_gamma'):  # the AdaFocal gammas may be negative
+        bad += [-1.0]
+    pattern = keyword.replace('_', '[_ ]') + '|label smoothing|eps'
+    for value in bad:
+        if keyword == 'smoothing' and value is None:
+            continue  # None selects the type's default (documented)
+        with pytest.raises(ValueError, match=pattern):
+            _loss(name, **{keyword: value})
+
+
+@SETTINGS
+@given(st.floats(0, 50, allow_nan=False), st.integers(1, 40), st.floats(1, 8, allow_nan=False))
+def test_cyclical_eta_is_in_0_1_and_starts_at_1(epoch, epochs, factor):
+    assert 0.0 <= cyclical_eta(epoch, epochs, factor) <= 1.0
+    assert cyclical_eta(0, epochs, factor) == 1.0
+
+
+@pytest.mark.parametrize('argument', ['epoch', 'epochs', 'factor'])
+def test_cyclical_eta_refuses_bad_numbers(argument):
+    for value in [math.nan, math.inf, -math.inf, '1', None, True, torch.tensor(1.0)] + [-1]:
+        arguments = {'epoch': 1.0, 'epochs': 4, 'factor': 2.0, argument: value}
+        with pytest.raises(ValueError, match={'factor': 'cyclical factor', 'epoch': 'epoch '}.get(argument, argument)):
+            cyclical_eta(arguments['epoch'], arguments['epochs'], arguments['factor'])
+
+
+def test_adafocal_validation_refuses_complex_correctness():
+    with pytest.raises(ValueError, match='correct'):
+        AdaFocalLoss().update_from_validation(torch.tensor([0.5, 0.7]), torch.tensor([1 + 1j, 0j]))
+
+
+@pytest.mark.parametrize('name', [['sym'], None, 3])
+def test_unknown_loss_names_are_refused(name):
+    with pytest.raises(ValueError, match='Unknown'):
+        create_loss(name)
+    with pytest.raises(ValueError, match='Unknown calibration loss'):
+        create_calibration_loss(name)
+
+
+def test_every_loss_export_is_covered():
+    """Every class is built by create_loss under one of LOSS_TYPES, which every loss test above runs."""
+    classes = {name for name in dir(loss_package) if isinstance(getattr(loss_package, name), type)}
+    built = {type(_loss(name)).__name__ for name in LOSS_TYPES}
+    assert classes - built == set()
+    functions = {name for name in dir(loss_package) if callable(getattr(loss_package, name))
+                 and not isinstance(getattr(loss_package, name), type) and not name.startswith('_')}
+    assert functions == {'create_loss', 'create_calibration_loss', 'cyclical_eta', 'loss_kwargs'}
+
+
+def test_loss_kwargs_reads_an_argument_namespace():
+    # loss_kwargs reads attributes with getattr defaults: any object works, a bad value reaches create_loss's check
+    kwargs = loss_kwargs(argparse.Namespace(smoothing=math.nan), 'sym')
+    with pytest.raises(ValueError, match='eps'):
+        create_loss(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- schedules
+
+def _optimizer(weight_decay: float = 1e-4):
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, weight_decay=weight_decay)
+
+
+SCHEDULE_ARGUMENTS = {
+    # name: (call with the value, pattern of the message, bad values besides BAD_NUMBERS)
+    'cyclical_value(min_value)': (lambda v: cyclical_value(1, min_value=v, max_value=1.0, num_epochs=4,
+                                                           cyclical_factor=2.0), 'min_value', []),
+    'cyclical_value(max_value)': (lambda v: cyclical_value(1, min_value=0.0, max_value=v, num_epochs=4,
+                                                           cyclical_factor=2.0), 'max_value', []),
+    'cyclical_value(num_epochs)': (lambda v: cyclical_value(1, min_value=0.0, max_value=1.0, num_epochs=v,
+                                                            cyclical_factor=2.0), 'epochs', [0, 2.5]),
+    'check_cyclical_arguments(num_epochs)': (lambda v: check_cyclical_arguments(num_epochs=v), 'epochs', [0, 2.5]),
+    'check_cyclical_arguments(t_min)': (lambda v: check_cyclical_arguments(num_epochs=4, t_min=v),
+                                        'temperature', [-1.0, 5.0]),
+    'check_cyclical_arguments(updates_per_epoch)': (lambda v: check_cyclical_arguments(num_epochs=4,
+                                                                                       updates_per_epoch=v),
+                                                    'updates_per_epoch', [0, 2.5]),
+    'CyclicalScheduler(cyclical_factor)': (lambda v: CyclicalScheduler(None, num_epochs=4, cyclical_factor=v),
+                                           'cyclical factor', [0.5]),
+    'CyclicalScheduler(step_per_update)': (lambda v: CyclicalScheduler(None, num_epochs=4, step_per_update=v,
+                                                                       updates_per_epoch=2), 'step_per_update',
+                                           ['no', 1]),
+    'CyclicalScheduler.step(epoch)': (lambda v: CyclicalScheduler(None, num_epochs=4).step(v), 'epoch', [-1]),
+    'CyclicalScheduler.load_state_dict': (lambda v: CyclicalScheduler(None, num_epochs=4).load_state_dict(
+        {'epoch': v}), 'epoch', [-1]),
+    'CyclicalWeightDecayScheduler(wd_max)': (lambda v: CyclicalWeightDecayScheduler(
+        _optimizer(), wd_min=1e-4, wd_max=v, num_epochs=4, cyclical_factor=2.0), 'weight decay', [1e-5, -1.0]),
+    'CyclicalWeightDecayScheduler(optimizer)': (lambda v: CyclicalWeightDecayScheduler(
+        v, wd_min=1e-4, wd_max=1e-3, num_epochs=4, cyclical_factor=2.0), 'optimizer', [[]]),
+    'OneCycleLRScheduler(t_initial)': (lambda v: OneCycleLRScheduler(_optimizer(), v), 't_initial', [0, 2.5]),
+    'OneCycleLRScheduler(pct_start)': (lambda v: OneCycleLRScheduler(_optimizer(), 10, pct_start=v), 'pct_start',
+                                       [0, 1, 1.5]),
+    'OneCycleLRScheduler(div_factor)': (lambda v: OneCycleLRScheduler(_optimizer(), 10, div_factor=v),
+                                        'div_factor', [0, -1.0]),
+    'OneCycleLRScheduler(anneal_strategy)': (lambda v: OneCycleLRScheduler(_optimizer(), 10, anneal_strategy=v),
+                                             'anneal_strategy', ['x', ['cos']]),
+    'create_scheduler_v2(cyclical_epochs)': (lambda v: create_scheduler_v2(_optimizer(), num_epochs=4, t_min=1.0,
+                                                                           cyclical_epochs=v), 'cyclical_epochs',
+                                             [0, 2.5]),
+    'create_scheduler_v2(cyclical_step_per_update)': (lambda v: create_scheduler_v2(
+        _optimizer(), num_epochs=4, t_min=1.0, cyclical_step_per_update=v, updates_per_epoch=2),
+        'step_per_update', ['no', 1]),
+    'create_scheduler_v2(onecycle_pct_start)': (lambda v: create_scheduler_v2(
+        _optimizer(), 'onecycle', num_epochs=4, onecycle_pct_start=v), 'pct_start', [0, 1.5]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SCHEDULE_ARGUMENTS))
+def test_schedule_arguments_are_checked(name):
+    # t_initial / updates_per_epoch / num_epochs = nan or inf raised 'cannot convert float NaN to integer' or
+    # OverflowError; cyclical_value(min_value=nan) returned nan; cyclical_step_per_update='no' switched per-update
+    # stepping on; a None optimizer raised AttributeError; numpy pct_start was refused (below)
+    call, pattern, bad_values = SCHEDULE_ARGUMENTS[name]
+    for value in bad_values + BAD_NUMBERS:
+        if value is None and name.startswith('create_scheduler_v2'):
+            continue  # None: not given (the factory's documented default)
+        if value is True and name.endswith('step_per_update)'):
+            continue  # a valid flag
+        with pytest.raises(ValueError, match=pattern):
+            call(value)
+
+
+def test_numpy_numbers_are_valid_schedule_arguments():
+    # OneCycle refused np.float32(0.3) as pct_start ('must lie in (0, 1), got 0.3')
+    scheduler = OneCycleLRScheduler(_optimizer(), np.int64(10), pct_start=np.float32(0.3), div_factor=np.float64(25))
+    assert scheduler.t_initial == 10 and scheduler.pct_start == pytest.approx(0.3)
+
+
+@SETTINGS
+@given(st.integers(1, 30), st.floats(0.01, 0.99), st.floats(1.0, 100.0), st.floats(1.0, 1e4),
+       st.sampled_from(['cos', 'linear']))
+def test_onecycle_lr_stays_between_its_final_and_maximum(steps, pct_start, div_factor, final_div_factor, anneal):
+    scheduler = OneCycleLRScheduler(_optimizer(), steps, pct_start=pct_start, div_factor=div_factor,
+                                    final_div_factor=final_div_factor, anneal_strategy=anneal)
+    lr_max = 0.1
+    lr_final = lr_max / div_factor / final_div_factor
+    for t in range(steps + 3):
+        lr = scheduler._get_lr(t)[0]
+        assert lr_final * (1 - 1e-9) <= lr <= lr_max * (1 + 1e-9), (t, lr)
+
+
+@SETTINGS
+@given(st.floats(0, 40, allow_nan=False), st.integers(1, 30), st.floats(1, 8, allow_nan=False),
+       st.floats(0, 10, allow_nan=False), st.floats(0, 10, allow_nan=False))
+def test_cyclical_values_lie_between_min_and_max(epoch, num_epochs, factor, low, high):
+    low, high = min(low, high), max(low, high)
+    value = cyclical_value(epoch, min_value=low, max_value=high, num_epochs=num_epochs, cyclical_factor=factor)
+    assert low - 1e-12 <= value <= high + 1e-12
+    scheduler = CyclicalScheduler(None, _optimizer(), num_epochs=num_epochs, cyclical_factor=factor, wd_min=1e-4,
+                                  wd_max=1e-3, t_min=0.5, t_max=2.0)
+    scheduler.set_epoch(epoch)
+    assert 1e-4 - 1e-15 <= scheduler.weight_decay <= 1e-3 + 1e-15
+    assert 0.5 - 1e-12 <= scheduler.temperature <= 2.0 + 1e-12
+
+
+def test_every_schedule_export_is_covered():
+    covered = {name.split('(')[0].split('.')[0] for name in SCHEDULE_ARGUMENTS} | {
+        'cyclical_value', 'check_cyclical_arguments',
+        'register', 'scheduler_kwargs',  # the factory wrapper's plumbing (test_scheduler_factory.py)
+        'scheduled_clip_args',  # a copy of an argparse namespace (test_schedule.py)
+    }
+    public = {name for name in dir(scheduler_package) if not name.startswith('_') and not name.isupper()
+              and not isinstance(getattr(scheduler_package, name), type(scheduler_package))}
     assert public - covered == set()

@@ -108,6 +108,8 @@ class CyclicalScheduler:
             step_per_update: bool = False,
             updates_per_epoch: int = 0,
     ) -> None:
+        if not isinstance(step_per_update, bool):
+            raise ValueError(f'step_per_update must be True or False, got {step_per_update!r}.')
         if step_per_update and not updates_per_epoch:
             raise ValueError('Per-update cyclical stepping needs updates_per_epoch >= 1 (the optimizer updates '
                              'per epoch).')
