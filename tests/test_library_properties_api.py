@@ -344,6 +344,28 @@ def test_posthoc_state_must_be_a_state_dict(state):
         posthoc_from_state(state)
 
 
+@pytest.mark.parametrize('name', sorted(POSTHOC_METHODS))
+def test_a_posthoc_state_without_its_fitted_values_is_refused(name):
+    # {'name': 'ts', 'num_classes': 3} loaded, and predict_proba then raised KeyError: 'temperature'
+    with pytest.raises(ValueError, match='lacks'):
+        posthoc_from_state({'name': name, 'num_classes': 3})
+    state = _fit_posthoc(name, torch.randn(6, 3), torch.arange(6) % 3).state_dict()
+    assert posthoc_from_state(state).predict_proba(torch.randn(2, 3)).shape == (2, 3)
+
+
+@pytest.mark.parametrize('shifted', [
+    {'fog': {'high': (torch.randn(4, 3), torch.arange(4) % 3)}},  # a severity that is no integer
+    {'fog': {1: torch.randn(4, 3)}},  # logits without targets
+    {'fog': {1: (torch.randn(4, 3).numpy(), torch.arange(4) % 3)}},
+    {'fog': [(torch.randn(4, 3), torch.arange(4) % 3)]},
+    [],
+])
+def test_shift_report_checks_the_layout_of_the_corrupted_sets(shifted):
+    # a string severity raised "invalid literal for int()", a bare tensor "too many values to unpack"
+    with pytest.raises(ValueError, match='severity|pair|logits|corrupted set'):
+        shift_report(torch.randn(6, 3), torch.arange(6) % 3, shifted)
+
+
 def test_unknown_posthoc_methods_are_refused():
     for name in (['ts'], None, 'TS'):
         with pytest.raises(ValueError, match='method'):
@@ -582,6 +604,13 @@ def test_cyclical_eta_refuses_bad_numbers(argument):
         arguments = {'epoch': 1.0, 'epochs': 4, 'factor': 2.0, argument: value}
         with pytest.raises(ValueError, match={'factor': 'cyclical factor', 'epoch': 'epoch '}.get(argument, argument)):
             cyclical_eta(arguments['epoch'], arguments['epochs'], arguments['factor'])
+
+
+@pytest.mark.parametrize('state', [{}, None, {'eta': 0.5}])
+def test_cyclical_focal_loss_extra_state_is_checked(state):
+    # a checkpoint without the loss's epoch raised KeyError: 'epoch'
+    with pytest.raises(ValueError, match='extra state'):
+        _loss('asym-cyclical').set_extra_state(state)
 
 
 def test_adafocal_validation_refuses_complex_correctness():

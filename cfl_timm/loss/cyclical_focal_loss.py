@@ -561,6 +561,8 @@ class CyclicalFocalLoss(_FocalLossBase):
         return {'epoch': self.epoch}
 
     def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or 'epoch' not in state:
+            raise ValueError(f'CyclicalFocalLoss: extra state must be a dict with the key "epoch", got {state!r}.')
         self.set_epoch(state['epoch'])
 
     def _loss_params(self):

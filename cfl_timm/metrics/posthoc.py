@@ -35,6 +35,7 @@ class PosthocCalibrator:
     ``self.state`` (a dict of tensors / floats), which is what ``state_dict`` returns.
     """
     name = ''
+    state_keys: tuple[str, ...] = ()  # the fitted values (besides num_classes) that _predict reads
 
     def __init__(self) -> None:
         self.state: dict[str, Any] = {}
@@ -71,6 +72,9 @@ class PosthocCalibrator:
             raise ValueError(f'state must be the dict of state_dict(), got {type(state).__name__}.')
         if state.get('name') != self.name:
             raise ValueError(f"state of method '{state.get('name')}' cannot be loaded into '{self.name}'.")
+        missing = [key for key in ('num_classes', *self.state_keys) if key not in state]
+        if missing:
+            raise ValueError(f"state of method '{self.name}' lacks {missing}: not the output of state_dict().")
         self.state = {k: v for k, v in state.items() if k != 'name'}
         return self
 
@@ -84,6 +88,7 @@ class PosthocCalibrator:
 class TemperatureScaling(PosthocCalibrator):
     """softmax(z / T), T > 0 minimising the NLL (:func:`cfl_timm.metrics.fit_temperature`)."""
     name = 'ts'
+    state_keys = ('temperature',)
 
     def _fit(self, logits, targets):
         return {'temperature': fit_temperature(logits, targets)}
@@ -172,6 +177,7 @@ class _AffineScaling(PosthocCalibrator):
     """
     full_matrix = True
     regularise = True
+    state_keys = ('weight', 'bias')
 
     def __init__(self, grid: Sequence[float] = DEFAULT_ODIR_GRID, folds: int = DEFAULT_FOLDS,
                  max_iter: int = 200) -> None:
@@ -278,6 +284,7 @@ class HistogramBinning(PosthocCalibrator):
     Renormalisation can change the argmax.
     """
     name = 'hist'
+    state_keys = ('num_bins', 'bin_values')
 
     def __init__(self, num_bins: int = 15) -> None:
         super().__init__()
@@ -327,6 +334,7 @@ class IsotonicCalibration(PosthocCalibrator):
     the K values are then renormalised (an all-zero row keeps the uncalibrated p). Can change the argmax.
     """
     name = 'iso'
+    state_keys = ('thresholds', 'values')
 
     def _fit(self, logits, targets):
         probs = torch.softmax(logits, dim=1).numpy()
