@@ -50,6 +50,7 @@ from cfl_timm.metrics import (
     fit_temperature,
     fpr_at_95_tpr,
     is_test_split,
+    load_logits_npz,
     max_logit,
     max_softmax_probability,
     msp_auroc,
@@ -366,6 +367,27 @@ def test_shift_report_checks_the_layout_of_the_corrupted_sets(shifted):
         shift_report(torch.randn(6, 3), torch.arange(6) % 3, shifted)
 
 
+@pytest.mark.parametrize('case', ['coinciding_ece_note', 'allow_test_split', 'class_names', 'split', 'checkpoint',
+                                  'load_logits_npz'])
+def test_arguments_of_the_wrong_type_are_refused(case):
+    # coinciding_ece_note(None) AttributeError; allow_test_split='no' allowed the test split; class_names 'abc' saved
+    # three names a, b, c and 3 a TypeError; split=None saved 'None'; load_logits_npz(None) a TypeError
+    logits, targets = torch.randn(4, 3), torch.arange(4) % 3
+    calls = {
+        'coinciding_ece_note': (lambda: coinciding_ece_note([0.1, 0.1, 0.1]), 'metrics'),
+        'allow_test_split': (lambda: fit_temperature(logits, targets, split='test', allow_test_split='no'),
+                             'allow_test_split'),
+        'class_names': (lambda: save_logits_npz(logits, targets, 'abc', split='validation'), 'class_names'),
+        'split': (lambda: save_logits_npz(logits, targets, ['a', 'b', 'c'], split=None), 'split'),
+        'checkpoint': (lambda: save_logits_npz(logits, targets, ['a', 'b', 'c'], split='val', checkpoint=3),
+                       'checkpoint'),
+        'load_logits_npz': (lambda: load_logits_npz(None), 'path'),
+    }
+    call, pattern = calls[case]
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
 def test_unknown_posthoc_methods_are_refused():
     for name in (['ts'], None, 'TS'):
         with pytest.raises(ValueError, match='method'):
@@ -465,7 +487,7 @@ def test_every_public_name_is_covered():
         'optimal_aurc', 'posthoc_from_state', 'PosthocCalibrator', 'msp',  # tested above / an alias of a tested one
         'CalibrationDirection',  # a result type (the value of calibration_direction)
         'check_calibration_split',  # is_test_split's check (test_split_must_be_a_name covers the split type)
-        'LogitsFile', 'load_logits_npz',  # a file reader, tested on malformed files in test_save_logits.py
+        'LogitsFile', 'load_logits_npz',  # the file reader (malformed files: test_save_logits.py)
         'OOD_SCORES',  # the four score functions, each in LOGITS_ONLY
     }
     constants = {name for name in dir(metrics) if name.isupper()}
@@ -641,6 +663,9 @@ def test_loss_kwargs_reads_an_argument_namespace():
     kwargs = loss_kwargs(argparse.Namespace(smoothing=math.nan), 'sym')
     with pytest.raises(ValueError, match='eps'):
         create_loss(**kwargs)
+    for name in ([], {}, None, 3):  # an unhashable name raised TypeError; a string is checked by create_loss
+        with pytest.raises(ValueError, match='Unknown loss type'):
+            loss_kwargs(argparse.Namespace(), name)
 
 
 # ---------------------------------------------------------------------------------------------------- schedules
@@ -671,6 +696,15 @@ SCHEDULE_ARGUMENTS = {
     'CyclicalScheduler.step(epoch)': (lambda v: CyclicalScheduler(None, num_epochs=4).step(v), 'epoch', [-1]),
     'CyclicalScheduler.load_state_dict': (lambda v: CyclicalScheduler(None, num_epochs=4).load_state_dict(
         {'epoch': v}), 'epoch', [-1]),
+    'CyclicalScheduler(updates_per_epoch)': (lambda v: CyclicalScheduler(None, num_epochs=4, updates_per_epoch=v),
+                                             'updates_per_epoch', [-1, 2.5, torch.tensor([1, 2]), []]),
+    'CyclicalScheduler(t_min)': (lambda v: CyclicalScheduler(None, num_epochs=4, t_min=v), 'temperature',
+                                 [-1.0, torch.tensor([1.0, 2.0]), torch.tensor([])]),
+    'CyclicalScheduler.step_update(num_updates)': (lambda v: CyclicalScheduler(
+        None, num_epochs=4, step_per_update=True, updates_per_epoch=2).step_update(v), 'num_updates',
+        [-1, 2.5, 'x', []]),
+    'CyclicalScheduler.epoch_values(epoch)': (lambda v: CyclicalScheduler(None, num_epochs=4).epoch_values(v),
+                                              'epoch', [[], 2.5]),
     'CyclicalWeightDecayScheduler(wd_max)': (lambda v: CyclicalWeightDecayScheduler(
         _optimizer(), wd_min=1e-4, wd_max=v, num_epochs=4, cyclical_factor=2.0), 'weight decay', [1e-5, -1.0]),
     'CyclicalWeightDecayScheduler(optimizer)': (lambda v: CyclicalWeightDecayScheduler(

@@ -105,6 +105,8 @@ def loss_kwargs(args: Any, name: str, *, num_epochs: Optional[int] = None, soft_
         training: Build for a training loop (``check_finite=False`` on the focal types, so a GradScaler
             skips steps with non-finite logits).
     """
+    if not isinstance(name, str):
+        raise ValueError(f'Unknown loss type {name!r}, expected one of {LOSS_TYPES}.')
     kwargs: dict[str, Any] = {'name': name, 'soft_targets': soft_targets}
     if getattr(args, 'smoothing', None) is not None:
         kwargs['smoothing'] = args.smoothing

@@ -235,6 +235,8 @@ def coinciding_ece_note(metrics: Mapping[str, float], rel_tol: float = 1e-9) -> 
     confidence) the absolute values add up to the absolute value of the total, |mean confidence - accuracy|,
     whatever the bins or the bandwidth: the three coincide up to rounding. See docs/metrics-notes.md.
     """
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f'metrics must be a mapping of metric names to values, got {type(metrics).__name__}.')
     values = [metrics.get(key) for key in ('ece', 'adaptive_ece', 'smooth_ece')]
     for key, value in zip(('ece', 'adaptive_ece', 'smooth_ece'), values):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

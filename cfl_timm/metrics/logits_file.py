@@ -124,6 +124,12 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
         ood_name: optional name of that set.
     """
     check_index_dtype(targets)  # a float or bool target would be truncated to an index silently
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):  # 'abc': 3 names a, b, c
+        raise ValueError(f'save_logits_npz: class_names must be a sequence of K names, got '
+                         f'{type(class_names).__name__}.')
+    for name, value in (('split', split), ('checkpoint', checkpoint or ''), ('ood_name', ood_name or '')):
+        if not isinstance(value, str):
+            raise ValueError(f'save_logits_npz: {name} must be a string, got {type(value).__name__}.')
     arrays = {'logits': _float_array(logits, 'logits'), 'targets': targets.detach().cpu().long().numpy(),
               'class_names': np.array([str(n) for n in class_names], dtype=str).reshape(len(class_names)),
               'split': np.array(str(split), dtype=str), 'checkpoint': np.array(str(checkpoint or ''), dtype=str)}
@@ -139,6 +145,8 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
 
 def load_logits_npz(path: str | Path) -> LogitsFile:
     """Read and validate a logits file; ValueError naming the file and the key when it is malformed."""
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f'path must be a str or pathlib.Path of a logits file, got {type(path).__name__}.')
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array

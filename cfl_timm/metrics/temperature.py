@@ -32,6 +32,8 @@ def is_test_split(split: str) -> bool:
 
 def check_calibration_split(split: str, allow_test_split: bool = False) -> None:
     """Refuse to fit a temperature on a test split unless explicitly allowed (fitting on test leaks the labels)."""
+    if not isinstance(allow_test_split, bool):  # 'no' would count as True and allow the test split
+        raise ValueError(f'allow_test_split must be True or False, got {allow_test_split!r}.')
     if is_test_split(split) and not allow_test_split:
         raise ValueError(f"Refusing to fit the temperature on the '{split}' split: fit it on a held-out split "
                          f"(e.g. 'validation'), or allow it explicitly (allow_test_split=True, validate.py "
