@@ -784,3 +784,96 @@ def test_every_schedule_export_is_covered():
     public = {name for name in dir(scheduler_package) if not name.startswith('_') and not name.isupper()
               and not isinstance(getattr(scheduler_package, name), type(scheduler_package))}
     assert public - covered == set()
+
+
+# --------------------------------------------------------------------------------- garbage in every argument
+
+GARBAGE = [None, True, 0, -1, 2 ** 70, 2.5, math.nan, math.inf, 'x', '3', [], [1, 2], {}, object(),
+           np.array([0.5]), np.zeros((6, 3)), torch.tensor(0.5), torch.tensor([]), torch.zeros(0, 3), torch.ones(6),
+           torch.ones(6, 3, 2), torch.ones(6, 3, dtype=torch.int64), torch.ones(6, 3, dtype=torch.complex64),
+           torch.ones(6, dtype=torch.bool), torch.full((6, 3), math.nan), torch.ones(6, 3, dtype=torch.float16),
+           torch.ones(6, 1), torch.ones(2, 3), torch.arange(6), torch.arange(6) + 5]
+_L = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+_T = torch.tensor([0, 1, 2, 0, 1, 2])
+_CONFIDENCE = torch.linspace(0.2, 0.9, 6, dtype=torch.float64)
+_CORRECT = torch.tensor([True, False, True, True, False, True])
+
+def _call_loss(name, logits, targets):
+    return _loss(name)(logits, targets)
+
+
+# name: (function of positional values, valid values); each value in turn is replaced by every GARBAGE entry
+GARBAGE_CALLS = {
+    'CalibrationMeter.update': (lambda a, b: CalibrationMeter(3).update(a, b), [_L, _T]),
+    'bin_indices': (bin_indices, [_CONFIDENCE, 10]),
+    'coinciding_ece_note': (coinciding_ece_note, [{'ece': 0.1, 'adaptive_ece': 0.1, 'smooth_ece': 0.1}]),
+    'smooth_ece': (lambda a, b, c, d: smooth_ece(a, b, min_bandwidth=c, tolerance=d), [_CONFIDENCE, _CORRECT, 1e-3,
+                                                                                       1e-4]),
+    'smooth_ece_at_bandwidth': (smooth_ece_at_bandwidth, [_CONFIDENCE, _CORRECT, 0.1]),
+    'aurc': (aurc, [_L, _T]), 'eaurc': (eaurc, [_L, _T]), 'risk_coverage_curve': (risk_coverage_curve, [_L, _T]),
+    'optimal_aurc': (optimal_aurc, [0.3]),
+    'calibration_direction': (calibration_direction, [_L, _T, 15]),
+    'bootstrap_intervals': (bootstrap_intervals, [_L, _T, 4, 0, 15]),
+    'bootstrap_auroc': (bootstrap_auroc, [_CONFIDENCE, _CONFIDENCE, 4, 0]),
+    **{name: (function, [_CONFIDENCE, _CONFIDENCE]) for name, function in SCORE_PAIRS.items()
+       if name != 'bootstrap_auroc'},
+    **{name: (function, [_L]) for name, function in (('msp', max_softmax_probability), ('energy', energy),
+                                                      ('neg_entropy', neg_entropy), ('max_logit', max_logit))},
+    'ood_metrics': (ood_metrics, [_L, _L]), 'msp_auroc': (msp_auroc, [_L, _L]),
+    'fit_temperature': (lambda a, b, c, d, e: fit_temperature(a, b, c, split=d, allow_test_split=e),
+                        [_L, _T, 'nll', 'validation', False]),
+    'fit_temperature(grid-ece)': (lambda a, b, c: fit_temperature(_L, _T, 'grid-ece', num_bins=a, grid=b, bounds=c),
+                                  [15, (0.5, 1.0), (0.1, 10.0)]),
+    'fit_posthoc': (fit_posthoc, ['ts', _L, _T]),
+    'HistogramBinning': (lambda a: fit_posthoc('hist', _L, _T, num_bins=a), [5]),
+    'predict_proba': (lambda a: fit_posthoc('ts', _L, _T).predict_proba(a), [_L]),
+    'posthoc_from_state': (posthoc_from_state, [{'name': 'ts', 'num_classes': 3, 'temperature': 1.5}]),
+    'save_logits_npz': (lambda a, b, c, d, e: save_logits_npz(a, b, c, split=d, checkpoint=e),
+                        [_L, _T, ['a', 'b', 'c'], 'validation', 'last.pth.tar']),
+    'shift_cell_metrics': (shift_cell_metrics, [_L, _L, _T, 15]),
+    'shift_report': (shift_report, [_L, _T, {'fog': {1: (_L, _T)}}, 15]),
+    'create_loss': (lambda a, b, c: create_loss(a, smoothing=b, reduction=c), ['sym', 0.1, 'mean']),
+    'create_calibration_loss': (lambda a, b: create_calibration_loss(a, reduction=b), ['brier', 'mean']),
+    **{f'loss {name}': (functools.partial(_call_loss, name), [_L, _T]) for name in LOSS_TYPES},
+    'cyclical_eta': (cyclical_eta, [1.0, 4, 2.0]),
+    'cyclical_value': (lambda a, b, c, d, e: cyclical_value(a, min_value=b, max_value=c, num_epochs=d,
+                                                            cyclical_factor=e), [1.0, 0.0, 1.0, 4, 2.0]),
+    'check_cyclical_arguments': (lambda a, b, c, d: check_cyclical_arguments(num_epochs=a, cyclical_factor=b,
+                                                                             t_min=c, updates_per_epoch=d),
+                                 [4, 2.0, 0.5, 2]),
+    'CyclicalScheduler': (lambda a, b, c, d: CyclicalScheduler(None, _optimizer(), num_epochs=a, wd_min=b,
+                                                               clip_min=c, updates_per_epoch=d), [4, 1e-4, 1.0, 2]),
+    'CyclicalScheduler.step': (lambda a: CyclicalScheduler(None, num_epochs=4).step(a), [1]),
+    'CyclicalScheduler.step_update': (lambda a: CyclicalScheduler(None, num_epochs=4, step_per_update=True,
+                                                                  updates_per_epoch=2).step_update(a), [3]),
+    'CyclicalScheduler.attach_loss': (lambda a: CyclicalScheduler(None, num_epochs=4, t_min=1.0).attach_loss(a),
+                                      [create_loss('sym')]),
+    'CyclicalScheduler.load_state_dict': (lambda a: CyclicalScheduler(None, num_epochs=4).load_state_dict(a),
+                                          [{'epoch': 1}]),
+    'CyclicalWeightDecayScheduler': (lambda a, b, c, d: CyclicalWeightDecayScheduler(
+        a, wd_min=b, wd_max=c, num_epochs=d, cyclical_factor=2.0), [_optimizer(), 1e-4, 1e-3, 4]),
+    'OneCycleLRScheduler': (lambda a, b, c, d, e: OneCycleLRScheduler(_optimizer(), a, pct_start=b, div_factor=c,
+                                                                      final_div_factor=d, anneal_strategy=e),
+                            [10, 0.3, 25.0, 1e4, 'cos']),
+    'create_scheduler_v2': (lambda a, b, c: create_scheduler_v2(_optimizer(), num_epochs=4, t_min=a,
+                                                                cyclical_factor=b, cyclical_epochs=c), [1.0, 2.0, 4]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(GARBAGE_CALLS))
+def test_garbage_in_any_argument_gives_a_value_error_or_a_valid_call(name):
+    """Each argument replaced by every value of GARBAGE in turn (all of them: a table, not a sample): the call either
+    runs (the value was valid: a float16 tensor, an integer score vector, 0 where 0 is allowed, ...) or raises a
+    ValueError: never an AttributeError, IndexError, KeyError, RuntimeError or an operand TypeError from inside."""
+    function, valid = GARBAGE_CALLS[name]
+    for position in range(len(valid)):
+        for value in GARBAGE:
+            arguments = list(valid)
+            arguments[position] = value
+            try:
+                function(*arguments)
+            except ValueError:
+                pass
+            except Exception as error:  # noqa: BLE001  (the failure names the argument and the value)
+                raise AssertionError(f'{name}: argument {position} = {value!r}: {type(error).__name__}: '
+                                     f'{error}') from error

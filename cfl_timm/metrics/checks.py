@@ -10,9 +10,10 @@ __all__ = ['check_count', 'check_index_dtype', 'check_logits', 'check_real', 'ch
 
 
 def check_count(value: Any, name: str, low: int = 1) -> int:
-    """Return ``value`` after checking it is a Python / numpy integer (not a bool, not a float) >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f'{name} must be an integer >= {low}, got {value!r}.')
+    """Return ``value`` after checking it is a Python / numpy integer (not a bool, not a float) >= ``low`` that a
+    tensor size can hold (< 2**63)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < 2 ** 63:
+        raise ValueError(f'{name} must be an integer >= {low} (and < 2**63), got {value!r}.')
     return int(value)
 
 

@@ -127,7 +127,8 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):  # 'abc': 3 names a, b, c
         raise ValueError(f'save_logits_npz: class_names must be a sequence of K names, got '
                          f'{type(class_names).__name__}.')
-    for name, value in (('split', split), ('checkpoint', checkpoint or ''), ('ood_name', ood_name or '')):
+    for name, value in (('split', split), ('checkpoint', '' if checkpoint is None else checkpoint),
+                        ('ood_name', '' if ood_name is None else ood_name)):
         if not isinstance(value, str):
             raise ValueError(f'save_logits_npz: {name} must be a string, got {type(value).__name__}.')
     arrays = {'logits': _float_array(logits, 'logits'), 'targets': targets.detach().cpu().long().numpy(),
