@@ -439,6 +439,21 @@ def test_binned_metrics_are_invariant_to_the_order_of_samples(data, random):
 
 
 @SETTINGS
+@given(logits_and_targets(min_samples=1, max_samples=16), st.integers(0, 2 ** 32))
+def test_risk_coverage_and_bootstrap_intervals_are_in_their_ranges(data, seed):
+    logits, targets = data
+    coverage, risk = risk_coverage_curve(logits, targets)
+    count = logits.shape[0]
+    assert torch.allclose(coverage, torch.arange(1, count + 1, dtype=torch.float64) / count)
+    assert bool((risk >= 0).all()) and bool((risk <= 1).all())
+    assert 0.0 <= optimal_aurc(float(risk[-1])) <= aurc(logits, targets) + 1e-12  # AURC* is the best ranking's
+    ranges = {'top1': 100.0, 'nll': math.inf, 'brier': 2.0, 'ece': 1.0}
+    for key, (point, low, high) in bootstrap_intervals(logits, targets, num_resamples=8, seed=seed).items():
+        assert 0.0 <= low <= high <= ranges[key] + 1e-9, (key, low, high)
+        assert math.isfinite(point) and 0.0 <= point <= ranges[key] + 1e-9
+
+
+@SETTINGS
 @given(st.lists(st.floats(0, 1, width=32), min_size=1, max_size=40), st.integers(1, 20))
 def test_bin_indices_are_monotone_and_in_range(confidence, num_bins):
     values = torch.tensor(sorted(confidence), dtype=torch.float64)
