@@ -187,5 +187,5 @@ def test_lbfgs_reaches_a_known_minimum_and_never_ends_above_its_start():
 
 def test_bad_max_iter():
     logits, target = miscalibrated(20, seed=7)
-    with pytest.raises(ValueError, match='max_iter must be >= 1'):
+    with pytest.raises(ValueError, match='max_iter must be an integer >= 1'):
         fit_posthoc('ms', logits, target, max_iter=0)

@@ -10,14 +10,31 @@ from typing import Any
 
 import torch
 
-__all__ = ['REDUCTIONS', 'SOFT_TARGET_ATOL', 'check_choice', 'check_number', 'check_reduction',
-           'check_soft_targets', 'check_target_indices', 'check_target_kind', 'log_softmax']
+__all__ = ['REDUCTIONS', 'SOFT_TARGET_ATOL', 'check_choice', 'check_flag', 'check_number', 'check_reduction',
+           'check_soft_targets', 'check_target_indices', 'check_target_kind', 'is_integer', 'is_real', 'log_softmax']
 
 # Soft targets (Mixup / CutMix) must sum to 1 over classes within this tolerance.
 SOFT_TARGET_ATOL = 1e-3
 
 # How a loss reduces its per-sample values over the batch.
 REDUCTIONS = ('none', 'mean', 'sum')
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (Python or numpy; not a bool, not a tensor)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a whole number: an int, or a finite float such as 4.0 (not a bool)."""
+    return is_real(value) and int(value) == value
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+    """``value``, or a ValueError unless it is a bool (a string such as 'no' would count as True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f'{owner}: {name} must be True or False, got {value!r}.')
+    return value
 
 
 def check_number(owner: str, name: str, value: Any, low: float = 0.0) -> float:
@@ -29,7 +46,7 @@ def check_number(owner: str, name: str, value: Any, low: float = 0.0) -> float:
         value: The given value.
         low: The smallest valid value (``-math.inf`` for any finite number).
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low:
+    if not is_real(value) or value < low:
         raise ValueError(f'{owner}: {name} must be a finite number >= {low:g}, got {value!r}.')
     return float(value)
 
@@ -47,7 +64,11 @@ def check_reduction(owner: str, reduction: Any) -> str:
 
 
 def check_target_kind(owner: str, target: torch.Tensor) -> None:
-    """Hard targets are integer class indices: a bool or complex tensor is refused (it would pass as 0 / 1)."""
+    """Hard targets are integer class indices: a bool or complex tensor is refused (it would pass as 0 / 1), and so
+    is anything that is not a tensor."""
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f'{owner}: target must be a torch.Tensor of class indices or soft targets, got '
+                         f'{type(target).__name__}.')
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f'{owner}: target must hold integer class indices (e.g. torch.int64) or float soft '
                          f'targets, got {target.dtype}.')

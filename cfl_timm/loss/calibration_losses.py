@@ -328,6 +328,8 @@ class _CalibrationLoss(nn.Module):
 
         Returns:
             The loss reduced by ``self.reduction`` ('none': shape (N,)), float32 (float64 for float64 logits).
+            NaN / inf logits are not checked (no host sync per step): they give a non-finite loss and gradient,
+            as cross-entropy does, so a GradScaler skips the step.
         """
         logits, index, dist = self._check_inputs(logits, target)
         scale = {'none': None, 'sum': 1.0, 'mean': 1.0 / logits.shape[0]}[self.reduction]
@@ -1011,6 +1013,8 @@ class AdaFocalLoss(_CalibrationLoss):
             raise ValueError(f'{name}: correct must be a tensor of shape {tuple(confidences.shape)}, got '
                              f'{getattr(correct, "shape", type(correct).__name__)}.')
         r = confidences.detach().to('cpu', torch.float64)
+        if correct.is_complex():
+            raise ValueError(f'{name}: correct must hold only 0/1 (or bool) values, got {correct.dtype}.')
         c = correct.detach().to('cpu', torch.float64)
         if not bool(torch.isfinite(r).all()) or float(r.amin()) < 0 or float(r.amax()) > 1:
             raise ValueError(f'{name}: confidences must lie in [0, 1].')
@@ -1224,7 +1228,7 @@ def create_calibration_loss(name: str, *, reduction: str = 'mean', smoothing: fl
     Returns:
         The loss module.
     """
-    if name not in _LOSS_CLASSES:
+    if not isinstance(name, str) or name not in _LOSS_CLASSES:
         raise ValueError(f'Unknown calibration loss {name!r}, expected one of {CALIBRATION_LOSS_TYPES}.')
     cls = _LOSS_CLASSES[name]
     unknown = sorted(set(kwargs) - set(cls.factory_keywords))

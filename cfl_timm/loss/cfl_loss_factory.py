@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch.nn as nn
 
+from ._base import check_flag
 from .calibration_losses import CALIBRATION_LOSS_DEFAULTS, CALIBRATION_LOSS_TYPES, create_calibration_loss
 from .calibration_losses import SOFT_TARGET_LOSSES as _CALIBRATION_SOFT_TARGET_LOSSES
 from .cyclical_focal_loss import FOCAL_LOSS_CLASSES, FOCAL_LOSS_TYPES
@@ -69,8 +70,9 @@ def create_loss(
         ValueError: An unknown name, a keyword argument that does not apply to the type, soft targets for a
             type that needs class indices, or a bad value.
     """
-    if name not in LOSS_TYPES:
+    if not isinstance(name, str) or name not in LOSS_TYPES:
         raise ValueError(f"Unknown loss type {name!r}, expected one of {LOSS_TYPES}.")
+    check_flag(name, 'soft_targets', soft_targets)
     valid = LOSS_KWARGS[name]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
@@ -103,6 +105,8 @@ def loss_kwargs(args: Any, name: str, *, num_epochs: Optional[int] = None, soft_
         training: Build for a training loop (``check_finite=False`` on the focal types, so a GradScaler
             skips steps with non-finite logits).
     """
+    if not isinstance(name, str):
+        raise ValueError(f'Unknown loss type {name!r}, expected one of {LOSS_TYPES}.')
     kwargs: dict[str, Any] = {'name': name, 'soft_targets': soft_targets}
     if getattr(args, 'smoothing', None) is not None:
         kwargs['smoothing'] = args.smoothing

@@ -34,11 +34,14 @@ import torch.nn as nn
 
 from ._base import (
     check_choice,
+    check_flag,
     check_number,
     check_reduction,
     check_soft_targets,
     check_target_indices,
     check_target_kind,
+    is_integer,
+    is_real,
     log_softmax,
 )
 
@@ -74,11 +77,11 @@ def cyclical_eta(epoch: float, epochs: int, factor: float) -> float:
     Returns:
         eta in [0, 1].
     """
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+    if not is_integer(epochs) or epochs < 1:
         raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
-    if not math.isfinite(factor) or factor < 1:
+    if not is_real(factor) or factor < 1:
         raise ValueError(f'cyclical factor must be a finite number >= 1, got {factor!r}.')
-    if not math.isfinite(epoch) or epoch < 0:
+    if not is_real(epoch) or epoch < 0:
         raise ValueError(f'epoch must be a finite number >= 0, got {epoch!r}.')
     last = epochs - 1
     if last == 0:
@@ -94,7 +97,7 @@ def cyclical_eta(epoch: float, epochs: int, factor: float) -> float:
 
 
 def _check_eps(eps: float) -> float:
-    if not math.isfinite(eps) or not 0 <= eps < 1:
+    if not is_real(eps) or not 0 <= eps < 1:
         raise ValueError(f'eps (label smoothing) must lie in [0, 1), got {eps!r}.')
     return float(eps)
 
@@ -357,7 +360,7 @@ class _FocalLossBase(nn.Module):
         self.reduction = check_reduction(type(self).__name__, reduction)
         self.soft_target_mode = check_choice(type(self).__name__, 'soft_target_mode', soft_target_mode,
                                              SOFT_TARGET_MODES)
-        self.check_finite = check_finite
+        self.check_finite = check_flag(type(self).__name__, 'check_finite', check_finite)
 
     def _loss_params(self):
         """(eta, gamma_hc, gamma_pos, gamma_neg, symmetric) for the current state."""
@@ -373,10 +376,15 @@ class _FocalLossBase(nn.Module):
                 same shape as ``logits``, non-negative and summing to 1 over dim 1.
 
         Returns:
-            The loss reduced by ``self.reduction`` ('none' keeps shape (N, d1, ...)).
+            The loss reduced by ``self.reduction`` ('none' keeps shape (N, d1, ...)). A batch without samples
+            (N = 0) gives 0 for 'mean' and 'sum'.
         """
-        if logits.dim() < 2:
-            raise ValueError(f'logits must have shape (N, K) or (N, K, ...), got {tuple(logits.shape)}.')
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            raise ValueError(f'{type(self).__name__}: logits must be a floating-point tensor, got '
+                             f'{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}.')
+        if logits.dim() < 2 or logits.shape[1] < 2:
+            raise ValueError(f'logits must have shape (N, K) or (N, K, ...) with K >= 2 classes, got '
+                             f'{tuple(logits.shape)}.')
         num_classes = logits.shape[1]
         out_shape = logits.shape[:1] + logits.shape[2:]
         if logits.dtype != torch.float64:
@@ -553,6 +561,8 @@ class CyclicalFocalLoss(_FocalLossBase):
         return {'epoch': self.epoch}
 
     def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or 'epoch' not in state:
+            raise ValueError(f'CyclicalFocalLoss: extra state must be a dict with the key "epoch", got {state!r}.')
         self.set_epoch(state['epoch'])
 
     def _loss_params(self):

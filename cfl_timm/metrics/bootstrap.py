@@ -9,7 +9,7 @@ Memory is O(B N): B = 1000 resamples of N = 10,000 samples use about 80 MB of in
 import torch
 
 from .calibration import bin_indices
-from .checks import check_logits, check_scores, check_targets
+from .checks import check_count, check_logits, check_scores, check_targets
 
 __all__ = ['BOOTSTRAP_METRIC_KEYS', 'bootstrap_auroc', 'bootstrap_intervals']
 
@@ -17,10 +17,10 @@ BOOTSTRAP_METRIC_KEYS = ('top1', 'nll', 'brier', 'ece')
 
 
 def _check_resampling(num_resamples: int, seed: int) -> None:
-    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 2:
-        raise ValueError(f'num_resamples must be an integer >= 2, got {num_resamples!r}.')
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f'seed must be an integer, got {seed!r}.')
+    check_count(num_resamples, 'num_resamples', 2)
+    # torch.Generator.manual_seed takes a 64-bit seed (signed or unsigned); a larger one fails deep inside it
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f'seed must be an integer in [-2**63, 2**64), got {seed!r}.')
 
 
 def _interval(point: float, values: torch.Tensor) -> tuple[float, float, float]:
@@ -46,8 +46,7 @@ def bootstrap_intervals(logits: torch.Tensor, targets: torch.Tensor, num_resampl
     logits = check_logits(logits)
     targets = check_targets(targets, logits.shape[0], logits.shape[1])
     _check_resampling(num_resamples, seed)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f'num_bins must be an integer >= 1, got {num_bins!r}.')
+    num_bins = check_count(num_bins, 'num_bins')
     count, num_classes = logits.shape
     log_probs = torch.log_softmax(logits, dim=1)
     probs = log_probs.exp()

@@ -5,12 +5,14 @@ J. Nixon et al., "Measuring Calibration in Deep Learning", https://arxiv.org/abs
 classwise ECE); J. Mukhoti et al., "Calibrating Deep Neural Networks using Focal Loss",
 https://arxiv.org/abs/2002.09437; J. Blasiok and P. Nakkiran, "Smooth ECE", https://arxiv.org/abs/2309.12236.
 """
+import math
 from collections.abc import Mapping
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
+from .checks import check_count, check_index_dtype
 from .smooth_ece import smooth_ece
 
 __all__ = ['CalibrationMeter', 'bin_indices', 'coinciding_ece_note', 'METRIC_KEYS']
@@ -20,7 +22,27 @@ METRIC_KEYS = ('top1', 'top5', 'nll', 'brier', 'ece', 'adaptive_ece', 'classwise
 
 def bin_indices(confidence: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Equal-width bin of each confidence: bin i holds [i / B, (i + 1) / B); a confidence of exactly 1.0 belongs to
-    the last bin (not to a bin B + 1 that would drop it)."""
+    the last bin (not to a bin B + 1 that would drop it).
+
+    Args:
+        confidence: Floating-point tensor (any shape) of values in [0, 1].
+        num_bins: Number of bins B (>= 1).
+
+    Returns:
+        int64 bin indices in [0, B), the shape of ``confidence``.
+    """
+    num_bins = check_count(num_bins, 'num_bins')
+    if not isinstance(confidence, torch.Tensor) or not confidence.is_floating_point():
+        raise ValueError(f'confidence must be a floating-point torch.Tensor, got '
+                         f'{confidence.dtype if isinstance(confidence, torch.Tensor) else type(confidence).__name__}.')
+    if not bool(((confidence >= 0) & (confidence <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError('confidence must hold values in [0, 1] (no NaN).')
+    return _bin_indices(confidence, num_bins)
+
+
+def _bin_indices(confidence: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """:func:`bin_indices` without its checks (no host sync), for callers whose confidences are probabilities of
+    checked logits and whose ``num_bins`` is checked."""
     boundaries = torch.linspace(0, 1, num_bins + 1, dtype=confidence.dtype, device=confidence.device)
     return (torch.bucketize(confidence.contiguous(), boundaries, right=True) - 1).clamp_(0, num_bins - 1)
 
@@ -60,11 +82,8 @@ class CalibrationMeter:
     """
 
     def __init__(self, num_classes: int, num_bins: int = 15) -> None:
-        for name, value, low in (('num_classes', num_classes, 2), ('num_bins', num_bins, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f'{name} must be an integer >= {low}, got {value!r}.')
-        self.num_classes = num_classes
-        self.num_bins = num_bins
+        self.num_classes = check_count(num_classes, 'num_classes', 2)
+        self.num_bins = check_count(num_bins, 'num_bins')
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +103,10 @@ class CalibrationMeter:
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: logits (N, K) of any float dtype, target (N,) class indices."""
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f'logits must be a torch.Tensor of shape (N, {self.num_classes}), got '
+                             f'{type(logits).__name__}.')
+        check_index_dtype(target, 'target')
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f'logits must have shape (N, {self.num_classes}), got {tuple(logits.shape)}.')
         if target.shape != logits.shape[:1]:
@@ -92,8 +115,6 @@ class CalibrationMeter:
             raise RuntimeError('CalibrationMeter.update() after all_reduce(); call reset() to start again.')
         if not logits.is_floating_point():
             raise ValueError(f'logits must be a floating-point tensor, got {logits.dtype}.')
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise ValueError(f'target must hold integer class indices (e.g. torch.int64), got {target.dtype}.')
         if target.numel() == 0:
             return
         target = target.detach().to(logits.device, torch.long)
@@ -114,12 +135,12 @@ class CalibrationMeter:
             correct.double().sum(), in_top5.double().sum(),
             -logp.gather(1, target[:, None]).sum(), ((probs - one_hot) ** 2).sum()])
         self._sums += batch
-        bins = bin_indices(confidence, self.num_bins)
+        bins = _bin_indices(confidence, self.num_bins)
         self._bins.index_put_((torch.zeros_like(bins), bins), torch.ones_like(confidence), accumulate=True)
         self._bins.index_put_((torch.ones_like(bins), bins), confidence, accumulate=True)
         self._bins.index_put_((torch.full_like(bins, 2), bins), correct.double(), accumulate=True)
         # Classwise: flat index k * B + bin(p_k) for every (sample, class) pair.
-        flat = (bin_indices(probs, self.num_bins)
+        flat = (_bin_indices(probs, self.num_bins)
                 + torch.arange(self.num_classes, device=logp.device)[None] * self.num_bins).view(-1)
         class_bins = self._class_bins.view(3, -1)
         class_bins[0].index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
@@ -214,7 +235,12 @@ def coinciding_ece_note(metrics: Mapping[str, float], rel_tol: float = 1e-9) -> 
     confidence) the absolute values add up to the absolute value of the total, |mean confidence - accuracy|,
     whatever the bins or the bandwidth: the three coincide up to rounding. See docs/metrics-notes.md.
     """
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f'metrics must be a mapping of metric names to values, got {type(metrics).__name__}.')
     values = [metrics.get(key) for key in ('ece', 'adaptive_ece', 'smooth_ece')]
+    for key, value in zip(('ece', 'adaptive_ece', 'smooth_ece'), values):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"metrics['{key}'] must be a finite number >= 0, got {value!r}.")
     if any(v is None for v in values) or max(values) <= 0:
         return None
     if max(values) - min(values) > rel_tol * max(values):

@@ -1,7 +1,35 @@
 """Eager input checks shared by the model-free evaluation metrics (one place, so every metric words errors alike)."""
+import math
+import numbers
+from typing import Any
+
 import torch
 
-__all__ = ['check_logits', 'check_scores', 'check_targets']
+__all__ = ['check_count', 'check_index_dtype', 'check_logits', 'check_real', 'check_same_classes', 'check_scores',
+           'check_targets']
+
+
+def check_count(value: Any, name: str, low: int = 1) -> int:
+    """Return ``value`` after checking it is a Python / numpy integer (not a bool, not a float) >= ``low`` that a
+    tensor size can hold (< 2**63)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < 2 ** 63:
+        raise ValueError(f'{name} must be an integer >= {low} (and < 2**63), got {value!r}.')
+    return int(value)
+
+
+def check_real(value: Any, name: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite real number (not a bool) between ``low`` and
+    ``high`` (each bound included unless ``low_open`` / ``high_open``)."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        if high == math.inf:
+            valid = f'{">" if low_open else ">="} {low:g}'
+        else:
+            valid = f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+        raise ValueError(f'{name} must be a finite number {valid}, got {value!r}.')
+    return float(value)
 
 
 def check_logits(logits: torch.Tensor, name: str = 'logits') -> torch.Tensor:
@@ -20,12 +48,23 @@ def check_logits(logits: torch.Tensor, name: str = 'logits') -> torch.Tensor:
     return logits
 
 
-def check_targets(targets: torch.Tensor, num_samples: int, num_classes: int, name: str = 'targets') -> torch.Tensor:
-    """Return ``targets`` as int64 on the CPU after checking it is (N,) integer class indices in [0, K)."""
+def check_same_classes(logits: torch.Tensor, other: torch.Tensor, name: str, other_name: str) -> None:
+    """Raise a ValueError unless two checked (N, K) logits tensors have the same number of classes K."""
+    if logits.shape[1] != other.shape[1]:
+        raise ValueError(f'{other_name} must have K = {logits.shape[1]} columns like {name}, got {other.shape[1]}.')
+
+
+def check_index_dtype(targets: Any, name: str = 'targets') -> None:
+    """Raise a ValueError unless ``targets`` is a tensor of an integer dtype (not bool, float or complex)."""
     if not isinstance(targets, torch.Tensor):
         raise ValueError(f'{name} must be a torch.Tensor of class indices, got {type(targets).__name__}.')
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise ValueError(f'{name} must hold integer class indices (e.g. torch.int64), got {targets.dtype}.')
+
+
+def check_targets(targets: torch.Tensor, num_samples: int, num_classes: int, name: str = 'targets') -> torch.Tensor:
+    """Return ``targets`` as int64 on the CPU after checking it is (N,) integer class indices in [0, K)."""
+    check_index_dtype(targets, name)
     if targets.shape != (num_samples,):
         raise ValueError(f'{name} must have shape ({num_samples},) to match the logits, got {tuple(targets.shape)}.')
     targets = targets.detach().cpu().long()

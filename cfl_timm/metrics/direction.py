@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .calibration import bin_indices
-from .checks import check_logits, check_targets
+from .checks import check_count, check_logits, check_targets
 
 __all__ = ['CalibrationDirection', 'calibration_direction']
 
@@ -44,8 +44,7 @@ def calibration_direction(logits: torch.Tensor, targets: torch.Tensor, num_bins:
         targets: (N,) integer class indices.
         num_bins: Number of equal-width bins B (>= 1).
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f'num_bins must be an integer >= 1, got {num_bins!r}.')
+    num_bins = check_count(num_bins, 'num_bins')
     logits = check_logits(logits)
     targets = check_targets(targets, logits.shape[0], logits.shape[1])
     confidence, prediction = torch.softmax(logits, dim=1).max(dim=1)

@@ -21,6 +21,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .checks import check_index_dtype
+
 __all__ = ['LOGITS_FILE_KEYS', 'LogitsFile', 'load_logits_npz', 'save_logits_npz']
 
 LOGITS_FILE_KEYS = ('logits', 'targets', 'class_names', 'split', 'checkpoint')
@@ -39,8 +41,11 @@ class LogitsFile:
     ood_name: Optional[str] = None
 
 
-def _float_array(values: torch.Tensor) -> np.ndarray:
+def _float_array(values: torch.Tensor, name: str) -> np.ndarray:
     """float32 / float64 stay as they are (no rounding of what the metrics used); half types widen to float32."""
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():  # no silent int / complex cast
+        raise ValueError(f'save_logits_npz: {name} must be a floating-point torch.Tensor, got '
+                         f'{values.dtype if isinstance(values, torch.Tensor) else type(values).__name__}.')
     values = values.detach().cpu()
     if values.dtype not in (torch.float32, torch.float64):
         values = values.float()
@@ -118,11 +123,19 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
         ood_logits: optional (M, K) logits of an out-of-distribution set.
         ood_name: optional name of that set.
     """
-    arrays = {'logits': _float_array(logits), 'targets': targets.detach().cpu().long().numpy(),
+    check_index_dtype(targets)  # a float or bool target would be truncated to an index silently
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):  # 'abc': 3 names a, b, c
+        raise ValueError(f'save_logits_npz: class_names must be a sequence of K names, got '
+                         f'{type(class_names).__name__}.')
+    for name, value in (('split', split), ('checkpoint', '' if checkpoint is None else checkpoint),
+                        ('ood_name', '' if ood_name is None else ood_name)):
+        if not isinstance(value, str):
+            raise ValueError(f'save_logits_npz: {name} must be a string, got {type(value).__name__}.')
+    arrays = {'logits': _float_array(logits, 'logits'), 'targets': targets.detach().cpu().long().numpy(),
               'class_names': np.array([str(n) for n in class_names], dtype=str).reshape(len(class_names)),
               'split': np.array(str(split), dtype=str), 'checkpoint': np.array(str(checkpoint or ''), dtype=str)}
     if ood_logits is not None:
-        arrays['ood_logits'] = _float_array(ood_logits)
+        arrays['ood_logits'] = _float_array(ood_logits, 'ood_logits')
         if ood_name is not None:
             arrays['ood_name'] = np.array(str(ood_name), dtype=str)
     _check_arrays(arrays, 'save_logits_npz')
@@ -133,6 +146,8 @@ def save_logits_npz(logits: torch.Tensor, targets: torch.Tensor, class_names: Se
 
 def load_logits_npz(path: str | Path) -> LogitsFile:
     """Read and validate a logits file; ValueError naming the file and the key when it is malformed."""
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f'path must be a str or pathlib.Path of a logits file, got {type(path).__name__}.')
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_logits, check_scores
+from .checks import check_logits, check_same_classes, check_scores
 
 __all__ = ['OOD_METRIC_KEYS', 'OOD_SCORES', 'aupr_in', 'aupr_out', 'auroc', 'energy', 'fpr_at_95_tpr', 'max_logit',
            'max_softmax_probability', 'msp', 'msp_auroc', 'neg_entropy', 'ood_metrics']
@@ -54,8 +54,8 @@ def auroc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float
 
     Ties count one half, so equal score distributions give 0.5 exactly; computed from average ranks in float64.
     """
-    positive_scores = check_scores(torch.as_tensor(positive_scores).reshape(-1), 'positive_scores')
-    negative_scores = check_scores(torch.as_tensor(negative_scores).reshape(-1), 'negative_scores')
+    positive_scores = check_scores(positive_scores, 'positive_scores')  # 1-D: a flattened (N, K) would be no score
+    negative_scores = check_scores(negative_scores, 'negative_scores')
     scores = torch.cat([positive_scores, negative_scores])
     unique, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
     # Average 1-based rank of each distinct value: (first rank + last rank) / 2.
@@ -121,9 +121,7 @@ def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, 
         out_logits: (N_out, K) logits of the out-of-distribution samples (same K).
     """
     in_logits, out_logits = check_logits(in_logits, 'in_logits'), check_logits(out_logits, 'out_logits')
-    if in_logits.shape[1] != out_logits.shape[1]:
-        raise ValueError(f'out_logits must have K = {in_logits.shape[1]} columns like in_logits, '
-                         f'got {out_logits.shape[1]}.')
+    check_same_classes(in_logits, out_logits, 'in_logits', 'out_logits')
     results = {}
     for name, score in OOD_SCORES.items():
         in_scores, out_scores = score(in_logits), score(out_logits)
@@ -133,6 +131,10 @@ def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, 
 
 
 def msp_auroc(in_logits: torch.Tensor, out_logits: torch.Tensor) -> float:
-    """AUROC of separating in-distribution (positive) from out-of-distribution samples by max softmax probability."""
+    """AUROC of separating in-distribution (positive) from out-of-distribution samples by max softmax probability.
+
+    Both sets must have the same classes K (the MSP of different label spaces is no common score).
+    """
     in_logits, out_logits = check_logits(in_logits, 'in_logits'), check_logits(out_logits, 'out_logits')
+    check_same_classes(in_logits, out_logits, 'in_logits', 'out_logits')
     return auroc(max_softmax_probability(in_logits), max_softmax_probability(out_logits))

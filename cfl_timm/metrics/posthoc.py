@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .calibration import bin_indices
-from .checks import check_logits, check_targets
+from .checks import check_count, check_logits, check_real, check_targets
 from .lbfgs import minimize_lbfgs
 from .temperature import fit_temperature
 
@@ -35,6 +35,7 @@ class PosthocCalibrator:
     ``self.state`` (a dict of tensors / floats), which is what ``state_dict`` returns.
     """
     name = ''
+    state_keys: tuple[str, ...] = ()  # the fitted values (besides num_classes) that _predict reads
 
     def __init__(self) -> None:
         self.state: dict[str, Any] = {}
@@ -48,13 +49,17 @@ class PosthocCalibrator:
 
     def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (N, K), float64, rows summing to one."""
+        return self._predict(self._check_fitted(logits))
+
+    def _check_fitted(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` checked (float64 CPU) for a fitted calibrator of the same number of classes."""
         if not self.state:
             raise ValueError(f"the '{self.name}' calibrator is not fitted: call fit(logits, targets) first.")
         logits = check_logits(logits)
         if logits.shape[1] != self.state['num_classes']:
             raise ValueError(f"the '{self.name}' calibrator was fitted on {self.state['num_classes']} classes, "
                              f'got logits with {logits.shape[1]}.')
-        return self._predict(logits)
+        return logits
 
     def state_dict(self) -> dict[str, Any]:
         """The method name and the fitted parameters (copies)."""
@@ -63,8 +68,13 @@ class PosthocCalibrator:
 
     def load_state_dict(self, state: dict[str, Any]) -> 'PosthocCalibrator':
         """Restore fitted parameters saved by ``state_dict``."""
+        if not isinstance(state, dict):
+            raise ValueError(f'state must be the dict of state_dict(), got {type(state).__name__}.')
         if state.get('name') != self.name:
             raise ValueError(f"state of method '{state.get('name')}' cannot be loaded into '{self.name}'.")
+        missing = [key for key in ('num_classes', *self.state_keys) if key not in state]
+        if missing:
+            raise ValueError(f"state of method '{self.name}' lacks {missing}: not the output of state_dict().")
         self.state = {k: v for k, v in state.items() if k != 'name'}
         return self
 
@@ -78,6 +88,7 @@ class PosthocCalibrator:
 class TemperatureScaling(PosthocCalibrator):
     """softmax(z / T), T > 0 minimising the NLL (:func:`cfl_timm.metrics.fit_temperature`)."""
     name = 'ts'
+    state_keys = ('temperature',)
 
     def _fit(self, logits, targets):
         return {'temperature': fit_temperature(logits, targets)}
@@ -166,17 +177,16 @@ class _AffineScaling(PosthocCalibrator):
     """
     full_matrix = True
     regularise = True
+    state_keys = ('weight', 'bias')
 
     def __init__(self, grid: Sequence[float] = DEFAULT_ODIR_GRID, folds: int = DEFAULT_FOLDS,
                  max_iter: int = 200) -> None:
         super().__init__()
-        if not grid or min(grid) < 0:
-            raise ValueError(f'the ODIR grid must be non-empty and non-negative, got {tuple(grid)}.')
-        if folds < 2:
-            raise ValueError(f'folds must be >= 2, got {folds}.')
-        if max_iter < 1:
-            raise ValueError(f'max_iter must be >= 1, got {max_iter}.')
-        self.grid, self.folds, self.max_iter = tuple(float(g) for g in grid), int(folds), int(max_iter)
+        if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or not grid:
+            raise ValueError(f'the ODIR grid must be a non-empty sequence of numbers >= 0, got {grid!r}.')
+        self.grid = tuple(check_real(g, f'grid[{i}]', 0.0) for i, g in enumerate(grid))
+        self.folds = check_count(folds, 'folds', 2)
+        self.max_iter = check_count(max_iter, 'max_iter')
 
     @staticmethod
     def features(logits: torch.Tensor) -> torch.Tensor:
@@ -199,6 +209,9 @@ class _AffineScaling(PosthocCalibrator):
         lam = mu = 0.0
         if self.regularise:
             count = x.shape[0]
+            if count < self.folds:  # an empty held-out fold would score every (lambda, mu) pair NaN
+                raise ValueError(f"the '{self.name}' calibrator chooses its ODIR strengths by {self.folds}-fold "
+                                 f'cross-validation and needs at least folds = {self.folds} samples, got {count}.')
             fold_of = torch.empty(count, dtype=torch.long)
             fold_of[torch.randperm(count, generator=torch.Generator().manual_seed(0))] = \
                 torch.arange(count) % self.folds
@@ -271,12 +284,11 @@ class HistogramBinning(PosthocCalibrator):
     Renormalisation can change the argmax.
     """
     name = 'hist'
+    state_keys = ('num_bins', 'bin_values')
 
     def __init__(self, num_bins: int = 15) -> None:
         super().__init__()
-        if num_bins < 1:
-            raise ValueError(f'num_bins must be >= 1, got {num_bins}.')
-        self.num_bins = int(num_bins)
+        self.num_bins = check_count(num_bins, 'num_bins')
 
     def _fit(self, logits, targets):
         probs = torch.softmax(logits, dim=1)
@@ -322,6 +334,7 @@ class IsotonicCalibration(PosthocCalibrator):
     the K values are then renormalised (an all-zero row keeps the uncalibrated p). Can change the argmax.
     """
     name = 'iso'
+    state_keys = ('thresholds', 'values')
 
     def _fit(self, logits, targets):
         probs = torch.softmax(logits, dim=1).numpy()
@@ -336,7 +349,7 @@ class IsotonicCalibration(PosthocCalibrator):
 
     def per_class(self, logits: torch.Tensor) -> torch.Tensor:
         """The K one-vs-rest isotonic values (N, K) before renormalisation."""
-        logits = check_logits(logits)
+        logits = self._check_fitted(logits)
         probs = torch.softmax(logits, dim=1).numpy()
         columns = [np.interp(probs[:, k], x.numpy(), y.numpy())
                    for k, (x, y) in enumerate(zip(self.state['thresholds'], self.state['values']))]
@@ -358,7 +371,7 @@ POSTHOC_METHODS: dict[str, type[PosthocCalibrator]] = {
 
 
 def _method(name: str) -> type[PosthocCalibrator]:
-    if name not in POSTHOC_METHODS:
+    if not isinstance(name, str) or name not in POSTHOC_METHODS:
         raise ValueError(f"Unknown post-hoc calibration method '{name}': expected one of {tuple(POSTHOC_METHODS)}.")
     return POSTHOC_METHODS[name]
 
@@ -370,4 +383,6 @@ def fit_posthoc(name: str, fit_logits: torch.Tensor, fit_targets: torch.Tensor, 
 
 def posthoc_from_state(state: dict[str, Any]) -> PosthocCalibrator:
     """Rebuild a fitted calibrator from ``state_dict()`` output."""
+    if not isinstance(state, dict):
+        raise ValueError(f'state must be the dict of state_dict(), got {type(state).__name__}.')
     return _method(state.get('name', ''))().load_state_dict(state)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .checks import check_logits, check_targets
+from .checks import check_logits, check_real, check_targets
 
 __all__ = ['aurc', 'eaurc', 'optimal_aurc', 'risk_coverage_curve']
 
@@ -61,8 +61,7 @@ def optimal_aurc(error_rate: float) -> float:
     Args:
         error_rate: Overall error rate r in [0, 1]; (1 - r) ln(1 - r) is taken as 0 at r = 1.
     """
-    if not 0.0 <= error_rate <= 1.0 or math.isnan(error_rate):
-        raise ValueError(f'error_rate must lie in [0, 1], got {error_rate}.')
+    error_rate = check_real(error_rate, 'error_rate', 0.0, 1.0)
     return error_rate + (1.0 - error_rate) * math.log1p(-error_rate) if error_rate < 1.0 else 1.0
 
 

@@ -5,13 +5,14 @@ The report of Y. Ovadia et al., "Can You Trust Your Model's Uncertainty? Evaluat
 Dataset Shift", NeurIPS 2019, https://arxiv.org/abs/1906.02530, on the corruptions of D. Hendrycks and
 T. Dietterich, ICLR 2019, https://arxiv.org/abs/1903.12261 (CIFAR-10-C).
 """
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from .calibration import CalibrationMeter
-from .checks import check_logits, check_targets
+from .checks import check_logits, check_same_classes, check_targets
 from .ood import msp_auroc
 
 __all__ = ['SHIFT_METRIC_KEYS', 'shift_cell_metrics', 'shift_report']
@@ -32,6 +33,7 @@ def shift_cell_metrics(clean_logits: torch.Tensor, logits: torch.Tensor, targets
     ``msp_auroc``, the AUROC of telling the clean images (positive) from these by max softmax probability (0.5:
     the model's confidence does not react to the corruption)."""
     logits = check_logits(logits, 'corrupted logits')
+    check_same_classes(check_logits(clean_logits, 'clean logits'), logits, 'clean logits', 'corrupted logits')
     targets = check_targets(targets, logits.shape[0], logits.shape[1], 'corrupted targets')
     return {**_calibration(logits, targets, num_bins), 'msp_auroc': msp_auroc(clean_logits, logits)}
 
@@ -53,16 +55,23 @@ def shift_report(clean_logits: torch.Tensor, clean_targets: torch.Tensor,
     Args:
         clean_logits: (N, K) logits of the clean images.
         clean_targets: (N,) their labels.
-        shifted: ``{corruption: {severity: (logits (M, K), targets (M,))}}``.
+        shifted: ``{corruption: {severity (int): (logits (M, K), targets (M,))}}``.
         num_bins: Equal-width bins of ECE.
     """
     clean_logits = check_logits(clean_logits, 'clean logits')
     clean_targets = check_targets(clean_targets, clean_logits.shape[0], clean_logits.shape[1], 'clean targets')
-    if not shifted or not all(shifted.values()):
+    if not isinstance(shifted, Mapping) or not shifted or not all(
+            isinstance(severities, Mapping) and severities for severities in shifted.values()):
         raise ValueError('shift_report needs at least one corrupted set per corruption: {name: {severity: '
                          '(logits, targets)}}.')
     for name, severities in shifted.items():
-        for severity, (logits, _) in severities.items():
+        for severity, pair in severities.items():
+            if isinstance(severity, bool) or not isinstance(severity, numbers.Integral):
+                raise ValueError(f'{name}: severity {severity!r} must be an integer.')
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f'{name} severity {severity}: expected a (logits, targets) pair, got '
+                                 f'{type(pair).__name__}.')
+            logits = check_logits(pair[0], f'{name} severity {severity} logits')
             if logits.shape[-1] != clean_logits.shape[1]:
                 raise ValueError(f'{name} severity {severity}: K = {logits.shape[-1]} classes, the clean logits '
                                  f'K = {clean_logits.shape[1]}.')

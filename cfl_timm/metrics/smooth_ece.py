@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_real, check_scores
+
 __all__ = ['smooth_ece', 'smooth_ece_at_bandwidth']
 
 _MIN_GRID_POINTS = 2001
@@ -41,14 +43,44 @@ def _reflected_smooth(position: np.ndarray, weights: np.ndarray, bandwidth: floa
     return full[:, 2 * half:2 * half + num_points]
 
 
+def _check_samples(confidence: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, correct) as float64 CPU vectors after checking them: matching non-empty 1-D tensors, confidence
+    real in [0, 1], correct 0 / 1 (bool or numbers)."""
+    confidence = check_scores(confidence, 'confidence')
+    if not bool(((confidence >= 0) & (confidence <= 1)).all()):
+        raise ValueError('confidence must hold finite values in [0, 1] (max softmax probabilities), got values in '
+                         f'[{float(confidence.min())}, {float(confidence.max())}].')
+    if not isinstance(correct, torch.Tensor) or correct.is_complex():
+        raise ValueError(f'correct must be a real or bool torch.Tensor, got '
+                         f'{getattr(correct, "dtype", type(correct).__name__)}.')
+    if correct.shape != confidence.shape:
+        raise ValueError(f'confidence and correct must be matching 1-D tensors, got {tuple(confidence.shape)} '
+                         f'and {tuple(correct.shape)}.')
+    hits = correct.detach().cpu().double()
+    if not bool(((hits == 0) | (hits == 1)).all()):
+        raise ValueError('correct must hold 0 or 1 (or bool) for every sample.')
+    return confidence, hits
+
+
 def smooth_ece_at_bandwidth(confidence: torch.Tensor, correct: torch.Tensor, bandwidth: float) -> float:
     """smECE_sigma = (1 / N) * integral over [0, 1] of |sum_i K_sigma(t, c_i) (c_i - y_i)| dt.
 
     The integral is a trapezoid sum on the grid, normalised by the same sum of the kernel density (which integrates
     to N), so the discretisation error of the two cancels to first order.
+
+    Args:
+        confidence: (N,) predicted confidence in [0, 1], N >= 1.
+        correct: (N,) 1 where the prediction was right, else 0 (bool or numbers).
+        bandwidth: Kernel width sigma > 0 (the grid has about 20 / sigma points).
     """
-    confidence = confidence.detach().cpu().double().clamp(0.0, 1.0).numpy()
-    residual = confidence - correct.detach().cpu().double().numpy()
+    confidence, correct = _check_samples(confidence, correct)
+    bandwidth = check_real(bandwidth, 'bandwidth', 0.0, low_open=True)
+    return _smooth_ece_at_bandwidth(confidence.numpy(), correct.numpy(), bandwidth)
+
+
+def _smooth_ece_at_bandwidth(confidence: np.ndarray, correct: np.ndarray, bandwidth: float) -> float:
+    """:func:`smooth_ece_at_bandwidth` on checked float64 arrays."""
+    residual = confidence - correct
     smoothed = _reflected_smooth(confidence, np.stack([residual, np.ones_like(residual)]), bandwidth)
     return float(np.trapezoid(np.abs(smoothed[0])) / np.trapezoid(smoothed[1]))
 
@@ -66,30 +98,20 @@ def smooth_ece(confidence: torch.Tensor, correct: torch.Tensor, min_bandwidth: f
     Args:
         confidence: (N,) predicted confidence in [0, 1] (max softmax probability).
         correct: (N,) 1 where the prediction was right, else 0 (bool or float).
-        min_bandwidth: Smallest bandwidth considered.
-        tolerance: Bisection tolerance on the bandwidth.
+        min_bandwidth: Smallest bandwidth considered, in (0, 1).
+        tolerance: Bisection tolerance on the bandwidth, > 0.
         return_bandwidth: Also return sigma*.
 
     Returns:
         smECE (float), or (smECE, sigma*) when `return_bandwidth`.
     """
-    if confidence.shape != correct.shape or confidence.dim() != 1:
-        raise ValueError(f'confidence and correct must be matching 1-D tensors, got {tuple(confidence.shape)} '
-                         f'and {tuple(correct.shape)}.')
-    if confidence.numel() == 0:
-        raise ValueError('smooth_ece needs at least one sample.')
-    values = confidence.detach().double()
-    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails both comparisons
-        raise ValueError('confidence must hold finite values in [0, 1] (max softmax probabilities), got values in '
-                         f'[{float(values.min())}, {float(values.max())}] or NaN.')
-    hits = correct.detach().double()
-    if not bool(((hits == 0) | (hits == 1)).all()):
-        raise ValueError('correct must hold 0 or 1 (or bool) for every sample.')
-    if not 0 < min_bandwidth < 1:
-        raise ValueError(f'min_bandwidth must lie in (0, 1), got {min_bandwidth}.')
+    confidence, correct = (values.numpy() for values in _check_samples(confidence, correct))
+    min_bandwidth = check_real(min_bandwidth, 'min_bandwidth', 0.0, 1.0, low_open=True, high_open=True)
+    # A tolerance of 0 would bisect forever once the bracket stops shrinking at float64 resolution.
+    tolerance = check_real(tolerance, 'tolerance', 0.0, low_open=True)
 
     def excess(bandwidth: float) -> float:
-        return smooth_ece_at_bandwidth(confidence, correct, bandwidth) - bandwidth
+        return _smooth_ece_at_bandwidth(confidence, correct, bandwidth) - bandwidth
 
     low, high = min_bandwidth, 1.0
     if excess(high) >= 0:
@@ -104,5 +126,5 @@ def smooth_ece(confidence: torch.Tensor, correct: torch.Tensor, min_bandwidth: f
             else:
                 high = middle
         bandwidth = 0.5 * (low + high)
-    value = smooth_ece_at_bandwidth(confidence, correct, bandwidth)
+    value = _smooth_ece_at_bandwidth(confidence, correct, bandwidth)
     return (value, bandwidth) if return_bandwidth else value

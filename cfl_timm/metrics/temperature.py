@@ -5,13 +5,14 @@ The ECE grid search reproduces tables that pick T by the lowest validation ECE (
 "Calibrating Deep Neural Networks using Focal Loss", https://arxiv.org/abs/2002.09437).
 """
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from .calibration import bin_indices
-from .checks import check_logits, check_targets
+from .checks import check_count, check_logits, check_targets
 
 __all__ = ['FIT_METHODS', 'fit_temperature', 'check_calibration_split', 'is_test_split']
 
@@ -24,11 +25,15 @@ DEFAULT_BOUNDS = (0.01, 100.0)
 
 def is_test_split(split: str) -> bool:
     """Whether a split name denotes a test split ('test', 'TEST', 'test2017', ...)."""
+    if not isinstance(split, str):
+        raise ValueError(f'split must be a split name (str), got {type(split).__name__}.')
     return split.strip().lower().startswith('test')
 
 
 def check_calibration_split(split: str, allow_test_split: bool = False) -> None:
     """Refuse to fit a temperature on a test split unless explicitly allowed (fitting on test leaks the labels)."""
+    if not isinstance(allow_test_split, bool):  # 'no' would count as True and allow the test split
+        raise ValueError(f'allow_test_split must be True or False, got {allow_test_split!r}.')
     if is_test_split(split) and not allow_test_split:
         raise ValueError(f"Refusing to fit the temperature on the '{split}' split: fit it on a held-out split "
                          f"(e.g. 'validation'), or allow it explicitly (allow_test_split=True, validate.py "
@@ -55,7 +60,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
         split: Name of the split the logits come from; a test split is refused unless `allow_test_split`.
         allow_test_split: Explicitly allow fitting on a test split.
         num_bins: Bins of the ECE for ``'grid-ece'``.
-        grid: Temperatures tried by ``'grid-ece'``.
+        grid: Temperatures tried by ``'grid-ece'``, each finite and > 0.
         bounds: (lo, hi) range of T for ``'nll'``, 0 < lo < hi (default 0.01 to 100).
 
     Returns:
@@ -67,9 +72,13 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
     logits = check_logits(logits)
     target = check_targets(target, logits.shape[0], logits.shape[1], name='target')
     if method == 'grid-ece':
-        temperatures = [float(t) for t in grid]
-        if not temperatures or min(temperatures) <= 0:
-            raise ValueError('the temperature grid must be non-empty and positive.')
+        num_bins = check_count(num_bins, 'num_bins')
+        values = grid.tolist() if hasattr(grid, 'tolist') else grid  # a numpy array or tensor of temperatures
+        if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values
+                or not all(isinstance(t, numbers.Real) and not isinstance(t, bool) and 0 < t < math.inf
+                           for t in values)):  # NaN fails the comparison
+            raise ValueError(f'the temperature grid must be non-empty and positive (finite numbers > 0), got {grid!r}.')
+        temperatures = [float(t) for t in values]
         best = None
         for temperature in temperatures:
             ece = _ece(logits / temperature, target, num_bins)
@@ -77,9 +86,12 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = 'n
                 best = (temperature, ece)
         return best[0]
 
-    low, high = (float(b) for b in bounds)
-    if not (0 < low < high < math.inf):
-        raise ValueError(f'bounds must satisfy 0 < lo < hi < inf, got {tuple(bounds)}.')
+    pair = bounds.tolist() if hasattr(bounds, 'tolist') else bounds
+    if (isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2
+            or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in pair)
+            or not 0 < pair[0] < pair[1] < math.inf):  # NaN fails the comparison
+        raise ValueError(f'bounds must satisfy 0 < lo < hi < inf, got {bounds!r}.')
+    low, high = float(pair[0]), float(pair[1])
     target_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
     # (K, N): the softmax and the sum over classes then run along contiguous rows, several times faster for small K
     classes_first = logits.T.contiguous()

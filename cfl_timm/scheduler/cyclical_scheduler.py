@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ..loss._base import is_integer, is_real
 from .cyclical_value import check_cyclical_range, check_timing, cyclical_eta, cyclical_value
 from .cyclical_weight_decay import CyclicalWeightDecayScheduler
 
@@ -50,7 +51,7 @@ def check_cyclical_arguments(
     check_timing(num_epochs, cyclical_factor, updates_per_epoch)
     for key, (low, high) in {'weight_decay': (wd_min, wd_max), 'temperature': (t_min, t_max),
                              'clip_grad': (clip_min, clip_max)}.items():
-        if low != 0:
+        if not is_real(low) or low != 0:  # a tensor or string min is checked (and refused), not compared
             check_cyclical_range(_RANGE_NAMES[key], low, high)
 
 
@@ -108,6 +109,10 @@ class CyclicalScheduler:
             step_per_update: bool = False,
             updates_per_epoch: int = 0,
     ) -> None:
+        if not isinstance(step_per_update, bool):
+            raise ValueError(f'step_per_update must be True or False, got {step_per_update!r}.')
+        if not is_integer(updates_per_epoch) or updates_per_epoch < 0:
+            raise ValueError(f'updates_per_epoch must be an integer >= 0 (0: unknown), got {updates_per_epoch!r}.')
         if step_per_update and not updates_per_epoch:
             raise ValueError('Per-update cyclical stepping needs updates_per_epoch >= 1 (the optimizer updates '
                              'per epoch).')
@@ -146,6 +151,8 @@ class CyclicalScheduler:
 
     def step_update(self, num_updates: int, metric: Optional[float] = None) -> None:
         """timm's ``step_update``: forwarded to the LR scheduler; the cyclical position follows the update count."""
+        if not is_integer(num_updates) or num_updates < 0:
+            raise ValueError(f'num_updates must be an integer >= 0, got {num_updates!r}.')
         if self.lr_scheduler is not None:
             self.lr_scheduler.step_update(num_updates, metric)
         if self.step_per_update:
@@ -206,6 +213,8 @@ class CyclicalScheduler:
 
     def epoch_values(self, epoch: int) -> dict[str, Optional[float]]:
         """The values in force at the start of ``epoch`` (summary columns), whichever calls moved the position since."""
+        if not is_integer(epoch):
+            raise ValueError(f'epoch must be an integer (the start of an epoch), got {epoch!r}.')
         if epoch not in self._epoch_values:
             raise ValueError(f'The cyclical position has not been at the start of epoch {epoch} recently; '
                              f'recorded epochs: {sorted(self._epoch_values)}.')

@@ -43,6 +43,9 @@ class CyclicalWeightDecayScheduler(Scheduler):
             t_in_epochs: bool = True,
             updates_per_epoch: int = 1,
     ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f'CyclicalWeightDecayScheduler: optimizer must be a torch.optim.Optimizer, got '
+                             f'{type(optimizer).__name__}.')
         check_cyclical_range('weight decay', wd_min, wd_max)
         check_timing(num_epochs, cyclical_factor, updates_per_epoch)
         for index, group in enumerate(optimizer.param_groups):

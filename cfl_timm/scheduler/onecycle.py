@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from timm.scheduler.scheduler import Scheduler
 
+from ..loss._base import is_integer, is_real
+
 __all__ = ['ONECYCLE_ANNEAL', 'OneCycleLRScheduler']
 
 ONECYCLE_ANNEAL = ('cos', 'linear')
@@ -59,13 +61,13 @@ class OneCycleLRScheduler(Scheduler):
             noise_seed: Optional[int] = 42,
             initialize: bool = True,
     ) -> None:
-        if isinstance(t_initial, bool) or int(t_initial) != t_initial or t_initial < 1:
+        if not is_integer(t_initial) or t_initial < 1:
             raise ValueError(f'OneCycle needs t_initial (the cycle length in steps) as an integer >= 1, '
                              f'got {t_initial!r}.')
-        if not (isinstance(pct_start, (int, float)) and 0 < pct_start < 1):
+        if not (is_real(pct_start) and 0 < pct_start < 1):
             raise ValueError(f'onecycle pct_start (warm-up fraction) must lie in (0, 1), got {pct_start!r}.')
         for name, value in (('div_factor', div_factor), ('final_div_factor', final_div_factor)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (is_real(value) and value > 0):
                 raise ValueError(f'onecycle {name} must be a finite number > 0, got {value!r}.')
         if anneal_strategy not in ONECYCLE_ANNEAL:
             raise ValueError(

@@ -96,7 +96,9 @@ def create_scheduler_v2(optimizer: Any, sched: str = 'cosine', *args: Any, **kwa
     if not cyclical:
         return lr_scheduler, num_epochs
     span = cyclical.pop('cyclical_epochs', None) or num_epochs  # checked above: None or >= 1
-    step_per_update = bool(cyclical.pop('cyclical_step_per_update', False))
+    step_per_update = cyclical.pop('cyclical_step_per_update', False)
+    if not isinstance(step_per_update, bool):  # bool('no') is True
+        raise ValueError(f'cyclical_step_per_update must be True or False, got {step_per_update!r}.')
     scheduler = CyclicalScheduler(
         lr_scheduler, optimizer, num_epochs=span, step_per_update=step_per_update,
         updates_per_epoch=bound.arguments['updates_per_epoch'], **cyclical)
