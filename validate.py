@@ -232,7 +232,8 @@ def read_checkpoint_run(path: str) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # a truncated, foreign or non-checkpoint file
-        raise ValueError(f'--checkpoint {path} is not a readable checkpoint: {str(error).splitlines()[0]}') from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__  # EOFError: ''
+        raise ValueError(f'--checkpoint {path} is not a readable checkpoint: {reason}') from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f'--checkpoint {path} is not a checkpoint dictionary.')
     run = dict(vars(checkpoint['args'])) if isinstance(checkpoint.get('args'), argparse.Namespace) else {}

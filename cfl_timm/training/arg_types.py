@@ -11,12 +11,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from timm.utils import ParseKwargs
 
 __all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
-           'PATH_KINDS', 'crop_fraction', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
-           'int_in', 'integer', 'non_negative_float', 'non_negative_int', 'output_folder', 'path_converter',
-           'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
+           'PATH_KINDS', 'crop_fraction', 'device_name', 'existing_file', 'existing_folder', 'finite_float',
+           'float_in', 'fraction', 'int_in', 'integer', 'non_negative_float', 'non_negative_int', 'output_file',
+           'output_folder', 'path_converter', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed',
+           'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -31,15 +33,17 @@ def converter(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # The kind of path each path converter takes, so that tests/test_cli_fuzz.py generates the right wrong paths for it:
-# 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable).
+# 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable),
+# 'output_file' (a file to write: not a folder, in a folder that is or can be made writable).
 PATH_KINDS: dict[Callable[[Any], Any], str] = {}
+_KINDS = ('file', 'folder', 'output', 'output_file')
 
 
 def path_converter(kind: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: 'file', 'folder' or
-    'output'."""
-    if kind not in ('file', 'folder', 'output'):
-        raise ValueError(f"kind must be 'file', 'folder' or 'output', got {kind!r}")
+    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: 'file', 'folder',
+    'output' or 'output_file'."""
+    if kind not in _KINDS:
+        raise ValueError(f'kind must be one of {_KINDS}, got {kind!r}')
 
     def register(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         PATH_KINDS[function] = kind
@@ -200,11 +204,13 @@ def existing_folder(value: Any) -> str:
 
 def _check_writable(path: str) -> str:
     probe = os.path.abspath(path)
-    while not os.path.exists(probe):
+    while not os.path.lexists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
+    if os.path.islink(probe) and not os.path.exists(probe):  # creating the folder would fail on the dead link
+        raise argparse.ArgumentTypeError(f'{probe} is a broken symbolic link (in {path})')
     if not os.path.isdir(probe):
         raise argparse.ArgumentTypeError(f'{probe} is a file, not a folder (in {path})')
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -229,13 +235,39 @@ def writable_folder(value: Any) -> str:
     return _check_writable(path) if path else path
 
 
+@path_converter('output_file')
+def output_file(value: Any) -> str:
+    """A file to write ('' = none given): not an existing folder, and its folder is writable or can be created."""
+    path = str(value)
+    if not path:
+        return path
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f'{path} is a folder: give a file name')
+    _check_writable(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
 @converter
 def relative_name(value: Any) -> str:
-    """A relative folder name that stays inside its parent (no absolute path, no '..')."""
+    """A relative folder name that stays inside its parent: no absolute path, no '.' or '..' part, no control
+    character, no blank part ('' = none given: the tool's own name)."""
     name = str(value)
-    if os.path.isabs(name) or '..' in name.replace('\\', '/').split('/'):
-        raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no '
-                                         f'..), got {name!r}')
+    parts = name.replace('\\', '/').rstrip('/').split('/')
+    if name and (os.path.isabs(name) or any(part in ('', '.', '..') or not part.strip() for part in parts)
+                 or any(not char.isprintable() for char in name)):
+        raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no . or .. '
+                                         f'part, no blank part or control character), got {name!r}')
+    return name
+
+
+@converter
+def device_name(value: Any) -> str:
+    """A torch device name: cpu, cuda, cuda:N, mps, ... (whether it is present is checked where it is used)."""
+    name = str(value)
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f'{name!r} is not a device name (cpu, cuda, cuda:N, mps, ...)') from None
     return name
 
 

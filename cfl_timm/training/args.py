@@ -54,6 +54,7 @@ from .arg_types import (
     KeyValueArgs,
     at_least_one,
     crop_fraction,
+    device_name,
     existing_file,
     finite_float,
     fraction,
@@ -67,6 +68,7 @@ from .arg_types import (
     seed,
     writable_folder,
 )
+from .config_file import read_config_file
 from .cyclical_args import (
     add_cyclical_args,
     add_focal_loss_args,
@@ -91,6 +93,7 @@ MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 KD_DISTILL_TYPES = ('logit', 'feature', 'token')
 KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
 WORKER_SEEDING = ('all', 'part')
+MIXUP_MODES = ('batch', 'pair', 'elem')  # timm's Mixup: one lambda per batch, per pair of images, per image
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -233,7 +236,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """Device, mixed precision and DDP options (timm)."""
     group = parser.add_argument_group('Device parameters')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str,
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=device_name,
                        help='device to use for training (default: cuda when available, else cpu)')
     group.add_argument('--amp', action='store_true', default=False,
                        help='use mixed precision (float16 with a grad scaler on CUDA, bfloat16 autocast on CPU)')
@@ -260,8 +263,8 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
                        help='optimizer epsilon (default: None, use opt default)')
     group.add_argument('--opt-betas', default=None, type=fraction, nargs='+', metavar='BETA',
                        help='optimizer betas (default: None, use opt default)')
-    group.add_argument('--momentum', type=non_negative_float, default=0.9, metavar='M',
-                       help='optimizer momentum (default: 0.9)')
+    group.add_argument('--momentum', type=fraction, default=0.9, metavar='M',
+                       help='optimizer momentum, in [0, 1) (default: 0.9)')
     group.add_argument('--weight-decay', type=non_negative_float, default=2e-5,
                        help='weight decay (default: 2e-5); constant unless --wd_min enables the cyclical schedule')
     group.add_argument('--clip-grad', type=positive_float, default=None, metavar='NORM',
@@ -398,7 +401,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='probability of performing mixup or cutmix when either/both is enabled')
     group.add_argument('--mixup-switch-prob', type=probability, default=0.5,
                        help='probability of switching to cutmix when both mixup and cutmix enabled')
-    group.add_argument('--mixup-mode', type=str, default='batch',
+    group.add_argument('--mixup-mode', type=str, default='batch', choices=MIXUP_MODES,
                        help='how to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
     group.add_argument('--mixup-off-epoch', default=0, type=non_negative_int, metavar='N',
                        help='turn off mixup after this epoch, disabled if 0 (default: 0)')
@@ -566,7 +569,7 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='W&B run tags')
     group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
                        help='resume this W&B run (with --resume)')
-    group.add_argument('--log-tensorboard', default='', type=str, metavar='DIR',
+    group.add_argument('--log-tensorboard', default='', type=writable_folder, metavar='DIR',
                        help='also write the logged scalars as TensorBoard event files to DIR (default: off)')
     group.add_argument('--no-plots', '--no-plot', dest='no_plots', action='store_true', default=False,
                        help='do not draw curves.png, ece_vs_accuracy.png and evidence.png into the run folder at the '
@@ -642,39 +645,12 @@ def save_args_yaml(path: str | Path, args: Mapping[str, Any]) -> None:
     atomic_write_text(path, yaml.safe_dump(plain, default_flow_style=False, sort_keys=True))
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int):
-        super().__init__(f'duplicate key {key!r}')
-        self.key, self.line = key, line
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
-    if not os.path.isfile(path):
-        raise UsageError(f'Config file not found: {path}')
     try:
-        with open(path, encoding='utf-8') as f:
-            cfg = yaml.load(f, Loader=_UniqueKeyLoader) or {}
-    except _DuplicateKey as e:
-        raise UsageError(f'Config file {path}: key {e.key!r} appears twice (line {e.line}); give each key once.') \
-            from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UsageError(f'Config file {path} is not valid YAML: {" ".join(str(e).split())[:200]}') from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
+        cfg = read_config_file(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     # A run's args.yaml records its own source as 'config' ('' without -c): reusable as it is. A named config is
     # refused, never followed or ignored: configs do not include other configs.
     if cfg.get('config'):
@@ -738,6 +714,9 @@ def check_loss_args(args: argparse.Namespace) -> None:
     :func:`cfl_timm.create_loss`, the one place that knows them) and the held-out split they may need."""
     if args.jsd_loss and args.aug_splits < 2:
         raise ValueError('--jsd-loss needs --aug-splits >= 2.')
+    if args.jsd_loss and mixup_active(args):
+        raise ValueError('--jsd-loss cannot be combined with Mixup/CutMix (--mixup, --cutmix, --cutmix-minmax): the '
+                         'JSD loss takes hard labels, Mixup makes soft targets.')
     if args.focal_loss is not None and args.loss not in (None, 'ce', args.focal_loss):
         raise ValueError(f'--focal_loss {args.focal_loss} and --loss {args.loss} select two losses; give one.')
     name = loss_name(args)

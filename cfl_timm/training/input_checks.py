@@ -113,10 +113,7 @@ def check_name_args(args: argparse.Namespace) -> None:
         if 'Unknown scheduler' in str(e):
             raise ValueError(f'--sched: {e} Valid: cosine, tanh, step, multistep, plateau, poly, rsqrt, wsd, '
                              'constant, onecycle, none.') from e
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f'--device: {args.device!r} is not a device name (cpu, cuda, cuda:N, ...).') from e
+    device = torch.device(args.device)  # a device name: its declaration (arg_types.device_name)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {args.device}: no CUDA device is available here; use --device cpu.')
 
@@ -152,6 +149,9 @@ def check_file_args(args: argparse.Namespace) -> None:
     if output.exists() and not output.is_dir():
         raise ValueError(f'--output: {output} is a file, not a folder.')
     run_dir = output / args.experiment if args.experiment else None
+    if run_dir is not None and (run_dir.is_file() or (run_dir.is_symlink() and not run_dir.exists())):
+        raise ValueError(f'--output/--experiment: {run_dir} is a file, not a run folder; choose another '
+                         '--experiment.')
     in_use = run_dir_in_use(run_dir) if run_dir is not None else []
     if in_use and not args.resume:
         raise ValueError(f'--output/--experiment: {run_dir} already holds a run ({", ".join(in_use[:4])}); pass '
@@ -166,8 +166,11 @@ def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str
         ValueError: Naming the config file, the key, the expected type or choices and the value found.
     """
     where = f'Config {path}: key {key!r}'
-    if value is None:
-        return None
+    if value is None:  # null means "not given" only where that is the flag's default; elsewhere it is no value
+        if action.default is None:
+            return None
+        raise ValueError(f'{where} is null, but the flag needs a value (default {action.default!r}): give one, or '
+                         'delete the line.')
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise ValueError(f'{where} is a switch: expected true or false, got {value!r}.')

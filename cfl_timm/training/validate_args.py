@@ -21,9 +21,11 @@ from cfl_timm.training.arg_types import (
     INTERPOLATIONS,
     KeyValueArgs,
     crop_fraction,
+    device_name,
     finite_float,
     int_in,
     non_negative_int,
+    output_file,
     positive_float,
     positive_int,
     seed,
@@ -92,7 +94,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group = parser.add_argument_group('Runtime (timm)')
     group.add_argument('-b', '--batch-size', type=positive_int, default=256, metavar='N', help='batch size')
     group.add_argument('-j', '--workers', type=non_negative_int, default=4, metavar='N', help='data loader workers')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='device')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=device_name,
+                       help='device')
     group.add_argument('--num-gpu', type=positive_int, default=1, metavar='N',
                        help='1 (several devices: torchrun --nproc-per-node N validate.py ...)')
     group.add_argument('--no-prefetcher', action='store_true', help="disable timm's prefetcher")
@@ -151,19 +154,20 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--ood-no-verify', action='store_true',
                        help="read an SVHN .mat that differs from the published file (skip torchvision's MD5 check)")
     group = parser.add_argument_group('Output')
-    group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
+    group.add_argument('--results-file', default='', type=output_file, metavar='FILENAME',
+                       help="timm's results file (one row)")
     group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')
-    group.add_argument('--output-json', default=None, metavar='PATH',
+    group.add_argument('--output-json', default=None, type=output_file, metavar='PATH',
                        help='metrics JSON (default: beside the checkpoint, calibration-<split>.json)')
-    group.add_argument('--plot', default=None, metavar='PATH',
+    group.add_argument('--plot', default=None, type=output_file, metavar='PATH',
                        help='reliability diagram PNG (default: the JSON path with .png); needs matplotlib')
     group.add_argument('--no-plot', action='store_true', help='do not draw the reliability diagram')
-    group.add_argument('--prediction-grid', default=None, metavar='PATH',
+    group.add_argument('--prediction-grid', default=None, type=output_file, metavar='PATH',
                        help='PNG grid of evaluated images with true / predicted class, confidence, right or wrong')
-    group.add_argument('--save-logits', default=None, metavar='FILE.npz',
+    group.add_argument('--save-logits', default=None, type=output_file, metavar='FILE.npz',
                        help='save the logits (TTA-averaged with --tta), targets, class names, split and checkpoint '
                             '(plus ood_logits with --ood-data-dir) as a numpy .npz; see docs/evaluation.md')
-    group.add_argument('--save-fit-logits', default=None, metavar='FILE.npz',
+    group.add_argument('--save-fit-logits', default=None, type=output_file, metavar='FILE.npz',
                        help='save the --calibration-split logits the same way (python -m cfl_timm.evaluate --fit)')
     group.add_argument('--plot-dir', default=None, metavar='DIR',
                        help=f'draw {" and ".join(PLOT_FILES.values())} into DIR (reliability diagrams before / '
@@ -338,11 +342,22 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
+def input_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Every file this command reads, by the flag that names it: no output may replace one of them."""
+    named = (('--checkpoint', args.checkpoint), ('--valid-labels', args.valid_labels), ('--class-map', args.class_map))
+    return {flag: Path(path) for flag, path in named if path}
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
-    """ValueError when two outputs of this command are the same file (one would overwrite the other)."""
+    """ValueError when an output of this command is an input file (writing it would destroy it, e.g.
+    ``--results-file`` naming the checkpoint) or two outputs are the same file (one would overwrite the other)."""
+    inputs = {path.expanduser().resolve(): flag for flag, path in input_paths(args).items()}
     seen: dict[Path, str] = {}
     for flag, path in output_paths(args).items():
         resolved = path.expanduser().resolve()
+        if resolved in inputs:
+            raise ValueError(f'{flag} {path} is the input file of {inputs[resolved]}: writing it would destroy it; '
+                             'give the output another path.')
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
         seen[resolved] = flag
@@ -357,11 +372,8 @@ def check_writable_file(path: str, flag: str, suffix: str) -> None:
     target = Path(path).expanduser()
     if target.suffix.lower() != suffix:
         raise ValueError(f'{flag} {path}: the file name must end in {suffix}.')
-    if target.is_dir():
-        raise ValueError(f'{flag} {path} is a folder: give a file name ending in {suffix}.')
-    folder = target.resolve().parent
-    while not folder.exists():  # the nearest existing ancestor must let us create the missing folders
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f'{flag} {path}: cannot write into {folder} (not a writable folder).')
+    try:
+        output_file(str(target))  # not a folder, in a folder that is or can be made writable
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f'{flag} {path}: cannot write into its folder: {e}.') from None
 
