@@ -213,6 +213,9 @@ def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
         singles = [str(tmp / 'missing'), str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
     elif path_kind == 'output':
         singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new')]
+    elif path_kind == 'output_file':
+        singles = [str(tmp), str(tmp / 'a_file.txt' / 'below.json'), str(tmp / 'read_only' / 'new.json'),
+                   str(tmp / 'dead_link' / 'new.json')]
     elif kind in (None, str):
         singles = list(TEXT_VALUES) + [str(tmp / 'a_file.txt'), str(tmp / 'missing')]
     else:
@@ -259,6 +262,7 @@ def test_every_bad_value_is_a_usage_error_or_accepted(entry_name, flag, tmp_path
     action = _option(entry.parser(), flag)
     (tmp_path / 'a_file.txt').write_text('not a checkpoint\n')
     (tmp_path / 'read_only').mkdir(mode=0o555)
+    (tmp_path / 'dead_link').symlink_to(tmp_path / 'nowhere')
     problems = []
     for values in _values(action, tmp_path):
         argv = entry.base(tmp_path) + [flag, *values]
