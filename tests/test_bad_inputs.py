@@ -266,6 +266,8 @@ TRAIN_ROWS = [
     T('`--cutmix-minmax 0.5 1.5`', 'argument --cutmix-minmax: must be a probability in [0, 1]', '--cutmix-minmax',
       '0.5', '1.5'),
     T('`--momentum 5`', 'argument --momentum: must be in [0, 1)', '--momentum', '5'),
+    T('`--train-crop-mode bogus`', "argument --train-crop-mode: invalid choice: 'bogus'", '--train-crop-mode',
+      'bogus'),
     T('`--lr 1e400` (overflows to inf)', 'argument --lr: must be a finite number', '--lr', '1e400'),
     T('`--lr 1e-400` (underflows to 0)', 'argument --lr: must be > 0', '--lr', '1e-400'),
     T('`--lr -0`', 'argument --lr: must be > 0', '--lr=-0'),
@@ -386,6 +388,11 @@ VALIDATE_ROWS = [
     V('`--checkpoint` a folder', '--checkpoint must be a file', '--dataset', 'sklearn/digits', '--checkpoint',
       '{files}/runs'),
     V('`--device nonsense`', "argument --device: 'nonsense' is not a device name", '--device', 'nonsense'),
+    V('`--crop-mode bogus`', "argument --crop-mode: invalid choice: 'bogus'", '--crop-mode', 'bogus'),
+    V('`--input-img-mode bogus`', "argument --input-img-mode: unknown PIL image mode 'bogus'", '--input-img-mode',
+      'bogus'),
+    V('`--class-map` missing file', 'argument --class-map: file not found', '--data-dir', '{files}/digits', *FOCAL,
+      '--split', 'val', '--class-map', '{files}/absent.txt'),
 ]
 
 

@@ -58,6 +58,7 @@ from .arg_types import (
     existing_file,
     finite_float,
     fraction,
+    image_mode_name,
     integer,
     non_negative_float,
     non_negative_int,
@@ -94,6 +95,7 @@ KD_DISTILL_TYPES = ('logit', 'feature', 'token')
 KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
 WORKER_SEEDING = ('all', 'part')
 MIXUP_MODES = ('batch', 'pair', 'elem')  # timm's Mixup: one lambda per batch, per pair of images, per image
+TRAIN_CROP_MODES = ('rrc', 'rkrc', 'rkrr')  # timm's random resized crop, and its random-keep-ratio variants
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -156,7 +158,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                        help='leave out (and count in the log) unreadable images instead of refusing the dataset')
     group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
-    group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
+    group.add_argument('--input-img-mode', default=None, type=image_mode_name, help='dataset image conversion mode')
     group.add_argument('--input-key', default=None, type=str,
                        help='dataset key of the input image (hfds/, hfids/, wds/ datasets)')
     group.add_argument('--target-key', default=None, type=str,
@@ -361,7 +363,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                             "crop unless --crop-pct) (default: timm)")
     group.add_argument('--crop-padding', '--crop_padding', type=non_negative_int, default=4, metavar='PX',
                        help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
-    group.add_argument('--train-crop-mode', type=str, default=None,
+    group.add_argument('--train-crop-mode', type=str, default=None, choices=TRAIN_CROP_MODES,
                        help="training crop mode of timm's transforms (e.g. 'rrc', 'rkrc', 'rkrr')")
     group.add_argument('--scale', type=positive_float, nargs='+', action=Ascending, default=[0.08, 1.0],
                        metavar='PCT',

@@ -22,7 +22,9 @@ from cfl_timm.training.arg_types import (
     KeyValueArgs,
     crop_fraction,
     device_name,
+    existing_file,
     finite_float,
+    image_mode_name,
     int_in,
     non_negative_int,
     output_file,
@@ -36,6 +38,7 @@ __all__ = ['HOLDOUT_SPLIT', 'MODEL_DTYPES', 'RESULTS_FORMATS', 'add_validate_arg
            'holdout_record', 'output_paths', 'resolve_split']
 
 RESULTS_FORMATS = ('csv', 'json')
+CROP_MODES = ('center', 'squash', 'border')  # timm's eval transform
 MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 # --calibration-split HOLDOUT_SPLIT: the held-out split recorded in the train.py run folder.
 HOLDOUT_SPLIT = 'holdout'
@@ -55,11 +58,13 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
-    group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
+    group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
+                       help='class map file of the folder dataset')
     group.add_argument('--skip-bad-images', action='store_true',
                        help='leave out (and count in the log) unreadable images instead of refusing the split')
     group.add_argument('--input-key', default=None, help='dataset key of the input images (hfds/wds)')
-    group.add_argument('--input-img-mode', default=None, help="image mode ('RGB', 'L'; default from the channels)")
+    group.add_argument('--input-img-mode', default=None, type=image_mode_name,
+                       help="image mode ('RGB', 'L'; default from the channels)")
     group.add_argument('--target-key', default=None, help='dataset key of the labels (hfds/wds)')
     group.add_argument('--dataset-trust-remote-code', action='store_true',
                        help="let a Hugging Face dataset run its repository's code")
@@ -84,7 +89,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='input size')
     group.add_argument('--use-train-size', action='store_true', help="use the model's train input size")
     group.add_argument('--crop-pct', type=crop_fraction, default=None, metavar='PCT', help='input center crop percent')
-    group.add_argument('--crop-mode', default=None, metavar='MODE', help='crop mode (center, squash, border)')
+    group.add_argument('--crop-mode', default=None, choices=CROP_MODES, help='crop mode (default: the model\'s)')
     group.add_argument('--crop-border-pixels', type=non_negative_int, default=None, metavar='N',
                        help='crop pixels at the border')
     group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
