@@ -275,6 +275,10 @@ TRAIN_ROWS = [
     T('`-b 10^20`', 'is smaller than one batch', '-b', '100000000000000000000'),
     T('`--holdout 100000` (more than the set)', '--holdout must be an integer in [1, 1432]', '--holdout', '100000'),
     T('one class folder in the data', 'a classifier needs at least 2', '{files}/folders/one_class', base=FOLDER),
+    T('empty class folder in both splits', 'class folder(s) 1 (3) hold no image', '{files}/folders/empty_class',
+      base=FOLDER),
+    T('class folder holding only a `.txt` file', 'class folder(s) 1 (3) hold no image',
+      '{files}/folders/text_class', base=FOLDER),
     # config oddities
     T('config `epochs: null`', "key 'epochs' is null, but the flag needs a value", '-c', '{files}/null_epochs.yaml'),
     T('config `amp: null`', "key 'amp' is null, but the flag needs a value", '-c', '{files}/null_amp.yaml'),
@@ -368,6 +372,7 @@ VALIDATE_ROWS = [
     VF('text file named `.jpg`', 'cannot identify image file', 'text_jpg'),
     VF('truncated JPEG', 'truncated.jpg: image file is truncated', 'truncated'),
     VF('symlink loop in the data folder', 'symlink loop in the dataset', 'symlink_loop'),
+    VF('empty class folder', 'class folder(s) 1 (3) hold no image', 'empty_class'),
     VF('image of 100000x100000 pixels (PNG header)', 'huge.png: Image size (10000000000 pixels) exceeds limit', 'huge'),
     V('`--results-file` naming the `--checkpoint`', 'is the input file of --checkpoint', '--dataset',
       'sklearn/digits', *FOCAL, '--results-file', '{files}/focal.pth.tar'),
@@ -680,7 +685,7 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
                  'truncated': ('truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2]),
                  'huge': ('huge.png', _png_header(100_000, 100_000))}
     classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013'), 'one_class': ('0', '0')}
-    for name in (*classes, *bad_files, 'symlink_loop'):
+    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class'):
         for split, labels in zip(('train', 'val'), classes.get(name, ('012', '012'))):
             for label in labels:
                 folder = root / name / split / label
@@ -689,6 +694,11 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
                     (folder / image.name).write_bytes(image.read_bytes())
                 if name in bad_files and label == '0':
                     (folder / bad_files[name][0]).write_bytes(bad_files[name][1])
+    for split in ('train', 'val'):  # a fourth class folder without images: empty, or holding a text file
+        (root / 'empty_class' / split / '3').mkdir(parents=True)
+        (root / 'text_class' / split / '3').mkdir(parents=True)
+        (root / 'text_class' / split / '3' / 'notes.txt').write_text('not an image\n')
+    (root / 'empty_class' / 'train' / '.git').mkdir()  # a hidden folder is not a class
     (root / 'symlink_loop' / 'train' / '0' / 'again').symlink_to('..', target_is_directory=True)
     (root / 'symlink_loop' / 'val' / '0' / 'again').symlink_to('..', target_is_directory=True)
 

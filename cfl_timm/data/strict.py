@@ -6,6 +6,7 @@ symlinks without noticing a loop (the dataset repeats many times) and numbers th
 own (a class missing from one split shifts every later label). Before any work:
 
 * :func:`check_folder_tree` walks a split folder and refuses a symlink loop, naming it;
+* :func:`check_class_folders` refuses a class folder without an image (timm would drop it silently);
 * :func:`check_same_classes` compares the class folders of every split a run reads;
 * :func:`verify_images` opens and decodes every image (zero-byte, truncated, not-an-image and over-sized files
   are listed) and :func:`strict_folder_dataset` refuses them, or drops them when asked, counting them;
@@ -23,8 +24,8 @@ from timm.data.dataset_factory import _search_split  # timm's split-folder searc
 from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
-__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_split_tree',
-           'check_same_classes', 'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
+__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders', 'check_folder_tree',
+           'check_split_tree', 'check_same_classes', 'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -73,7 +74,26 @@ def check_split_tree(root: str, split: str) -> None:
     """:func:`check_folder_tree` on the folder timm reads for ``split`` of the folder dataset at ``root`` (its own
     split-folder search, synonyms included): other folders beside it, e.g. a link to the same images under another
     split name, are not that split's concern."""
-    check_folder_tree(_search_split(root, split))
+    folder = _search_split(root, split)
+    check_folder_tree(folder)
+    check_class_folders(folder)
+
+
+def check_class_folders(folder: str) -> None:
+    """Raise ``ValueError`` naming the class folders of a split folder that hold no image: timm would drop such a
+    class silently and number the others without it. Hidden folders (``.git``) are not classes."""
+    from timm.data import get_img_extensions
+    extensions = tuple(get_img_extensions())
+    empty = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith('.') or not entry.is_dir():
+            continue
+        if not any(name.lower().endswith(extensions)
+                   for _, _, names in os.walk(entry.path, followlinks=True) for name in names):
+            empty.append(entry.name)
+    if empty:
+        raise ValueError(f'{folder}: class folder(s) {_listed(empty)} hold no image (extensions '
+                         f'{", ".join(extensions)}); timm would drop the class silently: add its images or remove it.')
 
 
 def _class_names(dataset: Any) -> Optional[set]:
