@@ -294,6 +294,9 @@ def build_context(args: argparse.Namespace, device: torch.device, run: dict[str,
     targets = dataset_targets(splits.evaluated)
     num_classes = args.num_classes or run.get('num_classes') or int(targets.max()) + 1
     largest = int(targets.max())
+    if valid_labels is not None and max(valid_labels) >= num_classes:
+        raise ValueError(f'--valid-labels {args.valid_labels}: class index {max(valid_labels)} is outside the model\'s '
+                         f'{num_classes} classes [0, {num_classes}).')
     if valid_labels is None and largest >= num_classes:
         raise ValueError(f'split {args.split!r} has class index {largest}, but the model has {num_classes} classes '
                          f'(--num-classes or the checkpoint): give --num-classes >= {largest + 1}.')

@@ -266,6 +266,16 @@ TRAIN_ROWS = [
     T('`--cutmix-minmax 0.5 1.5`', 'argument --cutmix-minmax: must be a probability in [0, 1]', '--cutmix-minmax',
       '0.5', '1.5'),
     T('`--momentum 5`', 'argument --momentum: must be in [0, 1)', '--momentum', '5'),
+    T('`--remode bogus`', "argument --remode: invalid choice: 'bogus'", '--reprob', '0.5', '--remode', 'bogus'),
+    T('`--train-interpolation bogus`', "argument --train-interpolation: invalid choice: 'bogus'",
+      '--train-interpolation', 'bogus'),
+    T('`--lr-base-scale bogus`', "argument --lr-base-scale: invalid choice: 'bogus'", '--lr-base-scale', 'bogus'),
+    T('`--aa bogus`', "--aa 'bogus' is not a timm augmentation policy", '--aa', 'bogus'),
+    T('`--aa rand-m9-zz5` (bad RandAugment section)', "--aa 'rand-m9-zz5' is not a timm augmentation policy", '--aa',
+      'rand-m9-zz5'),
+    T('`--bce-target-thresh` without `--bce-loss`', '--bce-target-thresh: for the BCE loss (--bce-loss) only',
+      '--bce-target-thresh', '0.2'),
+    T('`--bce-sum` without `--bce-loss`', '--bce-sum: for the BCE loss (--bce-loss) only', '--bce-sum'),
     T('`--train-crop-mode bogus`', "argument --train-crop-mode: invalid choice: 'bogus'", '--train-crop-mode',
       'bogus'),
     T('`--lr 1e400` (overflows to inf)', 'argument --lr: must be a finite number', '--lr', '1e400'),
@@ -279,6 +289,14 @@ TRAIN_ROWS = [
       base=FOLDER),
     T('class folder holding only a `.txt` file', 'class folder(s) 1 (3) hold no image',
       '{files}/folders/text_class', base=FOLDER),
+    T('image directly in the `train/` folder', 'lie directly in the split folder', '{files}/folders/loose_image',
+      base=FOLDER),
+    T('`--train-split ""`', 'argument --train-split: give a split name', '{files}/digits', '--train-split', '',
+      base=FOLDER),
+    T('`--dataset bogus/x` with a `--data-dir`', "unknown dataset prefix 'bogus/'", '{files}/digits', '--dataset',
+      'bogus/x', base=FOLDER),
+    T('`--output` inside the `--data-dir`', 'lies inside the dataset folder --data-dir', '{files}/digits',
+      '--output', '{files}/digits/train', '--experiment', 'run', base=FOLDER),
     # config oddities
     T('config `epochs: null`', "key 'epochs' is null, but the flag needs a value", '-c', '{files}/null_epochs.yaml'),
     T('config `amp: null`', "key 'amp' is null, but the flag needs a value", '-c', '{files}/null_amp.yaml'),
@@ -393,6 +411,12 @@ VALIDATE_ROWS = [
     V('`--checkpoint` a folder', '--checkpoint must be a file', '--dataset', 'sklearn/digits', '--checkpoint',
       '{files}/runs'),
     V('`--device nonsense`', "argument --device: 'nonsense' is not a device name", '--device', 'nonsense'),
+    V('`--valid-labels` index beyond the classes', 'class index 99 is outside the model', '--dataset',
+      'sklearn/digits', *FOCAL, '--valid-labels', '{files}/labels_99.txt'),
+    V('`--prediction-grid` inside the `--data-dir`', 'lies inside the dataset folder of --data-dir', '--data-dir',
+      '{files}/digits', '--split', 'val', *FOCAL, '--prediction-grid', '{files}/digits/val/0/grid.png'),
+    V('`--split " "`', 'argument --split: give a split name', '--split', ' '),
+    V('`--dataset bogus/x`', "unknown dataset prefix 'bogus/'", '--dataset', 'bogus/x', *FOCAL),
     V('`--crop-mode bogus`', "argument --crop-mode: invalid choice: 'bogus'", '--crop-mode', 'bogus'),
     V('`--input-img-mode bogus`', "argument --input-img-mode: unknown PIL image mode 'bogus'", '--input-img-mode',
       'bogus'),
@@ -606,6 +630,7 @@ def files(tmp_path_factory, digits_dir) -> Path:
     (root / 'oltr_broken.yaml').write_text(oltr_config + 'lr_step: [1\n')
     (root / 'oltr_binary.yaml').write_bytes(oltr_config.encode() + b'# \xff\xfe\n')
     (root / 'zero.pth.tar').write_bytes(b'')
+    (root / 'labels_99.txt').write_text('0\n99\n')
     torch.save([1, 2, 3], root / 'list.pth.tar')
     (root / 'dead_link').symlink_to(root / 'nowhere')
     (root / 'link_to_file').symlink_to(root / 'empty.csv')
@@ -685,7 +710,7 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
                  'truncated': ('truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2]),
                  'huge': ('huge.png', _png_header(100_000, 100_000))}
     classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013'), 'one_class': ('0', '0')}
-    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class'):
+    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class', 'loose_image'):
         for split, labels in zip(('train', 'val'), classes.get(name, ('012', '012'))):
             for label in labels:
                 folder = root / name / split / label
@@ -699,6 +724,8 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
         (root / 'text_class' / split / '3').mkdir(parents=True)
         (root / 'text_class' / split / '3' / 'notes.txt').write_text('not an image\n')
     (root / 'empty_class' / 'train' / '.git').mkdir()  # a hidden folder is not a class
+    loose = root / 'loose_image' / 'train'  # an image beside the class folders
+    (loose / 'loose.png').write_bytes(next((loose / '0').iterdir()).read_bytes())
     (root / 'symlink_loop' / 'train' / '0' / 'again').symlink_to('..', target_is_directory=True)
     (root / 'symlink_loop' / 'val' / '0' / 'again').symlink_to('..', target_is_directory=True)
 

@@ -23,6 +23,7 @@ from .strict import (
     MAX_IMAGE_PIXELS,
     CorruptImageError,
     StrictImageDataset,
+    check_dataset_name,
     check_folder_tree,
     check_same_classes,
     check_split_tree,

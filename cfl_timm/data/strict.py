@@ -24,8 +24,9 @@ from timm.data.dataset_factory import _search_split  # timm's split-folder searc
 from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
-__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders', 'check_folder_tree',
-           'check_split_tree', 'check_same_classes', 'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
+__all__ = ['CorruptImageError', 'DATASET_PREFIXES', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders',
+           'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes', 'is_image_folder_name',
+           'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +50,20 @@ def is_image_folder_name(name: str) -> bool:
     """True when timm's ``create_dataset(name, ...)`` reads a folder (or tar) of images: not the offline digits,
     a torchvision or a remote (``tfds/``, ``hfds/``, ``hfids/``, ``wds/``) dataset."""
     return not is_digits_dataset(name) and not name.startswith(('torch/', 'tfds/', 'hfds/', 'hfids/', 'wds/'))
+
+
+# Prefixes of timm's create_dataset ('torch/cifar10', 'hfds/...'); a name without '/' is a folder (or tar) dataset.
+DATASET_PREFIXES = ('torch', 'hfds', 'hfids', 'tfds', 'wds')
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise ``ValueError`` for a ``--dataset`` name with a prefix timm does not know (``bogus/x``): timm reads
+    such a name as a plain image folder, silently."""
+    prefix, sep, _ = (name or '').partition('/')
+    if sep and not is_digits_dataset(name) and prefix.lower() not in DATASET_PREFIXES:
+        raise ValueError(f'--dataset {name!r}: unknown dataset prefix {prefix + "/"!r}; give '
+                         f'{", ".join(p + "/NAME" for p in DATASET_PREFIXES)}, sklearn/digits, or no prefix for an '
+                         'image folder.')
 
 
 def is_folder_dataset(dataset: Any) -> bool:
@@ -80,17 +95,25 @@ def check_split_tree(root: str, split: str) -> None:
 
 
 def check_class_folders(folder: str) -> None:
-    """Raise ``ValueError`` naming the class folders of a split folder that hold no image: timm would drop such a
-    class silently and number the others without it. Hidden folders (``.git``) are not classes."""
+    """Raise ``ValueError`` naming the class folders of a split folder that hold no image (timm would drop such a
+    class silently and number the others without it) or the images lying directly in it (timm would make them a
+    class named ''). Hidden entries (``.git``, ``.DS_Store``) are not classes."""
     from timm.data import get_img_extensions
     extensions = tuple(get_img_extensions())
-    empty = []
+    empty, loose = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith('.') or not entry.is_dir():
+        if entry.name.startswith('.'):
+            continue
+        if not entry.is_dir():
+            if entry.name.lower().endswith(extensions):
+                loose.append(entry.name)
             continue
         if not any(name.lower().endswith(extensions)
                    for _, _, names in os.walk(entry.path, followlinks=True) for name in names):
             empty.append(entry.name)
+    if loose:  # timm would make them a class of their own, named ''
+        raise ValueError(f'{folder}: image(s) {_listed(loose)} lie directly in the split folder; move each into the '
+                         'folder of its class.')
     if empty:
         raise ValueError(f'{folder}: class folder(s) {_listed(empty)} hold no image (extensions '
                          f'{", ".join(extensions)}); timm would drop the class silently: add its images or remove it.')

@@ -38,7 +38,7 @@ import torch
 import yaml
 from timm.models import is_model
 
-from ..data import SUBSET_MODES, is_digits_dataset
+from ..data import SUBSET_MODES, check_dataset_name, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..files import atomic_write_text
@@ -67,6 +67,7 @@ from .arg_types import (
     probability,
     relative_name,
     seed,
+    split_name,
     writable_folder,
 )
 from .config_file import read_config_file
@@ -96,6 +97,9 @@ KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
 WORKER_SEEDING = ('all', 'part')
 MIXUP_MODES = ('batch', 'pair', 'elem')  # timm's Mixup: one lambda per batch, per pair of images, per image
 TRAIN_CROP_MODES = ('rrc', 'rkrc', 'rkrr')  # timm's random resized crop, and its random-keep-ratio variants
+RANDOM_ERASE_MODES = ('pixel', 'rand', 'const')  # timm's RandomErasing fill: per-pixel noise, per-channel, zeros
+TRAIN_INTERPOLATIONS = ('random', *(name for name in INTERPOLATIONS if name))  # 'random': bilinear or bicubic
+LR_BASE_SCALES = ('', 'linear', 'sqrt')  # '' = timm's rule by optimizer (sqrt for adaptive ones)
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -145,8 +149,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--dataset', '-d', metavar='NAME', default='',
                        help="dataset type: '' (folder with train/val), torch/cifar10, torch/cifar100, "
                             "sklearn/digits (offline), ... (default: folder)")
-    group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
-    group.add_argument('--val-split', metavar='NAME', default='validation',
+    group.add_argument('--train-split', metavar='NAME', default='train', type=split_name,
+                       help='dataset train split (default: train)')
+    group.add_argument('--val-split', metavar='NAME', default='validation', type=split_name,
                        help='dataset validation split (default: validation)')
     group.add_argument('--train-num-samples', default=None, type=positive_int, metavar='N',
                        help='number of training samples of an iterable dataset (hfids/, wds/, tfds/) per epoch')
@@ -296,7 +301,7 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='base learning rate: lr = lr_base * global_batch_size / base_size')
     group.add_argument('--lr-base-size', type=positive_int, default=256, metavar='DIV',
                        help='base learning rate batch size (divisor, default: 256)')
-    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', choices=LR_BASE_SCALES,
                        help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
     group.add_argument('--lr-noise', type=non_negative_float, nargs='+', action=Ascending, default=None,
                        metavar='pct, pct',
@@ -389,7 +394,8 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='number of augmentation splits (default: 0, valid: 0 or >=2)')
     group.add_argument('--reprob', type=probability, default=0., metavar='PCT',
                        help='random erase prob (default: 0.)')
-    group.add_argument('--remode', type=str, default='pixel', help='random erase mode (default: "pixel")')
+    group.add_argument('--remode', type=str, default='pixel', choices=RANDOM_ERASE_MODES,
+                       help='random erase mode (default: "pixel")')
     group.add_argument('--recount', type=positive_int, default=1, help='random erase count (default: 1)')
     group.add_argument('--resplit', action='store_true', default=False,
                        help='do not random erase first (clean) augmentation split')
@@ -407,7 +413,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='how to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
     group.add_argument('--mixup-off-epoch', default=0, type=non_negative_int, metavar='N',
                        help='turn off mixup after this epoch, disabled if 0 (default: 0)')
-    group.add_argument('--train-interpolation', type=str, default='random',
+    group.add_argument('--train-interpolation', type=str, default='random', choices=TRAIN_INTERPOLATIONS,
                        help='training interpolation (random, bilinear, bicubic default: "random")')
     group.add_argument('--drop', type=fraction, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
     group.add_argument('--drop-connect', type=finite_float, default=None, metavar='PCT',
@@ -697,6 +703,13 @@ def check_augmentation_args(args: argparse.Namespace) -> None:
         raise ValueError('--aug-splits must be 0 or >= 2, got 1.')
     if args.split_bn and args.aug_splits < 2:
         raise ValueError('--split-bn needs --aug-splits >= 2.')
+    if args.aa:  # timm parses the policy only when it builds the training transform: a dry build, on one size
+        from timm.data import create_transform
+        try:
+            create_transform(32, is_training=True, auto_augment=args.aa)
+        except (AssertionError, KeyError, ValueError, IndexError) as e:
+            raise ValueError(f'--aa {args.aa!r} is not a timm augmentation policy ({e or type(e).__name__}); e.g. '
+                             'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, originalr, v0, 3a.') from None
     if args.train_transform == 'cifar' and args.aug_splits > 1:
         raise ValueError("--train-transform cifar cannot be combined with --aug-splits (AugMix splits are built "
                          "on timm's transform); use --train-transform timm.")
@@ -744,6 +757,10 @@ def check_loss_args(args: argparse.Namespace) -> None:
     if needs_holdout and args.holdout is None:
         raise ValueError(f'--loss {name} updates its state on held-out training images every epoch: pass '
                          '--holdout N (e.g. 5000 for CIFAR); the evaluation/test split is never used for it.')
+    bce_options = [flag for flag, given in (('--bce-sum', args.bce_sum), ('--bce-target-thresh',
+                   args.bce_target_thresh is not None), ('--bce-pos-weight', args.bce_pos_weight is not None)) if given]
+    if bce_options and name != 'bce':
+        raise ValueError(f'{", ".join(bce_options)}: for the BCE loss (--bce-loss) only, not the {name!r} loss.')
     if args.checkpoint_metric is not None and args.holdout is None:
         raise ValueError(f'--checkpoint-metric {args.checkpoint_metric} selects on the held-out split: pass '
                          '--holdout N (the evaluation/test split is never used for checkpoint selection here).')
@@ -771,6 +788,7 @@ def check_dataset_args(args: argparse.Namespace) -> None:
     """A dataset that can be found: the offline digits, a remote dataset, a torchvision root or a folder."""
     data_dir = args.data_dir or args.data
     dataset_name = args.dataset or ''
+    check_dataset_name(dataset_name)
     if is_digits_dataset(dataset_name) or dataset_name.startswith(('hfds/', 'hfids/', 'tfds/', 'wds/')):
         return
     if dataset_name.startswith('torch/'):

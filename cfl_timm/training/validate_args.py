@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from timm.models import is_model
 
-from cfl_timm.data import MAX_TTA_VIEWS, digits_split, is_digits_dataset, is_image_folder_name
+from cfl_timm.data import MAX_TTA_VIEWS, check_dataset_name, digits_split, is_digits_dataset, is_image_folder_name
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
 from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posthoc_list
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
@@ -31,6 +31,7 @@ from cfl_timm.training.arg_types import (
     positive_float,
     positive_int,
     seed,
+    split_name,
 )
 from cfl_timm.training.input_checks import check_mean_std
 
@@ -54,7 +55,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root')
     group.add_argument('--dataset', default='', metavar='NAME',
                        help="dataset type: '' (image folder), torch/cifar10, sklearn/digits, ...")
-    group.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate')
+    group.add_argument('--split', default='validation', type=split_name, metavar='NAME', help='split to evaluate')
     group.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
@@ -134,7 +135,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='shift of the TTA views in pixels')
     group = parser.add_argument_group('Calibration')
     group.add_argument('--num-bins', type=positive_int, default=15, metavar='B', help='bins of every binned metric')
-    group.add_argument('--calibration-split', default=None, metavar='NAME',
+    group.add_argument('--calibration-split', default=None, type=split_name, metavar='NAME',
                        help='held-out split to fit a temperature (and --posthoc methods) on; '
                             f"'{HOLDOUT_SPLIT}': the --holdout split the train.py run recorded (none: no fit)")
     group.add_argument('--run-dir', default=None, metavar='DIR',
@@ -310,6 +311,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.valid_labels and not os.path.isfile(args.valid_labels):
         raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
+    check_dataset_name(args.dataset)
     if is_image_folder_name(args.dataset):
         if not root or not Path(root).exists():
             raise ValueError(f'dataset folder not found: {root!r} (--dataset {args.dataset!r} reads an image folder: '
@@ -348,8 +350,12 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, Path]:
-    """Every file this command reads, by the flag that names it: no output may replace one of them."""
-    named = (('--checkpoint', args.checkpoint), ('--valid-labels', args.valid_labels), ('--class-map', args.class_map))
+    """Every file and image folder this command reads, by the flag that names it: no output may replace one of
+    them or land inside one (a picture written there would become an image of the dataset)."""
+    folders = (('--data-dir', _data_root(args) if is_image_folder_name(args.dataset) else None),
+               ('--ood-data-dir', args.ood_data_dir))
+    named = (('--checkpoint', args.checkpoint), ('--valid-labels', args.valid_labels), ('--class-map', args.class_map),
+             *folders)
     return {flag: Path(path) for flag, path in named if path}
 
 
@@ -363,6 +369,10 @@ def check_output_paths(args: argparse.Namespace) -> None:
         if resolved in inputs:
             raise ValueError(f'{flag} {path} is the input file of {inputs[resolved]}: writing it would destroy it; '
                              'give the output another path.')
+        inside = [(folder, name) for folder, name in inputs.items() if folder in resolved.parents]
+        if inside:
+            raise ValueError(f'{flag} {path} lies inside the dataset folder of {inside[0][1]} ({inside[0][0]}): it '
+                             'would become part of the data; write it elsewhere.')
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
         seen[resolved] = flag
