@@ -28,6 +28,7 @@ from .strict import (
     check_same_classes,
     check_split_tree,
     is_image_folder_name,
+    split_folder,
     strict_folder_dataset,
     verify_images,
 )

@@ -26,7 +26,7 @@ from .wrapped import WrappedDataset
 
 __all__ = ['CorruptImageError', 'DATASET_PREFIXES', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders',
            'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes', 'is_image_folder_name',
-           'strict_folder_dataset', 'verify_images']
+           'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -85,11 +85,21 @@ def check_folder_tree(folder: str) -> None:
         subdirs.sort()
 
 
+# timm's split folder names (its synonyms of train and validation, and test): never a class of a split.
+SPLIT_FOLDER_NAMES = ('train', 'training', 'val', 'valid', 'validation', 'eval', 'evaluation', 'test')
+
+
+def split_folder(root: str, split: str) -> str:
+    """The folder timm reads for ``split`` of the folder dataset at ``root`` (its own search, synonyms
+    included)."""
+    return _search_split(root, split)
+
+
 def check_split_tree(root: str, split: str) -> None:
     """:func:`check_folder_tree` on the folder timm reads for ``split`` of the folder dataset at ``root`` (its own
     split-folder search, synonyms included): other folders beside it, e.g. a link to the same images under another
     split name, are not that split's concern."""
-    folder = _search_split(root, split)
+    folder = split_folder(root, split)
     check_folder_tree(folder)
     check_class_folders(folder)
 
@@ -97,10 +107,11 @@ def check_split_tree(root: str, split: str) -> None:
 def check_class_folders(folder: str) -> None:
     """Raise ``ValueError`` naming the class folders of a split folder that hold no image (timm would drop such a
     class silently and number the others without it) or the images lying directly in it (timm would make them a
-    class named ''). Hidden entries (``.git``, ``.DS_Store``) are not classes."""
+    class named '') or class folders named like splits (``train``, ``val``: the folder is a dataset root). Hidden
+    entries (``.git``, ``.DS_Store``) are not classes."""
     from timm.data import get_img_extensions
     extensions = tuple(get_img_extensions())
-    empty, loose = [], []
+    empty, loose, classes = [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith('.'):
             continue
@@ -108,9 +119,14 @@ def check_class_folders(folder: str) -> None:
             if entry.name.lower().endswith(extensions):
                 loose.append(entry.name)
             continue
+        classes.append(entry.name)
         if not any(name.lower().endswith(extensions)
                    for _, _, names in os.walk(entry.path, followlinks=True) for name in names):
             empty.append(entry.name)
+    splits = [name for name in classes if name.lower() in SPLIT_FOLDER_NAMES]
+    if splits:  # e.g. an empty split name, or --data-dir one level too high: the splits would become classes
+        raise ValueError(f'{folder}: its class folders {_listed(splits)} are named like dataset splits; this is a '
+                         'dataset root, not a split folder: check --data-dir and the split name.')
     if loose:  # timm would make them a class of their own, named ''
         raise ValueError(f'{folder}: image(s) {_listed(loose)} lie directly in the split folder; move each into the '
                          'folder of its class.')

@@ -18,7 +18,7 @@ __all__ = ['CONVERTERS', 'INTERPOLATIONS', 'PATH_KINDS', 'SEED_MAX', 'Ascending'
            'crop_fraction', 'device_name', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
            'image_mode_name', 'int_in', 'integer', 'KeyValueArgs', 'non_negative_float', 'non_negative_int',
            'output_file', 'output_folder', 'path_converter', 'positive_float', 'positive_int', 'probability',
-           'relative_name', 'seed', 'split_name', 'writable_folder']
+           'relative_name', 'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -257,15 +257,6 @@ def relative_name(value: Any) -> str:
                  or any(not char.isprintable() for char in name)):
         raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no . or .. '
                                          f'part, no blank part or control character), got {name!r}')
-    return name
-
-
-@converter
-def split_name(value: Any) -> str:
-    """A dataset split name: not empty (an empty name reads the dataset root itself as the split)."""
-    name = str(value)
-    if not name.strip():
-        raise argparse.ArgumentTypeError(f'give a split name (train, val, test, ...), got {name!r}')
     return name
 
 

@@ -67,7 +67,6 @@ from .arg_types import (
     probability,
     relative_name,
     seed,
-    split_name,
     writable_folder,
 )
 from .config_file import read_config_file
@@ -149,9 +148,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--dataset', '-d', metavar='NAME', default='',
                        help="dataset type: '' (folder with train/val), torch/cifar10, torch/cifar100, "
                             "sklearn/digits (offline), ... (default: folder)")
-    group.add_argument('--train-split', metavar='NAME', default='train', type=split_name,
+    group.add_argument('--train-split', metavar='NAME', default='train',
                        help='dataset train split (default: train)')
-    group.add_argument('--val-split', metavar='NAME', default='validation', type=split_name,
+    group.add_argument('--val-split', metavar='NAME', default='validation',
                        help='dataset validation split (default: validation)')
     group.add_argument('--train-num-samples', default=None, type=positive_int, metavar='N',
                        help='number of training samples of an iterable dataset (hfids/, wds/, tfds/) per epoch')

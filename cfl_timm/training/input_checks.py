@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..data import is_image_folder_name
+from ..data import is_image_folder_name, split_folder
 from .checkpoint import run_dir_in_use
 from .distributed import launched_world_size
 from .resume_args import check_resume_args
@@ -150,9 +150,12 @@ def check_file_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--output/--experiment: {run_dir} is a file, not a run folder; choose another '
                          '--experiment.')
     data_dir = (args.data_dir or args.data) if is_image_folder_name(args.dataset or '') else None
-    if data_dir and Path(data_dir).resolve() in [output.resolve(), *output.resolve().parents]:
-        raise ValueError(f'--output {output} lies inside the dataset folder --data-dir {data_dir}: the run\'s '
-                         'checkpoints and pictures would become part of the data; write it elsewhere.')
+    if data_dir and os.path.isdir(data_dir):  # the split folders the run reads must not receive its files
+        for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
+            folder = Path(split_folder(data_dir, split)).resolve()
+            if folder in [output.resolve(), *output.resolve().parents]:
+                raise ValueError(f'--output {output} lies inside the {flag} folder {folder} that the run reads: its '
+                                 'checkpoints and pictures would become part of the data; write it elsewhere.')
     in_use = run_dir_in_use(run_dir) if run_dir is not None else []
     if in_use and not args.resume:
         raise ValueError(f'--output/--experiment: {run_dir} already holds a run ({", ".join(in_use[:4])}); pass '

@@ -13,7 +13,14 @@ from typing import Optional
 import torch
 from timm.models import is_model
 
-from cfl_timm.data import MAX_TTA_VIEWS, check_dataset_name, digits_split, is_digits_dataset, is_image_folder_name
+from cfl_timm.data import (
+    MAX_TTA_VIEWS,
+    check_dataset_name,
+    digits_split,
+    is_digits_dataset,
+    is_image_folder_name,
+    split_folder,
+)
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
 from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posthoc_list
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
@@ -31,7 +38,6 @@ from cfl_timm.training.arg_types import (
     positive_float,
     positive_int,
     seed,
-    split_name,
 )
 from cfl_timm.training.input_checks import check_mean_std
 
@@ -55,7 +61,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root')
     group.add_argument('--dataset', default='', metavar='NAME',
                        help="dataset type: '' (image folder), torch/cifar10, sklearn/digits, ...")
-    group.add_argument('--split', default='validation', type=split_name, metavar='NAME', help='split to evaluate')
+    group.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate')
     group.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
@@ -135,7 +141,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='shift of the TTA views in pixels')
     group = parser.add_argument_group('Calibration')
     group.add_argument('--num-bins', type=positive_int, default=15, metavar='B', help='bins of every binned metric')
-    group.add_argument('--calibration-split', default=None, type=split_name, metavar='NAME',
+    group.add_argument('--calibration-split', default=None, metavar='NAME',
                        help='held-out split to fit a temperature (and --posthoc methods) on; '
                             f"'{HOLDOUT_SPLIT}': the --holdout split the train.py run recorded (none: no fit)")
     group.add_argument('--run-dir', default=None, metavar='DIR',
@@ -349,10 +355,20 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
+def _split_folder(args: argparse.Namespace, split: Optional[str]) -> Optional[str]:
+    """The image folder read for ``split`` (a folder dataset), else None."""
+    root = _data_root(args)
+    if split is None or not is_image_folder_name(args.dataset) or not root or not os.path.isdir(root):
+        return None
+    return split_folder(root, split)
+
+
 def input_paths(args: argparse.Namespace) -> dict[str, Path]:
     """Every file and image folder this command reads, by the flag that names it: no output may replace one of
     them or land inside one (a picture written there would become an image of the dataset)."""
-    folders = (('--data-dir', _data_root(args) if is_image_folder_name(args.dataset) else None),
+    folders = (*((flag, _split_folder(args, split)) for flag, split in (('--split', args.split),
+                                                                          ('--calibration-split',
+                                                                           args.calibration_split))),
                ('--ood-data-dir', args.ood_data_dir))
     named = (('--checkpoint', args.checkpoint), ('--valid-labels', args.valid_labels), ('--class-map', args.class_map),
              *folders)
@@ -371,7 +387,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
                              'give the output another path.')
         inside = [(folder, name) for folder, name in inputs.items() if folder in resolved.parents]
         if inside:
-            raise ValueError(f'{flag} {path} lies inside the dataset folder of {inside[0][1]} ({inside[0][0]}): it '
+            raise ValueError(f'{flag} {path} lies inside the image folder of {inside[0][1]} ({inside[0][0]}): it '
                              'would become part of the data; write it elsewhere.')
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
