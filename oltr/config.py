@@ -85,6 +85,9 @@ def _check(config: dict[str, Any], source: str) -> None:
         if isinstance(config[key], bool) or not isinstance(config[key], int):
             raise ValueError(f'{source}: {key} must be an integer, got {config[key]!r}.')
         _in_range(config, key, convert, source)
+    if config['resize_size'] < config['image_size']:  # the eval transform's center crop would pad with black
+        raise ValueError(f"{source}: resize_size {config['resize_size']} is smaller than image_size "
+                         f"{config['image_size']} (evaluation resizes, then center-crops image_size).")
     if config['sampler'] == 'class_aware' and config['batch_size'] % config['samples_per_class']:
         raise ValueError(f"{source}: batch_size {config['batch_size']} is not a multiple of samples_per_class "
                          f"{config['samples_per_class']} (class-aware batches hold whole class groups).")

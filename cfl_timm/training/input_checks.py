@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from ..data import is_image_folder_name, split_folder
+from ..data import MAX_IMAGE_PIXELS, is_image_folder_name, split_folder
 from .checkpoint import run_dir_in_use
 from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
-__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
-           'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode', 'image_mode',
-           'input_channels']
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_crop_pct', 'check_file_args', 'check_mean_std',
+           'check_model_kwargs', 'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode',
+           'image_mode', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -36,6 +36,7 @@ def check_number_args(args: argparse.Namespace) -> None:
     head count against its ratio (each single flag's range is in its declaration, :mod:`cfl_timm.training.
     arg_types`)."""
     check_mean_std(args)
+    check_crop_pct(args)
     check_image_mode(args)
     if args.imbalance_max is not None and args.imbalance_ratio is None:
         raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
@@ -67,6 +68,19 @@ def check_image_mode(args: argparse.Namespace) -> None:
         given = '--input-img-mode' if args.input_img_mode else 'the default --input-img-mode (RGB, or L for 1 channel)'
         raise ValueError(f'{given} {mode} gives {bands}-channel images, but the model takes {channels} '
                          '(--in-chans / --input-size); make them agree.')
+
+
+def check_crop_pct(args: argparse.Namespace) -> None:
+    """``--crop-pct`` leaves a resize that can be computed: the evaluation resizes to the input size divided by it,
+    which must stay within Pillow's pixel limit (a tiny fraction overflowed only when the first image was read)."""
+    if args.crop_pct is None:
+        return
+    size = max((args.input_size or [None, 0, 0])[1:] + [args.img_size or 0]) or 1  # the model's own when not given
+    edge = size / args.crop_pct
+    if edge * edge > MAX_IMAGE_PIXELS:
+        raise ValueError(f'--crop-pct {args.crop_pct:g}: the evaluation would resize each image to at least '
+                         f'{edge:.3g} pixels a side (the input size over the crop fraction), beyond the '
+                         f'{MAX_IMAGE_PIXELS}-pixel image limit; give a fraction near 1 (timm: 0.875).')
 
 
 def check_mean_std(args: argparse.Namespace) -> None:

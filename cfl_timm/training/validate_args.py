@@ -39,7 +39,7 @@ from cfl_timm.training.arg_types import (
     positive_int,
     seed,
 )
-from cfl_timm.training.input_checks import check_mean_std
+from cfl_timm.training.input_checks import check_crop_pct, check_mean_std
 
 __all__ = ['HOLDOUT_SPLIT', 'MODEL_DTYPES', 'RESULTS_FORMATS', 'add_validate_args', 'check_args',
            'holdout_record', 'output_paths', 'resolve_split']
@@ -290,6 +290,7 @@ def check_calibration_args(args: argparse.Namespace, evaluated: str) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """ValueError / ImportError for bad input, before any model or image is loaded."""
     check_mean_std(args)  # a single flag's range is its declaration's (cfl_timm.training.arg_types)
+    check_crop_pct(args)
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
                    '--tf-preprocessing': (args.tf_preprocessing, 'TensorFlow preprocessing is not supported'),
                    '--real-labels': (args.real_labels, 'ImageNet ReaL labels are not supported'),
@@ -380,21 +381,28 @@ def check_output_paths(args: argparse.Namespace) -> None:
     ``--results-file`` naming the checkpoint) or two outputs are the same file (one would overwrite the other)."""
     inputs = {path.expanduser().resolve(): flag for flag, path in input_paths(args).items()}
     seen: dict[Path, str] = {}
+    if args.plot_dir:  # a folder of pictures: not inside (nor one of) the image folders read
+        _refuse_inside(inputs, '--plot-dir', Path(args.plot_dir), Path(args.plot_dir).expanduser().resolve())
     for flag, path in output_paths(args).items():
         resolved = path.expanduser().resolve()
         if resolved in inputs:
             raise ValueError(f'{flag} {path} is the input file of {inputs[resolved]}: writing it would destroy it; '
                              'give the output another path.')
-        inside = [(folder, name) for folder, name in inputs.items() if folder in resolved.parents]
-        if inside:
-            raise ValueError(f'{flag} {path} lies inside the image folder of {inside[0][1]} ({inside[0][0]}): it '
-                             'would become part of the data; write it elsewhere.')
+        _refuse_inside(inputs, flag, path, resolved.parent)
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
         seen[resolved] = flag
     for flag in ('--save-logits', '--save-fit-logits'):
         if getattr(args, flag[2:].replace('-', '_')):
             check_writable_file(getattr(args, flag[2:].replace('-', '_')), flag, '.npz')
+
+
+def _refuse_inside(inputs: dict[Path, str], flag: str, path: Path, folder: Path) -> None:
+    """ValueError when ``folder`` (where ``flag`` writes) is an input folder or lies inside one."""
+    inside = [(where, name) for where, name in inputs.items() if where in (folder, *folder.parents)]
+    if inside:
+        raise ValueError(f'{flag} {path} lies inside the image folder of {inside[0][1]} ({inside[0][0]}): what it '
+                         'writes would become part of the data; write it elsewhere.')
 
 
 def check_writable_file(path: str, flag: str, suffix: str) -> None:
