@@ -212,7 +212,8 @@ def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
     elif path_kind == 'folder':
         singles = [str(tmp / 'missing'), str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
     elif path_kind == 'output':
-        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new')]
+        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new'),
+                   str(tmp / 'dead_link')]
     elif path_kind == 'output_file':
         singles = [str(tmp), str(tmp / 'a_file.txt' / 'below.json'), str(tmp / 'read_only' / 'new.json'),
                    str(tmp / 'dead_link' / 'new.json')]
