@@ -710,7 +710,7 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
     root = args.data_dir or args.data
     if is_image_folder_name(args.dataset) and root and Path(root).is_dir():
         for split in (args.train_split, args.val_split):  # before timm's reader walks them (it follows symlinks)
-            check_split_tree(root, split)
+            check_split_tree(root, split, args.class_map)
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)
     if not args.class_map:  # a class map fixes the labels; otherwise each split numbers its own class folders

@@ -256,7 +256,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
     tree is checked first (before timm's reader walks it, following symlinks)."""
     root = args.data_dir or args.data
     if is_image_folder_name(args.dataset) and root and os.path.isdir(root):
-        check_split_tree(root, split)
+        check_split_tree(root, split, args.class_map)
     return create_split_dataset(split=split, **dataset_kwargs(args, input_img_mode=input_img_mode))
 
 

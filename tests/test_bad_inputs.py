@@ -291,6 +291,12 @@ TRAIN_ROWS = [
       base=FOLDER),
     T('class folder holding only a `.txt` file', 'class folder(s) 1 (3) hold no image',
       '{files}/folders/text_class', base=FOLDER),
+    T('`--class-map` naming 2 of the 3 class folders', 'lacks the class folder(s) 1 (2)', '{files}/folders/plain',
+      '--class-map', '{files}/classes_01.txt', base=FOLDER),
+    T('`--class-map` a `.csv` file', 'timm reads a .txt file', '{files}/folders/plain', '--class-map',
+      '{files}/word.csv', base=FOLDER),
+    T('`--class-map` with non-UTF-8 bytes', 'cannot be read', '{files}/folders/plain', '--class-map',
+      '{files}/binary.txt', base=FOLDER),
     T('image directly in the `train/` folder', 'lie directly in the split folder', '{files}/folders/loose_image',
       base=FOLDER),
     T('`--train-split ""` on a dataset root (its splits become classes)', 'are named like dataset splits',
@@ -425,6 +431,8 @@ VALIDATE_ROWS = [
     V('`--split ""` on a dataset root (its splits become classes)', 'are named like dataset splits', '--data-dir',
       '{files}/digits', '--split', '', *FOCAL),
     V('`--dataset bogus/x`', "unknown dataset prefix 'bogus/'", '--dataset', 'bogus/x', *FOCAL),
+    V('`--class-map` naming 2 of the 3 class folders', 'lacks the class folder(s) 1 (2)', '--data-dir',
+      '{files}/folders/plain', '--split', 'val', *FOCAL, '--class-map', '{files}/classes_01.txt'),
     V('`--crop-mode bogus`', "argument --crop-mode: invalid choice: 'bogus'", '--crop-mode', 'bogus'),
     V('`--input-img-mode bogus`', "argument --input-img-mode: unknown PIL image mode 'bogus'", '--input-img-mode',
       'bogus'),
@@ -641,6 +649,8 @@ def files(tmp_path_factory, digits_dir) -> Path:
     (root / 'oltr_binary.yaml').write_bytes(oltr_config.encode() + b'# \xff\xfe\n')
     (root / 'zero.pth.tar').write_bytes(b'')
     (root / 'labels_99.txt').write_text('0\n99\n')
+    (root / 'classes_01.txt').write_text('0\n1\n')
+    (root / 'binary.txt').write_bytes(b'0\n\xff\xfe\n')
     torch.save([1, 2, 3], root / 'list.pth.tar')
     (root / 'dead_link').symlink_to(root / 'nowhere')
     (root / 'link_to_file').symlink_to(root / 'empty.csv')
@@ -720,7 +730,7 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
                  'truncated': ('truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2]),
                  'huge': ('huge.png', _png_header(100_000, 100_000))}
     classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013'), 'one_class': ('0', '0')}
-    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class', 'loose_image'):
+    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class', 'loose_image', 'plain'):
         for split, labels in zip(('train', 'val'), classes.get(name, ('012', '012'))):
             for label in labels:
                 folder = root / name / split / label

@@ -25,8 +25,8 @@ from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
 __all__ = ['CorruptImageError', 'DATASET_PREFIXES', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders',
-           'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes', 'is_image_folder_name',
-           'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset', 'verify_images']
+           'check_class_map', 'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes',
+           'is_image_folder_name', 'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -95,13 +95,36 @@ def split_folder(root: str, split: str) -> str:
     return _search_split(root, split)
 
 
-def check_split_tree(root: str, split: str) -> None:
-    """:func:`check_folder_tree` on the folder timm reads for ``split`` of the folder dataset at ``root`` (its own
-    split-folder search, synonyms included): other folders beside it, e.g. a link to the same images under another
-    split name, are not that split's concern."""
+def check_split_tree(root: str, split: str, class_map: str = '') -> None:
+    """:func:`check_folder_tree`, :func:`check_class_folders` and :func:`check_class_map` on the folder timm reads
+    for ``split`` of the folder dataset at ``root`` (its own split-folder search, synonyms included): other folders
+    beside it, e.g. a link to the same images under another split name, are not that split's concern."""
     folder = split_folder(root, split)
     check_folder_tree(folder)
     check_class_folders(folder)
+    if class_map:
+        check_class_map(folder, class_map)
+
+
+def check_class_map(folder: str, class_map: str) -> None:
+    """Raise ``ValueError`` naming ``--class-map`` when timm cannot read it (a ``.txt`` of names, one per line, or a
+    ``.pkl`` dict) or when class folders of ``folder`` are missing from it: timm drops their images silently. Names
+    without a folder are fine (a class map of a superset, e.g. ImageNet's for ImageNet-A)."""
+    import pickle
+
+    from timm.data.readers.class_map import load_class_map
+    if os.path.splitext(class_map)[1].lower() not in ('.txt', '.pkl'):
+        raise ValueError(f'--class-map {class_map}: timm reads a .txt file (one class name per line) or a .pkl '
+                         'dict of name to index.')
+    try:
+        names = load_class_map(class_map)
+    except (OSError, UnicodeDecodeError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f'--class-map {class_map} cannot be read: {e or type(e).__name__}') from None
+    folders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith('.'))
+    unmapped = [name for name in folders if name not in names]
+    if unmapped:
+        raise ValueError(f'--class-map {class_map} lacks the class folder(s) {_listed(unmapped)} of {folder}: timm '
+                         'would drop their images silently; add them to the map or remove the folders.')
 
 
 def check_class_folders(folder: str) -> None:
