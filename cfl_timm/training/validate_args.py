@@ -361,7 +361,7 @@ def _split_folder(args: argparse.Namespace, split: Optional[str]) -> Optional[st
     root = _data_root(args)
     if split is None or not is_image_folder_name(args.dataset) or not root or not os.path.isdir(root):
         return None
-    return split_folder(root, split)
+    return split_folder(root, 'train' if split == HOLDOUT_SPLIT else split)  # the held-out images are training ones
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, Path]:
