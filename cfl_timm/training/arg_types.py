@@ -16,7 +16,7 @@ from timm.utils import ParseKwargs
 
 __all__ = ['CONVERTERS', 'INTERPOLATIONS', 'PATH_KINDS', 'SEED_MAX', 'Ascending', 'at_least_one', 'converter',
            'crop_fraction', 'device_name', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
-           'image_mode_name', 'int_in', 'integer', 'KeyValueArgs', 'non_negative_float', 'non_negative_int',
+           'int_in', 'integer', 'KeyValueArgs', 'non_negative_float', 'non_negative_int',
            'output_file', 'output_folder', 'path_converter', 'positive_float', 'positive_int', 'probability',
            'relative_name', 'seed', 'writable_folder']
 
@@ -257,19 +257,6 @@ def relative_name(value: Any) -> str:
                  or any(not char.isprintable() for char in name)):
         raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no . or .. '
                                          f'part, no blank part or control character), got {name!r}')
-    return name
-
-
-@converter
-def image_mode_name(value: Any) -> str:
-    """A PIL image mode images can be converted to: RGB, L, RGBA, LA, CMYK, YCbCr, LAB, HSV, I, F, ..."""
-    from PIL import ImageMode
-    name = str(value)
-    try:
-        ImageMode.getmode(name)
-    except KeyError:
-        raise argparse.ArgumentTypeError(f'unknown PIL image mode {name!r}; valid: RGB, L, RGBA, LA, CMYK, YCbCr, '
-                                         'LAB, HSV, I, F, ...') from None
     return name
 
 

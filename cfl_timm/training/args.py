@@ -58,7 +58,6 @@ from .arg_types import (
     existing_file,
     finite_float,
     fraction,
-    image_mode_name,
     integer,
     non_negative_float,
     non_negative_int,
@@ -77,7 +76,7 @@ from .cyclical_args import (
     check_cyclical_args,
     mixup_active,
 )
-from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
+from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value, image_mode_name
 from .loggers import check_logger_extras
 from .resume_args import WORLD_SIZE_KEY
 

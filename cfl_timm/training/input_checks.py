@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from ..data import MAX_IMAGE_PIXELS, is_image_folder_name, split_folder
+from .arg_types import converter
 from .checkpoint import run_dir_in_use
 from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_crop_pct', 'check_file_args', 'check_mean_std',
            'check_model_kwargs', 'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode',
-           'image_mode', 'input_channels']
+           'image_mode', 'image_mode_name', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -43,6 +44,20 @@ def check_number_args(args: argparse.Namespace) -> None:
                          '--imbalance_ratio RHO (>= 1).')
 
 
+@converter  # here, not in arg_types: that module is copied into timm checkouts, which need not import PIL
+def image_mode_name(value: Any) -> str:
+    """A PIL image mode images can be converted to: RGB, L, RGBA, LA, CMYK, YCbCr, LAB, HSV, I, F, ..."""
+    from PIL import ImageMode
+
+    name = str(value)
+    try:
+        ImageMode.getmode(name)
+    except KeyError:
+        raise argparse.ArgumentTypeError(f'unknown PIL image mode {name!r}; valid: RGB, L, RGBA, LA, CMYK, YCbCr, '
+                                         'LAB, HSV, I, F, ...') from None
+    return name
+
+
 def input_channels(args: argparse.Namespace) -> int:
     """The model's input channels: ``--input-size``'s first value, else ``--in-chans``, else 3."""
     return (args.input_size[0] if args.input_size else None) or args.in_chans or 3
@@ -63,7 +78,7 @@ def check_image_mode(args: argparse.Namespace) -> None:
     from PIL import ImageMode
     channels = input_channels(args)
     mode = image_mode(args)
-    bands = len(ImageMode.getmode(mode).bands)  # a known mode: its declaration (arg_types.image_mode_name)
+    bands = len(ImageMode.getmode(mode).bands)  # a known mode: its declaration (image_mode_name)
     if bands != channels:
         given = '--input-img-mode' if args.input_img_mode else 'the default --input-img-mode (RGB, or L for 1 channel)'
         raise ValueError(f'{given} {mode} gives {bands}-channel images, but the model takes {channels} '

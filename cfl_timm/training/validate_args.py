@@ -31,7 +31,6 @@ from cfl_timm.training.arg_types import (
     device_name,
     existing_file,
     finite_float,
-    image_mode_name,
     int_in,
     non_negative_int,
     output_file,
@@ -39,7 +38,7 @@ from cfl_timm.training.arg_types import (
     positive_int,
     seed,
 )
-from cfl_timm.training.input_checks import check_crop_pct, check_mean_std
+from cfl_timm.training.input_checks import check_crop_pct, check_mean_std, image_mode_name
 
 __all__ = ['HOLDOUT_SPLIT', 'MODEL_DTYPES', 'RESULTS_FORMATS', 'add_validate_args', 'check_args',
            'holdout_record', 'output_paths', 'resolve_split']
