@@ -710,7 +710,7 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
     root = args.data_dir or args.data
     if is_image_folder_name(args.dataset) and root and Path(root).is_dir():
         for split in (args.train_split, args.val_split):  # before timm's reader walks them (it follows symlinks)
-            check_split_tree(root, split)
+            check_split_tree(root, split, args.class_map)
     dataset_train = build_dataset(args, args.train_split, is_training=True)
     dataset_eval = build_dataset(args, args.val_split, is_training=False)
     if not args.class_map:  # a class map fixes the labels; otherwise each split numbers its own class folders
@@ -722,6 +722,9 @@ def load_datasets(args: argparse.Namespace, is_primary: bool) -> tuple[Any, Any,
     if num_classes < int(full_targets.max()) + 1:
         raise ValueError(f'--num-classes {args.num_classes} is smaller than the training set, whose labels go up to '
                          f'{int(full_targets.max())} ({int(full_targets.max()) + 1} classes).')
+    if num_classes < 2:  # a classifier needs two classes; the calibration metrics refuse one after the first epoch
+        raise ValueError(f'The training set has {num_classes} class ({len(dataset_train)} images); a classifier '
+                         'needs at least 2 (a class folder per class under the train split, or --num-classes >= 2).')
     subset = select_train_subset(
         full_targets, train_size=args.train_size, train_size_mode=args.train_size_mode,
         sampler_path=args.read_sampler, imbalance_ratio=args.imbalance_ratio, imbalance_max=args.imbalance_max)

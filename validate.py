@@ -232,7 +232,8 @@ def read_checkpoint_run(path: str) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # a truncated, foreign or non-checkpoint file
-        raise ValueError(f'--checkpoint {path} is not a readable checkpoint: {str(error).splitlines()[0]}') from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__  # EOFError: ''
+        raise ValueError(f'--checkpoint {path} is not a readable checkpoint: {reason}') from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f'--checkpoint {path} is not a checkpoint dictionary.')
     run = dict(vars(checkpoint['args'])) if isinstance(checkpoint.get('args'), argparse.Namespace) else {}
@@ -255,7 +256,7 @@ def build_dataset(args: argparse.Namespace, split: str, input_img_mode: str = 'R
     tree is checked first (before timm's reader walks it, following symlinks)."""
     root = args.data_dir or args.data
     if is_image_folder_name(args.dataset) and root and os.path.isdir(root):
-        check_split_tree(root, split)
+        check_split_tree(root, split, args.class_map)
     return create_split_dataset(split=split, **dataset_kwargs(args, input_img_mode=input_img_mode))
 
 
@@ -293,6 +294,9 @@ def build_context(args: argparse.Namespace, device: torch.device, run: dict[str,
     targets = dataset_targets(splits.evaluated)
     num_classes = args.num_classes or run.get('num_classes') or int(targets.max()) + 1
     largest = int(targets.max())
+    if valid_labels is not None and max(valid_labels) >= num_classes:
+        raise ValueError(f'--valid-labels {args.valid_labels}: class index {max(valid_labels)} is outside the model\'s '
+                         f'{num_classes} classes [0, {num_classes}).')
     if valid_labels is None and largest >= num_classes:
         raise ValueError(f'split {args.split!r} has class index {largest}, but the model has {num_classes} classes '
                          f'(--num-classes or the checkpoint): give --num-classes >= {largest + 1}.')

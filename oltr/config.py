@@ -3,13 +3,16 @@
 The CFL authors' OLTR port let argparse defaults silently overwrite the gammas and factor of its configs; here a
 command-line value replaces a config value only when the user passed it.
 """
+import argparse
+import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
 from cfl_timm import FOCAL_LOSS_TYPES
-from cfl_timm.training.arg_types import SEED_MAX
+from cfl_timm.training.arg_types import SEED_MAX, fraction, non_negative_int, positive_int
+from cfl_timm.training.config_file import read_config_file
 
 from .metrics import SHOT_RULES
 
@@ -73,9 +76,18 @@ def _check(config: dict[str, Any], source: str) -> None:
         raise ValueError(f"{source}: freeze_backbone must be true or false, got {config['freeze_backbone']!r}.")
     if config['freeze_backbone'] and config['stage'] != 2:
         raise ValueError(f'{source}: freeze_backbone applies to stage 2 (the stage-1 backbone is what it freezes).')
-    for key in ('num_classes', 'epochs', 'batch_size', 'image_size', 'lr_step', 'samples_per_class'):
-        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f'{source}: {key} must be an integer >= 1, got {config[key]!r}.')
+    dataset = config['dataset']  # a folder name of the run (OUTPUT/<dataset>/...) and of its list files
+    if not isinstance(dataset, str) or not dataset.strip() or dataset in ('.', '..') or '/' in dataset \
+            or '\\' in dataset:
+        raise ValueError(f'{source}: dataset must be a name without path separators (e.g. ImageNet_LT), got '
+                         f'{dataset!r}.')
+    for key, convert in (*((k, positive_int) for k in _COUNT_KEYS), ('workers', non_negative_int)):
+        if isinstance(config[key], bool) or not isinstance(config[key], int):
+            raise ValueError(f'{source}: {key} must be an integer, got {config[key]!r}.')
+        _in_range(config, key, convert, source)
+    if config['resize_size'] < config['image_size']:  # the eval transform's center crop would pad with black
+        raise ValueError(f"{source}: resize_size {config['resize_size']} is smaller than image_size "
+                         f"{config['image_size']} (evaluation resizes, then center-crops image_size).")
     if config['sampler'] == 'class_aware' and config['batch_size'] % config['samples_per_class']:
         raise ValueError(f"{source}: batch_size {config['batch_size']} is not a multiple of samples_per_class "
                          f"{config['samples_per_class']} (class-aware batches hold whole class groups).")
@@ -90,8 +102,23 @@ def _check(config: dict[str, Any], source: str) -> None:
         raise ValueError(f'{source}: seed must be an integer in [0, {SEED_MAX}], got {seed!r}.')
     for key in ('feature_lr', 'classifier_lr', 'momentum', 'weight_decay', 'lr_gamma', 'centroids_lr',
                 'centroids_weight'):
-        if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
-            raise ValueError(f'{source}: {key} must be a number >= 0, got {config[key]!r}.')
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f'{source}: {key} must be a finite number >= 0, got {value!r}.')
+    _in_range(config, 'momentum', fraction, source)
+
+
+# Integer keys that count something (>= 1); 'workers' may be 0.
+_COUNT_KEYS = ('num_classes', 'epochs', 'batch_size', 'image_size', 'resize_size', 'feature_dim', 'lr_step',
+               'samples_per_class')
+
+
+def _in_range(config: dict[str, Any], key: str, convert, source: str) -> None:
+    """``convert`` (an :mod:`cfl_timm.training.arg_types` converter: the flags' own range) accepts the value."""
+    try:
+        convert(config[key])
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f'{source}: {key} {e}.') from None
 
 
 def load_config(path: Union[str, Path]) -> dict[str, Any]:
@@ -99,10 +126,7 @@ def load_config(path: Union[str, Path]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'config file not found: {path}')
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f'{path}: expected a mapping of config keys, got {type(loaded).__name__}.')
-    config = {**DEFAULTS, **loaded}
+    config = {**DEFAULTS, **read_config_file(path)}
     _check(config, str(path))
     return config
 

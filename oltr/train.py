@@ -55,19 +55,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m oltr.train',
                                      description='OLTR stages 1 and 2 with timm backbones and cyclical focal loss')
     parser.add_argument('--config', required=True, help='YAML config, e.g. oltr/configs/Places_LT/stage_1_cfl.yaml')
-    parser.add_argument('--data-root', required=True, help='root the list files\' image paths are relative to')
-    parser.add_argument('--list-dir', default=None, help='folder with <DS>_{train,val,test,open}.txt '
-                                                         '(default: data/<DS>, OLTR\'s layout)')
-    parser.add_argument('--open-root', default=None, help='root of the open-set images (enables open-set testing)')
-    parser.add_argument('--output', default='logs', help='runs go to OUTPUT/<DS>/<run name>')
-    parser.add_argument('--pretrained-file', default=None, help='local ImageNet weights (ResNet-152 for Places_LT)')
-    parser.add_argument('--stage1-checkpoint', dest='stage1_checkpoint', default=None,
+    parser.add_argument('--data-root', required=True, type=arg_types.existing_folder,
+                        help='root the list files\' image paths are relative to')
+    parser.add_argument('--list-dir', default=None, type=arg_types.existing_folder,
+                        help='folder with <DS>_{train,val,test,open}.txt (default: data/<DS>, OLTR\'s layout)')
+    parser.add_argument('--open-root', default=None, type=arg_types.existing_folder,
+                        help='root of the open-set images (enables open-set testing)')
+    parser.add_argument('--output', default='logs', type=arg_types.output_folder,
+                        help='runs go to OUTPUT/<DS>/<run name>')
+    parser.add_argument('--pretrained-file', default=None, type=arg_types.existing_file,
+                        help='local ImageNet weights (ResNet-152 for Places_LT)')
+    parser.add_argument('--stage1-checkpoint', dest='stage1_checkpoint', default=None, type=arg_types.existing_file,
                         help='stage 2: the best.pth of the stage-1 run to start from (same backbone and classes)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any config key')
     parser.add_argument('--test', action='store_true', help='only evaluate the run\'s best checkpoint on test')
     parser.add_argument('--test_open', action='store_true', help='--test including the open set (needs --open-root)')
     parser.add_argument('--resume', action='store_true', help="continue the run from its last.pth")
-    parser.add_argument('--device', default=None, help='default: cuda when available, else cpu')
+    parser.add_argument('--device', default=None, type=arg_types.device_name,
+                        help='default: cuda when available, else cpu')
     parser.add_argument('--epochs', type=arg_types.positive_int, default=None)
     parser.add_argument('--batch-size', dest='batch_size', type=arg_types.positive_int, default=None)
     parser.add_argument('--num-classes', dest='num_classes', type=arg_types.positive_int, default=None)
@@ -214,8 +219,6 @@ def _stage1_source(args: argparse.Namespace, config: dict[str, Any], test_only: 
         if config['backbone'] == 'resnet152' and args.pretrained_file is None and not test_only:
             raise ValueError('backbone resnet152 (Places_LT) starts from ImageNet weights: pass --pretrained-file '
                              'PATH.')
-        if args.pretrained_file is not None and not Path(args.pretrained_file).is_file():
-            raise FileNotFoundError(f'--pretrained-file: weights file not found: {args.pretrained_file!r}')
         return None
     if args.pretrained_file is not None:
         raise ValueError('--pretrained-file is for stage 1; stage 2 takes every weight from --stage1-checkpoint.')

@@ -235,11 +235,95 @@ TRAIN_ROWS = [
       '--output', '{files}/runs', '--experiment', '{files}/elsewhere'),
     T('`--experiment ../up` (leaves --output)', 'argument --experiment: must be a relative name inside --output',
       '--output', '{files}/runs', '--experiment', '../up'),
+    T('`--experiment a/../b` (a `..` part inside)', 'argument --experiment: must be a relative name inside --output',
+      '--output', '{files}/runs', '--experiment', 'a/../b'),
+    T('`--experiment .` (--output itself)', 'argument --experiment: must be a relative name inside --output',
+      '--output', '{files}/runs', '--experiment', '.'),
+    T('`--experiment " "` (blank)', 'argument --experiment: must be a relative name inside --output', '--output',
+      '{files}/runs', '--experiment', ' '),
+    T('`--experiment` with a newline', 'no blank part or control character), got ', '--output', '{files}/runs',
+      '--experiment', 'a\nb'),
+    T('`--experiment` naming a file in `--output`', 'empty.csv is a file, not a run folder', '--output', '{files}',
+      '--experiment', 'empty.csv'),
+    T('`--output` a broken symbolic link', 'argument --output: ', '--output', '{files}/dead_link', '--experiment',
+      'x'),
+    T('`--output` a symbolic link to a file', 'argument --output: ', '--output', '{files}/link_to_file',
+      '--experiment', 'x'),
+    T('`--log-tensorboard` a file', 'argument --log-tensorboard: ', '--log-tensorboard', '{files}/empty.csv'),
+    T('`--resume` a folder', '--resume: checkpoint not found', '--resume', '{files}/runs'),
+    T('`--resume` zero-byte file', 'is not a complete PyTorch checkpoint', '--resume', '{files}/zero.pth.tar'),
+    T('`--resume` torch file holding a list', 'is not a train.py training checkpoint', '--resume',
+      '{files}/list.pth.tar'),
+    T('`--initial-checkpoint` zero-byte file', 'is not a readable PyTorch checkpoint', '--initial-checkpoint',
+      '{files}/zero.pth.tar'),
+    T('`--initial-checkpoint` torch file holding a list', 'is not a readable PyTorch checkpoint',
+      '--initial-checkpoint', '{files}/list.pth.tar'),
+    # flag interactions and edge numbers
+    T('`--mixup-mode bogus`', "argument --mixup-mode: invalid choice: 'bogus'", '--mixup', '0.5', '--mixup-mode',
+      'bogus'),
+    T('`--jsd-loss` with `--mixup`', '--jsd-loss cannot be combined with Mixup/CutMix', '--mixup', '0.5',
+      '--aug-splits', '2', '--jsd-loss'),
+    T('`--cutmix-minmax 0.5 1.5`', 'argument --cutmix-minmax: must be a probability in [0, 1]', '--cutmix-minmax',
+      '0.5', '1.5'),
+    T('`--momentum 5`', 'argument --momentum: must be in [0, 1)', '--momentum', '5'),
+    T('`--crop-pct 1e-9` (a resize beyond any image)', '--crop-pct 1e-09: the evaluation would resize each image',
+      '--crop-pct', '1e-9'),
+    T('`--remode bogus`', "argument --remode: invalid choice: 'bogus'", '--reprob', '0.5', '--remode', 'bogus'),
+    T('`--train-interpolation bogus`', "argument --train-interpolation: invalid choice: 'bogus'",
+      '--train-interpolation', 'bogus'),
+    T('`--lr-base-scale bogus`', "argument --lr-base-scale: invalid choice: 'bogus'", '--lr-base-scale', 'bogus'),
+    T('`--aa bogus`', "--aa 'bogus' is not a timm augmentation policy", '--aa', 'bogus'),
+    T('`--aa rand-m9-zz5` (bad RandAugment section)', "--aa 'rand-m9-zz5' is not a timm augmentation policy", '--aa',
+      'rand-m9-zz5'),
+    T('`--bce-target-thresh` without `--bce-loss`', '--bce-target-thresh: for the BCE loss (--bce-loss) only',
+      '--bce-target-thresh', '0.2'),
+    T('`--bce-sum` without `--bce-loss`', '--bce-sum: for the BCE loss (--bce-loss) only', '--bce-sum'),
+    T('`--train-crop-mode bogus`', "argument --train-crop-mode: invalid choice: 'bogus'", '--train-crop-mode',
+      'bogus'),
+    T('`--lr 1e400` (overflows to inf)', 'argument --lr: must be a finite number', '--lr', '1e400'),
+    T('`--lr 1e-400` (underflows to 0)', 'argument --lr: must be > 0', '--lr', '1e-400'),
+    T('`--lr -0`', 'argument --lr: must be > 0', '--lr=-0'),
+    T('`--seed 1e3`', "argument --seed: expected an integer, got '1e3'", '--seed', '1e3'),
+    T('`-b 10^20`', 'is smaller than one batch', '-b', '100000000000000000000'),
+    T('`--holdout 100000` (more than the set)', '--holdout must be an integer in [1, 1432]', '--holdout', '100000'),
+    T('one class folder in the data', 'a classifier needs at least 2', '{files}/folders/one_class', base=FOLDER),
+    T('empty class folder in both splits', 'class folder(s) 1 (3) hold no image', '{files}/folders/empty_class',
+      base=FOLDER),
+    T('class folder holding only a `.txt` file', 'class folder(s) 1 (3) hold no image',
+      '{files}/folders/text_class', base=FOLDER),
+    T('`--class-map` naming 2 of the 3 class folders', 'lacks the class folder(s) 1 (2)', '{files}/folders/plain',
+      '--class-map', '{files}/classes_01.txt', base=FOLDER),
+    T('`--class-map` a `.csv` file', 'timm reads a .txt file', '{files}/folders/plain', '--class-map',
+      '{files}/word.csv', base=FOLDER),
+    T('`--class-map` with non-UTF-8 bytes', 'cannot be read', '{files}/folders/plain', '--class-map',
+      '{files}/binary.txt', base=FOLDER),
+    T('image directly in the `train/` folder', 'lie directly in the split folder', '{files}/folders/loose_image',
+      base=FOLDER),
+    T('`--train-split ""` on a dataset root (its splits become classes)', 'are named like dataset splits',
+      '{files}/digits', '--train-split', '', base=FOLDER),
+    T('`--dataset bogus/x` with a `--data-dir`', "unknown dataset prefix 'bogus/'", '{files}/digits', '--dataset',
+      'bogus/x', base=FOLDER),
+    T('`--output` inside the training split folder', 'lies inside the --train-split folder', '{files}/digits',
+      '--output', '{files}/digits/train', '--experiment', 'run', base=FOLDER),
+    # config oddities
+    T('config `epochs: null`', "key 'epochs' is null, but the flag needs a value", '-c', '{files}/null_epochs.yaml'),
+    T('config `amp: null`', "key 'amp' is null, but the flag needs a value", '-c', '{files}/null_amp.yaml'),
+    T('empty config file', 'is empty: it must hold a mapping', '-c', '{files}/empty.yaml'),
+    T('config of comments only', 'is empty: it must hold a mapping', '-c', '{files}/comments.yaml'),
+    T('config that is a scalar', 'must hold a mapping', '-c', '{files}/scalar.yaml'),
+    T('config `lr: .nan`', "key 'lr' must be a finite number", '-c', '{files}/nan_lr.yaml'),
+    T('config with a Python object tag', 'is not valid YAML', '-c', '{files}/python_tag.yaml'),
+    T('config with two YAML documents', 'is not valid YAML', '-c', '{files}/two_documents.yaml'),
+    T('config with non-UTF-8 bytes', 'is not valid YAML', '-c', '{files}/binary.yaml'),
+    T('`-c` a folder', 'Config file not found', '-c', '{files}/runs'),
 ]
 
 
 def V(what, message, *args):  # noqa: N802
     return Row('validate.py', what, args, message)
+
+
+FOCAL = ('--checkpoint', '{files}/focal.pth.tar')
 
 
 def VF(what, message, folder):  # noqa: N802  (evaluating the 'val' split of a folder of {files}/folders)
@@ -248,16 +332,16 @@ def VF(what, message, folder):  # noqa: N802  (evaluating the 'val' split of a f
 
 
 VALIDATE_ROWS = [
-    V('`--checkpoint` missing file', '--checkpoint not found', '--dataset', 'sklearn/digits', '--checkpoint',
-      '{files}/absent.pth.tar'),
+    V('`--checkpoint` missing file', 'argument --checkpoint: file not found', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/absent.pth.tar'),
     V('neither `--checkpoint` nor `--pretrained`', 'give --checkpoint PATH', '--dataset', 'sklearn/digits',
       '--model', 'test_resnet'),
     V('`--model no_such_model`', "unknown timm model 'no_such_model'", '--dataset', 'sklearn/digits',
       '--checkpoint', '{files}/focal.pth.tar', '--model', 'no_such_model'),
     V('`--data-dir` missing', 'dataset folder not found', '--data-dir', '{files}/nothing', '--checkpoint',
       '{files}/focal.pth.tar'),
-    V('`--ood-data-dir` missing', '--ood-data-dir not found', '--dataset', 'sklearn/digits', '--checkpoint',
-      '{files}/focal.pth.tar', '--ood-data-dir', '{files}/nothing'),
+    V('`--ood-data-dir` missing', 'argument --ood-data-dir: folder not found', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/focal.pth.tar', '--ood-data-dir', '{files}/nothing'),
     V('`--ood-data-dir` holding an image of the evaluated split', 'shares 1 image(s) with the in-distribution set',
       '--data-dir', '{files}/digits', '--split', 'val', '--checkpoint', '{files}/focal.pth.tar', '--ood-data-dir',
       '{files}/ood_shared'),
@@ -284,7 +368,7 @@ VALIDATE_ROWS = [
     V('`--posthoc ts` without `--calibration-split`', '--posthoc needs a held-out split to fit on', '--dataset',
       'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--posthoc', 'ts'),
     V('`--posthoc platt` (unknown)', "argument --posthoc: unknown method(s) ['platt']", '--posthoc', 'platt'),
-    V('`--plot-dir` is a file', 'is a file: give a folder for the pictures', '--dataset', 'sklearn/digits',
+    V('`--plot-dir` is a file', 'empty.csv is a file, not a folder', '--dataset', 'sklearn/digits',
       '--checkpoint', '{files}/focal.pth.tar', '--plot-dir', '{files}/empty.csv'),
     V('`--calibration-split` naming the evaluated split', 'selects the evaluated images', '--data-dir',
       '{files}/digits', '--checkpoint', '{files}/focal.pth.tar', '--split', 'val', '--calibration-split',
@@ -314,7 +398,46 @@ VALIDATE_ROWS = [
     VF('text file named `.jpg`', 'cannot identify image file', 'text_jpg'),
     VF('truncated JPEG', 'truncated.jpg: image file is truncated', 'truncated'),
     VF('symlink loop in the data folder', 'symlink loop in the dataset', 'symlink_loop'),
+    VF('empty class folder', 'class folder(s) 1 (3) hold no image', 'empty_class'),
     VF('image of 100000x100000 pixels (PNG header)', 'huge.png: Image size (10000000000 pixels) exceeds limit', 'huge'),
+    V('`--results-file` naming the `--checkpoint`', 'is the input file of --checkpoint', '--dataset',
+      'sklearn/digits', *FOCAL, '--results-file', '{files}/focal.pth.tar'),
+    V('`--prediction-grid` a symbolic link to the `--checkpoint`', 'is the input file of --checkpoint', '--dataset',
+      'sklearn/digits', *FOCAL, '--prediction-grid', '{files}/focal_link.png'),
+    V('`--results-file` naming the `--valid-labels` file', 'is the input file of --valid-labels', '--dataset',
+      'sklearn/digits', *FOCAL, '--valid-labels', '{files}/word.csv', '--results-file', '{files}/word.csv'),
+    V('`--results-file` a folder', 'argument --results-file: ', '--dataset', 'sklearn/digits', *FOCAL,
+      '--results-file', '{files}/runs'),
+    V('`--prediction-grid` below a file', 'argument --prediction-grid: ', '--dataset', 'sklearn/digits', *FOCAL,
+      '--prediction-grid', '{files}/empty.csv/grid.png'),
+    V('`--save-logits` a folder', 'argument --save-logits: ', '--dataset', 'sklearn/digits', *FOCAL,
+      '--save-logits', '{files}/runs'),
+    V('`--checkpoint` zero-byte file', 'is not a readable checkpoint: EOFError', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/zero.pth.tar'),
+    V('`--checkpoint` torch file holding a list', 'is not a checkpoint dictionary', '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/list.pth.tar'),
+    V('`--checkpoint` a folder', 'bulk validation of a folder of checkpoints is not supported', '--dataset',
+      'sklearn/digits', '--checkpoint', '{files}/runs'),
+    V('`--device nonsense`', "argument --device: 'nonsense' is not a device name", '--device', 'nonsense'),
+    V('`--valid-labels` index beyond the classes', 'class index 99 is outside the model', '--dataset',
+      'sklearn/digits', *FOCAL, '--valid-labels', '{files}/labels_99.txt'),
+    V('`--prediction-grid` inside the evaluated split folder', 'lies inside the image folder of --split',
+      '--data-dir', '{files}/digits', '--split', 'val', *FOCAL, '--prediction-grid', '{files}/digits/val/0/grid.png'),
+    V('`--plot-dir` inside the evaluated split folder', 'lies inside the image folder of --split', '--data-dir',
+      '{files}/digits', '--split', 'val', *FOCAL, '--posthoc', 'ts', '--calibration-split', 'train', '--plot-dir',
+      '{files}/digits/val/0'),
+    V('`--crop-pct 1e-9`', '--crop-pct 1e-09: the evaluation would resize each image', '--dataset', 'sklearn/digits',
+      *FOCAL, '--crop-pct', '1e-9'),
+    V('`--split ""` on a dataset root (its splits become classes)', 'are named like dataset splits', '--data-dir',
+      '{files}/digits', '--split', '', *FOCAL),
+    V('`--dataset bogus/x`', "unknown dataset prefix 'bogus/'", '--dataset', 'bogus/x', *FOCAL),
+    V('`--class-map` naming 2 of the 3 class folders', 'lacks the class folder(s) 1 (2)', '--data-dir',
+      '{files}/folders/plain', '--split', 'val', *FOCAL, '--class-map', '{files}/classes_01.txt'),
+    V('`--crop-mode bogus`', "argument --crop-mode: invalid choice: 'bogus'", '--crop-mode', 'bogus'),
+    V('`--input-img-mode bogus`', "argument --input-img-mode: unknown PIL image mode 'bogus'", '--input-img-mode',
+      'bogus'),
+    V('`--class-map` missing file', 'argument --class-map: file not found', '--data-dir', '{files}/digits', *FOCAL,
+      '--split', 'val', '--class-map', '{files}/absent.txt'),
 ]
 
 
@@ -341,7 +464,7 @@ OLTR_ROWS = [
     O('`--seed -1`', 'argument --seed: must be an integer in [0, 4294967295]', 'good', '--seed=-1'),
     O('`--set seed=-1`', 'seed must be an integer in [0, 4294967295]', 'good', '--set', 'seed=-1'),
     O('`--resume` without an interrupted run', '--resume: no', 'good', '--resume'),
-    O('`--pretrained-file` missing', '--pretrained-file: weights file not found', 'good', '--pretrained-file',
+    O('`--pretrained-file` missing', 'argument --pretrained-file: file not found', 'good', '--pretrained-file',
       '{files}/absent.pth'),
     O('stage-2 config without `--stage1-checkpoint`', 'pass --stage1-checkpoint PATH', 'good', '--config',
       '{files}/stage_2.yaml'),
@@ -350,6 +473,32 @@ OLTR_ROWS = [
       '--stage1-checkpoint', '{files}/places_stage1.pth'),
     O('`--stage1-checkpoint` with a stage-1 config', 'starts a stage-2 run', 'good', '--stage1-checkpoint',
       '{files}/places_stage1.pth'),
+    O('`--stage1-checkpoint` zero-byte file', 'is not a readable PyTorch checkpoint', 'good', '--config',
+      '{files}/stage_2.yaml', '--stage1-checkpoint', '{files}/zero.pth.tar'),
+    O('`--device nonsense`', "argument --device: 'nonsense' is not a device name", 'good', '--device', 'nonsense'),
+    O('`--output` a file', 'argument --output: ', 'good', '--output', '{files}/empty.csv'),
+    O('`--list-dir` a file', 'argument --list-dir: ', 'good', '--list-dir', '{files}/empty.csv'),
+    O('`--data-root` missing', 'argument --data-root: folder not found', 'good', '--data-root', '{files}/nothing'),
+    O('`--open-root` missing', 'argument --open-root: folder not found', 'good', '--open-root', '{files}/nothing'),
+    O('config with a key given twice', "key 'epochs' appears twice", 'good', '--config', '{files}/oltr_twice.yaml'),
+    O('config that is not YAML', 'is not valid YAML', 'good', '--config', '{files}/oltr_broken.yaml'),
+    O('config with non-UTF-8 bytes', 'is not valid YAML', 'good', '--config', '{files}/oltr_binary.yaml'),
+    O('empty config file', 'is empty: it must hold a mapping', 'good', '--config', '{files}/empty.yaml'),
+    O('`--set feature_lr=.nan`', 'feature_lr must be a finite number >= 0', 'good', '--set', 'feature_lr=.nan'),
+    O('`--set classifier_lr=.inf`', 'classifier_lr must be a finite number >= 0', 'good', '--set',
+      'classifier_lr=.inf'),
+    O('`--set feature_dim=0`', 'feature_dim must be an integer >= 1', 'good', '--set', 'feature_dim=0'),
+    O('`--set resize_size=0`', 'resize_size must be an integer >= 1', 'good', '--set', 'resize_size=0'),
+    O('`--set workers=-1`', 'workers must be an integer >= 0', 'good', '--set', 'workers=-1'),
+    O('`--set momentum=5`', 'momentum must be in [0, 1)', 'good', '--set', 'momentum=5'),
+    O('`--set dataset=../up` (leaves --output)', 'dataset must be a name without path separators', 'good', '--set',
+      'dataset=../up'),
+    O('`--set dataset=` (null)', 'dataset must be a name without path separators', 'good', '--set', 'dataset='),
+    O('`--set resize_size=16` below `image_size` 32', 'resize_size 16 is smaller than image_size 32', 'good', '--set',
+      'resize_size=16'),
+    O('`--set num_classes=3.0`', 'num_classes must be an integer, got 3.0', 'good', '--set', 'num_classes=3.0'),
+    O('`--set smoothing=2`', 'eps (label smoothing) must lie in [0, 1)', 'good', '--set', 'loss=sym', '--set',
+      'smoothing=2'),
 ]
 
 
@@ -388,7 +537,7 @@ SHIFT_ROWS = [
       *CHECKPOINT, '--use-ema'),
     S('`--output-json` and `--plot` naming one `.png`', 'the file name must end in .json', *CHECKPOINT,
       '--output-json', '{out}/shift.png', '--plot', '{out}/shift.png'),
-    S('`--output-json` below a file', 'cannot write into', *CHECKPOINT, '--output-json',
+    S('`--output-json` below a file', 'empty.csv is a file, not a folder', *CHECKPOINT, '--output-json',
       '{files}/empty.csv/shift.json'),
 ]
 
@@ -486,9 +635,25 @@ def files(tmp_path_factory, digits_dir) -> Path:
                'lr_list.yaml': 'lr: [1, 2]\n', 'focal_bogus.yaml': 'focal_loss: bogus\n',
                'amp_string.yaml': 'amp: "yes"\n', 'kwargs_number.yaml': 'model_kwargs: 3\n',
                'duplicate_key.yaml': 'epochs: 1\nepochs: 2\n', 'nested_config.yaml': 'config: other.yaml\n',
-               'grayscale_prob.yaml': 'grayscale_prob: 2\n', 'scale_order.yaml': 'scale: [0.9, 0.1]\n'}
+               'grayscale_prob.yaml': 'grayscale_prob: 2\n', 'scale_order.yaml': 'scale: [0.9, 0.1]\n',
+               'null_epochs.yaml': 'epochs: null\n', 'null_amp.yaml': 'amp: null\n', 'empty.yaml': '',
+               'comments.yaml': '# nothing here\n', 'scalar.yaml': '5\n', 'nan_lr.yaml': 'lr: .nan\n',
+               'python_tag.yaml': 'lr: !!python/object/apply:os.getcwd []\n',
+               'two_documents.yaml': 'epochs: 1\n---\nepochs: 2\n'}
     for name, content in configs.items():
         (root / name).write_text(content)
+    (root / 'binary.yaml').write_bytes(b'epochs: 1\n\xff\xfe: 2\n')
+    oltr_config = (REPO_ROOT / 'oltr' / 'configs' / 'ImageNet_LT' / 'stage_1.yaml').read_text()
+    (root / 'oltr_twice.yaml').write_text(oltr_config + 'epochs: 2\n')  # the file gives epochs already
+    (root / 'oltr_broken.yaml').write_text(oltr_config + 'lr_step: [1\n')
+    (root / 'oltr_binary.yaml').write_bytes(oltr_config.encode() + b'# \xff\xfe\n')
+    (root / 'zero.pth.tar').write_bytes(b'')
+    (root / 'labels_99.txt').write_text('0\n99\n')
+    (root / 'classes_01.txt').write_text('0\n1\n')
+    (root / 'binary.txt').write_bytes(b'0\n\xff\xfe\n')
+    torch.save([1, 2, 3], root / 'list.pth.tar')
+    (root / 'dead_link').symlink_to(root / 'nowhere')
+    (root / 'link_to_file').symlink_to(root / 'empty.csv')
     (root / 'no_train' / 'val' / 'a').mkdir(parents=True)
     # Checkpoints: a focal-loss one of test_resnet (10 classes), one of another model, broken ones.
     from cfl_timm import CyclicalFocalLoss
@@ -507,6 +672,7 @@ def files(tmp_path_factory, digits_dir) -> Path:
                 'saver': {'run_id': '00c0ffee00c0ffee'}}, root / 'other_run.pth.tar')
     (root / 'truncated.pth.tar').write_bytes((root / 'focal.pth.tar').read_bytes()[:4000])
     (root / 'text.pth.tar').write_text('not a checkpoint\n')
+    (root / 'focal_link.png').symlink_to(root / 'focal.pth.tar')
     torch.save({'weights': torch.zeros(3)}, root / 'foreign.pth.tar')
     (root / 'digits').symlink_to(digits_dir, target_is_directory=True)
     corrupt = root / 'corrupt' / 'val' / '0'
@@ -563,8 +729,8 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
     bad_files = {'zero_byte': ('empty.png', b''), 'text_jpg': ('notes.jpg', b'just some text, not a JPEG\n'),
                  'truncated': ('truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2]),
                  'huge': ('huge.png', _png_header(100_000, 100_000))}
-    classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013')}
-    for name in (*classes, *bad_files, 'symlink_loop'):
+    classes = {'missing_class': ('012', '01'), 'other_class': ('012', '013'), 'one_class': ('0', '0')}
+    for name in (*classes, *bad_files, 'symlink_loop', 'empty_class', 'text_class', 'loose_image', 'plain'):
         for split, labels in zip(('train', 'val'), classes.get(name, ('012', '012'))):
             for label in labels:
                 folder = root / name / split / label
@@ -573,6 +739,13 @@ def _write_bad_folders(root: Path, digits_dir: Path) -> None:
                     (folder / image.name).write_bytes(image.read_bytes())
                 if name in bad_files and label == '0':
                     (folder / bad_files[name][0]).write_bytes(bad_files[name][1])
+    for split in ('train', 'val'):  # a fourth class folder without images: empty, or holding a text file
+        (root / 'empty_class' / split / '3').mkdir(parents=True)
+        (root / 'text_class' / split / '3').mkdir(parents=True)
+        (root / 'text_class' / split / '3' / 'notes.txt').write_text('not an image\n')
+    (root / 'empty_class' / 'train' / '.git').mkdir()  # a hidden folder is not a class
+    loose = root / 'loose_image' / 'train'  # an image beside the class folders
+    (loose / 'loose.png').write_bytes(next((loose / '0').iterdir()).read_bytes())
     (root / 'symlink_loop' / 'train' / '0' / 'again').symlink_to('..', target_is_directory=True)
     (root / 'symlink_loop' / 'val' / '0' / 'again').symlink_to('..', target_is_directory=True)
 

@@ -211,11 +211,12 @@ def _values(action: argparse.Action, tmp: Path) -> list[list[str]]:
         singles = [str(tmp / 'missing.pth'), str(tmp), str(tmp / 'a_file.txt') + '/below', '']
     elif path_kind == 'folder':
         singles = [str(tmp / 'missing'), str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '']
-    elif path_kind == 'output_file':
-        singles = [str(tmp), str(tmp / 'a_file.txt' / 'below.json'), '', str(tmp / 'wrong.suffix'),
-                   str(tmp / 'read_only' / 'new.json')]
     elif path_kind == 'output':
-        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new')]
+        singles = [str(tmp / 'a_file.txt'), str(tmp / 'a_file.txt' / 'below'), '', str(tmp / 'read_only' / 'new'),
+                   str(tmp / 'dead_link')]
+    elif path_kind == 'output_file':
+        singles = [str(tmp), str(tmp / 'a_file.txt' / 'below.json'), str(tmp / 'read_only' / 'new.json'),
+                   str(tmp / 'dead_link' / 'new.json'), str(tmp / 'wrong.suffix'), '']
     elif kind in (None, str):
         singles = list(TEXT_VALUES) + [str(tmp / 'a_file.txt'), str(tmp / 'missing')]
     else:
@@ -262,6 +263,7 @@ def test_every_bad_value_is_a_usage_error_or_accepted(entry_name, flag, tmp_path
     action = _option(entry.parser(), flag)
     (tmp_path / 'a_file.txt').write_text('not a checkpoint\n')
     (tmp_path / 'read_only').mkdir(mode=0o555)
+    (tmp_path / 'dead_link').symlink_to(tmp_path / 'nowhere')
     problems = []
     for values in _values(action, tmp_path):
         argv = entry.base(tmp_path) + [flag, *values]
@@ -297,6 +299,34 @@ def test_every_numeric_and_path_flag_declares_its_check(entry_name):
     unknown = [a.option_strings[-1] for a in parser._actions
                if callable(a.type) and a.type is not str and a.type not in arg_types.CONVERTERS]
     assert not unknown, f'flags with a converter not registered with @arg_types.converter: {unknown}'
+
+
+# A flag takes a path when its metavar or its name says so.
+PATH_METAVAR = re.compile(r'PATH|DIR|FILE|\.(npz|json|png|yaml|csv|txt|tar)', re.IGNORECASE)
+PATH_DEST = re.compile(r'(_dir|_file|_root|checkpoint)$')
+# Path flags read by a stage of their own, with the reason (every other path flag declares its kind).
+PATH_FLAGS_CHECKED_ELSEWHERE = {
+    ('train.py', '--config'): 'read by the config loader before the parser (its rows in tests/test_bad_inputs.py)',
+    ('train.py', '--data-dir'): 'optional (sklearn/digits, torch/... need none): checked with the dataset',
+    ('validate.py', '--data-dir'): 'optional (sklearn/digits, torch/... need none): checked with the dataset',
+    ('train.py', '--resume'): "a checkpoint or 'auto' (the run folder's last checkpoint)",
+    ('validate.py', '--real-labels'): 'refused whatever its value (ImageNet ReaL labels are not supported)',
+    ('python -m cfl_timm.evaluate', '--ood'): 'NAME=FILE pairs: their converter checks the file',
+}
+
+
+@pytest.mark.parametrize('entry_name', sorted(ENTRIES))
+def test_every_path_flag_declares_its_kind(entry_name):
+    """A flag that takes a path is declared with a path converter (arg_types.path_converter: an existing file or
+    folder, a folder or a file to write), so a missing path, a file for a folder or an unwritable place is refused
+    when parsed."""
+    parser = ENTRIES[entry_name].parser()
+    undeclared = [a.option_strings[-1] for a in parser._actions
+                  if a.option_strings and a.nargs != 0 and a.type not in arg_types.PATH_KINDS
+                  and (PATH_METAVAR.search(a.metavar if isinstance(a.metavar, str) else '')
+                       or PATH_DEST.search(a.dest))
+                  and (entry_name, a.option_strings[-1]) not in PATH_FLAGS_CHECKED_ELSEWHERE]
+    assert not undeclared, f'declare these with a path converter of cfl_timm.training.arg_types: {undeclared}'
 
 
 def test_values_cover_every_kind_of_flag(tmp_path):

@@ -341,7 +341,7 @@ def test_stage1_errors_before_training(image_folder, oltr_lists, tmp_path):
     with pytest.raises(ValueError, match=r'Mini_LT_train.txt:\d+: label 5 outside \[0, 5\)'):
         main(_run_args(config, image_folder, oltr_lists, tmp_path / 'out', '--set', 'num_classes=5'))
     places = CONFIG_DIR / 'Places_LT' / 'stage_1.yaml'
-    with pytest.raises(FileNotFoundError, match='--pretrained-file: weights file not found'):
+    with pytest.raises(SystemExit):  # a missing --pretrained-file is refused by its declaration
         main(_run_args(places, image_folder, oltr_lists, tmp_path / 'out', '--pretrained-file',
                        str(tmp_path / 'resnet152.pth')))
     with pytest.raises(ValueError, match='--pretrained-file'):
@@ -580,7 +580,8 @@ def test_stage2_refuses_a_wrong_stage1_checkpoint(image_folder, oltr_lists, stag
     assert 'feature_dim 512, but this config trains backbone resnet10, num_classes 9, feature_dim 256' in line
     assert 'not a readable PyTorch checkpoint' in usage_error('--stage1-checkpoint', str(text))
     assert 'pass --stage1-checkpoint PATH' in usage_error()
-    assert 'does not exist' in usage_error('--stage1-checkpoint', str(tmp_path / 'absent.pth'))
+    assert 'argument --stage1-checkpoint: file not found' in usage_error('--stage1-checkpoint',
+                                                                        str(tmp_path / 'absent.pth'))
     assert '--pretrained-file is for stage 1' in usage_error('--stage1-checkpoint', str(stage1_checkpoint),
                                                             '--pretrained-file', str(stage1_checkpoint))
     assert not (tmp_path / 'out').exists()  # refused before any work

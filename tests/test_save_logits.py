@@ -78,7 +78,7 @@ def test_save_logits_collision_and_bad_suffix_are_usage_errors(checkpoint, tmp_p
     blocker.write_text('x')
     line = validate_usage_error(capsys, *common, '--output-json', str(tmp_path / 'm.json'),
                         '--save-logits', str(blocker / 'x.npz'))
-    assert '--save-logits' in line and 'writable' in line
+    assert '--save-logits' in line and 'a_file is a file, not a folder' in line
     assert not (tmp_path / 'm.json').exists() and not same.exists()
 
 

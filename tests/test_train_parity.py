@@ -15,9 +15,13 @@ DEFAULT_EXCEPTIONS = {
     'smoothing',
 }
 SAMPLE_VALUES = {'int': '3', 'float': '0.25', 'str': 'x', 'None': 'x', 'parsekwargs': 'a=1'}
-# Free strings upstream that take a closed set of values here (argparse choices).
+# Free strings upstream that take a closed set of values here (argparse choices, a PIL mode).
 CHOICE_VALUES = {'--amp-dtype': 'bfloat16', '--model-dtype': 'bfloat16', '--clip-mode': 'agc',
-                 '--dist-bn': 'broadcast', '--interpolation': 'bicubic',
+                 '--dist-bn': 'broadcast', '--interpolation': 'bicubic', '--mixup-mode': 'elem',
+                 '--train-crop-mode': 'rkrc', '--input-img-mode': 'RGBA', '--remode': 'rand',
+                 '--train-interpolation': 'bicubic', '--lr-base-scale': 'sqrt',
+                 # A free string upstream that must be a torch device name here (arg_types.device_name).
+                 '--device': 'cpu',
                  # Free strings upstream that must name an existing file here (arg_types.existing_file).
                  '--class-map': str(FIXTURE), '--initial-checkpoint': str(FIXTURE), '--pretrained-path': str(FIXTURE),
                  '--kd-pretrained-path': str(FIXTURE)}

@@ -153,13 +153,14 @@ def test_cli_reports_tta_next_to_plain_and_timm_results_file(digits_run, tmp_pat
     assert 0 <= row['macro_f1_score'] <= 100 and result['files']['results'] == str(tmp_path / 'r.json')
 
 
-def test_every_upstream_validate_flag_is_accepted():
+def test_every_upstream_validate_flag_is_accepted(tmp_path):
     parser = validate.get_args_parser()
     known = set(parser._option_string_actions)
     flags = [line.strip() for line in FLAGS_FILE.read_text().splitlines() if line.startswith('-')]
     assert len(flags) >= 55
     assert [flag for flag in flags if flag not in known] == []
-    args = parser.parse_args(['DIR', '--results-file', 'x.csv', '--checkpoint', 'c.pth', '--use-ema'])
+    (tmp_path / 'c.pth').write_bytes(b'')  # --checkpoint is declared as an existing file
+    args = parser.parse_args(['DIR', '--results-file', 'x.csv', '--checkpoint', str(tmp_path / 'c.pth'), '--use-ema'])
     assert args.data == 'DIR' and args.results_format == 'csv' and args.use_ema
 
 

@@ -23,10 +23,12 @@ from .strict import (
     MAX_IMAGE_PIXELS,
     CorruptImageError,
     StrictImageDataset,
+    check_dataset_name,
     check_folder_tree,
     check_same_classes,
     check_split_tree,
     is_image_folder_name,
+    split_folder,
     strict_folder_dataset,
     verify_images,
 )

@@ -6,6 +6,7 @@ symlinks without noticing a loop (the dataset repeats many times) and numbers th
 own (a class missing from one split shifts every later label). Before any work:
 
 * :func:`check_folder_tree` walks a split folder and refuses a symlink loop, naming it;
+* :func:`check_class_folders` refuses a class folder without an image (timm would drop it silently);
 * :func:`check_same_classes` compares the class folders of every split a run reads;
 * :func:`verify_images` opens and decodes every image (zero-byte, truncated, not-an-image and over-sized files
   are listed) and :func:`strict_folder_dataset` refuses them, or drops them when asked, counting them;
@@ -23,8 +24,9 @@ from timm.data.dataset_factory import _search_split  # timm's split-folder searc
 from .digits import is_digits_dataset
 from .wrapped import WrappedDataset
 
-__all__ = ['CorruptImageError', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_folder_tree', 'check_split_tree',
-           'check_same_classes', 'is_image_folder_name', 'strict_folder_dataset', 'verify_images']
+__all__ = ['CorruptImageError', 'DATASET_PREFIXES', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders',
+           'check_class_map', 'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes',
+           'is_image_folder_name', 'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset', 'verify_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +52,20 @@ def is_image_folder_name(name: str) -> bool:
     return not is_digits_dataset(name) and not name.startswith(('torch/', 'tfds/', 'hfds/', 'hfids/', 'wds/'))
 
 
+# Prefixes of timm's create_dataset ('torch/cifar10', 'hfds/...'); a name without '/' is a folder (or tar) dataset.
+DATASET_PREFIXES = ('torch', 'hfds', 'hfids', 'tfds', 'wds')
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise ``ValueError`` for a ``--dataset`` name with a prefix timm does not know (``bogus/x``): timm reads
+    such a name as a plain image folder, silently."""
+    prefix, sep, _ = (name or '').partition('/')
+    if sep and not is_digits_dataset(name) and prefix.lower() not in DATASET_PREFIXES:
+        raise ValueError(f'--dataset {name!r}: unknown dataset prefix {prefix + "/"!r}; give '
+                         f'{", ".join(p + "/NAME" for p in DATASET_PREFIXES)}, sklearn/digits, or no prefix for an '
+                         'image folder.')
+
+
 def is_folder_dataset(dataset: Any) -> bool:
     """True for a timm ``ImageDataset`` over a folder reader (file paths and ``samples``)."""
     reader = getattr(dataset, 'reader', None)
@@ -69,11 +85,77 @@ def check_folder_tree(folder: str) -> None:
         subdirs.sort()
 
 
-def check_split_tree(root: str, split: str) -> None:
-    """:func:`check_folder_tree` on the folder timm reads for ``split`` of the folder dataset at ``root`` (its own
-    split-folder search, synonyms included): other folders beside it, e.g. a link to the same images under another
-    split name, are not that split's concern."""
-    check_folder_tree(_search_split(root, split))
+# timm's split folder names (its synonyms of train and validation, and test): never a class of a split.
+SPLIT_FOLDER_NAMES = ('train', 'training', 'val', 'valid', 'validation', 'eval', 'evaluation', 'test')
+
+
+def split_folder(root: str, split: str) -> str:
+    """The folder timm reads for ``split`` of the folder dataset at ``root`` (its own search, synonyms
+    included)."""
+    return _search_split(root, split)
+
+
+def check_split_tree(root: str, split: str, class_map: str = '') -> None:
+    """:func:`check_folder_tree`, :func:`check_class_folders` and :func:`check_class_map` on the folder timm reads
+    for ``split`` of the folder dataset at ``root`` (its own split-folder search, synonyms included): other folders
+    beside it, e.g. a link to the same images under another split name, are not that split's concern."""
+    folder = split_folder(root, split)
+    check_folder_tree(folder)
+    check_class_folders(folder)
+    if class_map:
+        check_class_map(folder, class_map)
+
+
+def check_class_map(folder: str, class_map: str) -> None:
+    """Raise ``ValueError`` naming ``--class-map`` when timm cannot read it (a ``.txt`` of names, one per line, or a
+    ``.pkl`` dict) or when class folders of ``folder`` are missing from it: timm drops their images silently. Names
+    without a folder are fine (a class map of a superset, e.g. ImageNet's for ImageNet-A)."""
+    import pickle
+
+    from timm.data.readers.class_map import load_class_map
+    if os.path.splitext(class_map)[1].lower() not in ('.txt', '.pkl'):
+        raise ValueError(f'--class-map {class_map}: timm reads a .txt file (one class name per line) or a .pkl '
+                         'dict of name to index.')
+    try:
+        names = load_class_map(class_map)
+    except (OSError, UnicodeDecodeError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f'--class-map {class_map} cannot be read: {e or type(e).__name__}') from None
+    folders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith('.'))
+    unmapped = [name for name in folders if name not in names]
+    if unmapped:
+        raise ValueError(f'--class-map {class_map} lacks the class folder(s) {_listed(unmapped)} of {folder}: timm '
+                         'would drop their images silently; add them to the map or remove the folders.')
+
+
+def check_class_folders(folder: str) -> None:
+    """Raise ``ValueError`` naming the class folders of a split folder that hold no image (timm would drop such a
+    class silently and number the others without it) or the images lying directly in it (timm would make them a
+    class named '') or class folders named like splits (``train``, ``val``: the folder is a dataset root). Hidden
+    entries (``.git``, ``.DS_Store``) are not classes."""
+    from timm.data import get_img_extensions
+    extensions = tuple(get_img_extensions())
+    empty, loose, classes = [], [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith('.'):
+            continue
+        if not entry.is_dir():
+            if entry.name.lower().endswith(extensions):
+                loose.append(entry.name)
+            continue
+        classes.append(entry.name)
+        if not any(name.lower().endswith(extensions)
+                   for _, _, names in os.walk(entry.path, followlinks=True) for name in names):
+            empty.append(entry.name)
+    splits = [name for name in classes if name.lower() in SPLIT_FOLDER_NAMES]
+    if splits:  # e.g. an empty split name, or --data-dir one level too high: the splits would become classes
+        raise ValueError(f'{folder}: its class folders {_listed(splits)} are named like dataset splits; this is a '
+                         'dataset root, not a split folder: check --data-dir and the split name.')
+    if loose:  # timm would make them a class of their own, named ''
+        raise ValueError(f'{folder}: image(s) {_listed(loose)} lie directly in the split folder; move each into the '
+                         'folder of its class.')
+    if empty:
+        raise ValueError(f'{folder}: class folder(s) {_listed(empty)} hold no image (extensions '
+                         f'{", ".join(extensions)}); timm would drop the class silently: add its images or remove it.')
 
 
 def _class_names(dataset: Any) -> Optional[set]:

@@ -9,15 +9,16 @@ import argparse
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from timm.utils import ParseKwargs
 
-__all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'SEED_MAX', 'at_least_one', 'converter',
-           'PATH_KINDS', 'crop_fraction', 'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction',
-           'check_output_file', 'int_in', 'integer', 'json_file', 'non_negative_float', 'non_negative_int',
-           'npz_file', 'output_file', 'output_folder', 'path_converter', 'png_file',
-           'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
+__all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'PATH_KINDS', 'SEED_MAX', 'at_least_one',
+           'check_output_file', 'converter', 'crop_fraction', 'device_name', 'existing_file', 'existing_folder',
+           'finite_float', 'float_in', 'fraction', 'int_in', 'integer', 'json_file', 'non_negative_float',
+           'non_negative_int', 'npz_file', 'output_file', 'output_file_ending', 'output_folder', 'path_converter',
+           'png_file', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -33,16 +34,16 @@ def converter(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 # The kind of path each path converter takes, so that tests/test_cli_fuzz.py generates the right wrong paths for it:
 # 'file' (an existing file), 'folder' (an existing folder), 'output' (a folder that is or can be made writable),
-# 'output_file' (a file to write, in such a folder).
+# 'output_file' (a file to write: not a folder, in a folder that is or can be made writable).
 PATH_KINDS: dict[Callable[[Any], Any], str] = {}
-_PATH_KIND_NAMES = ('file', 'folder', 'output', 'output_file')
+_KINDS = ('file', 'folder', 'output', 'output_file')
 
 
 def path_converter(kind: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: one of 'file', 'folder',
-    'output', 'output_file'."""
-    if kind not in _PATH_KIND_NAMES:
-        raise ValueError(f'kind must be one of {_PATH_KIND_NAMES}, got {kind!r}')
+    """Register a converter (as :func:`converter` does) that takes a path of ``kind``: 'file', 'folder',
+    'output' or 'output_file'."""
+    if kind not in _KINDS:
+        raise ValueError(f'kind must be one of {_KINDS}, got {kind!r}')
 
     def register(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         PATH_KINDS[function] = kind
@@ -185,7 +186,8 @@ def existing_file(value: Any) -> str:
     """The path of an existing file ('' = none given)."""
     path = str(value)
     if path and not os.path.isfile(path):
-        raise argparse.ArgumentTypeError(f'file not found: {path}')
+        raise argparse.ArgumentTypeError(f'{path} is a folder, not a file' if os.path.isdir(path)
+                                         else f'file not found: {path}')
     return path
 
 
@@ -203,11 +205,13 @@ def existing_folder(value: Any) -> str:
 
 def _check_writable(path: str) -> str:
     probe = os.path.abspath(path)
-    while not os.path.exists(probe):
+    while not os.path.lexists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
+    if os.path.islink(probe) and not os.path.exists(probe):  # creating the folder would fail on the dead link
+        raise argparse.ArgumentTypeError(f'{probe} is a broken symbolic link (in {path})')
     if not os.path.isdir(probe):
         raise argparse.ArgumentTypeError(f'{probe} is a file, not a folder (in {path})')
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -232,27 +236,31 @@ def writable_folder(value: Any) -> str:
     return _check_writable(path) if path else path
 
 
-def check_output_file(path: str, suffix: str) -> str:
-    """``path`` unless it does not end in ``suffix``, is a folder, or lies where no file can be written (its
-    nearest existing ancestor is not a writable folder); raises ``argparse.ArgumentTypeError`` saying which."""
+def check_output_file(path: str, suffix: Optional[str] = None) -> str:
+    """``path`` ('' = none given) unless it does not end in ``suffix`` (when given), is a folder, or lies where no
+    file can be written (its nearest existing ancestor is not a writable folder); raises
+    ``argparse.ArgumentTypeError`` saying which."""
+    if not path:
+        return path
     target = os.path.expanduser(path)
-    if not target:
-        raise argparse.ArgumentTypeError(f'give a file name ending in {suffix}, got an empty path')
-    if os.path.splitext(target)[1].lower() != suffix:
+    if suffix is not None and os.path.splitext(target)[1].lower() != suffix:
         raise argparse.ArgumentTypeError(f'{path}: the file name must end in {suffix}')
     if os.path.isdir(target):
-        raise argparse.ArgumentTypeError(f'{path} is a folder: give a file name ending in {suffix}')
-    folder = os.path.dirname(os.path.realpath(target))
-    while not os.path.exists(folder):  # the missing folders are created on writing: their ancestor must allow it
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f'{path}: cannot write into {folder} (not a writable folder)')
+        raise argparse.ArgumentTypeError(f'{path} is a folder: give a file name'
+                                         + (f' ending in {suffix}' if suffix else ''))
+    _check_writable(os.path.dirname(os.path.abspath(target)))
     return path
 
 
-def output_file(suffix: str, name: str) -> Callable[[Any], str]:
-    """A registered converter, named ``name``, to the path of a file to write ending in ``suffix`` (checked when
-    parsed, so that a long evaluation does not fail at its last step)."""
+@path_converter('output_file')
+def output_file(value: Any) -> str:
+    """A file to write ('' = none given): not an existing folder, and its folder is writable or can be created."""
+    return check_output_file(str(value))
+
+
+def output_file_ending(suffix: str, name: str) -> Callable[[Any], str]:
+    """A registered converter, named ``name``, to the path of a file to write ending in ``suffix`` ('' = none
+    given; checked when parsed, so that a long evaluation does not fail at its last step)."""
     def convert(value: Any) -> str:
         return check_output_file(str(value), suffix)
     convert.__name__ = name
@@ -260,18 +268,32 @@ def output_file(suffix: str, name: str) -> Callable[[Any], str]:
     return path_converter('output_file')(convert)
 
 
-json_file = output_file('.json', 'json_file')
-png_file = output_file('.png', 'png_file')
-npz_file = output_file('.npz', 'npz_file')
+json_file = output_file_ending('.json', 'json_file')
+png_file = output_file_ending('.png', 'png_file')
+npz_file = output_file_ending('.npz', 'npz_file')
 
 
 @converter
 def relative_name(value: Any) -> str:
-    """A relative folder name that stays inside its parent (no absolute path, no '..')."""
+    """A relative folder name that stays inside its parent: no absolute path, no '.' or '..' part, no control
+    character, no blank part ('' = none given: the tool's own name)."""
     name = str(value)
-    if os.path.isabs(name) or '..' in name.replace('\\', '/').split('/'):
-        raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no '
-                                         f'..), got {name!r}')
+    parts = name.replace('\\', '/').rstrip('/').split('/')
+    if name and (os.path.isabs(name) or any(part in ('', '.', '..') or not part.strip() for part in parts)
+                 or any(not char.isprintable() for char in name)):
+        raise argparse.ArgumentTypeError(f'must be a relative name inside --output (no absolute path, no . or .. '
+                                         f'part, no blank part or control character), got {name!r}')
+    return name
+
+
+@converter
+def device_name(value: Any) -> str:
+    """A torch device name: cpu, cuda, cuda:N, mps, ... (whether it is present is checked where it is used)."""
+    name = str(value)
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f'{name!r} is not a device name (cpu, cuda, cuda:N, mps, ...)') from None
     return name
 
 

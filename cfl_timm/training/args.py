@@ -38,7 +38,7 @@ import torch
 import yaml
 from timm.models import is_model
 
-from ..data import SUBSET_MODES, is_digits_dataset
+from ..data import SUBSET_MODES, check_dataset_name, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..files import atomic_write_text
@@ -54,6 +54,7 @@ from .arg_types import (
     KeyValueArgs,
     at_least_one,
     crop_fraction,
+    device_name,
     existing_file,
     finite_float,
     fraction,
@@ -67,6 +68,7 @@ from .arg_types import (
     seed,
     writable_folder,
 )
+from .config_file import read_config_file
 from .cyclical_args import (
     add_cyclical_args,
     add_focal_loss_args,
@@ -74,7 +76,7 @@ from .cyclical_args import (
     check_cyclical_args,
     mixup_active,
 )
-from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value
+from .input_checks import check_file_args, check_name_args, check_number_args, coerce_config_value, image_mode_name
 from .loggers import check_logger_extras
 from .resume_args import WORLD_SIZE_KEY
 
@@ -91,6 +93,11 @@ MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 KD_DISTILL_TYPES = ('logit', 'feature', 'token')
 KD_TOKEN_DISTILL_TYPES = ('soft', 'hard')
 WORKER_SEEDING = ('all', 'part')
+MIXUP_MODES = ('batch', 'pair', 'elem')  # timm's Mixup: one lambda per batch, per pair of images, per image
+TRAIN_CROP_MODES = ('rrc', 'rkrc', 'rkrr')  # timm's random resized crop, and its random-keep-ratio variants
+RANDOM_ERASE_MODES = ('pixel', 'rand', 'const')  # timm's RandomErasing fill: per-pixel noise, per-channel, zeros
+TRAIN_INTERPOLATIONS = ('random', *(name for name in INTERPOLATIONS if name))  # 'random': bilinear or bicubic
+LR_BASE_SCALES = ('', 'linear', 'sqrt')  # '' = timm's rule by optimizer (sqrt for adaptive ones)
 # Split folder names timm's folder datasets accept for the default splits.
 TRAIN_SPLIT_NAMES = ('train', 'training')
 EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'eval', 'evaluation')
@@ -140,7 +147,8 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--dataset', '-d', metavar='NAME', default='',
                        help="dataset type: '' (folder with train/val), torch/cifar10, torch/cifar100, "
                             "sklearn/digits (offline), ... (default: folder)")
-    group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help='dataset train split (default: train)')
     group.add_argument('--val-split', metavar='NAME', default='validation',
                        help='dataset validation split (default: validation)')
     group.add_argument('--train-num-samples', default=None, type=positive_int, metavar='N',
@@ -153,7 +161,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                        help='leave out (and count in the log) unreadable images instead of refusing the dataset')
     group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
-    group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode')
+    group.add_argument('--input-img-mode', default=None, type=image_mode_name, help='dataset image conversion mode')
     group.add_argument('--input-key', default=None, type=str,
                        help='dataset key of the input image (hfds/, hfids/, wds/ datasets)')
     group.add_argument('--target-key', default=None, type=str,
@@ -233,7 +241,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """Device, mixed precision and DDP options (timm)."""
     group = parser.add_argument_group('Device parameters')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str,
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=device_name,
                        help='device to use for training (default: cuda when available, else cpu)')
     group.add_argument('--amp', action='store_true', default=False,
                        help='use mixed precision (float16 with a grad scaler on CUDA, bfloat16 autocast on CPU)')
@@ -260,8 +268,8 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
                        help='optimizer epsilon (default: None, use opt default)')
     group.add_argument('--opt-betas', default=None, type=fraction, nargs='+', metavar='BETA',
                        help='optimizer betas (default: None, use opt default)')
-    group.add_argument('--momentum', type=non_negative_float, default=0.9, metavar='M',
-                       help='optimizer momentum (default: 0.9)')
+    group.add_argument('--momentum', type=fraction, default=0.9, metavar='M',
+                       help='optimizer momentum, in [0, 1) (default: 0.9)')
     group.add_argument('--weight-decay', type=non_negative_float, default=2e-5,
                        help='weight decay (default: 2e-5); constant unless --wd_min enables the cyclical schedule')
     group.add_argument('--clip-grad', type=positive_float, default=None, metavar='NORM',
@@ -291,7 +299,7 @@ def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
                        help='base learning rate: lr = lr_base * global_batch_size / base_size')
     group.add_argument('--lr-base-size', type=positive_int, default=256, metavar='DIV',
                        help='base learning rate batch size (divisor, default: 256)')
-    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', choices=LR_BASE_SCALES,
                        help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
     group.add_argument('--lr-noise', type=non_negative_float, nargs='+', action=Ascending, default=None,
                        metavar='pct, pct',
@@ -358,7 +366,7 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                             "crop unless --crop-pct) (default: timm)")
     group.add_argument('--crop-padding', '--crop_padding', type=non_negative_int, default=4, metavar='PX',
                        help="zero padding on each side before the random crop of --train-transform cifar (default: 4)")
-    group.add_argument('--train-crop-mode', type=str, default=None,
+    group.add_argument('--train-crop-mode', type=str, default=None, choices=TRAIN_CROP_MODES,
                        help="training crop mode of timm's transforms (e.g. 'rrc', 'rkrc', 'rkrr')")
     group.add_argument('--scale', type=positive_float, nargs='+', action=Ascending, default=[0.08, 1.0],
                        metavar='PCT',
@@ -384,7 +392,8 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='number of augmentation splits (default: 0, valid: 0 or >=2)')
     group.add_argument('--reprob', type=probability, default=0., metavar='PCT',
                        help='random erase prob (default: 0.)')
-    group.add_argument('--remode', type=str, default='pixel', help='random erase mode (default: "pixel")')
+    group.add_argument('--remode', type=str, default='pixel', choices=RANDOM_ERASE_MODES,
+                       help='random erase mode (default: "pixel")')
     group.add_argument('--recount', type=positive_int, default=1, help='random erase count (default: 1)')
     group.add_argument('--resplit', action='store_true', default=False,
                        help='do not random erase first (clean) augmentation split')
@@ -398,11 +407,11 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
                        help='probability of performing mixup or cutmix when either/both is enabled')
     group.add_argument('--mixup-switch-prob', type=probability, default=0.5,
                        help='probability of switching to cutmix when both mixup and cutmix enabled')
-    group.add_argument('--mixup-mode', type=str, default='batch',
+    group.add_argument('--mixup-mode', type=str, default='batch', choices=MIXUP_MODES,
                        help='how to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
     group.add_argument('--mixup-off-epoch', default=0, type=non_negative_int, metavar='N',
                        help='turn off mixup after this epoch, disabled if 0 (default: 0)')
-    group.add_argument('--train-interpolation', type=str, default='random',
+    group.add_argument('--train-interpolation', type=str, default='random', choices=TRAIN_INTERPOLATIONS,
                        help='training interpolation (random, bilinear, bicubic default: "random")')
     group.add_argument('--drop', type=fraction, default=0.0, metavar='PCT', help='dropout rate (default: 0.)')
     group.add_argument('--drop-connect', type=finite_float, default=None, metavar='PCT',
@@ -566,7 +575,7 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='W&B run tags')
     group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
                        help='resume this W&B run (with --resume)')
-    group.add_argument('--log-tensorboard', default='', type=str, metavar='DIR',
+    group.add_argument('--log-tensorboard', default='', type=writable_folder, metavar='DIR',
                        help='also write the logged scalars as TensorBoard event files to DIR (default: off)')
     group.add_argument('--no-plots', '--no-plot', dest='no_plots', action='store_true', default=False,
                        help='do not draw curves.png, ece_vs_accuracy.png and evidence.png into the run folder at the '
@@ -642,39 +651,12 @@ def save_args_yaml(path: str | Path, args: Mapping[str, Any]) -> None:
     atomic_write_text(path, yaml.safe_dump(plain, default_flow_style=False, sort_keys=True))
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int):
-        super().__init__(f'duplicate key {key!r}')
-        self.key, self.line = key, line
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config of argument values (keys in either spelling); unknown keys are an error."""
-    if not os.path.isfile(path):
-        raise UsageError(f'Config file not found: {path}')
     try:
-        with open(path, encoding='utf-8') as f:
-            cfg = yaml.load(f, Loader=_UniqueKeyLoader) or {}
-    except _DuplicateKey as e:
-        raise UsageError(f'Config file {path}: key {e.key!r} appears twice (line {e.line}); give each key once.') \
-            from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UsageError(f'Config file {path} is not valid YAML: {" ".join(str(e).split())[:200]}') from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f'Config file {path} must hold a mapping of argument names to values.')
+        cfg = read_config_file(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     # A run's args.yaml records its own source as 'config' ('' without -c): reusable as it is. A named config is
     # refused, never followed or ignored: configs do not include other configs.
     if cfg.get('config'):
@@ -719,6 +701,13 @@ def check_augmentation_args(args: argparse.Namespace) -> None:
         raise ValueError('--aug-splits must be 0 or >= 2, got 1.')
     if args.split_bn and args.aug_splits < 2:
         raise ValueError('--split-bn needs --aug-splits >= 2.')
+    if args.aa:  # timm parses the policy only when it builds the training transform: a dry build, on one size
+        from timm.data import create_transform
+        try:
+            create_transform(32, is_training=True, auto_augment=args.aa)
+        except (AssertionError, KeyError, ValueError, IndexError) as e:
+            raise ValueError(f'--aa {args.aa!r} is not a timm augmentation policy ({e or type(e).__name__}); e.g. '
+                             'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, originalr, v0, 3a.') from None
     if args.train_transform == 'cifar' and args.aug_splits > 1:
         raise ValueError("--train-transform cifar cannot be combined with --aug-splits (AugMix splits are built "
                          "on timm's transform); use --train-transform timm.")
@@ -738,6 +727,9 @@ def check_loss_args(args: argparse.Namespace) -> None:
     :func:`cfl_timm.create_loss`, the one place that knows them) and the held-out split they may need."""
     if args.jsd_loss and args.aug_splits < 2:
         raise ValueError('--jsd-loss needs --aug-splits >= 2.')
+    if args.jsd_loss and mixup_active(args):
+        raise ValueError('--jsd-loss cannot be combined with Mixup/CutMix (--mixup, --cutmix, --cutmix-minmax): the '
+                         'JSD loss takes hard labels, Mixup makes soft targets.')
     if args.focal_loss is not None and args.loss not in (None, 'ce', args.focal_loss):
         raise ValueError(f'--focal_loss {args.focal_loss} and --loss {args.loss} select two losses; give one.')
     name = loss_name(args)
@@ -763,6 +755,10 @@ def check_loss_args(args: argparse.Namespace) -> None:
     if needs_holdout and args.holdout is None:
         raise ValueError(f'--loss {name} updates its state on held-out training images every epoch: pass '
                          '--holdout N (e.g. 5000 for CIFAR); the evaluation/test split is never used for it.')
+    bce_options = [flag for flag, given in (('--bce-sum', args.bce_sum), ('--bce-target-thresh',
+                   args.bce_target_thresh is not None), ('--bce-pos-weight', args.bce_pos_weight is not None)) if given]
+    if bce_options and name != 'bce':
+        raise ValueError(f'{", ".join(bce_options)}: for the BCE loss (--bce-loss) only, not the {name!r} loss.')
     if args.checkpoint_metric is not None and args.holdout is None:
         raise ValueError(f'--checkpoint-metric {args.checkpoint_metric} selects on the held-out split: pass '
                          '--holdout N (the evaluation/test split is never used for checkpoint selection here).')
@@ -790,6 +786,7 @@ def check_dataset_args(args: argparse.Namespace) -> None:
     """A dataset that can be found: the offline digits, a remote dataset, a torchvision root or a folder."""
     data_dir = args.data_dir or args.data
     dataset_name = args.dataset or ''
+    check_dataset_name(dataset_name)
     if is_digits_dataset(dataset_name) or dataset_name.startswith(('hfds/', 'hfids/', 'tfds/', 'wds/')):
         return
     if dataset_name.startswith('torch/'):

@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
+from ..data import MAX_IMAGE_PIXELS, is_image_folder_name, split_folder
+from .arg_types import converter
 from .checkpoint import run_dir_in_use
 from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
-__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_file_args', 'check_mean_std', 'check_model_kwargs',
-           'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode', 'image_mode',
-           'input_channels']
+__all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_crop_pct', 'check_file_args', 'check_mean_std',
+           'check_model_kwargs', 'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode',
+           'image_mode', 'image_mode_name', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -35,10 +37,25 @@ def check_number_args(args: argparse.Namespace) -> None:
     head count against its ratio (each single flag's range is in its declaration, :mod:`cfl_timm.training.
     arg_types`)."""
     check_mean_std(args)
+    check_crop_pct(args)
     check_image_mode(args)
     if args.imbalance_max is not None and args.imbalance_ratio is None:
         raise ValueError('--imbalance_max sets the head-class count of the long-tailed subset; it needs '
                          '--imbalance_ratio RHO (>= 1).')
+
+
+@converter  # here, not in arg_types: that module is copied into timm checkouts, which need not import PIL
+def image_mode_name(value: Any) -> str:
+    """A PIL image mode images can be converted to: RGB, L, RGBA, LA, CMYK, YCbCr, LAB, HSV, I, F, ..."""
+    from PIL import ImageMode
+
+    name = str(value)
+    try:
+        ImageMode.getmode(name)
+    except KeyError:
+        raise argparse.ArgumentTypeError(f'unknown PIL image mode {name!r}; valid: RGB, L, RGBA, LA, CMYK, YCbCr, '
+                                         'LAB, HSV, I, F, ...') from None
+    return name
 
 
 def input_channels(args: argparse.Namespace) -> int:
@@ -61,15 +78,24 @@ def check_image_mode(args: argparse.Namespace) -> None:
     from PIL import ImageMode
     channels = input_channels(args)
     mode = image_mode(args)
-    try:
-        bands = len(ImageMode.getmode(mode).bands)
-    except KeyError:
-        raise ValueError(f'--input-img-mode: unknown PIL image mode {mode!r}; valid: RGB, L, RGBA, LA, CMYK, YCbCr, '
-                         'LAB, HSV, I, F, ...') from None
+    bands = len(ImageMode.getmode(mode).bands)  # a known mode: its declaration (image_mode_name)
     if bands != channels:
         given = '--input-img-mode' if args.input_img_mode else 'the default --input-img-mode (RGB, or L for 1 channel)'
         raise ValueError(f'{given} {mode} gives {bands}-channel images, but the model takes {channels} '
                          '(--in-chans / --input-size); make them agree.')
+
+
+def check_crop_pct(args: argparse.Namespace) -> None:
+    """``--crop-pct`` leaves a resize that can be computed: the evaluation resizes to the input size divided by it,
+    which must stay within Pillow's pixel limit (a tiny fraction overflowed only when the first image was read)."""
+    if args.crop_pct is None:
+        return
+    size = max((args.input_size or [None, 0, 0])[1:] + [args.img_size or 0]) or 1  # the model's own when not given
+    edge = size / args.crop_pct
+    if edge * edge > MAX_IMAGE_PIXELS:
+        raise ValueError(f'--crop-pct {args.crop_pct:g}: the evaluation would resize each image to at least '
+                         f'{edge:.3g} pixels a side (the input size over the crop fraction), beyond the '
+                         f'{MAX_IMAGE_PIXELS}-pixel image limit; give a fraction near 1 (timm: 0.875).')
 
 
 def check_mean_std(args: argparse.Namespace) -> None:
@@ -113,10 +139,7 @@ def check_name_args(args: argparse.Namespace) -> None:
         if 'Unknown scheduler' in str(e):
             raise ValueError(f'--sched: {e} Valid: cosine, tanh, step, multistep, plateau, poly, rsqrt, wsd, '
                              'constant, onecycle, none.') from e
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f'--device: {args.device!r} is not a device name (cpu, cuda, cuda:N, ...).') from e
+    device = torch.device(args.device)  # a device name: its declaration (arg_types.device_name)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {args.device}: no CUDA device is available here; use --device cpu.')
 
@@ -152,6 +175,16 @@ def check_file_args(args: argparse.Namespace) -> None:
     if output.exists() and not output.is_dir():
         raise ValueError(f'--output: {output} is a file, not a folder.')
     run_dir = output / args.experiment if args.experiment else None
+    if run_dir is not None and (run_dir.is_file() or (run_dir.is_symlink() and not run_dir.exists())):
+        raise ValueError(f'--output/--experiment: {run_dir} is a file, not a run folder; choose another '
+                         '--experiment.')
+    data_dir = (args.data_dir or args.data) if is_image_folder_name(args.dataset or '') else None
+    if data_dir and os.path.isdir(data_dir):  # the split folders the run reads must not receive its files
+        for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
+            folder = Path(split_folder(data_dir, split)).resolve()
+            if folder in [output.resolve(), *output.resolve().parents]:
+                raise ValueError(f'--output {output} lies inside the {flag} folder {folder} that the run reads: its '
+                                 'checkpoints and pictures would become part of the data; write it elsewhere.')
     in_use = run_dir_in_use(run_dir) if run_dir is not None else []
     if in_use and not args.resume:
         raise ValueError(f'--output/--experiment: {run_dir} already holds a run ({", ".join(in_use[:4])}); pass '
@@ -166,8 +199,11 @@ def coerce_config_value(action: argparse.Action, key: Any, value: Any, path: str
         ValueError: Naming the config file, the key, the expected type or choices and the value found.
     """
     where = f'Config {path}: key {key!r}'
-    if value is None:
-        return None
+    if value is None:  # null means "not given" only where that is the flag's default; elsewhere it is no value
+        if action.default is None:
+            return None
+        raise ValueError(f'{where} is null, but the flag needs a value (default {action.default!r}): give one, or '
+                         'delete the line.')
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise ValueError(f'{where} is a switch: expected true or false, got {value!r}.')

@@ -8,12 +8,19 @@ image is loaded (:func:`check_args`).
 import argparse
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from timm.models import is_model
 
-from cfl_timm.data import MAX_TTA_VIEWS, digits_split, is_digits_dataset, is_image_folder_name
+from cfl_timm.data import (
+    MAX_TTA_VIEWS,
+    check_dataset_name,
+    digits_split,
+    is_digits_dataset,
+    is_image_folder_name,
+    split_folder,
+)
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
 from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posthoc_list
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
@@ -21,25 +28,44 @@ from cfl_timm.training.arg_types import (
     INTERPOLATIONS,
     KeyValueArgs,
     crop_fraction,
+    device_name,
+    existing_file,
+    existing_folder,
     finite_float,
     int_in,
     non_negative_int,
+    npz_file,
+    output_file,
+    output_folder,
+    path_converter,
     positive_float,
     positive_int,
     seed,
 )
-from cfl_timm.training.input_checks import check_mean_std
+from cfl_timm.training.input_checks import check_crop_pct, check_mean_std, image_mode_name
 
 __all__ = ['HOLDOUT_SPLIT', 'MODEL_DTYPES', 'RESULTS_FORMATS', 'add_validate_args', 'check_args',
            'holdout_record', 'output_paths', 'resolve_split']
 
 RESULTS_FORMATS = ('csv', 'json')
+CROP_MODES = ('center', 'squash', 'border')  # timm's eval transform
 MODEL_DTYPES = ('float32', 'float16', 'bfloat16')
 # --calibration-split HOLDOUT_SPLIT: the held-out split recorded in the train.py run folder.
 HOLDOUT_SPLIT = 'holdout'
 # timm's split synonyms (timm.data.dataset_factory): a folder dataset looks for the first that exists.
 _TRAIN_SPLITS = ('train', 'training')
 _EVAL_SPLITS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+
+
+@path_converter('file')
+def checkpoint_file(value: Any) -> str:
+    """validate.py's ``--checkpoint``: one existing checkpoint file ('' = none given); timm's validation of a
+    folder of checkpoints is not supported."""
+    path = str(value)
+    if path and os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f'{path} is a folder: bulk validation of a folder of checkpoints is not '
+                                         'supported; give one checkpoint file')
+    return existing_file(path)
 
 
 def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -53,11 +79,13 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--num-samples', type=positive_int, default=None, metavar='N',
                        help='evaluate N evenly spaced images of each split only')
     group.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
-    group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the folder dataset')
+    group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
+                       help='class map file of the folder dataset')
     group.add_argument('--skip-bad-images', action='store_true',
                        help='leave out (and count in the log) unreadable images instead of refusing the split')
     group.add_argument('--input-key', default=None, help='dataset key of the input images (hfds/wds)')
-    group.add_argument('--input-img-mode', default=None, help="image mode ('RGB', 'L'; default from the channels)")
+    group.add_argument('--input-img-mode', default=None, type=image_mode_name,
+                       help="image mode ('RGB', 'L'; default from the channels)")
     group.add_argument('--target-key', default=None, help='dataset key of the labels (hfds/wds)')
     group.add_argument('--dataset-trust-remote-code', action='store_true',
                        help="let a Hugging Face dataset run its repository's code")
@@ -65,7 +93,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--model', '-m', default=None, metavar='NAME',
                        help="timm model name (default: the 'arch' stored in the checkpoint)")
     group.add_argument('--pretrained', action='store_true', help='use timm pretrained weights (no checkpoint)')
-    group.add_argument('--checkpoint', default='', metavar='PATH', help='checkpoint file (train.py or timm)')
+    group.add_argument('--checkpoint', default='', type=checkpoint_file, metavar='PATH',
+                       help='checkpoint file (train.py or timm)')
     group.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
     group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                        help='number of classes (default: the checkpoint run, else the dataset)')
@@ -73,7 +102,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs, help='extra model kwargs')
     group.add_argument('--reparam', action='store_true', help='reparameterize the model (timm)')
     group.add_argument('--test-pool', action='store_true', help='test-time pooling (timm apply_test_time_pool)')
-    group.add_argument('--valid-labels', default='', metavar='FILENAME',
+    group.add_argument('--valid-labels', default='', type=existing_file, metavar='FILENAME',
                        help='text file of the class indices to keep (one per line): partial label space')
     group = parser.add_argument_group('Input (timm)')
     group.add_argument('--img-size', type=positive_int, default=None, metavar='N', help='input image size')
@@ -82,7 +111,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='input size')
     group.add_argument('--use-train-size', action='store_true', help="use the model's train input size")
     group.add_argument('--crop-pct', type=crop_fraction, default=None, metavar='PCT', help='input center crop percent')
-    group.add_argument('--crop-mode', default=None, metavar='MODE', help='crop mode (center, squash, border)')
+    group.add_argument('--crop-mode', default=None, choices=CROP_MODES, help='crop mode (default: the model\'s)')
     group.add_argument('--crop-border-pixels', type=non_negative_int, default=None, metavar='N',
                        help='crop pixels at the border')
     group.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
@@ -92,7 +121,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group = parser.add_argument_group('Runtime (timm)')
     group.add_argument('-b', '--batch-size', type=positive_int, default=256, metavar='N', help='batch size')
     group.add_argument('-j', '--workers', type=non_negative_int, default=4, metavar='N', help='data loader workers')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='device')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=device_name,
+                       help='device')
     group.add_argument('--num-gpu', type=positive_int, default=1, metavar='N',
                        help='1 (several devices: torchrun --nproc-per-node N validate.py ...)')
     group.add_argument('--no-prefetcher', action='store_true', help="disable timm's prefetcher")
@@ -129,7 +159,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--calibration-split', default=None, metavar='NAME',
                        help='held-out split to fit a temperature (and --posthoc methods) on; '
                             f"'{HOLDOUT_SPLIT}': the --holdout split the train.py run recorded (none: no fit)")
-    group.add_argument('--run-dir', default=None, metavar='DIR',
+    group.add_argument('--run-dir', default=None, type=existing_folder, metavar='DIR',
                        help=f'train.py run folder whose {HOLDOUT_FILE} --calibration-split {HOLDOUT_SPLIT} reads '
                             "(unset: the checkpoint's folder)")
     group.add_argument('--posthoc', type=posthoc_list, default=[], metavar='LIST',
@@ -141,7 +171,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help="'nll': the NLL-optimal T (Guo et al.), exact; 'grid-ece': lowest ECE over T = 0.1..10")
     group.add_argument('--allow-test-calibration', action='store_true',
                        help='allow fitting the temperature on a test split (leaks test labels; off by default)')
-    group.add_argument('--ood-data-dir', default=None, metavar='DIR',
+    group.add_argument('--ood-data-dir', default=None, type=existing_folder, metavar='DIR',
                        help='folder of out-of-distribution images: the evaluated split (in-distribution) '
                             'against it, AUROC / AUPR / FPR95 of MSP, max logit, energy and entropy '
                             '(ood.<folder name>; ood_auroc: MSP); refused when it shares images with the '
@@ -151,21 +181,22 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--ood-no-verify', action='store_true',
                        help="read an SVHN .mat that differs from the published file (skip torchvision's MD5 check)")
     group = parser.add_argument_group('Output')
-    group.add_argument('--results-file', default='', metavar='FILENAME', help="timm's results file (one row)")
+    group.add_argument('--results-file', default='', type=output_file, metavar='FILENAME',
+                       help="timm's results file (one row)")
     group.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='results file format')
-    group.add_argument('--output-json', default=None, metavar='PATH',
+    group.add_argument('--output-json', default=None, type=output_file, metavar='PATH',
                        help='metrics JSON (default: beside the checkpoint, calibration-<split>.json)')
-    group.add_argument('--plot', default=None, metavar='PATH',
+    group.add_argument('--plot', default=None, type=output_file, metavar='PATH',
                        help='reliability diagram PNG (default: the JSON path with .png); needs matplotlib')
     group.add_argument('--no-plot', action='store_true', help='do not draw the reliability diagram')
-    group.add_argument('--prediction-grid', default=None, metavar='PATH',
+    group.add_argument('--prediction-grid', default=None, type=output_file, metavar='PATH',
                        help='PNG grid of evaluated images with true / predicted class, confidence, right or wrong')
-    group.add_argument('--save-logits', default=None, metavar='FILE.npz',
+    group.add_argument('--save-logits', default=None, type=npz_file, metavar='FILE.npz',
                        help='save the logits (TTA-averaged with --tta), targets, class names, split and checkpoint '
                             '(plus ood_logits with --ood-data-dir) as a numpy .npz; see docs/evaluation.md')
-    group.add_argument('--save-fit-logits', default=None, metavar='FILE.npz',
+    group.add_argument('--save-fit-logits', default=None, type=npz_file, metavar='FILE.npz',
                        help='save the --calibration-split logits the same way (python -m cfl_timm.evaluate --fit)')
-    group.add_argument('--plot-dir', default=None, metavar='DIR',
+    group.add_argument('--plot-dir', default=None, type=output_folder, metavar='DIR',
                        help=f'draw {" and ".join(PLOT_FILES.values())} into DIR (reliability diagrams before / '
                             'after each --posthoc method, risk-coverage curves); needs matplotlib')
     group.add_argument('--prediction-grid-size', type=positive_int, default=32, metavar='N',
@@ -239,8 +270,6 @@ def check_calibration_args(args: argparse.Namespace, evaluated: str) -> None:
         if args.calibration_split != HOLDOUT_SPLIT:
             raise ValueError(f'--run-dir is read only with --calibration-split {HOLDOUT_SPLIT} (the run\'s '
                              f'held-out split), got --calibration-split {args.calibration_split!r}.')
-        if not Path(args.run_dir).is_dir():
-            raise ValueError(f'--run-dir not found: {args.run_dir}')
     for flag, value in (('--posthoc', args.posthoc), ('--save-fit-logits', args.save_fit_logits)):
         if value and args.calibration_split is None:
             raise ValueError(f'{flag} needs a held-out split to fit on: give --calibration-split NAME '
@@ -274,6 +303,7 @@ def check_calibration_args(args: argparse.Namespace, evaluated: str) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """ValueError / ImportError for bad input, before any model or image is loaded."""
     check_mean_std(args)  # a single flag's range is its declaration's (cfl_timm.training.arg_types)
+    check_crop_pct(args)
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
                    '--tf-preprocessing': (args.tf_preprocessing, 'TensorFlow preprocessing is not supported'),
                    '--real-labels': (args.real_labels, 'ImageNet ReaL labels are not supported'),
@@ -289,25 +319,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('--torchscript and --torchcompile are mutually exclusive.')
     if args.amp and args.model_dtype not in (None, 'float32'):
         raise ValueError(f'--amp needs a float32 model, got --model-dtype {args.model_dtype}.')
-    if args.checkpoint and os.path.isdir(args.checkpoint):
-        raise ValueError(f'--checkpoint must be a file, got the folder {args.checkpoint} (bulk validation of a '
-                         'folder of checkpoints is not supported).')
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise ValueError(f'--checkpoint not found: {args.checkpoint}')
     if not args.checkpoint and not args.pretrained:
         raise ValueError('give --checkpoint PATH (a train.py checkpoint) or --pretrained.')
     if args.model is not None and not is_model(args.model):
         raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")
-    if args.valid_labels and not os.path.isfile(args.valid_labels):
-        raise ValueError(f'--valid-labels not found: {args.valid_labels}')
     root = _data_root(args)
+    check_dataset_name(args.dataset)
     if is_image_folder_name(args.dataset):
         if not root or not Path(root).exists():
             raise ValueError(f'dataset folder not found: {root!r} (--dataset {args.dataset!r} reads an image folder: '
                              'give --data-dir DIR with DIR/<split>/<class>/).')
     check_calibration_args(args, resolve_split(args, args.split, '--split'))
-    if args.ood_data_dir is not None and not Path(args.ood_data_dir).is_dir():
-        raise ValueError(f'--ood-data-dir not found: {args.ood_data_dir}')
     if args.metrics_avg:
         try:
             import sklearn.metrics  # noqa: F401
@@ -338,30 +360,47 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
+def _split_folder(args: argparse.Namespace, split: Optional[str]) -> Optional[str]:
+    """The image folder read for ``split`` (a folder dataset), else None."""
+    root = _data_root(args)
+    if split is None or not is_image_folder_name(args.dataset) or not root or not os.path.isdir(root):
+        return None
+    return split_folder(root, 'train' if split == HOLDOUT_SPLIT else split)  # the held-out images are training ones
+
+
+def input_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Every file and image folder this command reads, by the flag that names it: no output may replace one of
+    them or land inside one (a picture written there would become an image of the dataset)."""
+    folders = (*((flag, _split_folder(args, split)) for flag, split in (('--split', args.split),
+                                                                          ('--calibration-split',
+                                                                           args.calibration_split))),
+               ('--ood-data-dir', args.ood_data_dir))
+    named = (('--checkpoint', args.checkpoint), ('--valid-labels', args.valid_labels), ('--class-map', args.class_map),
+             *folders)
+    return {flag: Path(path) for flag, path in named if path}
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
-    """ValueError when two outputs of this command are the same file (one would overwrite the other)."""
+    """ValueError when an output of this command is an input file (writing it would destroy it, e.g.
+    ``--results-file`` naming the checkpoint) or two outputs are the same file (one would overwrite the other)."""
+    inputs = {path.expanduser().resolve(): flag for flag, path in input_paths(args).items()}
     seen: dict[Path, str] = {}
+    if args.plot_dir:  # a folder of pictures: not inside (nor one of) the image folders read
+        _refuse_inside(inputs, '--plot-dir', Path(args.plot_dir), Path(args.plot_dir).expanduser().resolve())
     for flag, path in output_paths(args).items():
         resolved = path.expanduser().resolve()
+        if resolved in inputs:
+            raise ValueError(f'{flag} {path} is the input file of {inputs[resolved]}: writing it would destroy it; '
+                             'give the output another path.')
+        _refuse_inside(inputs, flag, path, resolved.parent)
         if resolved in seen:
             raise ValueError(f'{flag} and {seen[resolved]} name the same file {path}: give each output its own path.')
         seen[resolved] = flag
-    for flag in ('--save-logits', '--save-fit-logits'):
-        if getattr(args, flag[2:].replace('-', '_')):
-            check_writable_file(getattr(args, flag[2:].replace('-', '_')), flag, '.npz')
 
 
-def check_writable_file(path: str, flag: str, suffix: str) -> None:
-    """ValueError unless ``path`` ends in ``suffix``, is not a folder, and its folder exists writable or can be
-    created (checked before any work, so that a long evaluation does not fail at its last step)."""
-    target = Path(path).expanduser()
-    if target.suffix.lower() != suffix:
-        raise ValueError(f'{flag} {path}: the file name must end in {suffix}.')
-    if target.is_dir():
-        raise ValueError(f'{flag} {path} is a folder: give a file name ending in {suffix}.')
-    folder = target.resolve().parent
-    while not folder.exists():  # the nearest existing ancestor must let us create the missing folders
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f'{flag} {path}: cannot write into {folder} (not a writable folder).')
-
+def _refuse_inside(inputs: dict[Path, str], flag: str, path: Path, folder: Path) -> None:
+    """ValueError when ``folder`` (where ``flag`` writes) is an input folder or lies inside one."""
+    inside = [(where, name) for where, name in inputs.items() if where in (folder, *folder.parents)]
+    if inside:
+        raise ValueError(f'{flag} {path} lies inside the image folder of {inside[0][1]} ({inside[0][0]}): what it '
+                         'writes would become part of the data; write it elsewhere.')
