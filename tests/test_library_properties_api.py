@@ -134,6 +134,11 @@ SCORE_PAIRS = {
 }
 
 
+def _three_classes(logits: torch.Tensor) -> torch.Tensor:
+    """The first three classes of ``logits`` (a two-class draw gets its first class again as a third)."""
+    return logits[:, :3] if logits.shape[1] >= 3 else torch.cat([logits, logits[:, :1]], dim=1)
+
+
 def _bad_logits(logits: torch.Tensor, kind: str):
     return {'int': logits.round().long(), 'bool': logits > 0, 'complex': logits.to(torch.complex64),
             'numpy': logits.numpy(), 'list': logits.tolist(), '0-dim': logits[0, 0], '1-D': logits[:, 0],
@@ -159,7 +164,7 @@ TARGET_KINDS = ['float', 'bool', 'complex', 'numpy', 'list', 'out_of_range', 'ne
 @pytest.mark.parametrize('name', sorted(LOGITS_AND_TARGETS))
 def test_metrics_refuse_bad_logits(name, data, kind):
     logits, targets = data
-    logits = logits[:, :3] if logits.shape[1] >= 3 else torch.cat([logits, logits[:, :1]], dim=1)
+    logits = _three_classes(logits)
     if name == 'CalibrationMeter' and kind == 'empty':
         return  # documented: an empty batch adds nothing (test_library_properties.py checks compute())
     with pytest.raises(ValueError, match='logits'):
@@ -171,7 +176,7 @@ def test_metrics_refuse_bad_logits(name, data, kind):
 @pytest.mark.parametrize('name', sorted(LOGITS_AND_TARGETS))
 def test_metrics_refuse_bad_targets(name, data, kind):
     logits, targets = data
-    logits = logits[:, :3] if logits.shape[1] >= 3 else torch.cat([logits, logits[:, :1]], dim=1)
+    logits = _three_classes(logits)
     with pytest.raises(ValueError, match='target'):
         LOGITS_AND_TARGETS[name](logits, _bad_targets(targets % 3, 3, kind))
 
@@ -181,7 +186,7 @@ def test_metrics_refuse_bad_targets(name, data, kind):
 @pytest.mark.parametrize('name', sorted(LOGITS_ONLY))
 def test_logit_scores_refuse_bad_logits(name, data, kind):
     logits, _ = data
-    logits = logits[:, :3] if logits.shape[1] >= 3 else torch.cat([logits, logits[:, :1]], dim=1)
+    logits = _three_classes(logits)
     with pytest.raises(ValueError, match='logits'):
         LOGITS_ONLY[name](_bad_logits(logits, kind))
 
