@@ -106,6 +106,12 @@ TRAIN_ROWS = [
     T('`--model-kwargs foo=1`', "--model-kwargs foo=1: not accepted by model 'test_resnet'", '--model-kwargs',
       'foo=1'),
     T('`--opt-kwargs foo=1`', "--opt-kwargs foo=1: not accepted by the 'sgd' optimizer", '--opt-kwargs', 'foo=1'),
+    T('`--opt-betas` for sgd (timm ignores them)', "--opt-betas 0.9 0.99: the 'sgd' optimizer takes no betas",
+      '--opt-betas', '0.9', '0.99'),
+    T('`--opt adamw` with three betas (timm drops the third)', "the 'adamw' optimizer takes 2 beta(s)", '--opt',
+      'adamw', '--opt-betas', '0.9', '0.99', '0.5'),
+    T('`--opt adan` with two betas (an IndexError in timm)', "the 'adan' optimizer does not take 2 beta(s)", '--opt',
+      'adan', '--opt-betas', '0.9', '0.99'),
     T('`--warmup-epochs -1`', 'argument --warmup-epochs: must be an integer >= 0', '--warmup-epochs=-1'),
     T('`--cooldown-epochs -1`', 'argument --cooldown-epochs: must be an integer >= 0', '--cooldown-epochs=-1'),
     # cyclical schedules and losses

@@ -8,6 +8,7 @@ builds anything heavier than a one-parameter optimizer, so all run before any da
 import argparse
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_crop_pct', 'check_file_args', 'check_mean_std',
-           'check_model_kwargs', 'check_name_args', 'check_number_args', 'coerce_config_value', 'default_image_mode',
-           'image_mode', 'image_mode_name', 'input_channels']
+           'check_model_kwargs', 'check_name_args', 'check_number_args', 'check_opt_betas', 'coerce_config_value',
+           'default_image_mode', 'image_mode', 'image_mode_name', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -107,6 +108,27 @@ def check_mean_std(args: argparse.Namespace) -> None:
             raise ValueError(f'{_flag(dest)} needs 1 or {channels} values (one per input channel), got {len(value)}.')
 
 
+def check_opt_betas(opt: str, betas: Sequence[float]) -> None:
+    """``--opt-betas`` reaches the optimizer as given. timm drops betas silently for an optimizer without them
+    (sgd, rmsprop, kron, ...), drops a third beta of a two-beta optimizer (adamw), and fails with an IndexError on
+    too few (one beta for adamw, two for adan): all three are refused here, by a dry construction."""
+    from timm.optim import create_optimizer_v2
+
+    given = tuple(betas)
+    shown = ' '.join(f'{beta:g}' for beta in given)
+    try:
+        defaults = create_optimizer_v2(torch.nn.Linear(1, 1), opt=opt, lr=0.1, betas=given).defaults
+    except (IndexError, TypeError, ValueError) as e:
+        raise ValueError(f'--opt-betas {shown}: the {opt!r} optimizer does not take {len(given)} beta(s) ({e}).') from e
+    taken = defaults.get('betas', (defaults['beta1'],) if 'beta1' in defaults else ())
+    if not taken:
+        raise ValueError(f'--opt-betas {shown}: the {opt!r} optimizer takes no betas (it would ignore them); drop '
+                         '--opt-betas.')
+    if tuple(taken) != given:
+        raise ValueError(f'--opt-betas {shown}: the {opt!r} optimizer takes {len(taken)} beta(s) and would use '
+                         f'{" ".join(f"{beta:g}" for beta in taken)}; give {len(taken)}.')
+
+
 def check_name_args(args: argparse.Namespace) -> None:
     """Names timm resolves only when it builds: optimizer, LR scheduler, checkpoint metric and device."""
     from timm.optim import create_optimizer_v2, list_optimizers
@@ -120,6 +142,8 @@ def check_name_args(args: argparse.Namespace) -> None:
     except (ValueError, AssertionError, KeyError, TypeError) as e:
         raise ValueError(f'--opt: unknown optimizer {args.opt!r}; valid names: timm.optim.list_optimizers() '
                          f'(e.g. {", ".join(list_optimizers()[:12])}, ...). ({e})') from e
+    if args.opt_betas is not None:
+        check_opt_betas(args.opt, args.opt_betas)
     if args.opt_kwargs:
         try:
             create_optimizer_v2(probe, opt=args.opt, lr=0.1, weight_decay=args.weight_decay, **args.opt_kwargs)
