@@ -303,6 +303,10 @@ def build_context(args: argparse.Namespace, device: torch.device, run: dict[str,
     model, model_name, param_count = build_model(args, run, num_classes, in_chans, device)
     data_config = resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size,
                                       verbose=is_primary)
+    height, width = data_config['input_size'][1:]
+    if args.tta > 2 and args.tta_shift >= min(height, width):  # views 3 on shift the image by --tta-shift pixels
+        raise ValueError(f'--tta-shift {args.tta_shift} px is not smaller than the {height}x{width} input: the shifted '
+                         'views would hold no image; give a smaller shift.')
     if args.test_pool:
         model, test_time_pool = apply_test_time_pool(model, data_config)
         if test_time_pool:
