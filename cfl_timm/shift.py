@@ -148,9 +148,6 @@ def check_logits_folder(args: argparse.Namespace) -> None:
         if path and Path(path).expanduser().resolve() == folder.resolve():
             raise ValueError(f'--save-logits and {flag} name the same path {path}: give the logits a folder of '
                              'their own.')
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f'--save-logits {args.save_logits} is a file: give a folder (one .npz per set is written '
-                         'there).')
     earlier = sorted(path.name for path in folder.glob('*.npz')) if folder.is_dir() else []
     if earlier:
         raise ValueError(f'--save-logits {args.save_logits} already holds the logits of an earlier run '
@@ -181,7 +178,7 @@ def check_args(args: argparse.Namespace) -> None:
         if args.save_logits:
             raise ValueError('--save-logits writes the logits of a model; it does not apply to --generate-only.')
         return
-    if not args.checkpoint or not Path(args.checkpoint).is_file():
+    if not args.checkpoint:  # a given path is checked by its declaration
         raise ValueError(f'--checkpoint not found: {args.checkpoint!r} (needed unless --generate-only).')
     if args.model is not None and not is_model(args.model):
         raise ValueError(f"--model: unknown timm model '{args.model}' (see timm.list_models()).")

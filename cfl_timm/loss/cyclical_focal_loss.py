@@ -113,11 +113,6 @@ def _add_scaled_(x: torch.Tensor, y: torch.Tensor, a) -> torch.Tensor:
     return x.add_(y * a) if isinstance(a, torch.Tensor) else x.add_(y, alpha=a)
 
 
-def _addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, a) -> torch.Tensor:
-    """x + a * y * z as a new tensor, a a float (one fused pass) or a 0-dim tensor."""
-    return x + y * z * a if isinstance(a, torch.Tensor) else torch.addcmul(x, y, z, value=a)
-
-
 def _addcmul_(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, a) -> torch.Tensor:
     """x += a * y * z in place, a a float (one fused pass) or a 0-dim tensor."""
     return x.add_(y * z * a) if isinstance(a, torch.Tensor) else x.addcmul_(y, z, value=a)
