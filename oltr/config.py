@@ -123,10 +123,7 @@ def _in_range(config: dict[str, Any], key: str, convert, source: str) -> None:
 
 def load_config(path: Union[str, Path]) -> dict[str, Any]:
     """Read a YAML config; missing keys take :data:`DEFAULTS`, unknown keys raise ``ValueError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'config file not found: {path}')
-    config = {**DEFAULTS, **read_config_file(path)}
+    config = {**DEFAULTS, **read_config_file(path)}  # a missing or unreadable file is a ValueError naming it
     _check(config, str(path))
     return config
 
