@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot check of cfl-timm on one CUDA GPU, under 8 minutes: each step has its own timeout, together at most
-# 7.75 minutes (docs/gpu.md).
+# 475 s (docs/gpu.md).
 # Usage: bench/gpu_check.sh OUT_DIR [DATA_DIR]
 #   OUT_DIR   new or empty folder; every log, result and cache of the check goes there, nothing elsewhere.
 #   DATA_DIR  a timm folder dataset (train/ and val/ class folders). Without it: a CIFAR-10 subset extracted from
@@ -91,20 +91,20 @@ TRAIN=("${DATA[@]}" --epochs 2 --warmup-epochs 0 --lr 0.05 --log-interval 50 --d
 
 # 2. Loss benchmark on CUDA: float32, autocast bfloat16 and float16.
 for mode in none bf16 fp16; do
-  step "loss_speed_$mode" 25 "$PYTHON" bench/loss_speed.py --device cuda --repeats 10 --autocast "$mode"
+  step "loss_speed_$mode" 20 "$PYTHON" bench/loss_speed.py --device cuda --repeats 10 --autocast "$mode"
 done
 
 # 3. Two-epoch training: --amp --channels-last, then --torchcompile.
 step train_amp 45 "$PYTHON" "${CHECK[@]}" train "$OUT/train_amp.json" -- "${TRAIN[@]}" --amp --channels-last \
   --output "$OUT/runs" --experiment amp
-step train_compile 90 "$PYTHON" "${CHECK[@]}" train "$OUT/train_compile.json" -- "${TRAIN[@]}" --torchcompile \
+step train_compile 145 "$PYTHON" "${CHECK[@]}" train "$OUT/train_compile.json" -- "${TRAIN[@]}" --torchcompile \
   --output "$OUT/runs" --experiment compile
 
 # 4. A float16 overflow that the GradScaler skips.
-step fp16_overflow 40 "$PYTHON" "${CHECK[@]}" overflow "$OUT/fp16_overflow.json" "$OUT/runs"
+step fp16_overflow 30 "$PYTHON" "${CHECK[@]}" overflow "$OUT/fp16_overflow.json" "$OUT/runs"
 
 # 5. torchrun with one process: NCCL on CUDA.
-step distributed 50 ./distributed_train.sh 1 --dataset sklearn/digits --model test_resnet --img-size 32 -b 64 \
+step distributed 40 ./distributed_train.sh 1 --dataset sklearn/digits --model test_resnet --img-size 32 -b 64 \
   -j 0 --epochs 1 --warmup-epochs 0 --lr 0.05 --device cuda --output "$OUT/runs" --experiment distributed
 
 # 6. Throughput against timm's own train.py, same flags, end-to-end wall clock of each.
@@ -114,8 +114,8 @@ elif [[ -z "$DATA_DIR" ]]; then
   skip timm_compare "needs a folder dataset (DATA_DIR or \$CFL_TIMM_DATA/cifar10-jpeg.tar.gz); timm has no digits"
 else
   CMP=("${TRAIN[@]}" --amp --channels-last)
-  step timm_train 45 "$PYTHON" "$TIMM_TRAIN" "${CMP[@]}" --output "$OUT/runs" --experiment timm_train
-  step cfl_train 45 "$PYTHON" train.py "${CMP[@]}" --output "$OUT/runs" --experiment cfl_train
+  step timm_train 40 "$PYTHON" "$TIMM_TRAIN" "${CMP[@]}" --output "$OUT/runs" --experiment timm_train
+  step cfl_train 40 "$PYTHON" train.py "${CMP[@]}" --output "$OUT/runs" --experiment cfl_train
 fi
 
 "$PYTHON" "${CHECK[@]}" summarize "$OUT"

@@ -1,6 +1,7 @@
 """bench/gpu_check.sh up to its first CUDA call (this machine has no GPU), its summary, and loss_speed's --autocast."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,18 @@ def _run(*argv, tmp_path):
 
 def test_script_syntax():
     subprocess.run(['bash', '-n', str(SCRIPT)], check=True)
+
+
+def test_step_timeouts_add_up_to_under_eight_minutes():
+    """The script's promise (docs/gpu.md): the timeouts of all its steps, the CUDA check's included, total < 480 s
+    (the loss benchmark's step runs once per autocast mode)."""
+    text = SCRIPT.read_text()
+    cuda = re.findall(r'^timeout --kill-after=\d+ (\d+) "\$PYTHON" "\$\{CHECK\[@\]\}" cuda', text, re.M)
+    steps = dict(re.findall(r'^\s*(?:if )?step (\S+) (\d+) ', text, re.M))
+    modes = re.findall(r'^for mode in ([\w ]+); do$', text, re.M)
+    assert len(cuda) == 1 and len(steps) == 8 and modes == ['none bf16 fp16'], (cuda, steps, modes)
+    total = int(cuda[0]) + sum(int(t) * (3 if name == '"loss_speed_$mode"' else 1) for name, t in steps.items())
+    assert total == 475
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-CUDA exit; this machine has CUDA')
