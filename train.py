@@ -114,6 +114,7 @@ from cfl_timm.training.args import (
     loss_name,
     mixup_active,
 )
+from cfl_timm.training.backends import set_timm_cuda_defaults
 from cfl_timm.training.evidence import TrainingEvidence
 from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
@@ -163,6 +164,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     setup_default_logging()
     check_args(args)
     import_device_modules(args.device_modules)
+    set_timm_cuda_defaults()
     proc = init_process(args.device)
     effective_args = recorded_settings(args, proc.world_size)  # args.yaml and the checkpoints: what resume compares
     try:

@@ -78,6 +78,7 @@ from cfl_timm.training import (
     metrics_of_logits,
     predict,
 )
+from cfl_timm.training.backends import set_timm_cuda_defaults
 from cfl_timm.training.input_checks import check_model_kwargs, default_image_mode
 from cfl_timm.training.termination import exit_on_sigterm
 from cfl_timm.training.validate_args import (
@@ -103,6 +104,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the metrics written to the JSON (plus the output paths under 'files')."""
     setup_default_logging()
     check_args(args)
+    set_timm_cuda_defaults()
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     if distributed:
         device = torch.device(init_distributed_device_so(device=args.device)['device'])

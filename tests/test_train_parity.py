@@ -1,10 +1,14 @@
 """Parity of train.py's command line with upstream timm's train.py (tests/fixtures/timm_train_flags.txt):
-every upstream flag exists with the same destination and default, and parses with a value of its type."""
+every upstream flag exists with the same destination and default, and parses with a value of its type; and
+train.py / validate.py make timm's CUDA back-end settings before the device is set up."""
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
+import validate
+from cfl_timm.training import backends
 
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'timm_train_flags.txt'
 # Defaults that differ on purpose (docs/training.md: the parity table).
@@ -82,3 +86,54 @@ def test_each_upstream_flag_parses(row):
     args = train.parse_args(_argv(row))
     value = getattr(args, row['dest'])
     assert repr(value) != row['default'] or row['kind'] == 'None', (row['flags'], value)
+
+
+class _DeviceSetUp(Exception):
+    """Raised where the entry point goes on to set up its device: the settings before it have been made."""
+
+
+def _set_flags(allow_tf32: bool, benchmark: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.benchmark = benchmark
+
+
+@pytest.fixture
+def cuda_flags(monkeypatch):
+    """CUDA reported available and the two back-end flags off, restored afterwards (torch's cuBLAS settings
+    object is not one monkeypatch can restore)."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(backends.torch.cuda, 'is_available', lambda: True)
+    _set_flags(False, False)
+    yield lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    _set_flags(*before)
+
+
+def _stop(*args, **kwargs):
+    raise _DeviceSetUp
+
+
+def test_timm_cuda_defaults_only_with_cuda(cuda_flags, monkeypatch):
+    assert backends.set_timm_cuda_defaults() is True and cuda_flags() == (True, True)
+    _set_flags(False, False)
+    monkeypatch.setattr(backends.torch.cuda, 'is_available', lambda: False)
+    assert backends.set_timm_cuda_defaults() is False and cuda_flags() == (False, False)
+
+
+def test_train_makes_timm_cuda_settings_before_the_device(cuda_flags, monkeypatch, tmp_path):
+    """timm's train.py sets TF32 and cuDNN autotuning when CUDA is available; so does this one (a GPU check found
+    them missing: inductor warned of unused TF32 tensor cores)."""
+    monkeypatch.setattr(train, 'init_process', _stop)
+    args = train.parse_args(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--device', 'cpu',
+                             '--output', str(tmp_path)])
+    with pytest.raises(_DeviceSetUp):
+        train.main(args)
+    assert cuda_flags() == (True, True)
+
+
+def test_validate_makes_timm_cuda_settings_before_the_device(cuda_flags, monkeypatch):
+    monkeypatch.setattr(validate, '_validate', _stop)
+    args = validate.get_args_parser().parse_args(['--dataset', 'sklearn/digits', '--model', 'test_resnet',
+                                                  '--pretrained', '--device', 'cpu'])
+    with pytest.raises(_DeviceSetUp):
+        validate.main(args)
+    assert cuda_flags() == (True, True)
