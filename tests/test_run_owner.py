@@ -107,3 +107,34 @@ def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
     holder = (tmp_path / 'run' / LOCK_NAME).read_text().strip()
     assert holder == f'pid {resumed.pid} on host {host}'
     RunLock.acquire(tmp_path / 'run').release()
+
+
+_HOLD_AND_FORK = '''
+import os, signal, sys
+from cfl_timm.training import RunLock
+RunLock.acquire(sys.argv[1])
+read_end = int(sys.argv[2])
+child = os.fork()
+if child == 0:  # like a data-loader worker: outlives the trainer until its pipe closes
+    os.read(read_end, 1)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_forked_worker_that_outlives_a_killed_holder_does_not_hold_the_folder(tmp_path):
+    """Loader workers are forked from the trainer; the lock is the trainer's alone, so a resume right after a kill
+    is not refused while orphaned workers are still winding down."""
+    read_end, write_end = os.pipe()
+    try:
+        holder = subprocess.Popen([sys.executable, '-c', _HOLD_AND_FORK, str(tmp_path / 'run'), str(read_end)],
+                                  env=_env(), pass_fds=(read_end,), stdout=subprocess.PIPE, text=True)
+        child = int(holder.stdout.readline())
+        assert holder.wait(timeout=60) == -signal.SIGKILL
+        holder.stdout.close()
+        os.kill(child, 0)  # the forked child is still alive, blocked on its pipe
+        RunLock.acquire(tmp_path / 'run').release()
+    finally:
+        os.close(write_end)  # the child reads end-of-file and exits
+        os.close(read_end)

@@ -9,7 +9,9 @@ checkpoint resumed into a new folder starts a new run (new id, source recorded).
 While a run trains, its primary process holds an exclusive ``fcntl.flock`` on ``run.lock`` in the folder
 through an open file descriptor. The kernel drops the lock when the process ends, however it ends (SIGKILL
 included), so a crash never leaves a stale lock; the file itself stays and is reused. The holder writes its pid
-and host into the file, for the error a second process gets.
+and host into the file, for the error a second process gets. A forked child (a data-loader worker) closes its
+copy of the descriptor at once: a flock belongs to the open file, so a worker that outlived a killed trainer would
+otherwise hold the folder until it noticed and exited, and an immediate ``--resume`` would be refused.
 """
 import fcntl
 import json
@@ -26,6 +28,20 @@ __all__ = ['LOCK_NAME', 'RUN_RECORD_NAME', 'RunLock', 'checkpoint_run_id', 'clai
 
 LOCK_NAME = 'run.lock'
 RUN_RECORD_NAME = 'run.json'
+
+_held_lock_fds: set[int] = set()  # this process's lock descriptors, closed in every forked child
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _held_lock_fds:
+        try:
+            os.close(fd)  # the parent's descriptor, and so its flock, stays
+        except OSError:
+            pass
+    _held_lock_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
 class RunLock:
@@ -55,11 +71,13 @@ class RunLock:
                              'wait for it to end, or choose another --experiment.') from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
+        _held_lock_fds.add(fd)
         return cls(path, fd)
 
     def release(self) -> None:
         """Unlock (closing the descriptor drops the flock); the file stays, so no other process races on it."""
         if self._fd is not None:
+            _held_lock_fds.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
