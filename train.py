@@ -68,6 +68,7 @@ from cfl_timm.data.holdout import (
     write_holdout_record,
 )
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
+from cfl_timm.data.worker_seeding import EpochSeededTransform, seed_workers_by_epoch
 from cfl_timm.files import (
     SUMMARY_COLUMNS,
     DiskFullError,
@@ -207,6 +208,8 @@ class TrainContext:
         holdout_size: Number of held-out images (all ranks together), 0 without ``--holdout``.
         holdout_record: What identifies the held-out images (written to the run folder for validate.py), or None.
         evidence: Records top-1 on the training batches and the loss's evidence terms (a hook on ``criterion``).
+        worker_seeding: Reseeds the persistent training-loader workers each epoch, or None (no workers, or
+            workers that restart each epoch).
     """
 
     args: argparse.Namespace
@@ -226,6 +229,7 @@ class TrainContext:
     holdout_size: int = 0
     holdout_record: Optional[HoldoutRecord] = None
     evidence: Optional[TrainingEvidence] = None
+    worker_seeding: Optional[EpochSeededTransform] = None
 
     @property
     def device(self) -> torch.device:
@@ -350,8 +354,7 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     dataset_train, dataset_holdout = carve_holdout(args, dataset_train, num_classes, proc)
     model, data_config = build_model(args, num_classes, proc.device, proc.distributed, proc.is_primary)
     mixup_fn = build_mixup(args, num_classes)
-    loader_train, loader_eval = build_loaders(args, dataset_train, dataset_eval, data_config, proc.device,
-                                              proc.distributed)
+    loader_train, loader_eval, worker_seeding = build_loaders(args, dataset_train, dataset_eval, data_config, proc)
     if len(loader_train) == 0:
         share = (f', {-(-len(dataset_train) // proc.world_size)} per process of {proc.world_size}'
                  if proc.distributed else '')
@@ -391,7 +394,8 @@ def build_context(args: argparse.Namespace, proc: ProcessInfo) -> tuple[TrainCon
     ctx = TrainContext(
         args=args, proc=proc, model=model, task=task, optimizer=optimizer, lr_scheduler=lr_scheduler,
         criterion=criterion, mixup_fn=mixup_fn, loss_scaler=loss_scaler, autocast=autocast,
-        num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, evidence=evidence)
+        num_classes=num_classes, num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, evidence=evidence,
+        worker_seeding=worker_seeding)
     if dataset_holdout is not None:
         ctx.holdout_size = len(dataset_holdout)
         ctx.holdout_record = HoldoutRecord(  # indices into the training split as read with evaluation transforms
@@ -532,6 +536,8 @@ def start_epoch(ctx: TrainContext, loader_train, epoch: int) -> dict[str, Option
     """Reseed, reshuffle and set the epoch's Mixup; returns the cyclical values in force (the summary columns)."""
     # Every random stream restarts from (seed, epoch, rank): an interrupted run resumes bit for bit.
     random_seed(ctx.args.seed + epoch * 1000, ctx.proc.rank)
+    if ctx.worker_seeding is not None:
+        ctx.worker_seeding.set_epoch(epoch)
     if hasattr(loader_train.sampler, 'set_epoch'):
         loader_train.sampler.set_epoch(epoch)
     if ctx.mixup_fn is not None and ctx.args.mixup_off_epoch and epoch >= ctx.args.mixup_off_epoch:
@@ -821,13 +827,17 @@ def build_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
 
 
 def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_config: dict[str, Any],
-                  device: torch.device, distributed: bool):
-    """timm's training and validation loaders (the distributed samplers shard the subset, not the full set)."""
+                  proc: ProcessInfo) -> tuple[Any, Any, Optional[EpochSeededTransform]]:
+    """timm's training and validation loaders (the distributed samplers shard the subset, not the full set), and
+    the per-epoch seeding of the training loader's workers when they persist (see :func:`persistent_train_workers`).
+    """
+    device = proc.device
     patch_timm_posterize()  # RandAugment 'inc1' ops on Pillow >= 11 (see cfl_timm.data.compat)
     if args.aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)
     use_prefetcher = not args.no_prefetcher
     img_dtype = model_dtype(args) or torch.float32
+    persistent = persistent_train_workers(args, dataset_train)
     loader_train = create_loader(
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
@@ -836,20 +846,32 @@ def build_loaders(args: argparse.Namespace, dataset_train, dataset_eval, data_co
         grayscale_prob=args.grayscale_prob or 0., gaussian_blur_prob=args.gaussian_blur_prob or 0.,
         auto_augment=args.aa, num_aug_repeats=int(args.aug_repeats), num_aug_splits=args.aug_splits,
         interpolation=args.train_interpolation or data_config['interpolation'], mean=data_config['mean'],
-        std=data_config['std'], num_workers=args.workers, distributed=distributed, pin_memory=args.pin_mem,
+        std=data_config['std'], num_workers=args.workers, distributed=proc.distributed, pin_memory=args.pin_mem,
         img_dtype=img_dtype, device=device, use_prefetcher=use_prefetcher, worker_seeding=args.worker_seeding,
-        use_multi_epochs_loader=args.use_multi_epochs_loader,
-        # Workers restart each epoch so their RNG is a function of the epoch seed: resume is exact.
-        persistent_workers=False)
+        use_multi_epochs_loader=args.use_multi_epochs_loader, persistent_workers=persistent)
     if args.train_transform == 'cifar':  # replaces the transform create_loader set on the dataset
         loader_train.dataset.transform = create_cifar_train_transform(
             data_config['input_size'][-2:], mean=data_config['mean'], std=data_config['std'],
             use_prefetcher=use_prefetcher, **cifar_transform_kwargs(args))
-    # Evaluation shards are unpadded: each image is counted once under torchrun (cfl_timm.training.evaluate).
+    worker_seeding = seed_workers_by_epoch(loader_train, args.seed, proc.rank) if persistent else None
+    # Evaluation shards are unpadded: each image is counted once under torchrun (cfl_timm.training.evaluate). Its
+    # transforms draw nothing at random, so its workers persist as timm's do.
     loader_eval = create_eval_loader(
         dataset_eval, data_config, batch_size=args.validation_batch_size or args.batch_size, num_workers=args.workers,
-        device=device, use_prefetcher=use_prefetcher, pin_memory=args.pin_mem)
-    return loader_train, loader_eval
+        device=device, use_prefetcher=use_prefetcher, pin_memory=args.pin_mem, persistent_workers=args.workers > 0)
+    return loader_train, loader_eval, worker_seeding
+
+
+def persistent_train_workers(args: argparse.Namespace, dataset_train) -> bool:
+    """Whether the training loader's workers persist across epochs, as timm's do (no restart cost per epoch).
+
+    They do when :class:`~cfl_timm.data.worker_seeding.EpochSeededTransform` can restart their random streams each
+    epoch, which keeps a resumed run exact: a map-style dataset whose transform draws all of a sample's randomness
+    (not AugMix splits), timm's standard loader (not ``--use-multi-epochs-loader``, whose sampler runs ahead across
+    epochs) and ``--worker-seeding all``. Otherwise the workers restart each epoch, seeded from the epoch's seed.
+    """
+    return (args.workers > 0 and args.aug_splits <= 1 and not args.use_multi_epochs_loader
+            and args.worker_seeding == 'all' and not isinstance(dataset_train, torch.utils.data.IterableDataset))
 
 
 def carve_holdout(args: argparse.Namespace, dataset_train, num_classes: int,

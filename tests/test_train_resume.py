@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +14,7 @@ EPOCHS, COOLDOWN = 7, 1
 
 # Everything stateful is on: cyclical loss and all three schedules, EMA, momentum, Mixup (numpy RNG), random
 # crops/flips (torch and python RNG), random erasing, drop path, a cosine LR with warmup.
-ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-b', '32', '-j', '0',
+ARGS = ['--dataset', 'sklearn/digits', '--model', 'test_resnet', '--img-size', '32', '-b', '32',
         '--train_size', '192', '--train-size-mode', 'stratified', '--epochs', str(EPOCHS), '--cooldown-epochs',
         str(COOLDOWN), '--lr', '0.05', '--warmup-epochs', '1', '--sched', 'cosine', '--focal_loss', 'asym-cyclical',
         '--gamma_hc', '3', '--gamma_pos', '2', '--cyclical_factor', '2', '--wd_min', '1e-4', '--T_min', '0.5',
@@ -25,10 +26,10 @@ UPDATES_PER_EPOCH = 192 // 32
 KILL_AT_UPDATE = 2 * UPDATES_PER_EPOCH + 3  # mid-way through epoch 2, between its updates
 
 
-def _command(output: Path, *extra: str, kill_at_update: int = 0) -> list[str]:
+def _command(output: Path, workers: int, *extra: str, kill_at_update: int = 0) -> list[str]:
     # tests/kill_at.py runs train.py and SIGKILLs it just before the given optimizer update (0: never).
     return [sys.executable, str(REPO_ROOT / 'tests' / 'kill_at.py'), 'torch.optim:SGD.step', str(kill_at_update),
-            '--', *ARGS, '--output', str(output), '--experiment', 'run', *extra]
+            '--', *ARGS, '-j', str(workers), '--output', str(output), '--experiment', 'run', *extra]
 
 
 def _env() -> dict:
@@ -65,18 +66,21 @@ def _assert_state_close(state_a: dict, state_b: dict):
             assert torch.equal(value, state_b[key]), key
 
 
-def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+# -j 2: loader workers that persist across epochs, their random streams restarted each epoch
+# (cfl_timm.data.worker_seeding); the resumed run starts them afresh.
+@pytest.mark.parametrize('workers', [0, 2])
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path, workers):
     full_out, killed_out = tmp_path / 'full', tmp_path / 'killed'
-    full = subprocess.Popen(_command(full_out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    full = subprocess.Popen(_command(full_out, workers), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     # Killed at a fixed point of the run (an event, not a time): two epochs are on disk, the third is half done.
-    victim = subprocess.run(_command(killed_out, kill_at_update=KILL_AT_UPDATE), env=_env(),
+    victim = subprocess.run(_command(killed_out, workers, kill_at_update=KILL_AT_UPDATE), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
     assert victim.returncode == -signal.SIGKILL
     assert len(_rows(killed_out / 'run')) == 2
     assert torch.load(killed_out / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)['epoch'] == 1
 
-    resumed = subprocess.run(_command(killed_out, '--resume', str(killed_out / 'run' / 'last.pth.tar')),
+    resumed = subprocess.run(_command(killed_out, workers, '--resume', str(killed_out / 'run' / 'last.pth.tar')),
                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, full_err = full.communicate(timeout=900)

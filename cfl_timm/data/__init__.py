@@ -1,5 +1,6 @@
 """Data helpers: training subsets (first-N, stratified, sampler CSV, long-tailed), an offline digits set, the
-CIFAR statistics and training transform, CIFAR-10-C corruptions and files, SVHN, and the OOD overlap check."""
+CIFAR statistics and training transform, CIFAR-10-C corruptions and files, SVHN, the OOD overlap check, and the
+per-epoch seeding of persistent loader workers."""
 from .cifar10c import (
     CIFAR10_CLASSES,
     GENERATED_SET_NAME,
@@ -54,3 +55,4 @@ from .subsets import (
 from .svhn import SVHN_SPLITS, svhn_dataset, svhn_file
 from .transforms import TRAIN_TRANSFORMS, cifar_transform_kwargs, create_cifar_train_transform
 from .tta import MAX_TTA_VIEWS, TTAView, average_softmax, tta_views
+from .worker_seeding import EpochSeededTransform, epoch_worker_seed, seed_workers_by_epoch
