@@ -106,6 +106,8 @@ TRAIN_ROWS = [
     T('`--model-kwargs foo=1`', "--model-kwargs foo=1: not accepted by model 'test_resnet'", '--model-kwargs',
       'foo=1'),
     T('`--opt-kwargs foo=1`', "--opt-kwargs foo=1: not accepted by the 'sgd' optimizer", '--opt-kwargs', 'foo=1'),
+    T('`--gp bogus` (timm asserted when building the model)', "--gp 'bogus': not a global pool type of model "
+      "'test_resnet'", '--gp', 'bogus'),
     T('`--opt-betas` for sgd (timm ignores them)', "--opt-betas 0.9 0.99: the 'sgd' optimizer takes no betas",
       '--opt-betas', '0.9', '0.99'),
     T('`--opt adamw` with three betas (timm drops the third)', "the 'adamw' optimizer takes 2 beta(s)", '--opt',
@@ -387,6 +389,8 @@ VALIDATE_ROWS = [
     V('`--interpolation bogus`', "argument --interpolation: invalid choice: 'bogus'", '--interpolation', 'bogus'),
     V('`--model-kwargs foo=1`', "--model-kwargs foo=1: not accepted by model 'test_resnet'", '--dataset',
       'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar', '--model-kwargs', 'foo=1'),
+    V('`--gp bogus`', "--gp 'bogus': not a global pool type of model 'test_resnet'", '--dataset', 'sklearn/digits',
+      '--checkpoint', '{files}/focal.pth.tar', '--gp', 'bogus'),
     V('`--tta 0`', 'must be in [1, 18]', '--dataset', 'sklearn/digits', '--checkpoint', '{files}/focal.pth.tar',
       '--tta', '0'),
     V('`--tta-shift` as large as the image', '--tta-shift 32 px is not smaller than the 32x32 input', '--dataset',

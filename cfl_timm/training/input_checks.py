@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -21,8 +21,8 @@ from .distributed import launched_world_size
 from .resume_args import check_resume_args
 
 __all__ = ['DECREASING_EVAL_METRICS', 'EVAL_METRICS', 'check_crop_pct', 'check_file_args', 'check_mean_std',
-           'check_model_kwargs', 'check_name_args', 'check_number_args', 'check_opt_betas', 'coerce_config_value',
-           'default_image_mode', 'image_mode', 'image_mode_name', 'input_channels']
+           'check_global_pool', 'check_model_kwargs', 'check_name_args', 'check_number_args', 'check_opt_betas',
+           'coerce_config_value', 'default_image_mode', 'image_mode', 'image_mode_name', 'input_channels']
 
 
 # Keys of train.py's validation metrics (``--eval-metric`` picks the one that ranks checkpoints).
@@ -152,6 +152,7 @@ def check_name_args(args: argparse.Namespace) -> None:
                              f'optimizer ({e}).') from e
     if args.model_kwargs:
         check_model_kwargs(args.model, args.model_kwargs)
+    check_global_pool(args.model, args.gp, args.model_kwargs)
     # The scheduler name, by a dry construction with train.py's own keyword arguments. Only an unknown name is
     # reported here; other settings are checked by their own groups and, with context, by the real construction.
     try:
@@ -186,6 +187,31 @@ def check_model_kwargs(model: str, kwargs: dict) -> None:
                 from e
     except Exception:  # noqa: BLE001  (a model that cannot be built on meta: the real build reports its own errors)
         pass
+
+
+def check_global_pool(model: str, global_pool: Optional[str], kwargs: Optional[dict] = None) -> None:
+    """``--gp`` names a global pool type the model takes: a dry build on the meta device with and without it.
+
+    The valid names depend on the architecture (timm's CNNs: '', 'avg', 'max', 'avgmax', 'catavgmax' and their
+    'fast' forms; vision transformers: '', 'avg', 'max', 'avgmax', 'token', 'map'), so the model itself is asked.
+    timm refuses a wrong one with a bare assertion when the model is built, after the data was read.
+    """
+    from timm.models import create_model, is_model
+    if global_pool is None or not is_model(model):
+        return
+    try:
+        with torch.device('meta'):
+            create_model(model, **(kwargs or {}))
+    except Exception:  # noqa: BLE001  (not buildable on meta, or another flag's fault: reported by the real build)
+        return
+    try:
+        with torch.device('meta'):
+            create_model(model, global_pool=global_pool, **(kwargs or {}))
+    except Exception as e:  # noqa: BLE001  (timm asserts, or raises ValueError / KeyError, per architecture)
+        raise ValueError(f"--gp {global_pool!r}: not a global pool type of model {model!r} "
+                         f"({str(e) or type(e).__name__}); CNNs take '', 'avg', 'max', 'avgmax', 'catavgmax' "
+                         "(and 'fast' forms), vision transformers '', 'avg', 'max', 'avgmax', 'token', 'map'.") \
+            from None
 
 
 def check_file_args(args: argparse.Namespace) -> None:
