@@ -120,6 +120,7 @@ from cfl_timm.training.evidence import TrainingEvidence
 from cfl_timm.training.initial_checkpoint import load_initial_checkpoint
 from cfl_timm.training.input_checks import DECREASING_EVAL_METRICS, image_mode, input_channels
 from cfl_timm.training.loggers import MetricWriters, create_metric_writers, metric_writers_kwargs
+from cfl_timm.training.pretrained import fetching_weights
 from cfl_timm.training.resume_args import recorded_settings
 from cfl_timm.training.termination import exit_on_sigterm
 
@@ -756,11 +757,12 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
     if args.pretrained_path:  # a local file takes priority over the hub; the classifier adapts to num_classes
         factory_kwargs['pretrained_cfg_overlay'] = {'file': args.pretrained_path, 'num_classes': -1}
     in_chans = input_channels(args)
-    model = create_model(
-        args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=num_classes,
-        drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
-        bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, scriptable=args.torchscript,
-        **factory_kwargs, **args.model_kwargs)
+    with fetching_weights('--pretrained', args.model, file_flag='--pretrained-path'):
+        model = create_model(
+            args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=num_classes,
+            drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
+            global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, scriptable=args.torchscript,
+            **factory_kwargs, **args.model_kwargs)
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint)
     init_head(model, args.head_init_scale, args.head_init_bias)

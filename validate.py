@@ -80,6 +80,7 @@ from cfl_timm.training import (
 )
 from cfl_timm.training.backends import set_timm_cuda_defaults
 from cfl_timm.training.input_checks import check_global_pool, check_model_kwargs, default_image_mode
+from cfl_timm.training.pretrained import fetching_weights
 from cfl_timm.training.termination import exit_on_sigterm
 from cfl_timm.training.validate_args import (
     add_validate_args,
@@ -368,8 +369,9 @@ def build_model(args: argparse.Namespace, run: dict[str, Any], num_classes: int,
     if args.model_kwargs:
         check_model_kwargs(model_name, args.model_kwargs)
     check_global_pool(model_name, args.gp, model_kwargs)
-    model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans,
-                         global_pool=args.gp, scriptable=args.torchscript, **model_kwargs)
+    with fetching_weights('--pretrained', model_name, file_flag='--checkpoint'):
+        model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans,
+                             global_pool=args.gp, scriptable=args.torchscript, **model_kwargs)
     if args.checkpoint:
         try:
             load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, strict=True)

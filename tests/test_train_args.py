@@ -82,3 +82,19 @@ def test_bad_input_found_while_setting_up_is_a_usage_error_too(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('train.py: error: ') and 'is not an integer' in last
     assert 'Traceback' not in result.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('script, extra', [('train.py', ['--epochs', '1', '--output', 'out']), ('validate.py', [])])
+def test_pretrained_weights_out_of_reach_are_one_usage_error(tmp_path, script, extra):
+    """Offline with an empty Hugging Face cache, --pretrained ends in one line naming the flag and the way around
+    (huggingface_hub raised LocalEntryNotFoundError from inside timm.create_model, a traceback)."""
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'), 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / script), '--dataset', 'sklearn/digits', '--model',
+                             'test_resnet', '--pretrained', *extra],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"{script}: error: --pretrained: the pretrained weights of 'test_resnet' could not be "
+                           'loaded'), line
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.pth.tar'))
