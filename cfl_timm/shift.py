@@ -52,6 +52,7 @@ from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
 from cfl_timm.training.arg_types import (
+    class_count,
     converter,
     existing_file,
     existing_folder,
@@ -114,7 +115,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument('--checkpoint', type=existing_file, metavar='PATH', help='a train.py checkpoint')
     model.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s)')
     model.add_argument('--use-ema', action='store_true', help='evaluate the EMA weights of the checkpoint')
-    model.add_argument('--num-classes', type=positive_int, default=None,
+    model.add_argument('--num-classes', type=class_count, default=None,
                        help='classes of the model (default: the checkpoint\'s, else the largest label + 1)')
     model.add_argument('--batch-size', type=positive_int, default=256)
     model.add_argument('--workers', type=non_negative_int, default=2)

@@ -75,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='default: cuda when available, else cpu')
     parser.add_argument('--epochs', type=arg_types.positive_int, default=None)
     parser.add_argument('--batch-size', dest='batch_size', type=arg_types.positive_int, default=None)
-    parser.add_argument('--num-classes', dest='num_classes', type=arg_types.positive_int, default=None)
+    parser.add_argument('--num-classes', dest='num_classes', type=arg_types.class_count, default=None)
     parser.add_argument('--image-size', dest='image_size', type=arg_types.positive_int, default=None)
     parser.add_argument('--loss', default=None, choices=LOSSES,
                         help="'ce' or a focal loss type ('sym', 'asym', 'asym-cyclical')")

@@ -179,7 +179,7 @@ def test_bad_inputs_stop_before_work(digits_run, digits_folder, tmp_path, capsys
     line = _usage_error(capsys, '--dataset', 'sklearn/digits', '--split', 'test', '--checkpoint', checkpoint, *out,
                         '--calibration-split', 'val', '--allow-test-calibration')
     assert 'selects the evaluated images' in line
-    assert 'must be in [1, 18]' in _usage_error(capsys, *folder, '--tta', '0')
+    assert 'must be an integer in [1, 18]' in _usage_error(capsys, *folder, '--tta', '0')
     assert '--aot-autograd is not available' in _usage_error(capsys, *folder, '--aot-autograd')
     assert 'torchrun --nproc-per-node 2' in _usage_error(capsys, *folder, '--num-gpu', '2')
     assert 'bulk validation' in _usage_error(capsys, '--data-dir', str(digits_folder), '--checkpoint',

@@ -152,7 +152,7 @@ def test_other_data_than_the_run_recorded_is_refused(holdout_run, tmp_path, caps
 @pytest.mark.parametrize('extra, message', [
     (['--save-fit-logits', 'fit.npz'], '--save-fit-logits needs a held-out split'),
     (['--calibration-split', 'holdout'], 'selects the training split'),
-    (['--bootstrap', '1'], 'argument --bootstrap: expected 0 (no intervals) or an integer >= 2'),
+    (['--bootstrap', '1'], 'argument --bootstrap: expected 0 (no intervals) or an integer in [2, 100000]'),
 ])
 def test_bad_holdout_flags_are_one_line_errors(holdout_run, extra, message, capsys):  # more: test_bad_inputs.py
     split = 'train' if message == 'selects the training split' else 'val'

@@ -14,11 +14,12 @@ from typing import Any, Optional
 import torch
 from timm.utils import ParseKwargs
 
-__all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'PATH_KINDS', 'SEED_MAX', 'at_least_one',
-           'check_output_file', 'converter', 'crop_fraction', 'device_name', 'existing_file', 'existing_folder',
-           'finite_float', 'float_in', 'fraction', 'int_in', 'integer', 'json_file', 'non_negative_float',
-           'non_negative_int', 'npz_file', 'output_file', 'output_file_ending', 'output_folder', 'path_converter',
-           'png_file', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed', 'writable_folder']
+__all__ = ['Ascending', 'CONVERTERS', 'INTERPOLATIONS', 'KeyValueArgs', 'MAX_CLASSES', 'PATH_KINDS', 'SEED_MAX',
+           'at_least_one', 'check_output_file', 'class_count', 'converter', 'crop_fraction', 'device_name',
+           'existing_file', 'existing_folder', 'finite_float', 'float_in', 'fraction', 'int_in', 'integer', 'json_file',
+           'non_negative_float', 'non_negative_int', 'npz_file', 'output_file', 'output_file_ending', 'output_folder',
+           'path_converter', 'png_file', 'positive_float', 'positive_int', 'probability', 'relative_name', 'seed',
+           'writable_folder']
 
 # Every converter a flag may be declared with (tests/test_cli_fuzz.py holds every parser to it): the ones below, and
 # any a tool declares with @converter (e.g. cfl_timm.evaluate's --posthoc list).
@@ -108,7 +109,10 @@ def _between(number, low: float, high: float, low_open: bool, high_open: bool):
 def int_in(low: int, high: int, name: str) -> Callable[[Any], int]:
     """A registered converter to an integer in [low, high], named ``name`` (for messages about config values)."""
     def convert(value: Any) -> int:
-        return _between(_int(value), low, high, low_open=False, high_open=False)
+        number = _int(value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f'must be an integer in [{low}, {high}], got {number}')
+        return number
     convert.__name__ = name
     convert.__doc__ = f'An integer in [{low}, {high}].'
     return converter(convert)
@@ -164,6 +168,13 @@ def positive_int(value: Any) -> int:
 def non_negative_int(value: Any) -> int:
     """An integer >= 0."""
     return _at_least(_int(value), 0, strict=False, kind='an integer ')
+
+
+# Far above any image-classification label set (ImageNet-21k has 21,843); a larger count is a typo, whose
+# per-class arrays would not fit in memory.
+MAX_CLASSES = 10_000_000
+class_count = int_in(1, MAX_CLASSES, 'class_count')
+class_count.__doc__ = f'A number of classes: an integer in [1, {MAX_CLASSES}].'
 
 
 @converter

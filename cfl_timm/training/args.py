@@ -53,6 +53,7 @@ from .arg_types import (
     Ascending,
     KeyValueArgs,
     at_least_one,
+    class_count,
     crop_fraction,
     device_name,
     existing_file,
@@ -190,7 +191,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--allow-changed-args', action='store_true', default=False,
                        help='resume even though settings that change the training trajectory differ from the '
                             "run's (they are listed; default: refused)")
-    group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
+    group.add_argument('--num-classes', type=class_count, default=None, metavar='N',
                        help='number of label classes (default: from the training set)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL',
                        help='global pool type, one of (fast, avg, max, avgmax, avgmaxc); model default if None')

@@ -27,6 +27,7 @@ from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_spl
 from cfl_timm.training.arg_types import (
     INTERPOLATIONS,
     KeyValueArgs,
+    class_count,
     crop_fraction,
     device_name,
     existing_file,
@@ -96,7 +97,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument('--checkpoint', default='', type=checkpoint_file, metavar='PATH',
                        help='checkpoint file (train.py or timm)')
     group.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
-    group.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
+    group.add_argument('--num-classes', type=class_count, default=None, metavar='N',
                        help='number of classes (default: the checkpoint run, else the dataset)')
     group.add_argument('--gp', default=None, metavar='POOL', help='global pool type (model default if unset)')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueArgs, help='extra model kwargs')
