@@ -25,6 +25,9 @@ Usage: python bench/loss_speed.py [--repeats 30] [--device cpu|cuda] [--sizes 25
        [--losses NAME ...] [--clock wall|cpu] [--compile [--compile-backend inductor] [--compile-mode MODE]]
        [--analytic-too] [--autocast none|bf16|fp16]
 
+The last column counts the ATen operator calls of one forward + backward (:func:`dispatched_ops`): where the host's
+dispatch of each operation costs more than the operation itself, time follows it.
+
 ``--clock cpu`` times with the process CPU time instead of the wall clock (CPU only): on a machine shared with
 other jobs it does not count the time the process waits for a core, so ratios stay meaningful under load.
 """
@@ -93,8 +96,14 @@ def make_losses(num_epochs: int = 10, names=None, analytic_too: bool = False):
         'autograd-ref (published structure)': lambda z, t: autograd_reference(z, t, eta=cyclical.eta),
         **calibration,
     }
-    if names:
-        losses = {name: fn for i, (name, fn) in enumerate(losses.items()) if i == 0 or name in names}
+    if names:  # a table name, or its first word ('asym-cyclical')
+        known = {short: name for name in losses for short in (name, name.split(' (')[0])}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f'--losses: unknown {", ".join(unknown)}; choose from '
+                             f'{", ".join(name.split(" (")[0] for name in list(losses)[1:])}')
+        chosen = {known[name] for name in names}
+        losses = {name: fn for i, (name, fn) in enumerate(losses.items()) if i == 0 or name in chosen}
     if analytic_too:
         for name in [name for name in losses if name in calibration]:
             if losses[name]._formula_rows is not None or losses[name]._row_form is not None:
@@ -124,6 +133,18 @@ def time_once(fn, logits: torch.Tensor, target: torch.Tensor, clock=time.perf_co
     fn(logits, target).backward()
     _sync(logits.device)
     return clock() - start
+
+
+def dispatched_ops(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
+    """ATen operator calls one forward + backward dispatches from Python and autograd (an op called inside another
+    op is not counted; views included). Where each launch costs the host more than the kernel costs the device (a
+    GPU at these sizes, a CPU at small K) the time follows this count."""
+    logits.grad = None
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(logits, target).backward()
+    logits.grad = None
+    return sum(1 for e in prof.events() if e.name.startswith('aten::')
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::')))
 
 
 def peak_memory(fn, logits: torch.Tensor, target: torch.Tensor) -> int:
@@ -192,7 +213,8 @@ def bench_size(num_rows: int, num_classes: int, device: torch.device, repeats: i
         memory = peak_memory(fn, logits, target)
         baseline_mem = baseline_mem or memory
         rows.append(dict(size=f'{num_rows}x{num_classes}', loss=name, median_ms=median * 1e3,
-                         ratio=median / baseline, peak_mib=memory / 2**20, mem_ratio=memory / baseline_mem))
+                         ratio=median / baseline, peak_mib=memory / 2**20, mem_ratio=memory / baseline_mem,
+                         ops=dispatched_ops(fn, logits, target)))
     return rows
 
 
@@ -202,7 +224,8 @@ def main(argv=None) -> None:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES), help='NxK sizes')
     parser.add_argument('--losses', nargs='+', default=None,
-                        help='measure only these losses (by table name) besides the baseline')
+                        help="measure only these losses besides the baseline (a table name, or its first word: "
+                             "'asym-cyclical')")
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help='wall clock, or process CPU time (CPU device only; robust to a shared machine)')
     parser.add_argument('--compile', action='store_true', help='torch.compile every loss and the baseline')
@@ -217,6 +240,11 @@ def main(argv=None) -> None:
     compile_options = {'backend': args.compile_backend, 'mode': args.compile_mode} if args.compile else None
     if args.analytic_too and not args.compile:
         parser.error('--analytic-too compares compiled paths and needs --compile')
+    if args.losses:
+        try:
+            make_losses(names=args.losses)
+        except ValueError as error:
+            parser.error(str(error))
     device = torch.device(args.device)
     if args.clock == 'cpu' and device.type != 'cpu':
         parser.error('--clock cpu measures CPU time and needs --device cpu')
@@ -228,14 +256,14 @@ def main(argv=None) -> None:
     print(f'# loss forward+backward, {precision}, {device.type} ({where}), torch {torch.__version__}, '
           f'median of {args.repeats} interleaved rounds, {args.clock} clock, load average '
           f'{" ".join(f"{v:.1f}" for v in os.getloadavg())}{compiled}')
-    print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE |')
-    print('|---|---|---:|---:|---:|---:|')
+    print('| N x K | loss | median ms | time vs CE | peak MiB | memory vs CE | ATen ops |')
+    print('|---|---|---:|---:|---:|---:|---:|')
     for size in args.sizes:
         num_rows, num_classes = (int(v) for v in size.lower().split('x'))
         for row in bench_size(num_rows, num_classes, device, args.repeats, args.losses, clock, compile_options,
                               autocast_dtype, args.analytic_too):
             print(f"| {row['size']} | {row['loss']} | {row['median_ms']:.3f} | {row['ratio']:.2f}x | "
-                  f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x |", flush=True)
+                  f"{row['peak_mib']:.2f} | {row['mem_ratio']:.2f}x | {row['ops']} |", flush=True)
 
 
 if __name__ == '__main__':

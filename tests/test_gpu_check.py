@@ -126,6 +126,23 @@ def test_loss_speed_autocast_bf16_on_cpu(capsys):
     assert 'autocast torch.bfloat16' in out and '| 8x10 | sym (gamma 2) |' in out
 
 
+def test_loss_speed_unknown_loss_names_are_refused(capsys):
+    """A name matching no table row selected nothing and the table held the baseline alone."""
+    with pytest.raises(SystemExit) as error:
+        loss_speed.main(['--device', 'cpu', '--losses', 'sym', 'bogus'])
+    assert error.value.code == 2
+    assert '--losses: unknown bogus; choose from sym, asym, asym-cyclical' in capsys.readouterr().err
+
+
+def test_loss_speed_counts_the_dispatched_operations(capsys):
+    loss_speed.main(['--device', 'cpu', '--sizes', '8x10', '--repeats', '1', '--losses', 'asym-cyclical'])
+    rows = [line.split('|') for line in capsys.readouterr().out.splitlines() if line.startswith('| 8x10')]
+    ops = {row[2].strip(): int(row[7]) for row in rows}
+    assert set(ops) == {'ce-ls0.1 (baseline)', 'asym-cyclical (3, 2, 2, f 4)'}
+    # Fused cross-entropy is one forward op and a few backward ones; the focal loss is written in many.
+    assert 5 < ops['ce-ls0.1 (baseline)'] < ops['asym-cyclical (3, 2, 2, f 4)']
+
+
 def test_with_autocast_runs_the_forward_in_the_autocast_dtype():
     seen = []
     wrapped = loss_speed.with_autocast(lambda z, t: seen.append(torch.mm(z, z.T).dtype) or z.sum(),
