@@ -4,6 +4,7 @@ validate.py share the checks (their bad-input rows are in tests/test_bad_inputs.
 import io
 import logging
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,29 @@ def test_train_py_with_skip_bad_images_trains_on_the_readable_images(tmp_path, d
         train.cli(argv)
     assert "left out 1 unreadable image(s) of split 'train' (18 remain)" in caplog.text
     assert (tmp_path / 'out' / 'run' / 'last.pth.tar').is_file()
+
+
+class _RecordedPool(ProcessPoolExecutor):
+    started: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _RecordedPool.started.append(kwargs.get('max_workers'))
+
+
+def test_processes_share_a_large_check_and_find_the_same_files(tmp_path, digits_dir, monkeypatch):
+    """Several processes (train.py and validate.py pass -j) find exactly what one process finds, in order."""
+    from cfl_timm.data import strict
+    monkeypatch.setattr(strict, '_PARALLEL_FROM', 8)  # the 15-image folder counts as large ...
+    monkeypatch.setattr(strict, '_CHUNK_MIN', 2)  # ... and goes out in 8 chunks of 2 images
+    monkeypatch.setattr(strict, 'ProcessPoolExecutor', _RecordedPool)
+    folder = _small_folder(tmp_path / 'data', digits_dir)
+    (folder / '0' / 'cut.jpg').write_bytes(_truncated_jpeg())
+    (folder / '2' / 'empty.png').write_bytes(b'')
+    (folder / '1' / 'text.jpg').write_text('not an image')
+    dataset = ImageDataset(str(folder))
+    one = verify_images(dataset)
+    assert sorted(Path(p).name for _, p, _ in one) == ['cut.jpg', 'empty.png', 'text.jpg']
+    assert _RecordedPool.started == []
+    assert verify_images(dataset, num_workers=2) == one
+    assert _RecordedPool.started == [2]

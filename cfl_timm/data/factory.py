@@ -20,7 +20,7 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
                   download: bool = False, batch_size: int = 1, seed: int = 42, repeats: int = 0,
                   input_img_mode: str = 'RGB', input_key: Optional[str] = None, target_key: Optional[str] = None,
                   num_samples: Optional[int] = None, trust_remote_code: bool = False,
-                  skip_bad_images: bool = False) -> Any:
+                  skip_bad_images: bool = False, verify_workers: int = 0) -> Any:
     """The named split as a dataset; folder images are verified first (see :func:`strict_folder_dataset`):
     unreadable ones are refused (or left out with ``skip_bad_images``), never replaced by another image.
 
@@ -40,6 +40,7 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
         num_samples: Samples of an iterable dataset.
         trust_remote_code: Let a Hugging Face dataset run its repository's code.
         skip_bad_images: Leave out unreadable folder images instead of refusing the split.
+        verify_workers: Processes that share the check of a large image folder (the loader's ``-j``).
 
     Raises:
         ValueError: the split cannot be read (no network for a download, a corrupt set, no such split).
@@ -54,7 +55,7 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
     except (OSError, RuntimeError, AssertionError) as e:  # no network, a corrupt torchvision set, no such split
         raise ValueError(f"Could not load the {split!r} split of dataset {name or 'folder'!r} from {root!r}: "
                          f'{e}') from e
-    return strict_folder_dataset(dataset, split, skip_bad_images=skip_bad_images)
+    return strict_folder_dataset(dataset, split, skip_bad_images=skip_bad_images, num_workers=verify_workers)
 
 
 def dataset_kwargs(args: argparse.Namespace, is_training: bool = False, input_img_mode: str = 'RGB') -> dict[str, Any]:
@@ -67,4 +68,5 @@ def dataset_kwargs(args: argparse.Namespace, is_training: bool = False, input_im
                 repeats=getattr(args, 'epoch_repeats', 0) if is_training else 0,
                 input_img_mode=args.input_img_mode or input_img_mode, input_key=args.input_key,
                 target_key=args.target_key, num_samples=num_samples,
-                trust_remote_code=args.dataset_trust_remote_code, skip_bad_images=args.skip_bad_images)
+                trust_remote_code=args.dataset_trust_remote_code, skip_bad_images=args.skip_bad_images,
+                verify_workers=args.workers)
