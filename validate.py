@@ -280,7 +280,8 @@ def load_splits(args: argparse.Namespace, in_chans: int) -> Splits:
     ood = None
     if args.ood_data_dir:
         ood = build_ood_dataset(args.ood_data_dir, in_chans, args.skip_bad_images, args.ood_dataset,
-                                verify_md5=not args.ood_no_verify, verify_workers=args.workers)
+                                verify_md5=not args.ood_no_verify, verify_workers=args.workers,
+                                image_check=args.image_check)
         if isinstance(evaluated, torch.utils.data.IterableDataset):
             _logger.warning(f'split {args.split!r} is a streamed dataset: not checked for images shared with the '
                             'OOD set.')
@@ -339,7 +340,7 @@ def check_split_classes(args: argparse.Namespace, splits: dict[str, Any]) -> Non
 
 
 def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False, kind: str = 'folder',
-                      verify_md5: bool = True, verify_workers: int = 0):
+                      verify_md5: bool = True, verify_workers: int = 0, image_check: str = 'decode'):
     """Every image under ``folder`` (labels unused), verified, failing loudly when corrupt; with ``kind='svhn'``
     SVHN's test split from ``folder/test_32x32.mat`` (see :func:`cfl_timm.data.svhn_dataset`)."""
     if kind == 'svhn':
@@ -352,7 +353,7 @@ def build_ood_dataset(folder: str, in_chans: int, skip_bad_images: bool = False,
     except RuntimeError as error:  # timm: no images found
         raise ValueError(f'--ood-data-dir {folder}: {error}') from None
     return strict_folder_dataset(dataset, '--ood-data-dir', skip_bad_images=skip_bad_images,
-                                 num_workers=verify_workers)
+                                 num_workers=verify_workers, image_check=image_check)
 
 
 def ood_set_name(args: argparse.Namespace) -> str:

@@ -121,3 +121,20 @@ def test_processes_share_a_large_check_and_find_the_same_files(tmp_path, digits_
     assert _RecordedPool.started == []
     assert verify_images(dataset, num_workers=2) == one
     assert _RecordedPool.started == [2]
+
+
+def test_header_check_leaves_the_truncated_jpeg_to_the_load(tmp_path, digits_dir):
+    """--image-check header reads each image's structure only: empty and not-an-image files are still refused before
+    any work, a truncated JPEG passes and then stops the loading of that image, naming it (never substituted)."""
+    folder = _small_folder(tmp_path / 'data', digits_dir)
+    (folder / '0' / 'cut.jpg').write_bytes(_truncated_jpeg())
+    (folder / '1' / 'text.jpg').write_text('not an image')
+    bad = verify_images(ImageDataset(str(folder)), image_check='header')
+    assert [Path(p).name for _, p, _ in bad] == ['text.jpg']
+    (folder / '1' / 'text.jpg').unlink()
+    dataset = strict_folder_dataset(ImageDataset(str(folder)), 'train', image_check='header')
+    index = next(i for i in range(len(dataset)) if dataset.reader.filename(i).endswith('cut.jpg'))
+    with pytest.raises(CorruptImageError, match='cut.jpg'):
+        dataset[index]
+    with pytest.raises(ValueError, match="image_check must be one of \\('decode', 'header'\\), got 'pixels'"):
+        verify_images(ImageDataset(str(folder)), image_check='pixels')

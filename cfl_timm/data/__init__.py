@@ -21,6 +21,7 @@ from .digits import DIGITS_DATASET_NAME, DigitsDataset, digits_split, is_digits_
 from .factory import build_dataset, dataset_kwargs
 from .overlap import check_disjoint_images, image_digest
 from .strict import (
+    IMAGE_CHECKS,
     MAX_IMAGE_PIXELS,
     CorruptImageError,
     StrictImageDataset,

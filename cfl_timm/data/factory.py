@@ -20,7 +20,7 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
                   download: bool = False, batch_size: int = 1, seed: int = 42, repeats: int = 0,
                   input_img_mode: str = 'RGB', input_key: Optional[str] = None, target_key: Optional[str] = None,
                   num_samples: Optional[int] = None, trust_remote_code: bool = False,
-                  skip_bad_images: bool = False, verify_workers: int = 0) -> Any:
+                  skip_bad_images: bool = False, verify_workers: int = 0, image_check: str = 'decode') -> Any:
     """The named split as a dataset; folder images are verified first (see :func:`strict_folder_dataset`):
     unreadable ones are refused (or left out with ``skip_bad_images``), never replaced by another image.
 
@@ -41,6 +41,7 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
         trust_remote_code: Let a Hugging Face dataset run its repository's code.
         skip_bad_images: Leave out unreadable folder images instead of refusing the split.
         verify_workers: Processes that share the check of a large image folder (the loader's ``-j``).
+        image_check: How much of each folder image the check reads ('decode' or 'header').
 
     Raises:
         ValueError: the split cannot be read (no network for a download, a corrupt set, no such split).
@@ -55,7 +56,8 @@ def build_dataset(name: str, *, root: Optional[str], split: str, is_training: bo
     except (OSError, RuntimeError, AssertionError) as e:  # no network, a corrupt torchvision set, no such split
         raise ValueError(f"Could not load the {split!r} split of dataset {name or 'folder'!r} from {root!r}: "
                          f'{e}') from e
-    return strict_folder_dataset(dataset, split, skip_bad_images=skip_bad_images, num_workers=verify_workers)
+    return strict_folder_dataset(dataset, split, skip_bad_images=skip_bad_images, num_workers=verify_workers,
+                                 image_check=image_check)
 
 
 def dataset_kwargs(args: argparse.Namespace, is_training: bool = False, input_img_mode: str = 'RGB') -> dict[str, Any]:
@@ -69,4 +71,4 @@ def dataset_kwargs(args: argparse.Namespace, is_training: bool = False, input_im
                 input_img_mode=args.input_img_mode or input_img_mode, input_key=args.input_key,
                 target_key=args.target_key, num_samples=num_samples,
                 trust_remote_code=args.dataset_trust_remote_code, skip_bad_images=args.skip_bad_images,
-                verify_workers=args.workers)
+                verify_workers=args.workers, image_check=args.image_check)

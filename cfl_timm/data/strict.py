@@ -29,13 +29,18 @@ from .wrapped import WrappedDataset
 
 __all__ = ['CorruptImageError', 'DATASET_PREFIXES', 'StrictImageDataset', 'MAX_IMAGE_PIXELS', 'check_class_folders',
            'check_class_map', 'check_dataset_name', 'check_folder_tree', 'check_split_tree', 'check_same_classes',
-           'is_image_folder_name', 'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset', 'verify_images']
+           'IMAGE_CHECKS', 'is_image_folder_name', 'SPLIT_FOLDER_NAMES', 'split_folder', 'strict_folder_dataset',
+           'verify_images']
 
 _logger = logging.getLogger(__name__)
 
 # Pillow's own decompression-bomb threshold (about 89 megapixels); larger images are refused with the limit named.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 _LISTED = 5  # bad files named in one message
+# How much of each image the check reads: 'decode' all its pixels (finds a truncated JPEG), 'header' its structure
+# only (Image.verify: empty, not-an-image and over-sized files; a truncated image then fails when it is loaded,
+# naming the file). The header check is for image sets too large to decode at every start.
+IMAGE_CHECKS = ('decode', 'header')
 # Below this many images one process checks them faster than starting others would gain (about 0.1 ms an image
 # for CIFAR's 32 px JPEGs, 2-5 ms for ImageNet's).
 _PARALLEL_FROM = 4096
@@ -193,9 +198,9 @@ def _listed(items: list) -> str:
     return f'{len(items)} ({shown}{", ..." if len(items) > _LISTED else ""})'
 
 
-def _image_problem(path: str, max_pixels: int) -> Optional[str]:
+def _image_problem(path: str, max_pixels: int, decode: bool = True) -> Optional[str]:
     """Why the file at ``path`` is not a usable image, or None. ``verify`` checks the structure (and PNG
-    checksums) but not a truncated JPEG, so the pixels are decoded too."""
+    checksums) but not a truncated JPEG, so with ``decode`` the pixels are decoded too."""
     try:
         if os.path.getsize(path) == 0:
             return 'empty file'
@@ -203,8 +208,9 @@ def _image_problem(path: str, max_pixels: int) -> Optional[str]:
             if image.width * image.height > max_pixels:
                 return f'{image.width}x{image.height} pixels, above the limit of {max_pixels}'
             image.verify()
-        with Image.open(path) as image:
-            image.load()
+        if decode:
+            with Image.open(path) as image:
+                image.load()
     except Image.DecompressionBombError as error:
         return f'{error} (limit {max_pixels} pixels)'
     except (OSError, SyntaxError, ValueError) as error:
@@ -212,17 +218,18 @@ def _image_problem(path: str, max_pixels: int) -> Optional[str]:
     return None
 
 
-def _problems(paths: list[str], max_pixels: int) -> list[Optional[str]]:
-    return [_image_problem(path, max_pixels) for path in paths]
+def _problems(paths: list[str], max_pixels: int, decode: bool) -> list[Optional[str]]:
+    return [_image_problem(path, max_pixels, decode) for path in paths]
 
 
-def verify_images(dataset: Any, max_pixels: int = MAX_IMAGE_PIXELS, num_workers: int = 0
-                  ) -> list[tuple[int, str, str]]:
+def verify_images(dataset: Any, max_pixels: int = MAX_IMAGE_PIXELS, num_workers: int = 0,
+                  image_check: str = 'decode') -> list[tuple[int, str, str]]:
     """Open, verify and decode every image of a timm folder ``ImageDataset``.
 
     Args:
         dataset: The timm folder dataset.
         max_pixels: Largest accepted width x height.
+        image_check: 'decode' (every pixel) or 'header' (the structure only; see ``IMAGE_CHECKS``).
         num_workers: Processes that share the decoding (train.py and validate.py pass ``-j``); one process checks
             a split of fewer than 4096 images, or with ``num_workers`` <= 1. Decoding holds the interpreter lock
             for small images, so threads do not help.
@@ -231,32 +238,37 @@ def verify_images(dataset: Any, max_pixels: int = MAX_IMAGE_PIXELS, num_workers:
         ``(index, path, problem)`` for each unusable file (empty, truncated, not an image, more than
         ``max_pixels`` pixels), in dataset order.
     """
+    if image_check not in IMAGE_CHECKS:
+        raise ValueError(f'image_check must be one of {IMAGE_CHECKS}, got {image_check!r}.')
+    decode = image_check == 'decode'
     reader = _reader(dataset)
     paths = [reader.filename(index, absolute=True) for index in range(len(reader))]
     if num_workers <= 1 or len(paths) < _PARALLEL_FROM:
-        problems = _problems(paths, max_pixels)
+        problems = _problems(paths, max_pixels, decode)
     else:
         size = max(_CHUNK_MIN, -(-len(paths) // (8 * num_workers)))  # about 8 chunks per process: even ends
         chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
         # fork on Linux: the children need no imports, so the pool starts in milliseconds (elsewhere the default).
         context = multiprocessing.get_context('fork' if sys.platform == 'linux' else None)
         with ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)), mp_context=context) as pool:
-            problems = [p for chunk in pool.map(_problems, chunks, [max_pixels] * len(chunks)) for p in chunk]
+            problems = [p for chunk in pool.map(_problems, chunks, [max_pixels] * len(chunks),
+                                                 [decode] * len(chunks)) for p in chunk]
     return [(index, path, problem) for index, (path, problem) in enumerate(zip(paths, problems))
             if problem is not None]
 
 
 def strict_folder_dataset(dataset: Any, split: str, skip_bad_images: bool = False,
-                          max_pixels: int = MAX_IMAGE_PIXELS, num_workers: int = 0) -> Any:
+                          max_pixels: int = MAX_IMAGE_PIXELS, num_workers: int = 0, image_check: str = 'decode') -> Any:
     """``dataset`` (a timm ``ImageDataset``) as a :class:`StrictImageDataset` whose images all decode.
 
     Other datasets are returned unchanged. Unusable images raise :class:`CorruptImageError` naming the first few
     and their count, or with ``skip_bad_images`` are dropped from the split and counted in the log.
-    ``num_workers`` processes share the check (:func:`verify_images`).
+    ``num_workers`` processes share the check, ``image_check`` says how much of each image it reads
+    (:func:`verify_images`).
     """
     if not is_folder_dataset(dataset):
         return dataset
-    bad = verify_images(dataset, max_pixels, num_workers=num_workers)
+    bad = verify_images(dataset, max_pixels, num_workers=num_workers, image_check=image_check)
     if bad:
         shown = '; '.join(f'{path}: {problem}' for _, path, problem in bad[:_LISTED])
         more = f' and {len(bad) - _LISTED} more' if len(bad) > _LISTED else ''

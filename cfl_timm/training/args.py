@@ -38,7 +38,7 @@ import torch
 import yaml
 from timm.models import is_model
 
-from ..data import SUBSET_MODES, check_dataset_name, is_digits_dataset
+from ..data import IMAGE_CHECKS, SUBSET_MODES, check_dataset_name, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
 from ..files import atomic_write_text
@@ -160,6 +160,10 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                        help='allow download of dataset for torch/ and tfds/ datasets that support it')
     group.add_argument('--skip-bad-images', action='store_true', default=False,
                        help='leave out (and count in the log) unreadable images instead of refusing the dataset')
+    group.add_argument('--image-check', choices=IMAGE_CHECKS, default='decode',
+                       help="how much of each folder image is checked before any work: 'decode' every pixel "
+                            "(finds a truncated JPEG; default), or 'header' only (for image sets too large to decode "
+                            "at every start: a truncated image then stops the run when it is loaded, naming it)")
     group.add_argument('--class-map', default='', type=existing_file, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
     group.add_argument('--input-img-mode', default=None, type=image_mode_name, help='dataset image conversion mode')

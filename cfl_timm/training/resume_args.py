@@ -43,6 +43,8 @@ UNCOMPARED_SETTINGS = frozenset({
     # --workers changes which worker draws a batch's random augmentation, so the draws (not their distribution)
     # differ: a resume with another -j is not bit-identical to the uninterrupted run (it is logged).
     'workers', 'pin_mem', 'synchronize_step', 'local_rank',
+    # how much of each image the start-up check reads (the images trained on are the same)
+    'image_check',
 })
 _NOTED_SETTINGS = ('workers',)  # uncompared, but named in the log when changed
 # Recorded with the flags (args.yaml, the checkpoint's args) and compared like them, but set by the launcher

@@ -14,6 +14,7 @@ import torch
 from timm.models import is_model
 
 from cfl_timm.data import (
+    IMAGE_CHECKS,
     MAX_TTA_VIEWS,
     check_dataset_name,
     digits_split,
@@ -84,6 +85,10 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                        help='class map file of the folder dataset')
     group.add_argument('--skip-bad-images', action='store_true',
                        help='leave out (and count in the log) unreadable images instead of refusing the split')
+    group.add_argument('--image-check', choices=IMAGE_CHECKS, default='decode',
+                       help="how much of each folder image is checked before any work: 'decode' every pixel "
+                            "(finds a truncated JPEG; default), or 'header' only (for image sets too large to decode "
+                            "at every start: a truncated image then stops the run when it is loaded, naming it)")
     group.add_argument('--input-key', default=None, help='dataset key of the input images (hfds/wds)')
     group.add_argument('--input-img-mode', default=None, type=image_mode_name,
                        help="image mode ('RGB', 'L'; default from the channels)")
