@@ -757,7 +757,7 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
     if args.pretrained_path:  # a local file takes priority over the hub; the classifier adapts to num_classes
         factory_kwargs['pretrained_cfg_overlay'] = {'file': args.pretrained_path, 'num_classes': -1}
     in_chans = input_channels(args)
-    with fetching_weights('--pretrained', args.model, file_flag='--pretrained-path'):
+    with fetching_weights('--pretrained', args.model, file_flag='--pretrained-path', pretrained=args.pretrained):
         model = create_model(
             args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=num_classes,
             drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,

@@ -371,7 +371,7 @@ def build_model(args: argparse.Namespace, run: dict[str, Any], num_classes: int,
     if args.model_kwargs:
         check_model_kwargs(model_name, args.model_kwargs)
     check_global_pool(model_name, args.gp, model_kwargs)
-    with fetching_weights('--pretrained', model_name, file_flag='--checkpoint'):
+    with fetching_weights('--pretrained', model_name, file_flag='--checkpoint', pretrained=args.pretrained):
         model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans,
                              global_pool=args.gp, scriptable=args.torchscript, **model_kwargs)
     if args.checkpoint:

@@ -98,3 +98,13 @@ def test_pretrained_weights_out_of_reach_are_one_usage_error(tmp_path, script, e
     assert line.startswith(f"{script}: error: --pretrained: the pretrained weights of 'test_resnet' could not be "
                            'loaded'), line
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.pth.tar'))
+
+
+def test_fetching_weights_converts_only_when_weights_are_asked_for():
+    from cfl_timm.training.pretrained import fetching_weights
+    with pytest.raises(ValueError, match=r"^--pretrained: the pretrained weights of 'm' could not be loaded \(gone\)"):
+        with fetching_weights('--pretrained', 'm', file_flag='--pretrained-path'):
+            raise FileNotFoundError('gone\nsecond line')
+    with pytest.raises(FileNotFoundError):  # no weights asked for: not this flag's fault
+        with fetching_weights('--pretrained', 'm', file_flag='--pretrained-path', pretrained=False):
+            raise FileNotFoundError('gone')

@@ -11,7 +11,7 @@ __all__ = ['fetching_weights']
 
 
 @contextlib.contextmanager
-def fetching_weights(flag: str, model: str, file_flag: str) -> Iterator[None]:
+def fetching_weights(flag: str, model: str, file_flag: str, pretrained: bool = True) -> Iterator[None]:
     """Turn an ``OSError`` raised while ``model``'s pretrained weights are loaded into a ``ValueError`` naming
     ``flag`` and the way around it (``file_flag``: a weights file on disk, or a filled Hugging Face cache).
 
@@ -19,7 +19,11 @@ def fetching_weights(flag: str, model: str, file_flag: str) -> Iterator[None]:
         flag: The flag that asked for the weights (``--pretrained``, ``--kd-model-name``).
         model: The timm model name.
         file_flag: The flag that takes a local weights file instead.
+        pretrained: Whether weights are asked for at all; without, errors pass through unchanged.
     """
+    if not pretrained:
+        yield
+        return
     try:
         yield
     except OSError as error:  # huggingface_hub's LocalEntryNotFoundError is one
