@@ -9,7 +9,8 @@ own (a class missing from one split shifts every later label). Before any work:
 * :func:`check_class_folders` refuses a class folder without an image (timm would drop it silently);
 * :func:`check_same_classes` compares the class folders of every split a run reads;
 * :func:`verify_images` opens and decodes every image (zero-byte, truncated, not-an-image and over-sized files
-  are listed) and :func:`strict_folder_dataset` refuses them, or drops them when asked, counting them;
+  are listed; ``image_check='header'`` reads the structure only, leaving a truncated image to fail when loaded)
+  and :func:`strict_folder_dataset` refuses them, or drops them when asked, counting them;
 * :class:`StrictImageDataset` raises :class:`CorruptImageError` naming the file if an image that passed those
   checks still cannot be decoded later, instead of substituting another one.
 """
@@ -224,15 +225,15 @@ def _problems(paths: list[str], max_pixels: int, decode: bool) -> list[Optional[
 
 def verify_images(dataset: Any, max_pixels: int = MAX_IMAGE_PIXELS, num_workers: int = 0,
                   image_check: str = 'decode') -> list[tuple[int, str, str]]:
-    """Open, verify and decode every image of a timm folder ``ImageDataset``.
+    """Open and verify every image of a timm folder ``ImageDataset``, and decode it (``image_check='decode'``).
 
     Args:
         dataset: The timm folder dataset.
         max_pixels: Largest accepted width x height.
-        image_check: 'decode' (every pixel) or 'header' (the structure only; see ``IMAGE_CHECKS``).
-        num_workers: Processes that share the decoding (train.py and validate.py pass ``-j``); one process checks
+        num_workers: Processes that share the check (train.py and validate.py pass ``-j``); one process checks
             a split of fewer than 4096 images, or with ``num_workers`` <= 1. Decoding holds the interpreter lock
             for small images, so threads do not help.
+        image_check: 'decode' (every pixel) or 'header' (the structure only; see ``IMAGE_CHECKS``).
 
     Returns:
         ``(index, path, problem)`` for each unusable file (empty, truncated, not an image, more than
