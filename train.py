@@ -68,7 +68,7 @@ from cfl_timm.data.holdout import (
     write_holdout_record,
 )
 from cfl_timm.data.transforms import cifar_transform_kwargs, create_cifar_train_transform
-from cfl_timm.data.worker_seeding import EpochSeededTransform, seed_workers_by_epoch
+from cfl_timm.data.worker_seeding import EpochSeededTransform, seed_workers_by_epoch, stop_workers
 from cfl_timm.files import (
     SUMMARY_COLUMNS,
     DiskFullError,
@@ -306,6 +306,9 @@ def _train(args: argparse.Namespace, effective_args: dict[str, Any], proc: Proce
             if proc.is_primary:
                 record_epoch(ctx, run, epoch, train_metrics, eval_metrics, lr_value, used, evaluation)
     finally:
+        for loader in (loader_train, loader_eval, ctx.loader_holdout):
+            if loader is not None:
+                stop_workers(loader)
         run.close()
     if proc.is_primary and not args.no_plots:
         draw_run_pictures(run.output_dir)

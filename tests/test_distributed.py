@@ -22,7 +22,8 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
     train_size = 300
     command = [
         str(REPO_ROOT / 'distributed_train.sh'), '2', '--dataset', 'sklearn/digits', '--model', 'test_resnet',
-        '--img-size', '32', '-b', '32', '-j', '0', '--epochs', '2', '--warmup-epochs', '0', '--lr', '0.05',
+        # -j 1: each rank's loader worker persists across the epochs (cfl_timm.data.worker_seeding)
+        '--img-size', '32', '-b', '32', '-j', '1', '--epochs', '2', '--warmup-epochs', '0', '--lr', '0.05',
         '--train_size', str(train_size), '--train-size-mode', 'stratified', '--focal-loss', 'asym-cyclical',
         '--wd-min', '1e-4', '--T-min', '0.5', '--clip-min', '1', '--dist-bn', 'reduce', '--log-shard-indices',
         '--output', str(tmp_path), '--experiment', 'ddp', '--log-interval', '1000']

@@ -8,7 +8,7 @@ import torch
 import torch.utils.data
 
 import train
-from cfl_timm.data import EpochSeededTransform, epoch_worker_seed, seed_workers_by_epoch
+from cfl_timm.data import EpochSeededTransform, epoch_worker_seed, seed_workers_by_epoch, stop_workers
 
 NUM_WORKERS, EPOCHS = 2, 3
 
@@ -109,3 +109,17 @@ def test_which_training_loaders_keep_their_workers(flags, persistent):
     assert train.persistent_train_workers(args, _Draws()) is persistent
     iterable = type('Stream', (torch.utils.data.IterableDataset,), {'__iter__': lambda self: iter(())})()
     assert train.persistent_train_workers(args, iterable) is False
+
+
+def test_stop_workers_ends_the_persistent_workers_now():
+    """At interpreter exit multiprocessing would SIGTERM them and their pymp-* temp folders would stay."""
+    loader = _loader()
+    assert len([sample for batch in loader for sample in batch]) == 8
+    workers = list(loader._iterator._workers)
+    assert len(workers) == NUM_WORKERS and all(w.is_alive() for w in workers)
+    stop_workers(loader)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert all(w.exitcode == 0 for w in workers)  # ended by the loader's own shutdown, not terminated
+    stop_workers(loader)  # nothing left to stop
+    assert len([sample for batch in loader for sample in batch]) == 8  # a later pass starts new workers
+    stop_workers(loader)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-__all__ = ['EpochSeededTransform', 'epoch_worker_seed', 'seed_workers_by_epoch']
+__all__ = ['EpochSeededTransform', 'epoch_worker_seed', 'seed_workers_by_epoch', 'stop_workers']
 
 
 def epoch_worker_seed(seed: int, epoch: int, rank: int, worker_id: int) -> int:
@@ -94,3 +94,20 @@ def seed_workers_by_epoch(loader: Any, seed: int, rank: int = 0) -> EpochSeededT
     # main process's stream, which train.py reseeds each epoch for the shuffle.
     data_loader.generator = torch.Generator().manual_seed(seed)
     return seeding
+
+
+def stop_workers(loader: Any) -> None:
+    """Stop ``loader``'s persistent workers now, the way the loader stops them when it is collected.
+
+    Kept alive, they would last until interpreter exit, where ``multiprocessing`` terminates daemonic children with
+    SIGTERM: their clean-up never runs, and each leaves its ``pymp-*`` folder (the socket folder through which it
+    passed tensors) in the system temp folder. A loader without live workers is left as it is.
+
+    Args:
+        loader: A ``PrefetchLoader`` or a ``DataLoader``.
+    """
+    data_loader = getattr(loader, 'loader', loader)
+    iterator = getattr(data_loader, '_iterator', None)  # the loader keeps its persistent iterator here
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+        data_loader._iterator = None
