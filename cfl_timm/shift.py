@@ -48,6 +48,7 @@ from cfl_timm.data.cifar10c import (
     PUBLISHED_SET_NAME,
     check_set_classes,
 )
+from cfl_timm.data.worker_seeding import check_worker_socket_dir
 from cfl_timm.files import atomic_write_bytes, atomic_write_text
 from cfl_timm.metrics import save_logits_npz, shift_report
 from cfl_timm.training import create_eval_loader, load_training_checkpoint, predict
@@ -158,6 +159,7 @@ def check_logits_folder(args: argparse.Namespace) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every input checked before any work."""
+    check_worker_socket_dir(args.workers, '--workers')
     if args.cifar10c_dir is not None:
         if args.generate_only or args.image_size is not None:
             raise ValueError('--generate-only and --image-size generate a set; they do not apply to --cifar10c-dir.')

@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from cfl_timm import FOCAL_LOSS_TYPES
+from cfl_timm.data.worker_seeding import check_worker_socket_dir
 from cfl_timm.training.arg_types import SEED_MAX, fraction, non_negative_int, positive_int
 from cfl_timm.training.config_file import read_config_file
 
@@ -85,6 +86,7 @@ def _check(config: dict[str, Any], source: str) -> None:
         if isinstance(config[key], bool) or not isinstance(config[key], int):
             raise ValueError(f'{source}: {key} must be an integer, got {config[key]!r}.')
         _in_range(config, key, convert, source)
+    check_worker_socket_dir(config['workers'], f'{source}: workers')
     if config['resize_size'] < config['image_size']:  # the eval transform's center crop would pad with black
         raise ValueError(f"{source}: resize_size {config['resize_size']} is smaller than image_size "
                          f"{config['image_size']} (evaluation resizes, then center-crops image_size).")

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,9 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
         '--wd-min', '1e-4', '--T-min', '0.5', '--clip-min', '1', '--dist-bn', 'reduce', '--log-shard-indices',
         '--output', str(tmp_path), '--experiment', 'ddp', '--log-interval', '1000']
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
-    temp = tmp_path / 'system_temp'  # the launch's TMPDIR: torchrun's agent logs there
-    temp.mkdir()
+    # The launch's TMPDIR: torchrun's agent logs there, and each loader worker makes its tensor socket there. Not
+    # below tmp_path: with xdist that path is too long for a socket (cfl_timm.data.check_worker_socket_dir).
+    temp = Path(tempfile.mkdtemp(prefix='launch-'))
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path, 'TMPDIR': str(temp)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, every_rank_log(result.stderr)
@@ -90,8 +92,7 @@ def test_two_process_cpu_run_shards_the_subset(tmp_path):
 def test_a_failed_launch_ends_with_the_rank_status_and_no_traceback(tmp_path):
     """A usage error on every rank: distributed_train.sh exits 2 like train.py, with torchrun's table of the failed
     ranks but not the agent's traceback, and leaves nothing in the temp folder."""
-    temp = tmp_path / 'system_temp'
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix='launch-'))  # short: see the test above
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH', '')) if p)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': python_path, 'TMPDIR': str(temp)}
     command = [str(REPO_ROOT / 'distributed_train.sh'), '2', '--dataset', 'sklearn/digits', '--model', 'test_resnet',

@@ -1,6 +1,7 @@
 """Persistent loader workers reseeded per epoch (cfl_timm.data.worker_seeding): an epoch's draws depend on the seed,
 the epoch, the rank and the worker only, so a loader started at epoch e repeats what a long-lived one drew there."""
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -123,3 +124,23 @@ def test_stop_workers_ends_the_persistent_workers_now():
     stop_workers(loader)  # nothing left to stop
     assert len([sample for batch in loader for sample in batch]) == 8  # a later pass starts new workers
     stop_workers(loader)
+
+
+def test_a_temp_folder_too_long_for_the_worker_sockets_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    """Past the socket address length a worker cannot hand its batch over and the loader waited for ever (the
+    two-process test hung with xdist's longer temp path)."""
+    from cfl_timm.data import check_worker_socket_dir
+    long_temp = str(tmp_path / ('t' * 100))
+    monkeypatch.setattr(tempfile, 'tempdir', long_temp)
+    with pytest.raises(ValueError, match=r'^-j/--workers 2: the system temp folder .* is too long for the loader '
+                                         r"workers' sockets \(\d+ bytes with their names, over the 10[37] a socket "
+                                         r'address holds; .*set TMPDIR to a shorter folder, or use -j 0\.$'):
+        check_worker_socket_dir(2)
+    check_worker_socket_dir(0)  # no workers, no sockets
+    with pytest.raises(SystemExit) as error:
+        train.cli(['--dataset', 'sklearn/digits', '--model', 'test_resnet', '-j', '2', '--output', str(tmp_path)])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        'train.py: error: -j/--workers 2: the system temp folder')
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    check_worker_socket_dir(2)

@@ -56,4 +56,10 @@ from .subsets import (
 from .svhn import SVHN_SPLITS, svhn_dataset, svhn_file
 from .transforms import TRAIN_TRANSFORMS, cifar_transform_kwargs, create_cifar_train_transform
 from .tta import MAX_TTA_VIEWS, TTAView, average_softmax, tta_views
-from .worker_seeding import EpochSeededTransform, epoch_worker_seed, seed_workers_by_epoch, stop_workers
+from .worker_seeding import (
+    EpochSeededTransform,
+    check_worker_socket_dir,
+    epoch_worker_seed,
+    seed_workers_by_epoch,
+    stop_workers,
+)

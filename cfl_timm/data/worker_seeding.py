@@ -12,7 +12,10 @@ order, whatever happened before. The main process's streams are left alone: the 
 generator of its own (:func:`seed_workers_by_epoch`), so the epoch's shuffle, reseeded by train.py at the start of
 each epoch, is the same in the uninterrupted and the resumed run.
 """
+import os
 import random
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -20,7 +23,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-__all__ = ['EpochSeededTransform', 'epoch_worker_seed', 'seed_workers_by_epoch', 'stop_workers']
+__all__ = ['EpochSeededTransform', 'check_worker_socket_dir', 'epoch_worker_seed', 'seed_workers_by_epoch',
+           'stop_workers']
 
 
 def epoch_worker_seed(seed: int, epoch: int, rank: int, worker_id: int) -> int:
@@ -111,3 +115,34 @@ def stop_workers(loader: Any) -> None:
     if iterator is not None and hasattr(iterator, '_shutdown_workers'):
         iterator._shutdown_workers()
         data_loader._iterator = None
+
+
+# A loader worker hands each tensor to the main process through a Unix socket that multiprocessing makes at
+# TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX (torch's default 'file_descriptor' sharing). A socket address holds 107
+# bytes on Linux (103 on macOS); past that the worker cannot make its socket, drops the batch, and the loader waits
+# for it for ever.
+_SOCKET_SUFFIX = os.path.join('pymp-XXXXXXXX', 'listener-XXXXXXXX')
+_SOCKET_PATH_MAX = 103 if sys.platform == 'darwin' else 107
+
+
+def check_worker_socket_dir(num_workers: int, flag: str = '-j/--workers') -> None:
+    """Refuse loader workers whose sockets would not fit under the system temp folder (see ``_SOCKET_SUFFIX``).
+
+    Args:
+        num_workers: The loader's worker count (0: the main process loads, no sockets).
+        flag: The flag that set it, for the message.
+
+    Raises:
+        ValueError: The temp folder's path is too long, naming it, its length and the ways out.
+    """
+    if num_workers <= 0 or sys.platform == 'win32':
+        return
+    import torch.multiprocessing
+    if torch.multiprocessing.get_sharing_strategy() != 'file_descriptor':
+        return
+    temp = tempfile.gettempdir()
+    length = len(os.fsencode(os.path.join(temp, _SOCKET_SUFFIX)))
+    if length > _SOCKET_PATH_MAX:
+        raise ValueError(f'{flag} {num_workers}: the system temp folder {temp} is too long for the loader workers\' '
+                         f'sockets ({length} bytes with their names, over the {_SOCKET_PATH_MAX} a socket address '
+                         'holds; the loader would wait for ever); set TMPDIR to a shorter folder, or use -j 0.')

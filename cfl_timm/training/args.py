@@ -41,6 +41,7 @@ from timm.models import is_model
 from ..data import IMAGE_CHECKS, SUBSET_MODES, check_dataset_name, is_digits_dataset
 from ..data.holdout import HOLDOUT_METRICS
 from ..data.transforms import TRAIN_TRANSFORMS
+from ..data.worker_seeding import check_worker_socket_dir
 from ..files import atomic_write_text
 from ..loss.calibration_losses import CALIBRATION_LOSS_DEFAULTS
 from ..loss.cfl_loss_factory import LOSS_TYPES, REDUCTION_KWARG, create_loss, loss_kwargs
@@ -835,6 +836,7 @@ def check_misc_args(args: argparse.Namespace) -> None:
                          'so there is nothing to average (as in timm\'s train.py); use 0.')
     if args.drop_connect is not None:
         raise ValueError('--drop-connect is deprecated in timm and its train.py ignores it; use --drop-path.')
+    check_worker_socket_dir(args.workers)
 
 
 def check_logging_args(args: argparse.Namespace) -> None:

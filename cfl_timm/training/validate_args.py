@@ -23,6 +23,7 @@ from cfl_timm.data import (
     split_folder,
 )
 from cfl_timm.data.holdout import HOLDOUT_FILE, HoldoutRecord, read_holdout_record
+from cfl_timm.data.worker_seeding import check_worker_socket_dir
 from cfl_timm.evaluate import PLOT_FILES, bootstrap_count, check_plot_dir, posthoc_list
 from cfl_timm.metrics import FIT_METHODS, POSTHOC_METHODS, check_calibration_split
 from cfl_timm.training.arg_types import (
@@ -310,6 +311,7 @@ def check_args(args: argparse.Namespace) -> None:
     """ValueError / ImportError for bad input, before any model or image is loaded."""
     check_mean_std(args)  # a single flag's range is its declaration's (cfl_timm.training.arg_types)
     check_crop_pct(args)
+    check_worker_socket_dir(args.workers)
     unavailable = {'--aot-autograd': (args.aot_autograd, 'functorch memory_efficient_fusion is not in this torch'),
                    '--tf-preprocessing': (args.tf_preprocessing, 'TensorFlow preprocessing is not supported'),
                    '--real-labels': (args.real_labels, 'ImageNet ReaL labels are not supported'),
