@@ -130,6 +130,7 @@ def test_a_temp_folder_too_long_for_the_worker_sockets_is_refused_before_any_wor
     """Past the socket address length a worker cannot hand its batch over and the loader waited for ever (the
     two-process test hung with xdist's longer temp path)."""
     from cfl_timm.data import check_worker_socket_dir
+    suite_temp = tempfile.gettempdir()  # the suite's own temp folder (conftest), short enough for the sockets
     long_temp = str(tmp_path / ('t' * 100))
     monkeypatch.setattr(tempfile, 'tempdir', long_temp)
     with pytest.raises(ValueError, match=r'^-j/--workers 2: the system temp folder .* is too long for the loader '
@@ -142,5 +143,5 @@ def test_a_temp_folder_too_long_for_the_worker_sockets_is_refused_before_any_wor
     assert error.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         'train.py: error: -j/--workers 2: the system temp folder')
-    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    monkeypatch.setattr(tempfile, 'tempdir', suite_temp)
     check_worker_socket_dir(2)
