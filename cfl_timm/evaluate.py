@@ -156,8 +156,7 @@ def _check_inputs(logits, targets, fit, ood, posthoc, bootstrap, num_bins):
         if _fingerprint(fit_logits, fit_targets) == _fingerprint(logits, targets):
             raise ValueError('--fit holds the evaluated split itself: fit post-hoc methods on a held-out split.')
         fit = (fit_logits, fit_targets)
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1 \
-            or bootstrap > MAX_BOOTSTRAP:
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not _is_bootstrap_count(bootstrap):
         raise ValueError(f'bootstrap must be 0 (no intervals) or an integer in [2, {MAX_BOOTSTRAP}], '
                          f'got {bootstrap!r}.')
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
@@ -244,6 +243,11 @@ def _ood_entry(text: str) -> tuple[str, str]:
 MAX_BOOTSTRAP = 100_000
 
 
+def _is_bootstrap_count(value: int) -> bool:
+    """0 (no intervals) or a resample count in [2, MAX_BOOTSTRAP]."""
+    return value == 0 or 2 <= value <= MAX_BOOTSTRAP
+
+
 @arg_types.converter
 def bootstrap_count(text: str) -> int:
     """argparse type of ``--bootstrap``: 0 (no intervals) or a resample count in [2, MAX_BOOTSTRAP]."""
@@ -251,7 +255,7 @@ def bootstrap_count(text: str) -> int:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0 or value == 1 or value > MAX_BOOTSTRAP:
+    if not _is_bootstrap_count(value):
         raise argparse.ArgumentTypeError(f'expected 0 (no intervals) or an integer in [2, {MAX_BOOTSTRAP}], '
                                          f'got {text!r}.')
     return value

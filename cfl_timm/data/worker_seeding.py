@@ -11,6 +11,10 @@ Which worker transforms which batch is fixed (PyTorch's loader hands batch ``i``
 order, whatever happened before. The main process's streams are left alone: the loader's base seed is drawn from a
 generator of its own (:func:`seed_workers_by_epoch`), so the epoch's shuffle, reseeded by train.py at the start of
 each epoch, is the same in the uninterrupted and the resumed run.
+
+The lifetime of such workers is handled here too: :func:`stop_workers` ends them at the end of training (left to
+interpreter exit they are killed and leave temp folders), and :func:`check_worker_socket_dir` refuses a temp folder
+too long for the sockets through which workers hand tensors over.
 """
 import os
 import random
@@ -21,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.multiprocessing
 import torch.utils.data
 
 __all__ = ['EpochSeededTransform', 'check_worker_socket_dir', 'epoch_worker_seed', 'seed_workers_by_epoch',
@@ -137,7 +142,6 @@ def check_worker_socket_dir(num_workers: int, flag: str = '-j/--workers') -> Non
     """
     if num_workers <= 0 or sys.platform == 'win32':
         return
-    import torch.multiprocessing
     if torch.multiprocessing.get_sharing_strategy() != 'file_descriptor':
         return
     temp = tempfile.gettempdir()

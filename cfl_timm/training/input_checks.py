@@ -173,20 +173,27 @@ def _kwargs_text(kwargs: dict) -> str:
     return ' '.join(f'{k}={v!r}' for k, v in kwargs.items())
 
 
-def check_model_kwargs(model: str, kwargs: dict) -> None:
-    """The model's constructor accepts ``kwargs``: a dry build on the meta device (no memory, no weights)."""
-    from timm.models import create_model, is_model
-    if not is_model(model):
-        return  # reported by the model check
+def _dry_build_error(model: str, **kwargs: Any) -> Optional[Exception]:
+    """What building ``model`` with ``kwargs`` on the meta device (no memory, no weights) raises, or None."""
+    from timm.models import create_model
     try:
         with torch.device('meta'):
             create_model(model, **kwargs)
-    except TypeError as e:
-        if any(repr(str(key)) in str(e) for key in kwargs):  # the constructor named one of the keys
-            raise ValueError(f'--model-kwargs {_kwargs_text(kwargs)}: not accepted by model {model!r} ({e}).') \
-                from e
-    except Exception:  # noqa: BLE001  (a model that cannot be built on meta: the real build reports its own errors)
-        pass
+    except Exception as e:  # noqa: BLE001  (timm asserts, or raises TypeError / ValueError / KeyError per model)
+        return e
+    return None
+
+
+def check_model_kwargs(model: str, kwargs: dict) -> None:
+    """The model's constructor accepts ``kwargs``: a dry build on the meta device. Only a ``TypeError`` naming one
+    of the keys is this flag's; a model that cannot be built on meta is left to the real build to report."""
+    from timm.models import is_model
+    if not is_model(model):
+        return  # reported by the model check
+    error = _dry_build_error(model, **kwargs)
+    if isinstance(error, TypeError) and any(repr(str(key)) in str(error) for key in kwargs):
+        raise ValueError(f'--model-kwargs {_kwargs_text(kwargs)}: not accepted by model {model!r} ({error}).') \
+            from error
 
 
 def check_global_pool(model: str, global_pool: Optional[str], kwargs: Optional[dict] = None) -> None:
@@ -196,22 +203,17 @@ def check_global_pool(model: str, global_pool: Optional[str], kwargs: Optional[d
     'fast' forms; vision transformers: '', 'avg', 'max', 'avgmax', 'token', 'map'), so the model itself is asked.
     timm refuses a wrong one with a bare assertion when the model is built, after the data was read.
     """
-    from timm.models import create_model, is_model
+    from timm.models import is_model
     if global_pool is None or not is_model(model):
         return
-    try:
-        with torch.device('meta'):
-            create_model(model, **(kwargs or {}))
-    except Exception:  # noqa: BLE001  (not buildable on meta, or another flag's fault: reported by the real build)
-        return
-    try:
-        with torch.device('meta'):
-            create_model(model, global_pool=global_pool, **(kwargs or {}))
-    except Exception as e:  # noqa: BLE001  (timm asserts, or raises ValueError / KeyError, per architecture)
+    if _dry_build_error(model, **(kwargs or {})) is not None:
+        return  # not buildable on meta, or another flag's fault: reported by the real build
+    error = _dry_build_error(model, global_pool=global_pool, **(kwargs or {}))
+    if error is not None:
         raise ValueError(f"--gp {global_pool!r}: not a global pool type of model {model!r} "
-                         f"({str(e) or type(e).__name__}); CNNs take '', 'avg', 'max', 'avgmax', 'catavgmax' "
-                         "(and 'fast' forms), vision transformers '', 'avg', 'max', 'avgmax', 'token', 'map'.") \
-            from None
+                         f"({str(error) or type(error).__name__}); CNNs take '', 'avg', 'max', 'avgmax', "
+                         "'catavgmax' (and 'fast' forms), vision transformers '', 'avg', 'max', 'avgmax', 'token', "
+                         "'map'.")
 
 
 def check_file_args(args: argparse.Namespace) -> None:
